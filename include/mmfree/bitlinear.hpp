@@ -1,0 +1,96 @@
+// mmfree: BitLinear, the only "matrix product" of the model, with no multiplications.
+//
+//   y = rmsnorm(x, w_norm, 1e-6);  q = int8(y * s_x);  out = (T q) * scale / s_x
+//
+// T is ternary and packed; T q is an integer sum of +q and -q terms (kernels/).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "mmfree/kernels/dispatch.hpp"
+#include "mmfree/ops.hpp"
+#include "mmfree/thread_pool.hpp"
+#include "mmfree/ternary_format.hpp"
+
+namespace mmfree {
+
+// Where and how to compute: the kernel table and the pool (may be null: one thread).
+struct Exec {
+  kernels::KernelTable kernels = kernels::best_kernels();
+  ThreadPool* pool = nullptr;
+
+  void for_range(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) const {
+    if (pool && pool->size() > 1 && n > grain)
+      pool->for_range(n, grain, fn);
+    else if (n > 0)
+      fn(0, n);
+  }
+};
+
+// Scratch for BitLinear calls, reused across calls to avoid allocation on the hot path.
+struct BitLinearScratch {
+  std::vector<int8_t> q;     // [n, padded K]
+  std::vector<float> s_x;    // [n]
+  std::vector<int32_t> acc;  // [n, out]
+  std::vector<float> tmp;    // [n, K] normalised inputs
+
+  void reserve(int64_t n, int64_t k_padded, int64_t k, int64_t out) {
+    if (q.size() < size_t(n * k_padded)) q.resize(size_t(n * k_padded));
+    if (s_x.size() < size_t(n)) s_x.resize(size_t(n));
+    if (acc.size() < size_t(n * out)) acc.resize(size_t(n * out));
+    if (tmp.size() < size_t(n * k)) tmp.resize(size_t(n * k));
+  }
+};
+
+class BitLinear {
+ public:
+  BitLinear() = default;
+  BitLinear(TernaryMatrix w, std::vector<float> norm) : w_(std::move(w)), norm_(std::move(norm)) {}
+
+  int64_t in_features() const { return w_.cols; }
+  int64_t out_features() const { return w_.rows; }
+  const TernaryMatrix& weights() const { return w_; }
+  const std::vector<float>& norm() const { return norm_; }
+
+  // Step 1-2: rmsnorm + int8 quantisation of n tokens into s.q / s.s_x.
+  void quantize_input(const float* x, int64_t n, BitLinearScratch& s, const Exec& ex) const {
+    const int64_t k = w_.cols, kp = padded_cols(k);
+    s.reserve(n, kp, k, w_.rows);
+    ex.for_range(n, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t)
+        s.s_x[size_t(t)] = rmsnorm_quantize(x + t * k, norm_.data(), k, s.tmp.data() + t * k,
+                                            s.q.data() + t * kp, kp);
+    });
+  }
+
+  // Step 3: integer accumulators acc[t, r] = T[r] . q[t].
+  void accumulate(int64_t n, BitLinearScratch& s, const Exec& ex) const {
+    const int64_t kp = padded_cols(w_.cols);
+    ex.for_range(w_.rows, 16, [&](int64_t r0, int64_t r1) {
+      ex.kernels.gemm(w_, s.q.data(), kp, n, s.acc.data(), w_.rows, r0, r1);
+    });
+  }
+
+  // out[t, r] = acc * scale / s_x[t] for n tokens; out has row stride `ldo`.
+  void forward(const float* x, int64_t n, float* out, int64_t ldo, BitLinearScratch& s, const Exec& ex) const {
+    quantize_input(x, n, s, ex);
+    accumulate(n, s, ex);
+    for (int64_t t = 0; t < n; ++t) {
+      const float deq = w_.scale / s.s_x[size_t(t)];
+      const int32_t* a = s.acc.data() + t * w_.rows;
+      float* o = out + t * ldo;
+      for (int64_t r = 0; r < w_.rows; ++r) o[r] = float(a[r]) * deq;
+    }
+  }
+  void forward(const float* x, int64_t n, float* out, BitLinearScratch& s, const Exec& ex) const {
+    forward(x, n, out, w_.rows, s, ex);
+  }
+
+ private:
+  TernaryMatrix w_;
+  std::vector<float> norm_;
+};
+
+}  // namespace mmfree

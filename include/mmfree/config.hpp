@@ -1,0 +1,102 @@
+// mmfree: the model configuration (`config.json` of an hgrn_bit checkpoint).
+#pragma once
+
+#include <cstdint>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "mmfree/error.hpp"
+
+namespace mmfree {
+
+struct Config {
+  int64_t vocab_size = 32000;
+  int64_t hidden_size = 2048;
+  int64_t num_hidden_layers = 24;
+  int64_t num_heads = 1;
+  int64_t expand_ratio = 1;
+  int64_t hidden_ratio = 4;
+  int64_t intermediate_size = 0;  // derived when null in the file
+  bool use_lower_bound = true;
+  double rms_norm_eps = 1e-6;
+  int64_t bos_token_id = 1;
+  int64_t eos_token_id = 2;
+  bool tie_word_embeddings = false;
+  int64_t max_position_embeddings = 2048;
+
+  int64_t input_dim() const { return hidden_size * expand_ratio; }  // D of the token mixer
+
+  // I = int(H * hidden_ratio * 2 / 3) rounded up to a multiple of 256 (the reference's rule).
+  static int64_t derive_intermediate(int64_t hidden, int64_t ratio) {
+    int64_t i = hidden * ratio * 2 / 3;
+    return 256 * ((i + 255) / 256);
+  }
+
+  // Parse and validate. `where` names the source in error messages.
+  static Config from_json(const nlohmann::json& j, const std::string& where) {
+    if (!j.is_object()) fail(where, "config is not a JSON object");
+    Config c;
+    auto get_int = [&](const char* key, int64_t def, int64_t lo, int64_t hi) -> int64_t {
+      if (!j.contains(key) || j[key].is_null()) return def;
+      const auto& v = j[key];
+      if (!v.is_number_integer()) fail(where, std::string("'") + key + "' must be an integer");
+      int64_t x = v.get<int64_t>();
+      if (x < lo || x > hi)
+        fail(where, std::string("'") + key + "' = " + std::to_string(x) + " is out of range [" +
+                        std::to_string(lo) + ", " + std::to_string(hi) + "]");
+      return x;
+    };
+    auto get_bool = [&](const char* key, bool def) -> bool {
+      if (!j.contains(key) || j[key].is_null()) return def;
+      if (!j[key].is_boolean()) fail(where, std::string("'") + key + "' must be true or false");
+      return j[key].get<bool>();
+    };
+    if (j.contains("model_type")) {
+      if (!j["model_type"].is_string() || j["model_type"].get<std::string>() != "hgrn_bit")
+        fail(where, "unsupported model_type " + j["model_type"].dump() + " (expected \"hgrn_bit\")");
+    }
+    if (get_bool("use_short_conv", false))
+      fail(where, "use_short_conv: true is not supported (no released checkpoint uses it)");
+    if (j.contains("attn_mode") && !j["attn_mode"].is_null()) {
+      if (!j["attn_mode"].is_string() || j["attn_mode"].get<std::string>() != "fused_recurrent")
+        fail(where, "unsupported attn_mode " + j["attn_mode"].dump() + " (only \"fused_recurrent\")");
+    }
+    // Bounds keep every derived size far from integer overflow.
+    c.vocab_size = get_int("vocab_size", 32000, 1, 1 << 22);
+    c.hidden_size = get_int("hidden_size", 2048, 1, 1 << 16);
+    c.num_hidden_layers = get_int("num_hidden_layers", 24, 1, 1024);
+    c.num_heads = get_int("num_heads", 1, 1, 1 << 16);
+    c.expand_ratio = get_int("expand_ratio", 1, 1, 64);
+    c.hidden_ratio = get_int("hidden_ratio", 4, 1, 64);
+    c.intermediate_size = get_int("intermediate_size", 0, 1, 1 << 20);
+    if (c.intermediate_size == 0) c.intermediate_size = derive_intermediate(c.hidden_size, c.hidden_ratio);
+    c.use_lower_bound = get_bool("use_lower_bound", true);
+    c.tie_word_embeddings = get_bool("tie_word_embeddings", false);
+    c.bos_token_id = get_int("bos_token_id", 1, -1, c.vocab_size - 1);
+    c.eos_token_id = get_int("eos_token_id", 2, -1, c.vocab_size - 1);
+    c.max_position_embeddings = get_int("max_position_embeddings", 2048, 1, int64_t(1) << 40);
+    if (j.contains("rms_norm_eps") && !j["rms_norm_eps"].is_null()) {
+      if (!j["rms_norm_eps"].is_number()) fail(where, "'rms_norm_eps' must be a number");
+      c.rms_norm_eps = j["rms_norm_eps"].get<double>();
+      if (!(c.rms_norm_eps > 0 && c.rms_norm_eps < 1)) fail(where, "'rms_norm_eps' must be in (0, 1)");
+    }
+    if (c.input_dim() % c.num_heads != 0)
+      fail(where, "hidden_size * expand_ratio is not divisible by num_heads");
+    return c;
+  }
+
+  static Config from_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) fail(path, "cannot open");
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+      fail(path, std::string("not valid JSON: ") + e.what());
+    }
+    return from_json(j, path);
+  }
+};
+
+}  // namespace mmfree

@@ -1,0 +1,22 @@
+// mmfree: one exception type for every bad input.
+//
+// Messages always name the input (a file, a tensor, a flag) and the problem, so a
+// user who hands us a broken checkpoint learns which file to fix without a debugger.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace mmfree {
+
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// "<what>: <problem>", the shape every message in the library takes.
+[[noreturn]] inline void fail(const std::string& what, const std::string& problem) {
+  throw Error(what + ": " + problem);
+}
+
+}  // namespace mmfree

@@ -1,0 +1,68 @@
+// mmfree: runtime choice of kernels by what the CPU supports.
+//
+// The library is compiled for the baseline ISA; SIMD kernels carry their own
+// target attributes, so users never need -march=native.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "mmfree/error.hpp"
+#include "mmfree/kernels/ternary_scalar.hpp"
+#include "mmfree/ternary_format.hpp"
+
+namespace mmfree::kernels {
+
+using TernaryGemmFn = void (*)(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out,
+                               int64_t ldo, int64_t r0, int64_t r1);
+
+enum class Isa { Scalar, Avx2, Avx512, Neon };
+
+inline const char* isa_name(Isa i) {
+  switch (i) {
+    case Isa::Scalar: return "scalar";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512: return "avx512";
+    case Isa::Neon: return "neon";
+  }
+  return "?";
+}
+
+struct KernelTable {
+  Isa isa = Isa::Scalar;
+  TernaryGemmFn gemm = ternary_gemm_scalar;
+};
+
+inline bool cpu_has(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return true;
+#if defined(__x86_64__) || defined(__i386__)
+    case Isa::Avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::Avx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#endif
+#if defined(__aarch64__)
+    case Isa::Neon: return true;
+#endif
+    default: return false;
+  }
+}
+
+inline KernelTable kernel_table(Isa isa) {
+  if (!cpu_has(isa)) fail(std::string("kernels ") + isa_name(isa), "not supported by this CPU or build");
+  KernelTable t;
+  t.isa = isa;
+  return t;
+}
+
+// The best table this CPU supports.
+inline KernelTable best_kernels() { return kernel_table(Isa::Scalar); }
+
+inline Isa parse_isa(const std::string& s) {
+  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon})
+    if (s == isa_name(i)) return i;
+  fail("--kernels " + s, "unknown ISA (expected scalar, avx2, avx512 or neon)");
+}
+
+}  // namespace mmfree::kernels

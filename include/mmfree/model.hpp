@@ -1,0 +1,181 @@
+// mmfree: the MatMul-free language model (HGRNBit): weights, state and the forward pass.
+//
+// The forward pass (Model::forward) reads top to bottom like SPEC.md:
+//   h = embed(ids); for each block: h += mlgru(norm(h)); h += glu(norm(h));
+//   logits = lm_head(norm(h)).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "mmfree/bitlinear.hpp"
+#include "mmfree/config.hpp"
+#include "mmfree/embedding.hpp"
+#include "mmfree/glu.hpp"
+#include "mmfree/mlgru.hpp"
+#include "mmfree/ops.hpp"
+#include "mmfree/thread_pool.hpp"
+
+namespace mmfree {
+
+struct Block {
+  std::vector<float> attn_norm, mlp_norm;  // [H]
+  MLGRU attn;
+  GLU mlp;
+};
+
+// What decoding carries from one token to the next: one D-vector per layer. It does not
+// grow with the context.
+struct State {
+  std::vector<std::vector<float>> h;
+  int64_t position = 0;  // tokens consumed so far
+};
+
+// All weights of a model, as the loaders (Hugging Face directory, GGUF file) produce them.
+struct ModelWeights {
+  Config config;
+  Embedding embeddings;
+  std::vector<Block> blocks;
+  std::vector<float> final_norm;
+  BitLinear lm_head;
+};
+
+struct ModelOptions {
+  int threads = 1;
+  std::optional<kernels::Isa> isa;            // default: the best this CPU has
+  TernaryFormat format = TernaryFormat::TQ2;  // packing used when ternarising at load
+  int64_t max_batch = 128;                    // tokens per prefill chunk (bounds scratch memory)
+};
+
+// Scratch memory of one forward pass. Kept per thread so that one Model can serve
+// several threads at once, each with its own State.
+struct ForwardScratch {
+  std::vector<float> x, xn, y;  // [n, H]
+  MixerScratch mixer;
+  GluScratch glu;
+  BitLinearScratch bl;
+  void reserve(int64_t n, int64_t hidden) {
+    for (auto* v : {&x, &xn, &y})
+      if (v->size() < size_t(n * hidden)) v->resize(size_t(n * hidden));
+  }
+};
+
+class Model {
+ public:
+  Model(ModelWeights w, const ModelOptions& opt) : w_(std::move(w)), opt_(opt) {
+    exec_.kernels = opt.isa ? kernels::kernel_table(*opt.isa) : kernels::best_kernels();
+    if (opt.threads < 1) fail("threads", "must be at least 1, got " + std::to_string(opt.threads));
+    if (opt.max_batch < 1) fail("max_batch", "must be at least 1");
+    pool_ = std::make_unique<ThreadPool>(opt.threads);
+    pool_mutex_ = std::make_unique<std::mutex>();
+  }
+
+  const Config& config() const { return w_.config; }
+  const ModelWeights& weights() const { return w_; }
+  const ModelOptions& options() const { return opt_; }
+  kernels::Isa isa() const { return exec_.kernels.isa; }
+  int64_t vocab_size() const { return w_.config.vocab_size; }
+
+  State new_state() const {
+    State s;
+    s.h.assign(size_t(w_.config.num_hidden_layers), std::vector<float>(size_t(w_.config.input_dim()), 0.0f));
+    return s;
+  }
+
+  // Logits for every position of `ids` ([T, V], row-major), continuing from `state`.
+  std::vector<float> prefill(std::span<const int32_t> ids, State& state) const {
+    std::vector<float> logits(ids.size() * size_t(vocab_size()));
+    run(ids, state, logits.data(), /*all_logits=*/true);
+    return logits;
+  }
+  std::vector<float> prefill(std::span<const int32_t> ids) const {
+    State s = new_state();
+    return prefill(ids, s);
+  }
+  // Consume `ids` and return only the logits of the last position ([V]).
+  std::vector<float> prefill_last(std::span<const int32_t> ids, State& state) const {
+    std::vector<float> logits(static_cast<size_t>(vocab_size()));
+    if (ids.empty()) fail("prefill", "no tokens given");
+    run(ids, state, logits.data(), /*all_logits=*/false);
+    return logits;
+  }
+  // One decoding step: consume `id`, return its logits ([V]).
+  std::vector<float> step(int32_t id, State& state) const {
+    const int32_t one[1] = {id};
+    return prefill_last(one, state);
+  }
+
+ private:
+  void check_ids(std::span<const int32_t> ids) const {
+    for (int32_t id : ids)
+      if (id < 0 || id >= vocab_size())
+        fail("token id " + std::to_string(id), "out of range [0, " + std::to_string(vocab_size()) + ")");
+  }
+
+  // Runs the model over ids in chunks of max_batch tokens.
+  void run(std::span<const int32_t> ids, State& state, float* logits, bool all_logits) const {
+    check_ids(ids);
+    if (state.h.size() != size_t(w_.config.num_hidden_layers))
+      fail("State", "does not belong to this model (wrong number of layers)");
+    // Only one caller at a time may drive the pool; others compute on their own thread.
+    std::unique_lock<std::mutex> lock(*pool_mutex_, std::try_to_lock);
+    Exec ex = exec_;
+    ex.pool = lock.owns_lock() ? pool_.get() : nullptr;
+    static thread_local ForwardScratch scratch;
+    const int64_t n = int64_t(ids.size());
+    const int64_t V = vocab_size();
+    for (int64_t t0 = 0; t0 < n; t0 += opt_.max_batch) {
+      const int64_t m = std::min(opt_.max_batch, n - t0);
+      const bool last_chunk = t0 + m == n;
+      float* out = all_logits ? logits + t0 * V : (last_chunk ? logits : nullptr);
+      forward(ids.data() + t0, m, state, out, all_logits, scratch, ex);
+    }
+  }
+
+  // The forward pass over m consecutive tokens. Writes logits of all m positions, or of
+  // the last one only, when `logits` is not null.
+  void forward(const int32_t* ids, int64_t m, State& st, float* logits, bool all_logits, ForwardScratch& s,
+               const Exec& ex) const {
+    const Config& c = w_.config;
+    const int64_t H = c.hidden_size;
+    s.reserve(m, H);
+    float* x = s.x.data();
+    float* xn = s.xn.data();
+    float* y = s.y.data();
+
+    for (int64_t t = 0; t < m; ++t) w_.embeddings.row(ids[t], x + t * H);
+
+    for (size_t l = 0; l < w_.blocks.size(); ++l) {
+      const Block& b = w_.blocks[l];
+      // Token mixer: x += mlgru(rmsnorm(x)), carrying this layer's recurrent state.
+      for (int64_t t = 0; t < m; ++t) rmsnorm(x + t * H, b.attn_norm.data(), H, c.rms_norm_eps, xn + t * H);
+      b.attn.forward(xn, m, st.h[l].data(), y, c.rms_norm_eps, s.mixer, s.bl, ex);
+      for (int64_t i = 0; i < m * H; ++i) x[i] += y[i];
+      // Channel mixer: x += glu(rmsnorm(x)).
+      for (int64_t t = 0; t < m; ++t) rmsnorm(x + t * H, b.mlp_norm.data(), H, c.rms_norm_eps, xn + t * H);
+      b.mlp.forward(xn, m, y, s.glu, s.bl, ex);
+      for (int64_t i = 0; i < m * H; ++i) x[i] += y[i];
+    }
+    st.position += m;
+    if (!logits) return;
+
+    const int64_t first = all_logits ? 0 : m - 1;
+    const int64_t rows = m - first;
+    for (int64_t t = first; t < m; ++t) rmsnorm(x + t * H, w_.final_norm.data(), H, c.rms_norm_eps, xn + (t - first) * H);
+    w_.lm_head.forward(xn, rows, logits, s.bl, ex);
+  }
+
+  ModelWeights w_;
+  ModelOptions opt_;
+  Exec exec_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<std::mutex> pool_mutex_;
+};
+
+}  // namespace mmfree

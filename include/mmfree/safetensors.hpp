@@ -1,0 +1,350 @@
+// mmfree: safetensors reader (single file and sharded) and a small writer.
+//
+// Format: u64 little-endian header length N, N bytes of JSON
+// {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}, then the data
+// buffer that the offsets index. Every field is validated before any byte is read through
+// it, because checkpoints come from the internet.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "mmfree/error.hpp"
+#include "mmfree/half.hpp"
+#include "mmfree/mapped_file.hpp"
+
+namespace mmfree {
+
+enum class DType { F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL };
+
+inline const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::F64: return "F64";
+    case DType::F32: return "F32";
+    case DType::F16: return "F16";
+    case DType::BF16: return "BF16";
+    case DType::I64: return "I64";
+    case DType::I32: return "I32";
+    case DType::I16: return "I16";
+    case DType::I8: return "I8";
+    case DType::U8: return "U8";
+    case DType::BOOL: return "BOOL";
+  }
+  return "?";
+}
+
+inline size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::F64: case DType::I64: return 8;
+    case DType::F32: case DType::I32: return 4;
+    case DType::F16: case DType::BF16: case DType::I16: return 2;
+    case DType::I8: case DType::U8: case DType::BOOL: return 1;
+  }
+  return 0;
+}
+
+inline bool parse_dtype(const std::string& s, DType* out) {
+  static const std::pair<const char*, DType> table[] = {
+      {"F64", DType::F64}, {"F32", DType::F32}, {"F16", DType::F16}, {"BF16", DType::BF16},
+      {"I64", DType::I64}, {"I32", DType::I32}, {"I16", DType::I16}, {"I8", DType::I8},
+      {"U8", DType::U8},   {"BOOL", DType::BOOL}};
+  for (auto& [name, t] : table)
+    if (s == name) { *out = t; return true; }
+  return false;
+}
+
+// Product of dims, or false on overflow past `limit`.
+inline bool checked_numel(const std::vector<int64_t>& shape, uint64_t limit, uint64_t* out) {
+  uint64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0) return false;
+    if (__builtin_mul_overflow(n, uint64_t(d), &n) || n > limit) return false;
+  }
+  *out = n;
+  return true;
+}
+
+inline std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// A tensor inside a mapped file. `data` stays valid while its SafetensorsFile lives.
+struct TensorView {
+  std::string name;
+  std::string file;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;
+  size_t nbytes = 0;
+
+  size_t numel() const { return dtype_size(dtype) ? nbytes / dtype_size(dtype) : 0; }
+  std::string where() const { return file + ": tensor '" + name + "'"; }
+
+  // Widen a float tensor (F32/F16/BF16/F64) to float. Refuses NaN/Inf: a latent weight
+  // that is not finite would silently poison every scale computed from it.
+  std::vector<float> to_floats(bool allow_nonfinite = false) const {
+    const size_t n = numel();
+    std::vector<float> out(n);
+    switch (dtype) {
+      case DType::F32:
+        std::memcpy(out.data(), data, n * 4);
+        break;
+      case DType::F64:
+        for (size_t i = 0; i < n; ++i) {
+          double v;
+          std::memcpy(&v, data + 8 * i, 8);
+          out[i] = float(v);
+        }
+        break;
+      case DType::F16:
+      case DType::BF16: {
+        const bool bf = dtype == DType::BF16;
+        for (size_t i = 0; i < n; ++i) {
+          uint16_t h;
+          std::memcpy(&h, data + 2 * i, 2);
+          out[i] = bf ? bf16_to_float(h) : f16_to_float(h);
+        }
+        break;
+      }
+      default:
+        fail(where(), std::string("dtype ") + dtype_name(dtype) +
+                          " is not a float type (expected F32, F16 or BF16)");
+    }
+    if (!allow_nonfinite)
+      for (size_t i = 0; i < n; ++i)
+        if (!std::isfinite(out[i]))
+          fail(where(), "contains NaN or Inf at element " + std::to_string(i));
+    return out;
+  }
+
+  std::vector<int32_t> to_int32() const {
+    if (dtype != DType::I32 && dtype != DType::I64)
+      fail(where(), std::string("dtype ") + dtype_name(dtype) + " is not an integer type (I32/I64)");
+    const size_t n = numel();
+    std::vector<int32_t> out(n);
+    for (size_t i = 0; i < n; ++i) {
+      if (dtype == DType::I32) {
+        std::memcpy(&out[i], data + 4 * i, 4);
+      } else {
+        int64_t v;
+        std::memcpy(&v, data + 8 * i, 8);
+        if (v < INT32_MIN || v > INT32_MAX) fail(where(), "value out of int32 range");
+        out[i] = int32_t(v);
+      }
+    }
+    return out;
+  }
+};
+
+class SafetensorsFile {
+ public:
+  // Header JSON larger than this is refused (the format's own limit is 100 MB).
+  static constexpr uint64_t kMaxHeader = 100u << 20;
+
+  explicit SafetensorsFile(const std::string& path) : map_(path) { parse(); }
+
+  const std::string& path() const { return map_.path(); }
+  const std::map<std::string, TensorView>& tensors() const { return tensors_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const TensorView* find(const std::string& name) const {
+    auto it = tensors_.find(name);
+    return it == tensors_.end() ? nullptr : &it->second;
+  }
+
+ private:
+  void parse() {
+    const std::string& p = map_.path();
+    if (map_.size() < 8) fail(p, "truncated: file is " + std::to_string(map_.size()) +
+                                     " bytes, too short for the 8-byte header length");
+    uint64_t n = 0;
+    std::memcpy(&n, map_.data(), 8);  // little-endian hosts only (x86, ARM)
+    if (n > kMaxHeader) fail(p, "header length " + std::to_string(n) + " exceeds the 100 MB limit");
+    if (n > map_.size() - 8)
+      fail(p, "truncated: header length " + std::to_string(n) + " runs past the end of the file (" +
+                  std::to_string(map_.size()) + " bytes)");
+    const char* hb = reinterpret_cast<const char*>(map_.data() + 8);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(hb, hb + n);
+    } catch (const nlohmann::json::exception& e) {
+      fail(p, std::string("header is not valid JSON: ") + e.what());
+    }
+    if (!j.is_object()) fail(p, "header JSON is not an object");
+    const uint8_t* base = map_.data() + 8 + n;
+    const uint64_t data_len = map_.size() - 8 - n;
+
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+    for (auto& [name, v] : j.items()) {
+      if (name == "__metadata__") {
+        if (!v.is_object()) fail(p, "__metadata__ is not an object");
+        for (auto& [k, s] : v.items())
+          if (s.is_string()) metadata_[k] = s.get<std::string>();
+        continue;
+      }
+      const std::string where = p + ": tensor '" + name + "'";
+      if (!v.is_object()) fail(where, "entry is not an object");
+      if (!v.contains("dtype") || !v["dtype"].is_string()) fail(where, "missing or non-string dtype");
+      if (!v.contains("shape") || !v["shape"].is_array()) fail(where, "missing or non-array shape");
+      if (!v.contains("data_offsets") || !v["data_offsets"].is_array() || v["data_offsets"].size() != 2)
+        fail(where, "data_offsets must be an array of two integers");
+      TensorView t;
+      t.name = name;
+      t.file = p;
+      const std::string ds = v["dtype"].get<std::string>();
+      if (!parse_dtype(ds, &t.dtype)) fail(where, "unknown dtype '" + ds + "'");
+      if (v["shape"].size() > 8) fail(where, "too many dimensions");
+      for (auto& d : v["shape"]) {
+        if (!d.is_number_integer() || d.get<int64_t>() < 0)
+          fail(where, "shape entries must be non-negative integers");
+        t.shape.push_back(d.get<int64_t>());
+      }
+      auto& off = v["data_offsets"];
+      if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned())
+        fail(where, "data_offsets must be non-negative integers");
+      const uint64_t b = off[0].get<uint64_t>(), e = off[1].get<uint64_t>();
+      if (b > e) fail(where, "data_offsets begin " + std::to_string(b) + " > end " + std::to_string(e));
+      if (e > data_len)
+        fail(where, "data_offsets end " + std::to_string(e) + " is past the end of the data (" +
+                        std::to_string(data_len) + " bytes; file truncated?)");
+      uint64_t numel = 0, bytes = 0;
+      if (!checked_numel(t.shape, UINT64_MAX, &numel) ||
+          __builtin_mul_overflow(numel, uint64_t(dtype_size(t.dtype)), &bytes))
+        fail(where, "shape " + shape_str(t.shape) + " overflows");
+      if (bytes != e - b)
+        fail(where, "shape " + shape_str(t.shape) + " of " + ds + " needs " + std::to_string(bytes) +
+                        " bytes but data_offsets span " + std::to_string(e - b));
+      t.data = base + b;
+      t.nbytes = size_t(bytes);
+      ranges.push_back({b, e});
+      tensors_.emplace(name, std::move(t));
+    }
+    std::sort(ranges.begin(), ranges.end());
+    for (size_t i = 1; i < ranges.size(); ++i)
+      if (ranges[i].first < ranges[i - 1].second)
+        fail(p, "tensors overlap: data_offsets [" + std::to_string(ranges[i].first) + ", " +
+                    std::to_string(ranges[i].second) + ") and [" + std::to_string(ranges[i - 1].first) +
+                    ", " + std::to_string(ranges[i - 1].second) + ")");
+  }
+
+  MappedFile map_;
+  std::map<std::string, TensorView> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// All tensors of a checkpoint directory: model.safetensors, or the shards listed by
+// model.safetensors.index.json.
+class TensorStore {
+ public:
+  explicit TensorStore(const std::string& dir) {
+    namespace fs = std::filesystem;
+    const fs::path d(dir);
+    const fs::path single = d / "model.safetensors";
+    const fs::path index = d / "model.safetensors.index.json";
+    if (fs::exists(index)) {
+      load_index(index.string(), d);
+    } else if (fs::exists(single)) {
+      files_.push_back(std::make_unique<SafetensorsFile>(single.string()));
+      for (auto& [name, t] : files_.back()->tensors()) by_name_[name] = &t;
+    } else {
+      fail(dir, "no model.safetensors or model.safetensors.index.json");
+    }
+  }
+  explicit TensorStore(std::vector<std::string> files) {
+    for (auto& f : files) {
+      files_.push_back(std::make_unique<SafetensorsFile>(f));
+      for (auto& [name, t] : files_.back()->tensors()) by_name_[name] = &t;
+    }
+  }
+
+  const TensorView* find(const std::string& name) const {
+    auto it = by_name_.find(name);
+    return it == by_name_.end() ? nullptr : it->second;
+  }
+  const std::map<std::string, const TensorView*>& all() const { return by_name_; }
+
+ private:
+  void load_index(const std::string& index_path, const std::filesystem::path& dir) {
+    nlohmann::json j;
+    {
+      std::ifstream in(index_path, std::ios::binary);
+      if (!in) fail(index_path, "cannot open");
+      try {
+        j = nlohmann::json::parse(in);
+      } catch (const nlohmann::json::exception& e) {
+        fail(index_path, std::string("not valid JSON: ") + e.what());
+      }
+    }
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+      fail(index_path, "missing 'weight_map' object");
+    std::map<std::string, SafetensorsFile*> shard_by_file;
+    std::map<std::string, std::string> wanted;
+    for (auto& [name, f] : j["weight_map"].items()) {
+      if (!f.is_string()) fail(index_path, "weight_map entry '" + name + "' is not a string");
+      const std::string fn = f.get<std::string>();
+      // A shard name is a plain file name next to the index: no path tricks.
+      if (fn.empty() || fn.find('/') != std::string::npos || fn.find('\\') != std::string::npos ||
+          fn == "." || fn == "..")
+        fail(index_path, "weight_map entry '" + name + "' names an invalid shard file '" + fn + "'");
+      if (!shard_by_file.count(fn)) {
+        files_.push_back(std::make_unique<SafetensorsFile>((dir / fn).string()));
+        shard_by_file[fn] = files_.back().get();
+      }
+      wanted[name] = fn;
+    }
+    for (auto& [name, fn] : wanted) {
+      const TensorView* t = shard_by_file[fn]->find(name);
+      if (!t) fail(shard_by_file[fn]->path(), "tensor '" + name + "' listed in the index is missing");
+      by_name_[name] = t;
+    }
+  }
+
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, const TensorView*> by_name_;
+};
+
+// A tensor to write: raw little-endian bytes of `dtype` with `shape`.
+struct TensorBlob {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  std::vector<uint8_t> bytes;
+};
+
+template <class T>
+TensorBlob make_blob(std::string name, DType dtype, std::vector<int64_t> shape, const std::vector<T>& v) {
+  TensorBlob b{std::move(name), dtype, std::move(shape), {}};
+  b.bytes.resize(v.size() * sizeof(T));
+  if (!v.empty()) std::memcpy(b.bytes.data(), v.data(), b.bytes.size());
+  return b;
+}
+
+inline void write_safetensors(const std::string& path, const std::vector<TensorBlob>& tensors) {
+  nlohmann::ordered_json h = nlohmann::ordered_json::object();
+  uint64_t off = 0;
+  for (auto& t : tensors) {
+    h[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {off, off + t.bytes.size()}}};
+    off += t.bytes.size();
+  }
+  std::string hs = h.dump();
+  while ((hs.size() + 8) % 8) hs.push_back(' ');  // keep the data buffer 8-byte aligned
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) fail(path, "cannot open for writing");
+  uint64_t n = hs.size();
+  out.write(reinterpret_cast<const char*>(&n), 8);
+  out.write(hs.data(), std::streamsize(hs.size()));
+  for (auto& t : tensors) out.write(reinterpret_cast<const char*>(t.bytes.data()), std::streamsize(t.bytes.size()));
+  if (!out) fail(path, "write failed");
+}
+
+}  // namespace mmfree

@@ -1,0 +1,75 @@
+// mmfree-cli end to end: the interfaces the issues specify, and its errors.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+
+#include "mmfree/mmfree.hpp"
+#include "test_util.hpp"
+
+using namespace mmfree;
+using namespace mmfree::test;
+
+namespace {
+
+struct CliRun {
+  int code;
+  std::string out, err;
+};
+
+CliRun run_cli(const std::string& args) {
+  TempDir d;
+  const std::string cmd = std::string(MMFREE_CLI) + " " + args + " >" + d.file("o") + " 2>" + d.file("e");
+  const int st = std::system(cmd.c_str());
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, read_file(d.file("o")), read_file(d.file("e"))};
+}
+
+const std::string kTiny = data_dir() + "/kjv-tiny";
+
+}  // namespace
+
+TEST(Cli, LogitsWritesSafetensorsEqualToPrefill) {
+  TempDir d;
+  CliRun r = run_cli("logits --model " + kTiny + " --ids 1,1142,333 --out " + d.file("l.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  SafetensorsFile f(d.file("l.safetensors"));
+  EXPECT_EQ(f.find("input_ids")->to_int32(), (std::vector<int32_t>{1, 1142, 333}));
+  EXPECT_EQ(f.find("logits")->shape, (std::vector<int64_t>{3, 4096}));
+  Model m = load_model(kTiny);
+  EXPECT_EQ(f.find("logits")->to_floats(), m.prefill(std::vector<int32_t>{1, 1142, 333}));
+}
+
+TEST(Cli, GenerateGreedyPrintsIds) {
+  CliRun r = run_cli("generate --model " + kTiny + " --ids 1,1142,333,2693 -n 24 --temperature 0 --print-ids");
+  ASSERT_EQ(r.code, 0) << r.err;
+  SafetensorsFile g(kTiny + "/golden.safetensors");
+  const auto want = g.find("genesis.greedy_ids")->to_int32();
+  std::string expect;
+  for (size_t i = 0; i < want.size(); ++i) expect += (i ? " " : "") + std::to_string(want[i]);
+  EXPECT_EQ(r.out, expect + "\n");
+}
+
+TEST(Cli, BadInputsFailWithMessages) {
+  struct Case {
+    std::string args, msg;
+  };
+  const std::vector<Case> cases = {
+      {"", "no command given"},
+      {"frobnicate", "unknown command 'frobnicate'"},
+      {"generate --model " + kTiny + " --ids 1,99999 --print-ids", "--ids: '99999' is out of range [0, 4095]"},
+      {"generate --model " + kTiny + " --ids 1,-3 --print-ids", "--ids: '-3' is out of range"},
+      {"generate --model " + kTiny + " --ids 1,x --print-ids", "--ids: 'x' is not an integer"},
+      {"generate --model " + kTiny + " --ids 1 -n 1e9", "-n: '1e9' is not an integer"},
+      {"generate --model " + kTiny + " --ids 1 -t 0", "--threads: '0' is out of range"},
+      {"generate --model " + kTiny + " --ids 1 --bogus 3", "--bogus: unknown option"},
+      {"generate --model /nonexistent --ids 1", "/nonexistent: no such file or directory"},
+      {"generate --model " + kTiny + "/config.json --ids 1", "not a checkpoint directory"},
+      {"logits --model " + kTiny + " --ids 1", "--out: is required"},
+      {"generate --model", "--model: missing value"},
+  };
+  for (auto& c : cases) {
+    CliRun r = run_cli(c.args);
+    EXPECT_NE(r.code, 0) << c.args;
+    EXPECT_NE(r.err.find(c.msg), std::string::npos) << c.args << "\nstderr: " << r.err;
+  }
+}

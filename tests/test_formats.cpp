@@ -1,0 +1,132 @@
+// Ternary packing formats and the integer kernels: exact, on odd shapes.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "mmfree/kernels/dispatch.hpp"
+#include "mmfree/ternary_format.hpp"
+#include "mmfree/thread_pool.hpp"
+
+using namespace mmfree;
+
+namespace {
+
+std::vector<int8_t> random_ternary(std::mt19937& rng, size_t n) {
+  std::vector<int8_t> t(n);
+  std::uniform_int_distribution<int> d(-1, 1);
+  for (auto& v : t) v = int8_t(d(rng));
+  return t;
+}
+std::vector<int8_t> random_q(std::mt19937& rng, int64_t rows, int64_t cols, int64_t ld) {
+  std::vector<int8_t> q(static_cast<size_t>(rows * ld), 0);
+  std::uniform_int_distribution<int> d(-128, 127);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) q[size_t(r * ld + c)] = int8_t(d(rng));
+  return q;
+}
+// The definition: sum of t * q in plain integer arithmetic.
+int32_t naive_dot(const int8_t* t, const int8_t* q, int64_t n) {
+  int32_t s = 0;
+  for (int64_t i = 0; i < n; ++i) s += int32_t(t[i]) * int32_t(q[i]);
+  return s;
+}
+
+const TernaryFormat kFormats[] = {TernaryFormat::TQ2, TernaryFormat::TQ1};
+
+}  // namespace
+
+TEST(Tq1, EveryByteValueDecodesExactly) {
+  for (int v = 0; v < 243; ++v) {
+    int8_t d[5] = {int8_t(v / 81), int8_t(v / 27 % 3), int8_t(v / 9 % 3), int8_t(v / 3 % 3), int8_t(v % 3)};
+    const uint8_t q = tq1_encode(d);
+    for (int k = 0; k < 5; ++k) ASSERT_EQ(tq1_digit(q, k), d[k]) << "v=" << v << " k=" << k;
+  }
+}
+
+TEST(Formats, BlockGeometry) {
+  EXPECT_EQ(format_info(TernaryFormat::TQ2).block_weights, 256);
+  EXPECT_EQ(format_info(TernaryFormat::TQ2).block_bytes, 64);
+  EXPECT_EQ(format_info(TernaryFormat::TQ1).block_weights, 160);
+  EXPECT_EQ(format_info(TernaryFormat::TQ1).block_bytes, 32);
+  auto m = TernaryMatrix::shape_for(TernaryFormat::TQ1, 3, 2560);
+  EXPECT_EQ(m.row_bytes, 512);  // exactly 1.6 bits per weight
+  EXPECT_EQ(padded_cols(1), 1280);
+  EXPECT_EQ(padded_cols(1280), 1280);
+  EXPECT_EQ(padded_cols(1281), 2560);
+}
+
+// A known bit pattern, so the layout documented in ternary_format.hpp is pinned down.
+TEST(Formats, Tq2LayoutIsAsDocumented) {
+  std::vector<int8_t> t(256, 0);
+  t[0] = 1;     // k=0, j=0 -> byte 0 bits 0-1 = 2
+  t[64] = -1;   // k=1, j=0 -> byte 0 bits 2-3 = 0
+  t[255] = 1;   // k=3, j=63 -> byte 63 bits 6-7 = 2
+  auto m = pack_ternary(t.data(), 1, 256, TernaryFormat::TQ2);
+  EXPECT_EQ(m.data[0], 0b01010010);
+  EXPECT_EQ(m.data[63], 0b10010101);
+  EXPECT_EQ(m.data[1], 0b01010101);
+}
+
+TEST(Formats, Tq1LayoutIsAsDocumented) {
+  std::vector<int8_t> t(160, 0);
+  t[0] = 1;    // digits of byte 0: (2,1,1,1,1) -> v = 162+27+9+3+1 = 202
+  t[159] = -1; // byte 31: (1,1,1,1,0) -> v = 81+27+9+3 = 120
+  auto m = pack_ternary(t.data(), 1, 160, TernaryFormat::TQ1);
+  EXPECT_EQ(m.data[0], (202 * 256 + 242) / 243);
+  EXPECT_EQ(m.data[31], (120 * 256 + 242) / 243);
+}
+
+TEST(Formats, PackRoundTripOddShapes) {
+  std::mt19937 rng(1);
+  for (auto f : kFormats)
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 1}, {3, 7}, {5, 255}, {2, 257}, {4, 161}, {1, 1000}}) {
+      auto t = random_ternary(rng, size_t(rows * cols));
+      auto m = pack_ternary(t.data(), rows, cols, f);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) ASSERT_EQ(ternary_at(m, r, c), t[size_t(r * cols + c)]);
+    }
+}
+
+TEST(Formats, TernarizeAbsmean) {
+  // mean|W| = 0.5, so s_w = 2: 0.2 -> round(0.4) = 0, 0.3 -> round(0.6) = 1, -2 -> -1.
+  std::vector<float> w = {0.2f, 0.3f, -2.0f, 0.0f, -0.3f, 0.2f};
+  auto m = quantize_ternary(w.data(), 2, 3, TernaryFormat::TQ2);
+  EXPECT_FLOAT_EQ(m.scale, 0.5f);
+  const int expect[6] = {0, 1, -1, 0, -1, 0};
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(ternary_at(m, i / 3, i % 3), expect[i]) << i;
+  // All-zero weights: the scale clamps to 1e-5 rather than dividing by zero.
+  std::vector<float> z(10, 0.0f);
+  EXPECT_FLOAT_EQ(quantize_ternary(z.data(), 1, 10, TernaryFormat::TQ1).scale, 1e-5f);
+}
+
+// The scalar reference kernel against the plain integer definition.
+TEST(ScalarKernel, MatchesDefinition) {
+  std::mt19937 rng(2);
+  for (auto f : kFormats)
+    for (int64_t cols : {1, 5, 159, 160, 161, 255, 256, 257, 1000, 2049}) {
+      const int64_t rows = 3, n = 2, ld = padded_cols(cols);
+      auto t = random_ternary(rng, size_t(rows * cols));
+      auto m = pack_ternary(t.data(), rows, cols, f);
+      auto q = random_q(rng, n, cols, ld);
+      std::vector<int32_t> out(static_cast<size_t>(n * rows));
+      kernels::ternary_gemm_scalar(m, q.data(), ld, n, out.data(), rows, 0, rows);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t r = 0; r < rows; ++r)
+          ASSERT_EQ(out[size_t(i * rows + r)], naive_dot(t.data() + r * cols, q.data() + i * ld, cols))
+              << format_name(f) << " cols=" << cols;
+    }
+}
+
+TEST(ThreadPool, ForRangeCoversEveryIndexOnce) {
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    for (int64_t n : {0, 1, 15, 16, 17, 1000}) {
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      pool.for_range(n, 16, [&](int64_t b, int64_t e) {
+        EXPECT_EQ(b % 16, 0);
+        for (int64_t i = b; i < e; ++i) hits[size_t(i)]++;
+      });
+      for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+    }
+  }
+}

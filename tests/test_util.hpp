@@ -1,0 +1,99 @@
+// Helpers shared by the tests: fixture paths, temporary files, agreement statistics.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace mmfree::test {
+
+inline std::string data_dir() { return MMFREE_TEST_DATA; }
+inline std::string shared_dir() { return MMFREE_SHARED_FIXTURES; }
+inline bool shared_available() { return std::filesystem::exists(shared_dir() + "/kjv-demo/config.json"); }
+
+#define MMFREE_REQUIRE_SHARED()                                                                      \
+  do {                                                                                               \
+    if (!::mmfree::test::shared_available())                                                         \
+      GTEST_SKIP() << "shared fixtures not found at " << ::mmfree::test::shared_dir() << ", skipping"; \
+  } while (0)
+
+// A fresh temporary directory, removed at destruction.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    static int counter = 0;
+    path = std::filesystem::temp_directory_path() /
+           ("mmfree-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+inline void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream o(path, std::ios::binary | std::ios::trunc);
+  o.write(bytes.data(), std::streamsize(bytes.size()));
+}
+inline std::string read_file(const std::string& path) {
+  std::ifstream i(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(i), {});
+}
+
+// log-softmax in double.
+inline std::vector<double> log_softmax(const float* x, size_t n) {
+  double mx = -INFINITY;
+  for (size_t i = 0; i < n; ++i) mx = std::max(mx, double(x[i]));
+  double z = 0;
+  for (size_t i = 0; i < n; ++i) z += std::exp(double(x[i]) - mx);
+  std::vector<double> out(n);
+  for (size_t i = 0; i < n; ++i) out[i] = double(x[i]) - mx - std::log(z);
+  return out;
+}
+
+// KL(softmax(ref) || softmax(ours)) for one position.
+inline double kl_div(const float* ref, const float* ours, size_t n) {
+  auto p = log_softmax(ref, n), q = log_softmax(ours, n);
+  double kl = 0;
+  for (size_t i = 0; i < n; ++i) kl += std::exp(p[i]) * (p[i] - q[i]);
+  return std::max(kl, 0.0);
+}
+
+struct Agreement {
+  double max_kl = 0, mean_kl = 0, max_rel = 0, top1 = 0;
+};
+
+// Agreement statistics of [T, V] logits, as SPEC.md defines them.
+inline Agreement agreement(const std::vector<float>& ref, const std::vector<float>& ours, size_t T, size_t V) {
+  Agreement a;
+  size_t same = 0;
+  for (size_t t = 0; t < T; ++t) {
+    const float* r = ref.data() + t * V;
+    const float* o = ours.data() + t * V;
+    const double kl = kl_div(r, o, V);
+    a.max_kl = std::max(a.max_kl, kl);
+    a.mean_kl += kl / double(T);
+    double mx = 0, err = 0;
+    for (size_t i = 0; i < V; ++i) {
+      mx = std::max(mx, std::fabs(double(r[i])));
+      err = std::max(err, std::fabs(double(r[i]) - double(o[i])));
+    }
+    a.max_rel = std::max(a.max_rel, err / std::max(mx, 1e-30));
+    same += std::max_element(r, r + V) == r ? (std::max_element(o, o + V) == o)
+                                            : size_t(std::max_element(r, r + V) - r) == size_t(std::max_element(o, o + V) - o);
+  }
+  a.top1 = double(same) / double(T);
+  return a;
+}
+
+}  // namespace mmfree::test
