@@ -130,3 +130,54 @@ TEST(ThreadPool, ForRangeCoversEveryIndexOnce) {
     }
   }
 }
+
+// Every SIMD path equals the scalar reference bit for bit: odd K, 1 row, 1 column, K=1,
+// token counts around the register tile, 1 and several threads.
+TEST(SimdKernels, BitExactWithScalarOnOddShapes) {
+  std::mt19937 rng(7);
+  const auto isas = kernels::available_isas();
+  std::printf("ISAs on this CPU:");
+  for (auto i : isas) std::printf(" %s", kernels::isa_name(i));
+  std::printf("\n");
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 1}, {1, 257}, {7, 1}, {5, 159}, {5, 161}, {9, 320},
+                                                {13, 511}, {17, 1000}, {4, 2560}, {33, 4097}};
+  for (auto f : kFormats)
+    for (auto [rows, cols] : shapes)
+      for (int64_t n : {1, 2, 3, 4, 5, 9}) {
+        const int64_t ld = padded_cols(cols);
+        auto t = random_ternary(rng, size_t(rows * cols));
+        auto m = pack_ternary(t.data(), rows, cols, f);
+        auto q = random_q(rng, n, cols, ld);
+        std::vector<int32_t> ref(size_t(n * rows));
+        kernels::ternary_gemm_scalar(m, q.data(), ld, n, ref.data(), rows, 0, rows);
+        for (auto isa : isas)
+          for (int threads : {1, 3}) {
+            ThreadPool pool(threads);
+            const auto table = kernels::kernel_table(isa);
+            std::vector<int32_t> got(size_t(n * rows), 12345);
+            pool.for_range(rows, 1, [&](int64_t r0, int64_t r1) { table.gemm(m, q.data(), ld, n, got.data(), rows, r0, r1); });
+            ASSERT_EQ(got, ref) << kernels::isa_name(isa) << " " << format_name(f) << " " << rows << "x" << cols
+                                << " n=" << n << " threads=" << threads;
+          }
+      }
+}
+
+// Extreme activations (all -128 / all 127) against all -1 / all +1 weights: the largest
+// sums any kernel can meet, on a long row.
+TEST(SimdKernels, ExtremeValuesLongRows) {
+  const int64_t cols = 20000, ld = padded_cols(cols);
+  for (auto f : kFormats)
+    for (int w : {-1, 1})
+      for (int qv : {-128, 127}) {
+        std::vector<int8_t> t(size_t(2 * cols), int8_t(w));
+        auto m = pack_ternary(t.data(), 2, cols, f);
+        std::vector<int8_t> q(size_t(ld), 0);
+        std::fill(q.begin(), q.begin() + cols, int8_t(qv));
+        for (auto isa : kernels::available_isas()) {
+          std::vector<int32_t> got(2);
+          kernels::kernel_table(isa).gemm(m, q.data(), ld, 1, got.data(), 2, 0, 2);
+          EXPECT_EQ(got[0], int32_t(w * qv * cols)) << kernels::isa_name(isa) << " " << format_name(f);
+          EXPECT_EQ(got[1], got[0]);
+        }
+      }
+}

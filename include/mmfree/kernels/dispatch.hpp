@@ -6,8 +6,11 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "mmfree/error.hpp"
+#include "mmfree/kernels/ternary_avx2.hpp"
+#include "mmfree/kernels/ternary_avx512.hpp"
 #include "mmfree/kernels/ternary_scalar.hpp"
 #include "mmfree/ternary_format.hpp"
 
@@ -42,9 +45,6 @@ inline bool cpu_has(Isa isa) {
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 #endif
-#if defined(__aarch64__)
-    case Isa::Neon: return true;
-#endif
     default: return false;
   }
 }
@@ -53,11 +53,26 @@ inline KernelTable kernel_table(Isa isa) {
   if (!cpu_has(isa)) fail(std::string("kernels ") + isa_name(isa), "not supported by this CPU or build");
   KernelTable t;
   t.isa = isa;
+#if defined(__x86_64__)
+  if (isa == Isa::Avx2) t.gemm = avx2::ternary_gemm;
+  if (isa == Isa::Avx512) t.gemm = avx512::ternary_gemm;
+#endif
   return t;
 }
 
+// The ISAs this CPU and build support, best first.
+inline std::vector<Isa> available_isas() {
+  std::vector<Isa> v;
+  for (Isa i : {Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Scalar})
+    if (cpu_has(i)) v.push_back(i);
+  return v;
+}
+
 // The best table this CPU supports.
-inline KernelTable best_kernels() { return kernel_table(Isa::Scalar); }
+inline KernelTable best_kernels() {
+  static const Isa best = available_isas().front();
+  return kernel_table(best);
+}
 
 inline Isa parse_isa(const std::string& s) {
   for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon})
