@@ -9,7 +9,9 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "mmfree/ternary_format.hpp"
@@ -24,6 +26,9 @@
 #define MMFREE_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
 namespace mmfree::kernels::avx512 {
+
+// How far ahead (in rows) single-token kernels prefetch weights.
+inline constexpr int64_t kPrefetchRows = 8;
 
 MMFREE_TARGET_AVX512 inline int32_t sum_q(const int8_t* q, int64_t n) {
   // sum of int8 = dpbusd with u8 ones.
@@ -88,6 +93,9 @@ MMFREE_TARGET_AVX512 inline void tq2_gemv_tile(const TernaryMatrix& W, int64_t r
     const __m512i x0 = _mm512_loadu_si512(q + b * 256), x1 = _mm512_loadu_si512(q + b * 256 + 64);
     const __m512i x2 = _mm512_loadu_si512(q + b * 256 + 128), x3 = _mm512_loadu_si512(q + b * 256 + 192);
     for (int i = 0; i < R; ++i) {
+      // Rows are contiguous: fetch the same block of the rows two tiles ahead, so several
+      // DRAM requests are in flight while this tile computes.
+      _mm_prefetch((const char*)(w[i] + b * 64 + kPrefetchRows * W.row_bytes), _MM_HINT_T0);
       const __m512i raw = _mm512_loadu_si512(w[i] + b * 64);
       a0[i] = _mm512_dpbusd_epi32(a0[i], tq2_digits<0>(raw), x0);
       a1[i] = _mm512_dpbusd_epi32(a1[i], tq2_digits<1>(raw), x1);
@@ -136,7 +144,10 @@ MMFREE_TARGET_AVX512 inline void tq1_tile(const TernaryMatrix& W, int64_t r, con
   int64_t b = 0;
   for (; b + 2 <= nb; b += 2) {
     __m512i m[R];
-    for (int i = 0; i < R; ++i) m[i] = _mm512_loadu_si512(w[i] + b * 32);
+    for (int i = 0; i < R; ++i) {
+      if constexpr (T == 1) _mm_prefetch((const char*)(w[i] + b * 32 + kPrefetchRows * W.row_bytes), _MM_HINT_T0);
+      m[i] = _mm512_loadu_si512(w[i] + b * 32);
+    }
     for (int k = 0; k < 5; ++k) {
       __m512i d[R];
       for (int i = 0; i < R; ++i) {
@@ -205,9 +216,15 @@ MMFREE_TARGET_AVX512 inline void ternary_gemm(const TernaryMatrix& W, const int8
     return;
   }
   // 4 rows x 4 tokens: 16 accumulators + 4 digit + 4 raw + 1 activation registers of 32.
-  int64_t t = 0;
-  for (; t + 4 <= n; t += 4) run_tiles<4, 4>(tq1, W, A + t * lda, lda, qsum.data() + t, out + t * ldo, ldo, r0, r1);
-  for (; t < n; ++t) run_tiles<4, 1>(tq1, W, A + t * lda, lda, qsum.data() + t, out + t * ldo, ldo, r0, r1);
+  // Rows go in chunks whose weights stay in L2 while every token tile passes over them, so
+  // each weight byte comes from memory once per call instead of once per tile.
+  const int64_t chunk = std::max<int64_t>(4, (int64_t(256) << 10) / std::max<int64_t>(W.row_bytes, 1) / 4 * 4);
+  for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
+    const int64_t c1 = std::min(r1, c0 + chunk);
+    int64_t t = 0;
+    for (; t + 4 <= n; t += 4) run_tiles<4, 4>(tq1, W, A + t * lda, lda, qsum.data() + t, out + t * ldo, ldo, c0, c1);
+    for (; t < n; ++t) run_tiles<4, 1>(tq1, W, A + t * lda, lda, qsum.data() + t, out + t * ldo, ldo, c0, c1);
+  }
 }
 
 }  // namespace mmfree::kernels::avx512
