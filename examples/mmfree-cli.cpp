@@ -1,5 +1,10 @@
 // mmfree-cli: run MatMul-free language models from the command line.
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <thread>
 #include <cstring>
 #include <iostream>
 #include <map>
@@ -16,9 +21,14 @@ using mmfree::fail;
 const char* kUsage =
     "usage: mmfree-cli <command> [options]\n"
     "commands:\n"
-    "  logits   --model DIR --ids 1,5,9 --out FILE.safetensors\n"
-    "  generate --model DIR --ids 1,5,9 [-n N] [--temperature 0] [--print-ids]\n"
-    "common options: -t/--threads N, --kernels scalar|avx2|avx512, --format tq2|tq1\n";
+    "  generate   [--model M] (--prompt TEXT | --ids 1,5,9) [-n N] [--temperature T] [--top-k K] [--top-p P]\n"
+    "             [--min-p P] [--repeat-penalty R] [--repeat-last-n N] [--seed S] [--print-ids] [--no-stats]\n"
+    "  tokenize   (--model M | --tokenizer FILE.json) (--text TEXT | --decode \"1 2 3\") [--no-bos]\n"
+    "  logits     --model M --ids 1,5,9 --out FILE.safetensors\n"
+    "  perplexity --model M --file TEXT [--window 256] [--windows 64]\n"
+    "  info       --model M\n"
+    "common: -m/--model DIR (default: the bundled model), -t/--threads N, --kernels scalar|avx2|avx512,\n"
+    "        --format tq2|tq1\n";
 
 // Flags as "--name value" pairs; boolean flags have no value.
 struct Args {
@@ -59,9 +69,14 @@ struct Args {
   }
 };
 
+std::string model_path(const Args& a) { return a.has("model") ? a.str("model") : std::string(MMFREE_DEFAULT_MODEL); }
+
+mmfree::Model load(const Args& a);
+
 mmfree::ModelOptions model_options(const Args& a) {
   mmfree::ModelOptions o;
-  if (a.has("threads")) o.threads = int(mmfree::parse_int(a.str("threads"), "--threads", 1, 1024));
+  const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
+  if (a.has("threads")) o.threads = int(mmfree::parse_int(a.str("threads"), "--threads", 1, hw));
   if (a.has("kernels")) o.isa = mmfree::kernels::parse_isa(a.str("kernels"));
   if (a.has("format")) {
     const std::string f = a.str("format");
@@ -72,39 +87,177 @@ mmfree::ModelOptions model_options(const Args& a) {
   return o;
 }
 
+mmfree::Model load(const Args& a) { return mmfree::load_model(model_path(a), model_options(a)); }
+
+// The tokenizer that comes with a model: tokenizer.json in its directory.
+mmfree::Tokenizer model_tokenizer(const std::string& model) {
+  namespace fs = std::filesystem;
+  const fs::path p = fs::path(model) / "tokenizer.json";
+  if (!fs::exists(p)) mmfree::fail(model, "has no tokenizer.json (give --ids instead of --prompt)");
+  return mmfree::Tokenizer::from_file(p.string());
+}
+
+const std::vector<std::string> kModelFlags = {"model", "threads", "kernels", "format"};
+std::vector<std::string> with_model_flags(std::vector<std::string> v) {
+  v.insert(v.end(), kModelFlags.begin(), kModelFlags.end());
+  return v;
+}
+
 int cmd_logits(const Args& a) {
-  a.allow({"model", "ids", "out", "threads", "kernels", "format"});
-  mmfree::Model m = mmfree::load_model(a.str("model"), model_options(a));
+  a.allow(with_model_flags({"ids", "out"}));
+  mmfree::Model m = load(a);
   const auto ids = mmfree::parse_id_list(a.str("ids"), "--ids", m.vocab_size() - 1);
   if (ids.empty()) fail("--ids", "no token ids given");
+  const std::string out = a.str("out");
   const auto logits = m.prefill(ids);
   const int64_t T = int64_t(ids.size());
-  mmfree::write_safetensors(a.str("out"), {mmfree::make_blob("input_ids", mmfree::DType::I32, {T}, ids),
-                                            mmfree::make_blob("logits", mmfree::DType::F32, {T, m.vocab_size()}, logits)});
+  mmfree::write_safetensors(out, {mmfree::make_blob("input_ids", mmfree::DType::I32, {T}, ids),
+                                  mmfree::make_blob("logits", mmfree::DType::F32, {T, m.vocab_size()}, logits)});
   return 0;
 }
 
-int argmax(const std::vector<float>& v) {
-  return int(std::max_element(v.begin(), v.end()) - v.begin());
+int cmd_generate(const Args& a) {
+  a.allow(with_model_flags({"ids", "prompt", "max-new-tokens", "temperature", "top-k", "top-p", "min-p", "repeat-penalty",
+                            "repeat-last-n", "seed", "print-ids", "no-stats"}));
+  if (a.has("ids") == a.has("prompt")) fail("generate", "give exactly one of --prompt TEXT or --ids 1,5,9");
+  mmfree::GenerateOptions g;
+  g.max_new_tokens = a.has("max-new-tokens") ? mmfree::parse_int(a.str("max-new-tokens"), "-n", 0, 1 << 24) : 128;
+  auto& s = g.sampling;
+  if (a.has("temperature")) s.temperature = float(mmfree::parse_double(a.str("temperature"), "--temperature", 0, 100));
+  if (a.has("top-k")) s.top_k = int32_t(mmfree::parse_int(a.str("top-k"), "--top-k", 0, INT32_MAX));
+  if (a.has("top-p")) s.top_p = float(mmfree::parse_double(a.str("top-p"), "--top-p", 1e-9, 1));
+  if (a.has("min-p")) s.min_p = float(mmfree::parse_double(a.str("min-p"), "--min-p", 0, 1));
+  if (a.has("repeat-penalty")) s.repeat_penalty = float(mmfree::parse_double(a.str("repeat-penalty"), "--repeat-penalty", 1e-3, 100));
+  if (a.has("repeat-last-n")) s.repeat_last_n = int32_t(mmfree::parse_int(a.str("repeat-last-n"), "--repeat-last-n", 0, 1 << 20));
+  if (a.has("seed")) s.seed = uint64_t(mmfree::parse_int(a.str("seed"), "--seed", 0, INT64_MAX));
+  s.validate();
+
+  mmfree::Model m = load(a);
+  std::optional<mmfree::Tokenizer> tok;
+  std::vector<int32_t> prompt;
+  if (a.has("prompt")) {
+    tok.emplace(model_tokenizer(model_path(a)));
+    if (tok->vocab_size() > m.vocab_size()) fail(tok->source(), "has more tokens than the model's vocabulary");
+    prompt = tok->encode(a.str("prompt"));
+    if (prompt.empty()) fail("--prompt", "encodes to no tokens (and the tokenizer adds no BOS)");
+  } else {
+    prompt = mmfree::parse_id_list(a.str("ids"), "--ids", m.vocab_size() - 1);
+    if (prompt.empty()) fail("--ids", "no token ids given");
+  }
+  const bool print_ids = a.switches.count("print-ids") > 0;
+  g.eos_id = print_ids ? -1 : int32_t(m.config().eos_token_id);  // --print-ids: exactly -n tokens
+  std::vector<int32_t> all = prompt;
+  std::optional<mmfree::IncrementalDecoder> dec;
+  if (tok && !print_ids) {
+    std::fputs(a.str("prompt").c_str(), stdout);
+    dec.emplace(*tok);
+    // Prime the decoder with the prompt so spacing continues naturally.
+    for (int32_t id : prompt) dec->push(id);
+  }
+  const auto stats = mmfree::generate(m, prompt, g, [&](int32_t id) {
+    all.push_back(id);
+    if (dec) {
+      std::fputs(dec->push(id).c_str(), stdout);
+      std::fflush(stdout);
+    }
+    return true;
+  });
+  if (dec) std::fputs((dec->finish() + "\n").c_str(), stdout);
+  if (print_ids || !tok) {
+    for (size_t i = 0; i < all.size(); ++i) std::printf("%s%d", i ? " " : "", all[i]);
+    std::printf("\n");
+  }
+  if (!a.switches.count("no-stats"))
+    std::fprintf(stderr,
+                 "prompt tokens: %lld, prefill %.1f tok/s, decode %.1f tok/s (%lld tokens), time to first token %.1f ms, "
+                 "peak memory %.1f MiB\n",
+                 (long long)stats.prompt_tokens, stats.prefill_tokens_per_second(), stats.decode_tokens_per_second(),
+                 (long long)stats.generated_tokens, stats.time_to_first_token * 1e3,
+                 double(mmfree::peak_rss_bytes()) / (1 << 20));
+  return 0;
 }
 
-int cmd_generate(const Args& a) {
-  a.allow({"model", "ids", "max-new-tokens", "temperature", "print-ids", "threads", "kernels", "format"});
-  mmfree::Model m = mmfree::load_model(a.str("model"), model_options(a));
-  auto ids = mmfree::parse_id_list(a.str("ids"), "--ids", m.vocab_size() - 1);
-  if (ids.empty()) fail("--ids", "no token ids given");
-  const int64_t n = a.has("max-new-tokens") ? mmfree::parse_int(a.str("max-new-tokens"), "-n", 0, 1 << 24) : 32;
-  const double temp = a.has("temperature") ? mmfree::parse_double(a.str("temperature"), "--temperature", 0, 100) : 0;
-  if (temp != 0) fail("--temperature", "only 0 (greedy) is supported with --ids");
-  mmfree::State st = m.new_state();
-  std::vector<float> logits = m.prefill_last(ids, st);
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t next = argmax(logits);
-    ids.push_back(next);
-    if (i + 1 < n) logits = m.step(next, st);
+int cmd_tokenize(const Args& a) {
+  a.allow({"model", "tokenizer", "text", "decode", "no-bos"});
+  if (a.has("model") == a.has("tokenizer")) fail("tokenize", "give exactly one of --model DIR or --tokenizer FILE.json");
+  const mmfree::Tokenizer tok =
+      a.has("tokenizer") ? mmfree::Tokenizer::from_file(a.str("tokenizer")) : model_tokenizer(a.str("model"));
+  if (a.has("text") == a.has("decode")) fail("tokenize", "give exactly one of --text TEXT or --decode \"1 2 3\"");
+  if (a.has("decode")) {
+    const auto ids = mmfree::parse_id_list(a.str("decode"), "--decode", tok.vocab_size() - 1);
+    std::printf("%s\n", tok.decode(ids).c_str());
+    return 0;
   }
+  const auto ids = tok.encode(a.str("text"), !a.switches.count("no-bos"));
   for (size_t i = 0; i < ids.size(); ++i) std::printf("%s%d", i ? " " : "", ids[i]);
   std::printf("\n");
+  return 0;
+}
+
+int cmd_perplexity(const Args& a) {
+  a.allow(with_model_flags({"file", "window", "windows"}));
+  const int64_t window = a.has("window") ? mmfree::parse_int(a.str("window"), "--window", 1, 1 << 20) : 256;
+  const int64_t windows = a.has("windows") ? mmfree::parse_int(a.str("windows"), "--windows", 1, 1 << 30) : 64;
+  const std::string file = a.str("file");
+  std::ifstream in(file, std::ios::binary);
+  if (!in) fail(file, "cannot open");
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  mmfree::Model m = load(a);
+  const auto tok = model_tokenizer(model_path(a));
+  const auto ids = mmfree::tokenize_chapters(tok, text);
+  std::fprintf(stderr, "%s: %zu tokens\n", file.c_str(), ids.size());
+  const auto r = mmfree::perplexity(m, ids, window, windows, [](int64_t w, int64_t n, double ppl) {
+    std::fprintf(stderr, "\rwindow %lld/%lld  running perplexity %.4f", (long long)w, (long long)n, ppl);
+  });
+  std::fprintf(stderr, "\n");
+  std::printf("perplexity: %.4f over %lld tokens\n", r.perplexity(), (long long)r.scored);
+  return 0;
+}
+
+int cmd_info(const Args& a) {
+  a.allow(with_model_flags({}));
+  const std::string path = model_path(a);
+  mmfree::Model m = load(a);
+  const auto& c = m.config();
+  const auto& w = m.weights();
+  int64_t ternary_params = 0, float_params = 0;
+  size_t packed = 0;
+  auto count = [&](const mmfree::BitLinear& b) {
+    ternary_params += b.in_features() * b.out_features();
+    float_params += b.in_features();
+    packed += b.weights().nbytes();
+  };
+  for (auto& b : w.blocks) {
+    for (auto* l : {&b.attn.i_proj, &b.attn.f_proj, &b.attn.g_proj, &b.attn.o_proj, &b.mlp.gate_proj, &b.mlp.down_proj}) count(*l);
+    float_params += 3 * c.hidden_size + int64_t(b.attn.lower_bound.size());
+  }
+  count(w.lm_head);
+  const int64_t emb = c.vocab_size * c.hidden_size;
+  std::printf("model        %s\n", path.c_str());
+  std::printf("architecture hgrn_bit (MatMul-free LM): %lld layers, hidden %lld, mixer dim %lld, intermediate %lld, "
+              "vocab %lld, heads %lld\n",
+              (long long)c.num_hidden_layers, (long long)c.hidden_size, (long long)c.input_dim(),
+              (long long)c.intermediate_size, (long long)c.vocab_size, (long long)c.num_heads);
+  std::printf("options      lower bounds %s, rms_norm_eps %g, bos %lld, eos %lld, tied embeddings %s\n",
+              c.use_lower_bound ? "yes" : "no", c.rms_norm_eps, (long long)c.bos_token_id, (long long)c.eos_token_id,
+              c.tie_word_embeddings ? "yes" : "no");
+  std::printf("parameters   %.2fM total: %.2fM ternary, %.2fM embedding, %.3fM other float\n",
+              double(ternary_params + emb + float_params) / 1e6, double(ternary_params) / 1e6, double(emb) / 1e6,
+              double(float_params) / 1e6);
+  std::printf("memory       %.2f MiB packed ternary (%s), %.2f MiB embeddings (%s), fp32 equivalent %.2f MiB\n",
+              double(packed) / (1 << 20), mmfree::format_name(w.lm_head.weights().format),
+              double(w.embeddings.nbytes()) / (1 << 20), mmfree::dtype_name(w.embeddings.dtype),
+              double(4 * (ternary_params + emb + float_params)) / (1 << 20));
+  std::printf("kernels      %s, %d thread(s)\n", mmfree::kernels::isa_name(m.isa()), m.options().threads);
+  namespace fs = std::filesystem;
+  if (fs::exists(fs::path(path) / "tokenizer.json")) {
+    const auto tok = model_tokenizer(path);
+    std::printf("tokenizer    %lld tokens, %zu merges, normaliser %s, bos %d%s, eos %d%s\n", (long long)tok.vocab_size(),
+                tok.merge_count(), tok.normalizer_kind().c_str(), tok.bos_id(), tok.adds_bos() ? " (added)" : "",
+                tok.eos_id(), tok.adds_eos() ? " (added)" : "");
+  } else {
+    std::printf("tokenizer    none\n");
+  }
   return 0;
 }
 
@@ -114,9 +267,12 @@ int main(int argc, char** argv) {
   try {
     const std::map<std::string, std::string> aliases = {{"-n", "--max-new-tokens"}, {"-t", "--threads"},
                                                         {"-m", "--model"}, {"-p", "--prompt"}};
-    Args a = Args::parse(argc, argv, {"print-ids", "help"}, aliases);
+    Args a = Args::parse(argc, argv, {"print-ids", "help", "no-stats", "no-bos"}, aliases);
     if (a.command == "logits") return cmd_logits(a);
     if (a.command == "generate") return cmd_generate(a);
+    if (a.command == "tokenize") return cmd_tokenize(a);
+    if (a.command == "perplexity") return cmd_perplexity(a);
+    if (a.command == "info") return cmd_info(a);
     if (a.command == "help" || a.command == "--help" || a.command == "-h") {
       std::fputs(kUsage, stdout);
       return 0;

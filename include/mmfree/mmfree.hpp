@@ -12,3 +12,6 @@
 #include "mmfree/ternary_format.hpp"
 #include "mmfree/thread_pool.hpp"
 #include "mmfree/version.hpp"
+#include "mmfree/generate.hpp"
+#include "mmfree/sampler.hpp"
+#include "mmfree/tokenizer.hpp"

@@ -1,0 +1,133 @@
+// mmfree: generation and evaluation loops on top of Model, Tokenizer and Sampler.
+#pragma once
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "mmfree/model.hpp"
+#include "mmfree/sampler.hpp"
+#include "mmfree/tokenizer.hpp"
+
+namespace mmfree {
+
+// Peak resident memory of this process in bytes (VmHWM), 0 where unknown.
+inline size_t peak_rss_bytes() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return size_t(std::stoull(line.substr(6))) * 1024;
+  return 0;
+}
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 128;
+  SamplerOptions sampling;
+  int32_t eos_id = -1;  // stop when this token is drawn (it is not passed on); -1: never
+};
+
+struct GenerateStats {
+  int64_t prompt_tokens = 0, generated_tokens = 0;
+  double prefill_seconds = 0, decode_seconds = 0, time_to_first_token = 0;
+  double prefill_tokens_per_second() const { return prefill_seconds > 0 ? double(prompt_tokens) / prefill_seconds : 0; }
+  double decode_tokens_per_second() const {
+    return decode_seconds > 0 && generated_tokens > 1 ? double(generated_tokens - 1) / decode_seconds : 0;
+  }
+};
+
+// Consumes `prompt`, then draws up to max_new_tokens, calling on_token(id) for each; the
+// callback returns false to stop. Time to first token = prefill + first draw.
+inline GenerateStats generate(const Model& model, const std::vector<int32_t>& prompt, const GenerateOptions& opt,
+                              const std::function<bool(int32_t)>& on_token) {
+  using clock = std::chrono::steady_clock;
+  if (prompt.empty()) fail("prompt", "is empty (no tokens to start from)");
+  if (opt.max_new_tokens < 0) fail("max_new_tokens", "must be >= 0");
+  GenerateStats st;
+  st.prompt_tokens = int64_t(prompt.size());
+  Sampler sampler(opt.sampling);
+  State state = model.new_state();
+  std::vector<int32_t> history = prompt;
+  const auto t0 = clock::now();
+  std::vector<float> logits = model.prefill_last(prompt, state);
+  st.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
+  auto t_first = clock::now();
+  for (int64_t i = 0; i < opt.max_new_tokens; ++i) {
+    const int32_t next = sampler.sample(logits, history);
+    if (i == 0) {
+      t_first = clock::now();
+      st.time_to_first_token = std::chrono::duration<double>(t_first - t0).count();
+    }
+    if (next == opt.eos_id) break;
+    history.push_back(next);
+    ++st.generated_tokens;
+    if (!on_token(next)) break;
+    if (i + 1 < opt.max_new_tokens) logits = model.step(next, state);
+  }
+  st.decode_seconds = std::chrono::duration<double>(clock::now() - t_first).count();
+  return st;
+}
+
+// ---- perplexity (SPEC.md protocol) ---------------------------------------------------------
+
+struct PerplexityResult {
+  double nll = 0;
+  int64_t scored = 0;
+  int64_t windows = 0;
+  double perplexity() const { return std::exp(nll / double(scored)); }
+};
+
+// Chapters are separated by blank lines; each is tokenised (no BOS) followed by "\n".
+inline std::vector<int32_t> tokenize_chapters(const Tokenizer& tok, const std::string& text) {
+  std::vector<int32_t> ids;
+  size_t i = 0;
+  while (i < text.size()) {
+    size_t j = text.find("\n\n", i);
+    if (j == std::string::npos) j = text.size();
+    std::string ch = text.substr(i, j - i);
+    while (!ch.empty() && ch.back() == '\n') ch.pop_back();
+    while (!ch.empty() && ch.front() == '\n') ch.erase(0, 1);
+    if (!ch.empty()) {
+      auto t = tok.encode(ch + "\n", /*add_special=*/false);
+      ids.insert(ids.end(), t.begin(), t.end());
+    }
+    i = j + 2;
+  }
+  return ids;
+}
+
+// Windows of context+1 tokens at 0, context, 2*context, ...; each scores its last `context`
+// tokens given the ones before, from a fresh state.
+inline PerplexityResult perplexity(const Model& model, const std::vector<int32_t>& ids, int64_t context, int64_t max_windows,
+                                   const std::function<void(int64_t, int64_t, double)>& progress = {}) {
+  if (context < 1) fail("perplexity", "window must be at least 1 token");
+  PerplexityResult r;
+  const int64_t V = model.vocab_size();
+  const int64_t available = (int64_t(ids.size()) - 1) / context;
+  const int64_t windows = std::min(max_windows, available);
+  if (windows < 1)
+    fail("perplexity", "text has " + std::to_string(ids.size()) + " tokens, fewer than one window of " +
+                           std::to_string(context + 1));
+  for (int64_t w = 0; w < windows; ++w) {
+    const std::vector<int32_t> win(ids.begin() + w * context, ids.begin() + w * context + context + 1);
+    const std::vector<int32_t> in(win.begin(), win.end() - 1);
+    const auto logits = model.prefill(in);
+    for (int64_t t = 0; t < context; ++t) {
+      const float* l = logits.data() + t * V;
+      double mx = -INFINITY;
+      for (int64_t k = 0; k < V; ++k) mx = std::max(mx, double(l[k]));
+      double z = 0;
+      for (int64_t k = 0; k < V; ++k) z += std::exp(double(l[k]) - mx);
+      r.nll += -(double(l[win[size_t(t + 1)]]) - mx - std::log(z));
+      ++r.scored;
+    }
+    ++r.windows;
+    if (progress) progress(w + 1, windows, r.perplexity());
+  }
+  return r;
+}
+
+}  // namespace mmfree

@@ -1,0 +1,132 @@
+// mmfree: turning logits into the next token, llama.cpp style.
+//
+// Chain: repeat penalty over the last `repeat_last_n` tokens -> top-k -> top-p -> min-p ->
+// temperature -> draw. Temperature 0 is greedy (argmax after the penalty).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "mmfree/error.hpp"
+
+namespace mmfree {
+
+struct SamplerOptions {
+  float temperature = 0.8f;
+  int32_t top_k = 40;         // 0: off
+  float top_p = 0.95f;        // 1: off
+  float min_p = 0.05f;        // 0: off
+  float repeat_penalty = 1.1f;  // 1: off
+  int32_t repeat_last_n = 64;
+  uint64_t seed = 0;
+
+  void validate() const {
+    if (!(temperature >= 0 && temperature <= 100)) fail("--temperature", "must be in [0, 100]");
+    if (top_k < 0) fail("--top-k", "must be >= 0");
+    if (!(top_p > 0 && top_p <= 1)) fail("--top-p", "must be in (0, 1]");
+    if (!(min_p >= 0 && min_p <= 1)) fail("--min-p", "must be in [0, 1]");
+    if (!(repeat_penalty > 0 && repeat_penalty <= 100)) fail("--repeat-penalty", "must be in (0, 100]");
+    if (repeat_last_n < 0) fail("--repeat-last-n", "must be >= 0");
+  }
+};
+
+struct TokenProb {
+  int32_t id;
+  float p;
+};
+
+class Sampler {
+ public:
+  explicit Sampler(SamplerOptions o = {}) : o_(o), rng_(o.seed) { o_.validate(); }
+
+  const SamplerOptions& options() const { return o_; }
+
+  // The distribution the next draw uses (sorted by probability, descending), after the
+  // whole chain. For temperature 0 it is the argmax with probability 1.
+  std::vector<TokenProb> distribution(const std::vector<float>& logits, const std::vector<int32_t>& history) const {
+    std::vector<float> l = logits;
+    apply_repeat_penalty(l, history);
+    if (o_.temperature == 0) {
+      const int32_t best = int32_t(std::max_element(l.begin(), l.end()) - l.begin());
+      return {{best, 1.0f}};
+    }
+    std::vector<int32_t> idx(l.size());
+    std::iota(idx.begin(), idx.end(), 0);
+    // Top-k first keeps the sort small.
+    size_t k = o_.top_k > 0 ? std::min(size_t(o_.top_k), idx.size()) : idx.size();
+    std::partial_sort(idx.begin(), idx.begin() + long(k), idx.end(),
+                      [&](int32_t a, int32_t b) { return l[size_t(a)] != l[size_t(b)] ? l[size_t(a)] > l[size_t(b)] : a < b; });
+    idx.resize(k);
+    // Probabilities at temperature 1 decide top-p and min-p (as llama.cpp's default chain).
+    std::vector<double> p = softmax(l, idx, 1.0);
+    if (o_.top_p < 1) {
+      double cum = 0;
+      size_t keep = idx.size();
+      for (size_t i = 0; i < idx.size(); ++i) {
+        cum += p[i];
+        if (cum >= o_.top_p) {
+          keep = i + 1;
+          break;
+        }
+      }
+      idx.resize(keep);
+      p.resize(keep);
+    }
+    if (o_.min_p > 0) {
+      const double floor = p[0] * o_.min_p;
+      size_t keep = 1;
+      while (keep < idx.size() && p[keep] >= floor) ++keep;
+      idx.resize(keep);
+    }
+    p = softmax(l, idx, o_.temperature);
+    std::vector<TokenProb> out(idx.size());
+    for (size_t i = 0; i < idx.size(); ++i) out[i] = {idx[i], float(p[i])};
+    return out;
+  }
+
+  int32_t sample(const std::vector<float>& logits, const std::vector<int32_t>& history) {
+    const auto d = distribution(logits, history);
+    if (d.size() == 1) return d[0].id;
+    // 53 random bits to a double in [0, 1): the same on every standard library.
+    const double u = double(rng_() >> 11) * 0x1p-53;
+    double cum = 0;
+    for (const auto& tp : d) {
+      cum += tp.p;
+      if (u < cum) return tp.id;
+    }
+    return d.back().id;
+  }
+
+ private:
+  void apply_repeat_penalty(std::vector<float>& l, const std::vector<int32_t>& history) const {
+    if (o_.repeat_penalty == 1 || o_.repeat_last_n == 0) return;
+    const size_t from = history.size() > size_t(o_.repeat_last_n) ? history.size() - size_t(o_.repeat_last_n) : 0;
+    std::vector<int32_t> seen(history.begin() + long(from), history.end());
+    std::sort(seen.begin(), seen.end());
+    seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
+    for (int32_t id : seen)
+      if (id >= 0 && size_t(id) < l.size()) {
+        float& v = l[size_t(id)];
+        v = v > 0 ? v / o_.repeat_penalty : v * o_.repeat_penalty;
+      }
+  }
+  static std::vector<double> softmax(const std::vector<float>& l, const std::vector<int32_t>& idx, double temp) {
+    std::vector<double> p(idx.size());
+    double mx = -INFINITY;
+    for (int32_t i : idx) mx = std::max(mx, double(l[size_t(i)]));
+    double z = 0;
+    for (size_t i = 0; i < idx.size(); ++i) z += (p[i] = std::exp((double(l[size_t(idx[i])]) - mx) / temp));
+    for (auto& v : p) v /= z;
+    return p;
+  }
+
+  SamplerOptions o_;
+  std::mt19937_64 rng_;
+};
+
+}  // namespace mmfree

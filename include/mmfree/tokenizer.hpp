@@ -1,0 +1,589 @@
+// mmfree: Hugging Face `tokenizer.json` (Llama/Mistral family: BPE with byte fallback).
+//
+// Encoding follows the `tokenizers` library step by step:
+//   1. added/special tokens are split out of the raw text (leftmost-longest);
+//   2. each remaining segment is normalised (legacy: Prepend "▁" + Replace " " -> "▁") and/or
+//      pre-tokenised (Metaspace with prepend_scheme first/always/never, optional split);
+//   3. each word is BPE-merged by merge rank, lowest first, leftmost on ties, with a
+//      priority queue over a linked list of symbols (O(n log n) per word: a whole chapter
+//      is one word in the legacy layout);
+//   4. characters missing from the vocabulary become <0xXX> byte tokens (byte fallback) or
+//      <unk> (consecutive ones fused);
+//   5. BOS/EOS as tokenizer_config.json or the post-processor template says.
+// Decoding runs the decoder chain (Replace, ByteFallback, Fuse, Strip, Metaspace) and skips
+// special tokens. IncrementalDecoder streams text and never splits a UTF-8 character.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <queue>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "mmfree/error.hpp"
+
+namespace mmfree {
+
+namespace utf8 {
+// Length of the UTF-8 sequence starting at s[i], or 0 if it is not a valid one.
+inline size_t seq_len(std::string_view s, size_t i) {
+  const unsigned char c = static_cast<unsigned char>(s[i]);
+  size_t n;
+  uint32_t cp;
+  if (c < 0x80) return 1;
+  if (c >= 0xc2 && c <= 0xdf) n = 2, cp = c & 0x1f;
+  else if (c >= 0xe0 && c <= 0xef) n = 3, cp = c & 0x0f;
+  else if (c >= 0xf0 && c <= 0xf4) n = 4, cp = c & 0x07;
+  else return 0;
+  if (i + n > s.size()) return 0;
+  for (size_t k = 1; k < n; ++k) {
+    const unsigned char d = static_cast<unsigned char>(s[i + k]);
+    if ((d & 0xc0) != 0x80) return 0;
+    cp = (cp << 6) | (d & 0x3f);
+  }
+  if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+  return n;
+}
+// True if s[i..] could still become a valid sequence with more bytes.
+inline bool incomplete_prefix(std::string_view s, size_t i) {
+  const unsigned char c = static_cast<unsigned char>(s[i]);
+  size_t n = c >= 0xf0 && c <= 0xf4 ? 4 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xc2 && c <= 0xdf ? 2 : 0;
+  if (n == 0 || i + n <= s.size()) return false;
+  for (size_t k = i + 1; k < s.size(); ++k)
+    if ((static_cast<unsigned char>(s[k]) & 0xc0) != 0x80) return false;
+  return true;
+}
+inline bool valid(std::string_view s) {
+  for (size_t i = 0; i < s.size();) {
+    size_t n = seq_len(s, i);
+    if (!n) return false;
+    i += n;
+  }
+  return true;
+}
+inline const std::string kReplacement = "\xef\xbf\xbd";  // U+FFFD
+}  // namespace utf8
+
+inline void replace_all(std::string& s, std::string_view from, std::string_view to) {
+  if (from.empty()) return;
+  std::string out;
+  out.reserve(s.size());
+  size_t i = 0;
+  for (size_t j; (j = s.find(from, i)) != std::string::npos; i = j + from.size()) out.append(s, i, j - i).append(to);
+  out.append(s, i, std::string::npos);
+  s.swap(out);
+}
+
+class Tokenizer {
+ public:
+  static inline const std::string kSpace = "\xe2\x96\x81";  // "▁"
+
+  // From a tokenizer.json; tokenizer_config.json next to it (if any) sets BOS/EOS flags.
+  static Tokenizer from_file(const std::string& path) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    if (fs::is_directory(path, ec)) fail(path, "is a directory, expected tokenizer.json");
+    std::ifstream in(path, std::ios::binary);
+    if (!in) fail(path, "cannot open");
+    nlohmann::json j, cfg;
+    try {
+      j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+      fail(path, std::string("not valid JSON: ") + e.what());
+    }
+    const fs::path cfg_path = fs::path(path).parent_path() / "tokenizer_config.json";
+    if (fs::exists(cfg_path, ec)) {
+      std::ifstream ci(cfg_path, std::ios::binary);
+      try {
+        cfg = nlohmann::json::parse(ci);
+      } catch (const nlohmann::json::exception& e) {
+        fail(cfg_path.string(), std::string("not valid JSON: ") + e.what());
+      }
+    }
+    try {
+      return from_json(j, cfg, path);
+    } catch (const nlohmann::json::exception& e) {
+      fail(path, std::string("unexpected structure: ") + e.what());
+    }
+  }
+
+  static Tokenizer from_json(const nlohmann::json& j, const nlohmann::json& cfg, const std::string& where) {
+    Tokenizer t;
+    t.where_ = where;
+    if (!j.is_object()) fail(where, "not a JSON object");
+    if (!j.contains("model") || !j["model"].is_object()) fail(where, "missing 'model'");
+    const auto& m = j["model"];
+    if (m.value("type", std::string("BPE")) != "BPE")
+      fail(where, "model type " + m["type"].dump() + " is not supported (only BPE)");
+    if (!m.contains("vocab") || !m["vocab"].is_object()) fail(where, "model.vocab missing or not an object");
+    int64_t max_id = -1;
+    for (auto& [tok, id] : m["vocab"].items()) {
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > (1 << 24))
+        fail(where, "vocab entry '" + tok + "' has an invalid id");
+      max_id = std::max(max_id, id.get<int64_t>());
+    }
+    if (j.contains("added_tokens") && j["added_tokens"].is_array())
+      for (auto& a : j["added_tokens"]) max_id = std::max(max_id, a.value("id", int64_t(-1)));
+    if (max_id > (1 << 24)) fail(where, "token ids too large");
+    t.pieces_.assign(size_t(max_id + 1), std::string());
+    t.special_.assign(size_t(max_id + 1), false);
+    for (auto& [tok, id] : m["vocab"].items()) {
+      t.vocab_[tok] = int32_t(id.get<int64_t>());
+      t.pieces_[size_t(id.get<int64_t>())] = tok;
+    }
+    t.byte_fallback_ = m.value("byte_fallback", false) == true;
+    t.fuse_unk_ = m.contains("fuse_unk") && m["fuse_unk"].is_boolean() && m["fuse_unk"].get<bool>();
+    if (m.contains("unk_token") && m["unk_token"].is_string()) {
+      auto it = t.vocab_.find(m["unk_token"].get<std::string>());
+      if (it != t.vocab_.end()) t.unk_id_ = it->second;
+    }
+    for (int b = 0; b < 256; ++b) {
+      char name[8];
+      std::snprintf(name, sizeof name, "<0x%02X>", b);
+      auto it = t.vocab_.find(name);
+      t.byte_ids_[b] = it == t.vocab_.end() ? -1 : it->second;
+      if (it != t.vocab_.end()) t.byte_of_[it->second] = uint8_t(b);
+    }
+    // Merges: "a b" strings or ["a", "b"] pairs; rank = position.
+    if (m.contains("merges") && m["merges"].is_array()) {
+      int32_t rank = 0;
+      for (auto& mg : m["merges"]) {
+        std::string a, b;
+        if (mg.is_string()) {
+          const std::string s = mg.get<std::string>();
+          const size_t sp = s.find(' ', 1);
+          if (sp == std::string::npos) fail(where, "merge '" + s + "' is not of the form 'a b'");
+          a = s.substr(0, sp), b = s.substr(sp + 1);
+        } else if (mg.is_array() && mg.size() == 2 && mg[0].is_string() && mg[1].is_string()) {
+          a = mg[0].get<std::string>(), b = mg[1].get<std::string>();
+        } else {
+          fail(where, "merge #" + std::to_string(rank) + " is neither 'a b' nor [a, b]");
+        }
+        auto ia = t.vocab_.find(a), ib = t.vocab_.find(b), iab = t.vocab_.find(a + b);
+        if (ia == t.vocab_.end() || ib == t.vocab_.end() || iab == t.vocab_.end())
+          fail(where, "merge '" + a + " " + b + "' uses tokens missing from the vocabulary");
+        t.merges_.emplace(pair_key(ia->second, ib->second), Merge{rank++, iab->second});
+      }
+    }
+    // Added tokens.
+    if (j.contains("added_tokens") && j["added_tokens"].is_array())
+      for (auto& a : j["added_tokens"]) {
+        Added ad;
+        ad.content = a.at("content").get<std::string>();
+        ad.id = int32_t(a.at("id").get<int64_t>());
+        ad.lstrip = a.value("lstrip", false);
+        ad.rstrip = a.value("rstrip", false);
+        ad.single_word = a.value("single_word", false);
+        ad.special = a.value("special", false);
+        if (ad.content.empty()) fail(where, "added token with empty content");
+        if (ad.id < 0) fail(where, "added token '" + ad.content + "' has a negative id");
+        t.pieces_[size_t(ad.id)] = ad.content;
+        t.special_[size_t(ad.id)] = ad.special;
+        t.vocab_.emplace(ad.content, ad.id);
+        t.added_.push_back(ad);
+      }
+    // Sort added tokens longest first so the leftmost match is also the longest.
+    std::stable_sort(t.added_.begin(), t.added_.end(),
+                     [](const Added& x, const Added& y) { return x.content.size() > y.content.size(); });
+    t.parse_normalizer(j.contains("normalizer") ? j["normalizer"] : nlohmann::json());
+    t.parse_pre_tokenizer(j.contains("pre_tokenizer") ? j["pre_tokenizer"] : nlohmann::json());
+    t.parse_decoder(j.contains("decoder") ? j["decoder"] : nlohmann::json());
+    t.parse_post_processor(j.contains("post_processor") ? j["post_processor"] : nlohmann::json(), cfg);
+    return t;
+  }
+
+  // ---- encoding ---------------------------------------------------------------------------
+
+  std::vector<int32_t> encode(std::string_view text, bool add_special = true) const {
+    std::vector<int32_t> ids;
+    if (add_special && add_bos_ && bos_id_ >= 0) ids.push_back(bos_id_);
+    size_t pos = 0;
+    bool first_segment = true;
+    while (pos <= text.size()) {
+      // Find the next added token (leftmost; longest among those at the same place).
+      size_t best = std::string_view::npos, best_b = 0, best_e = 0;
+      const Added* hit = nullptr;
+      for (const Added& a : added_) {
+        size_t from = pos;
+        while (true) {
+          size_t f = text.find(a.content, from);
+          if (f == std::string_view::npos || f >= best) break;
+          if (a.single_word && !word_bounded(text, f, f + a.content.size())) {
+            from = f + 1;
+            continue;
+          }
+          best = f, hit = &a;
+          break;
+        }
+      }
+      if (hit) {
+        best_b = best, best_e = best + hit->content.size();
+        if (hit->lstrip)
+          while (best_b > pos && is_space(text[best_b - 1])) --best_b;
+        if (hit->rstrip)
+          while (best_e < text.size() && is_space(text[best_e])) ++best_e;
+      }
+      const size_t seg_end = hit ? best_b : text.size();
+      if (seg_end > pos) encode_segment(text.substr(pos, seg_end - pos), first_segment, ids);
+      if (!hit) break;
+      ids.push_back(hit->id);
+      first_segment = false;
+      pos = best_e;
+    }
+    if (add_special && add_eos_ && eos_id_ >= 0) ids.push_back(eos_id_);
+    return ids;
+  }
+
+  // ---- decoding ---------------------------------------------------------------------------
+
+  // The text of `ids`, special tokens skipped, as the decoder chain produces it.
+  std::string decode(const std::vector<int32_t>& ids) const {
+    std::string out;
+    std::string bytes;
+    for (int32_t id : ids) {
+      check_id(id);
+      if (special_[size_t(id)]) continue;
+      auto b = byte_of_.find(id);
+      if (byte_fallback_decoder_ && b != byte_of_.end()) {
+        bytes.push_back(char(b->second));
+        continue;
+      }
+      flush_bytes(bytes, out);
+      out += piece_text(id);
+    }
+    flush_bytes(bytes, out);
+    strip_start(out);
+    return out;
+  }
+
+  // ---- facts --------------------------------------------------------------------------------
+
+  int64_t vocab_size() const { return int64_t(pieces_.size()); }
+  int32_t bos_id() const { return bos_id_; }
+  int32_t eos_id() const { return eos_id_; }
+  int32_t unk_id() const { return unk_id_; }
+  bool adds_bos() const { return add_bos_; }
+  bool adds_eos() const { return add_eos_; }
+  const std::string& piece(int32_t id) const { return check_id(id), pieces_[size_t(id)]; }
+  bool is_special(int32_t id) const { return check_id(id), special_[size_t(id)]; }
+  size_t merge_count() const { return merges_.size(); }
+  std::string normalizer_kind() const { return metaspace_pre_ ? "metaspace (prepend_scheme " + prepend_scheme_ + ")" : prepend_.empty() ? "none" : "legacy (Prepend + Replace)"; }
+  const std::string& source() const { return where_; }
+
+  // Text of one token as it appears inside a decoded string (▁ -> space, bytes raw).
+  std::string piece_text(int32_t id) const {
+    std::string s = pieces_[size_t(id)];
+    for (auto& [from, to] : decode_replace_) replace_all(s, from, to);
+    return s;
+  }
+  // Byte value of a <0xXX> token, or -1.
+  int byte_value(int32_t id) const {
+    auto it = byte_of_.find(id);
+    return byte_fallback_decoder_ && it != byte_of_.end() ? it->second : -1;
+  }
+  size_t strip_start_count() const { return strip_start_; }
+
+  void check_id(int32_t id) const {
+    if (id < 0 || size_t(id) >= pieces_.size())
+      fail("token id " + std::to_string(id), "out of range [0, " + std::to_string(pieces_.size()) + ") of " + where_);
+  }
+
+ private:
+  struct Merge {
+    int32_t rank, id;
+  };
+  struct Added {
+    std::string content;
+    int32_t id = 0;
+    bool lstrip = false, rstrip = false, single_word = false, special = false;
+  };
+  static uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
+  static bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+  static bool is_word_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || (c & 0x80); }
+  static bool word_bounded(std::string_view t, size_t b, size_t e) {
+    return (b == 0 || !is_word_char(t[b - 1])) && (e >= t.size() || !is_word_char(t[e]));
+  }
+
+  void parse_normalizer(const nlohmann::json& n) {
+    if (n.is_null()) return;
+    const std::string type = n.value("type", "");
+    if (type == "Sequence") {
+      for (auto& x : n.at("normalizers")) parse_normalizer(x);
+    } else if (type == "Prepend") {
+      prepend_ = n.at("prepend").get<std::string>();
+    } else if (type == "Replace") {
+      if (!n.at("pattern").contains("String")) fail(where_, "Replace normalizer with a Regex pattern is not supported");
+      replace_.push_back({n["pattern"]["String"].get<std::string>(), n.at("content").get<std::string>()});
+    } else if (type == "NFC" || type == "NFKC" || type == "NFD" || type == "NFKD" || type == "Lowercase" || type == "Strip" ||
+               type == "StripAccents" || type == "Precompiled") {
+      fail(where_, "normalizer '" + type + "' is not supported (Llama/Mistral tokenizers use Prepend/Replace or none)");
+    } else {
+      fail(where_, "unknown normalizer type '" + type + "'");
+    }
+  }
+  void parse_pre_tokenizer(const nlohmann::json& p) {
+    if (p.is_null()) return;
+    const std::string type = p.value("type", "");
+    if (type == "Sequence") {
+      for (auto& x : p.at("pretokenizers")) parse_pre_tokenizer(x);
+    } else if (type == "Metaspace") {
+      metaspace_pre_ = true;
+      metaspace_repl_ = p.value("replacement", kSpace);
+      if (p.contains("prepend_scheme") && p["prepend_scheme"].is_string()) prepend_scheme_ = p["prepend_scheme"].get<std::string>();
+      else prepend_scheme_ = p.value("add_prefix_space", true) ? "always" : "never";
+      metaspace_split_ = p.value("split", true);
+      if (prepend_scheme_ != "first" && prepend_scheme_ != "always" && prepend_scheme_ != "never")
+        fail(where_, "Metaspace prepend_scheme '" + prepend_scheme_ + "' is unknown");
+    } else {
+      fail(where_, "pre_tokenizer '" + type + "' is not supported (only Metaspace)");
+    }
+  }
+  void parse_decoder(const nlohmann::json& d) {
+    if (d.is_null()) return;
+    const std::string type = d.value("type", "");
+    if (type == "Sequence") {
+      for (auto& x : d.at("decoders")) parse_decoder(x);
+    } else if (type == "Replace") {
+      if (!d.at("pattern").contains("String")) fail(where_, "Replace decoder with a Regex pattern is not supported");
+      decode_replace_.push_back({d["pattern"]["String"].get<std::string>(), d.at("content").get<std::string>()});
+    } else if (type == "ByteFallback") {
+      byte_fallback_decoder_ = true;
+    } else if (type == "Fuse") {
+    } else if (type == "Strip") {
+      if (d.value("content", " ") != " ") fail(where_, "Strip decoder with content other than ' ' is not supported");
+      strip_start_ = d.value("start", size_t(0));
+    } else if (type == "Metaspace") {
+      const std::string r = d.value("replacement", kSpace);
+      decode_replace_.push_back({r, " "});
+      std::string scheme = d.contains("prepend_scheme") && d["prepend_scheme"].is_string()
+                               ? d["prepend_scheme"].get<std::string>()
+                               : (d.value("add_prefix_space", true) ? "always" : "never");
+      if (scheme != "never") strip_start_ = 1;
+    } else {
+      fail(where_, "decoder '" + type + "' is not supported");
+    }
+  }
+  void parse_post_processor(const nlohmann::json& p, const nlohmann::json& cfg) {
+    auto find_id = [&](const std::string& tok) -> int32_t {
+      auto it = vocab_.find(tok);
+      return it == vocab_.end() ? -1 : it->second;
+    };
+    auto token_name = [](const nlohmann::json& v) -> std::string {
+      if (v.is_string()) return v.get<std::string>();
+      if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
+      return "";
+    };
+    bos_id_ = find_id("<s>");
+    eos_id_ = find_id("</s>");
+    if (cfg.is_object()) {
+      if (cfg.contains("bos_token")) bos_id_ = find_id(token_name(cfg["bos_token"]));
+      if (cfg.contains("eos_token")) eos_id_ = find_id(token_name(cfg["eos_token"]));
+    }
+    // Template: special tokens before/after the sequence.
+    bool tmpl_bos = false, tmpl_eos = false;
+    if (p.is_object() && p.value("type", "") == "TemplateProcessing" && p.contains("single")) {
+      bool seen_seq = false;
+      for (auto& e : p["single"]) {
+        if (e.contains("Sequence")) seen_seq = true;
+        else if (e.contains("SpecialToken")) {
+          const int32_t id = find_id(e["SpecialToken"].value("id", ""));
+          if (!seen_seq) tmpl_bos = true, bos_id_ = id >= 0 ? id : bos_id_;
+          else tmpl_eos = true, eos_id_ = id >= 0 ? id : eos_id_;
+        }
+      }
+      add_bos_ = tmpl_bos, add_eos_ = tmpl_eos;
+    } else {
+      add_bos_ = true;  // Llama default
+    }
+    if (cfg.is_object()) {
+      if (cfg.contains("add_bos_token") && cfg["add_bos_token"].is_boolean()) add_bos_ = cfg["add_bos_token"].get<bool>();
+      if (cfg.contains("add_eos_token") && cfg["add_eos_token"].is_boolean()) add_eos_ = cfg["add_eos_token"].get<bool>();
+    }
+  }
+
+  // Normalise, pre-tokenise and BPE one segment between added tokens.
+  void encode_segment(std::string_view seg, bool first_segment, std::vector<int32_t>& ids) const {
+    std::string s(seg);
+    for (auto& [from, to] : replace_) replace_all(s, from, to);
+    if (!prepend_.empty() && !s.empty()) s = prepend_ + s;
+    if (!metaspace_pre_) {
+      bpe_word(s, ids);
+      return;
+    }
+    replace_all(s, " ", metaspace_repl_);
+    if (!s.empty() && (prepend_scheme_ == "always" || (prepend_scheme_ == "first" && first_segment)) &&
+        s.compare(0, metaspace_repl_.size(), metaspace_repl_) != 0)
+      s = metaspace_repl_ + s;
+    if (!metaspace_split_) {
+      bpe_word(s, ids);
+      return;
+    }
+    // Split before every replacement character (each word starts with it).
+    size_t start = 0;
+    for (size_t i = metaspace_repl_.size(); i <= s.size();) {
+      size_t f = s.find(metaspace_repl_, i);
+      if (f == std::string::npos) break;
+      if (f > start) bpe_word(std::string_view(s).substr(start, f - start), ids);
+      start = f;
+      i = f + metaspace_repl_.size();
+    }
+    if (start < s.size()) bpe_word(std::string_view(s).substr(start), ids);
+  }
+
+  // BPE over one word. Symbols form a linked list; candidate merges sit in a min-heap of
+  // (rank, position) and are checked for staleness when popped.
+  void bpe_word(std::string_view w, std::vector<int32_t>& ids) const {
+    if (w.empty()) return;
+    struct Sym {
+      int32_t id;
+      int32_t prev, next;
+      uint32_t len;  // bytes of the word it covers (0 once merged away)
+    };
+    std::vector<Sym> sym;
+    sym.reserve(w.size());
+    bool last_unk = false;
+    for (size_t i = 0; i < w.size();) {
+      size_t n = utf8::seq_len(w, i);
+      if (n == 0) n = 1;  // an invalid byte stands alone (and falls back to its byte token)
+      auto it = vocab_.find(std::string(w.substr(i, n)));
+      if (it != vocab_.end()) {
+        sym.push_back({it->second, 0, 0, uint32_t(n)}), last_unk = false;
+      } else if (byte_fallback_ && std::all_of(w.begin() + long(i), w.begin() + long(i + n),
+                                               [&](char c) { return byte_ids_[uint8_t(c)] >= 0; })) {
+        for (size_t k = 0; k < n; ++k) sym.push_back({byte_ids_[uint8_t(w[i + k])], 0, 0, 1});
+        last_unk = false;
+      } else {
+        if (unk_id_ < 0) fail(where_, "character not in the vocabulary and no <unk> token to stand for it");
+        if (fuse_unk_ && last_unk) sym.back().len += uint32_t(n);
+        else sym.push_back({unk_id_, 0, 0, uint32_t(n)});
+        last_unk = true;
+      }
+      i += n;
+    }
+    const int32_t n = int32_t(sym.size());
+    for (int32_t i = 0; i < n; ++i) sym[size_t(i)].prev = i - 1, sym[size_t(i)].next = i + 1 < n ? i + 1 : -1;
+    struct Cand {
+      int32_t rank, pos, left, right;
+      bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    };
+    std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+    auto push = [&](int32_t a) {
+      const int32_t b = sym[size_t(a)].next;
+      if (b < 0) return;
+      auto it = merges_.find(pair_key(sym[size_t(a)].id, sym[size_t(b)].id));
+      if (it != merges_.end()) heap.push({it->second.rank, a, sym[size_t(a)].id, sym[size_t(b)].id});
+    };
+    for (int32_t i = 0; i + 1 < n; ++i) push(i);
+    while (!heap.empty()) {
+      const Cand c = heap.top();
+      heap.pop();
+      Sym& a = sym[size_t(c.pos)];
+      if (a.len == 0 || a.id != c.left || a.next < 0) continue;
+      Sym& b = sym[size_t(a.next)];
+      if (b.id != c.right) continue;
+      a.id = merges_.at(pair_key(c.left, c.right)).id;
+      a.len += b.len;
+      b.len = 0;
+      a.next = b.next;
+      if (b.next >= 0) sym[size_t(b.next)].prev = c.pos;
+      if (a.prev >= 0) push(a.prev);
+      push(c.pos);
+    }
+    for (int32_t i = 0; i >= 0 && i < n; i = sym[size_t(i)].next) ids.push_back(sym[size_t(i)].id);
+  }
+
+  // ByteFallback: a run of byte tokens decodes as UTF-8, or to one U+FFFD per byte if it
+  // is not valid (as the tokenizers library does).
+  static void flush_bytes(std::string& bytes, std::string& out) {
+    if (bytes.empty()) return;
+    if (utf8::valid(bytes)) out += bytes;
+    else
+      for (size_t i = 0; i < bytes.size(); ++i) out += utf8::kReplacement;
+    bytes.clear();
+  }
+  void strip_start(std::string& s) const {
+    size_t k = 0;
+    while (k < strip_start_ && k < s.size() && s[k] == ' ') ++k;
+    s.erase(0, k);
+  }
+
+  std::string where_;
+  std::unordered_map<std::string, int32_t> vocab_;
+  std::vector<std::string> pieces_;
+  std::vector<bool> special_;
+  std::unordered_map<uint64_t, Merge> merges_;
+  std::vector<Added> added_;
+  int32_t byte_ids_[256];
+  std::unordered_map<int32_t, uint8_t> byte_of_;
+  bool byte_fallback_ = false, fuse_unk_ = false, byte_fallback_decoder_ = false;
+  int32_t unk_id_ = -1, bos_id_ = -1, eos_id_ = -1;
+  bool add_bos_ = true, add_eos_ = false;
+  std::string prepend_;
+  std::vector<std::pair<std::string, std::string>> replace_, decode_replace_;
+  bool metaspace_pre_ = false, metaspace_split_ = true;
+  std::string metaspace_repl_ = kSpace, prepend_scheme_ = "always";
+  size_t strip_start_ = 0;
+};
+
+// Streams the text of tokens as they are generated. Text is released only in whole UTF-8
+// characters: a character spread over several byte tokens comes out once all have arrived.
+class IncrementalDecoder {
+ public:
+  explicit IncrementalDecoder(const Tokenizer& t) : t_(&t) {}
+
+  // Text that token `id` completes (possibly empty).
+  std::string push(int32_t id) {
+    t_->check_id(id);
+    if (t_->is_special(id)) return "";
+    const int b = t_->byte_value(id);
+    std::string out;
+    if (b >= 0) {
+      bytes_.push_back(char(b));
+      // Release the complete characters at the front; keep an incomplete tail.
+      size_t i = 0;
+      while (i < bytes_.size()) {
+        size_t n = utf8::seq_len(bytes_, i);
+        if (n) {
+          out.append(bytes_, i, n);
+          i += n;
+        } else if (utf8::incomplete_prefix(bytes_, i)) {
+          break;
+        } else {
+          out += utf8::kReplacement;
+          ++i;
+        }
+      }
+      bytes_.erase(0, i);
+    } else {
+      out = flush() + t_->piece_text(id);
+    }
+    return strip(out);
+  }
+  // Whatever is still held back (an incomplete character) as U+FFFD.
+  std::string finish() { return strip(flush()); }
+
+ private:
+  std::string flush() {
+    std::string out;
+    for (size_t i = 0; i < bytes_.size(); ++i) out += utf8::kReplacement;
+    bytes_.clear();
+    return out;
+  }
+  std::string strip(std::string s) {
+    while (stripped_ < t_->strip_start_count() && !s.empty()) {
+      if (s[0] == ' ') s.erase(0, 1);
+      stripped_ = t_->strip_start_count();  // only the very start of the text is stripped
+    }
+    return s;
+  }
+  const Tokenizer* t_;
+  std::string bytes_;
+  size_t stripped_ = 0;
+};
+
+}  // namespace mmfree
