@@ -73,3 +73,56 @@ TEST(Cli, BadInputsFailWithMessages) {
     EXPECT_NE(r.err.find(c.msg), std::string::npos) << c.args << "\nstderr: " << r.err;
   }
 }
+
+TEST(Cli, TokenizeEncodesAndDecodes) {
+  CliRun r = run_cli("tokenize --model " + kTiny + " --text 'In the beginning God created the heaven and the earth.'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "1 1142 333 2693 464 2431 357 333 833 342 333 1644\n");
+  r = run_cli("tokenize --tokenizer " + kTiny + "/tokenizer.json --decode '1 1142 333 2693'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "In the beginning\n");
+  r = run_cli("tokenize --model " + kTiny + " --decode '1 99999'");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--decode: '99999' is out of range"), std::string::npos) << r.err;
+  r = run_cli("tokenize --tokenizer /nonexistent.json --text hi");
+  EXPECT_NE(r.err.find("/nonexistent.json: cannot open"), std::string::npos) << r.err;
+}
+
+TEST(Cli, GeneratePromptStreamsTextAndStats) {
+  CliRun r = run_cli("generate --model " + kTiny + " --prompt 'In the beginning' -n 24 --temperature 0");
+  ASSERT_EQ(r.code, 0) << r.err;
+  // The greedy continuation of the golden "genesis" case, as text.
+  Tokenizer tok = Tokenizer::from_file(kTiny + "/tokenizer.json");
+  SafetensorsFile g(kTiny + "/golden.safetensors");
+  EXPECT_EQ(r.out, tok.decode(g.find("genesis.greedy_ids")->to_int32()) + "\n");
+  for (auto s : {"prompt tokens: 4", "prefill", "decode", "time to first token", "peak memory"})
+    EXPECT_NE(r.err.find(s), std::string::npos) << r.err;
+  // Same seed, same text; sampling flags out of range are refused.
+  CliRun a = run_cli("generate --prompt 'And God said' -n 30 --seed 5 --temperature 1.2 --no-stats");
+  CliRun b = run_cli("generate --prompt 'And God said' -n 30 --seed 5 --temperature 1.2 --no-stats");
+  EXPECT_EQ(a.out, b.out);
+  EXPECT_EQ(a.code, 0) << a.err;
+  for (auto [flag, msg] : {std::pair<std::string, std::string>{"--top-p 0", "--top-p: '0' is out of range"},
+                           {"--temperature -1", "--temperature: '-1' is out of range"},
+                           {"--min-p 1.5", "--min-p"},
+                           {"--top-k -2", "--top-k"},
+                           {"-t 100000", "--threads"}}) {
+    CliRun e = run_cli("generate --prompt x " + flag);
+    EXPECT_NE(e.code, 0) << flag;
+    EXPECT_NE(e.err.find(msg), std::string::npos) << flag << ": " << e.err;
+  }
+}
+
+TEST(Cli, PerplexityAndInfo) {
+  CliRun r = run_cli("perplexity --model " + kTiny + " --file " + data_dir() + "/kjv-val.txt --windows 4 -t 2");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("perplexity: ", 0), 0u) << r.out;
+  EXPECT_NE(r.out.find(" over 1024 tokens\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("window 4/4"), std::string::npos);
+  r = run_cli("perplexity --model " + kTiny + " --file /nonexistent.txt");
+  EXPECT_NE(r.err.find("/nonexistent.txt: cannot open"), std::string::npos) << r.err;
+  r = run_cli("info --model " + kTiny);
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (auto s : {"2 layers, hidden 128", "vocab 4096", "packed ternary", "tokenizer    4096 tokens"})
+    EXPECT_NE(r.out.find(s), std::string::npos) << r.out;
+}

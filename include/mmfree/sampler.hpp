@@ -21,7 +21,7 @@ struct SamplerOptions {
   int32_t top_k = 40;         // 0: off
   float top_p = 0.95f;        // 1: off
   float min_p = 0.05f;        // 0: off
-  float repeat_penalty = 1.1f;  // 1: off
+  float repeat_penalty = 1.0f;  // 1: off (llama.cpp default)
   int32_t repeat_last_n = 64;
   uint64_t seed = 0;
 

@@ -1,0 +1,147 @@
+// Sampling: greedy equivalences, reproducibility, and the distributions of the filters.
+#include <gtest/gtest.h>
+
+#include "mmfree/mmfree.hpp"
+#include "test_util.hpp"
+
+using namespace mmfree;
+
+namespace {
+// Softmax of these logits at temperature 1: p = 0.5, 0.25, 0.125, 0.0625, 0.0625.
+const std::vector<float> kLogits = {std::log(8.0f), std::log(4.0f), std::log(2.0f), 0.0f, 0.0f};
+
+SamplerOptions plain() {
+  SamplerOptions o;
+  o.temperature = 1;
+  o.top_k = 0;
+  o.top_p = 1;
+  o.min_p = 0;
+  o.repeat_penalty = 1;
+  return o;
+}
+}  // namespace
+
+TEST(Sampler, TemperatureZeroAndTopK1AreGreedy) {
+  SamplerOptions o = plain();
+  o.temperature = 0;
+  Sampler s(o);
+  std::vector<float> l = {0.1f, 2.0f, -1.0f, 1.9f};
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(s.sample(l, {}), 1);
+  o = plain();
+  o.top_k = 1;
+  Sampler k1(o);
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(k1.sample(l, {}), 1);
+}
+
+TEST(Sampler, SameSeedSameDraws) {
+  SamplerOptions o = plain();
+  o.seed = 42;
+  Sampler a(o), b(o);
+  o.seed = 43;
+  Sampler c(o);
+  std::vector<int32_t> da, db, dc;
+  for (int i = 0; i < 200; ++i) da.push_back(a.sample(kLogits, {})), db.push_back(b.sample(kLogits, {})), dc.push_back(c.sample(kLogits, {}));
+  EXPECT_EQ(da, db);
+  EXPECT_NE(da, dc);
+}
+
+TEST(Sampler, Distributions) {
+  SamplerOptions o = plain();
+  auto d = Sampler(o).distribution(kLogits, {});
+  ASSERT_EQ(d.size(), 5u);
+  EXPECT_NEAR(d[0].p, 0.5, 1e-6);
+  EXPECT_NEAR(d[3].p, 0.0625, 1e-6);
+  // top-p 0.8: 0.5 + 0.25 = 0.75 < 0.8, + 0.125 reaches it -> 3 tokens, renormalised.
+  o.top_p = 0.8f;
+  d = Sampler(o).distribution(kLogits, {});
+  ASSERT_EQ(d.size(), 3u);
+  EXPECT_NEAR(d[0].p, 0.5 / 0.875, 1e-6);
+  EXPECT_NEAR(d[2].p, 0.125 / 0.875, 1e-6);
+  // min-p 0.2: keep p >= 0.1 -> 3 tokens.
+  o = plain();
+  o.min_p = 0.2f;
+  d = Sampler(o).distribution(kLogits, {});
+  ASSERT_EQ(d.size(), 3u);
+  // top-k 2 and temperature 0.5: p proportional to (8, 4)^2 = 64:16.
+  o = plain();
+  o.top_k = 2;
+  o.temperature = 0.5f;
+  d = Sampler(o).distribution(kLogits, {});
+  ASSERT_EQ(d.size(), 2u);
+  EXPECT_NEAR(d[0].p, 0.8, 1e-6);
+  // Repeat penalty 2 on token 0 (positive logit is divided): log(8)/2 = log(2.83).
+  o = plain();
+  o.repeat_penalty = 2;
+  d = Sampler(o).distribution(kLogits, {0});
+  EXPECT_EQ(d[0].id, 1);
+  // Empirical frequencies follow the distribution.
+  o = plain();
+  o.seed = 7;
+  Sampler s(o);
+  std::vector<int> count(5);
+  const int n = 40000;
+  for (int i = 0; i < n; ++i) count[size_t(s.sample(kLogits, {}))]++;
+  EXPECT_NEAR(count[0] / double(n), 0.5, 0.01);
+  EXPECT_NEAR(count[2] / double(n), 0.125, 0.01);
+}
+
+TEST(Sampler, OutOfRangeOptionsAreRefused) {
+  auto bad = [](auto set) {
+    SamplerOptions o;
+    set(o);
+    EXPECT_THROW(Sampler{o}, Error);
+  };
+  bad([](SamplerOptions& o) { o.temperature = -1; });
+  bad([](SamplerOptions& o) { o.top_p = 0; });
+  bad([](SamplerOptions& o) { o.min_p = 2; });
+  bad([](SamplerOptions& o) { o.top_k = -5; });
+  bad([](SamplerOptions& o) { o.repeat_penalty = 0; });
+}
+
+TEST(Generate, GreedyMatchesModelAndStopsAtEos) {
+  Model m = load_model(test::data_dir() + "/kjv-tiny");
+  GenerateOptions g;
+  g.max_new_tokens = 24;
+  g.sampling.temperature = 0;
+  g.sampling.repeat_penalty = 1;
+  std::vector<int32_t> out;
+  const std::vector<int32_t> prompt = {1, 1142, 333, 2693};
+  auto st = generate(m, prompt, g, [&](int32_t id) { return out.push_back(id), true; });
+  SafetensorsFile gold(test::data_dir() + "/kjv-tiny/golden.safetensors");
+  auto want = gold.find("genesis.greedy_ids")->to_int32();
+  EXPECT_EQ(out, std::vector<int32_t>(want.begin() + 4, want.end()));
+  EXPECT_EQ(st.generated_tokens, 24);
+  // EOS: make the first greedy token the "eos" and nothing is emitted.
+  g.eos_id = want[4];
+  out.clear();
+  st = generate(m, prompt, g, [&](int32_t id) { return out.push_back(id), true; });
+  EXPECT_TRUE(out.empty());
+  EXPECT_EQ(st.generated_tokens, 0);
+}
+
+TEST(Perplexity, BundledKjvTinyMatchesReference) {
+  Model m = load_model(test::data_dir() + "/kjv-tiny", {.threads = 2, .isa = {}});
+  const Tokenizer tok = Tokenizer::from_file(test::data_dir() + "/kjv-tiny/tokenizer.json");
+  const auto ids = tokenize_chapters(tok, test::read_file(test::data_dir() + "/kjv-val.txt"));
+  const auto ref = nlohmann::json::parse(test::read_file(test::data_dir() + "/kjv-tiny/eval.json"));
+  EXPECT_EQ(int64_t(ids.size()), ref["val_tokens"].get<int64_t>());
+  const auto r = perplexity(m, ids, 256, 64);
+  EXPECT_EQ(r.scored, 64 * 256);
+  const double want = ref["val_ppl"];
+  std::printf("[ kjv-tiny ] perplexity %.4f, reference %.4f (%.4f%%)\n", r.perplexity(), want,
+              100 * std::fabs(r.perplexity() / want - 1));
+  EXPECT_NEAR(r.perplexity() / want, 1.0, 0.005);
+}
+
+TEST(Perplexity, KjvDemoMatchesReference) {
+  MMFREE_REQUIRE_SHARED();
+  Model m = load_model(test::shared_dir() + "/kjv-demo", {.threads = 2, .isa = {}});
+  const Tokenizer tok = Tokenizer::from_file(test::shared_dir() + "/kjv-demo/tokenizer.json");
+  const auto ids = tokenize_chapters(tok, test::read_file(test::shared_dir() + "/kjv-val.txt"));
+  const auto ref = nlohmann::json::parse(test::read_file(test::shared_dir() + "/kjv-demo/eval.json"));
+  const auto r = perplexity(m, ids, 256, 64);
+  const double want = ref["val_ppl"];
+  std::printf("[ kjv-demo ] perplexity %.4f, reference %.4f (%.4f%%)\n", r.perplexity(), want,
+              100 * std::fabs(r.perplexity() / want - 1));
+  EXPECT_NEAR(r.perplexity() / want, 1.0, 0.005);
+}
