@@ -27,7 +27,9 @@ const char* kUsage =
     "  logits     --model M --ids 1,5,9 --out FILE.safetensors\n"
     "  perplexity --model M --file TEXT [--window 256] [--windows 64]\n"
     "  info       --model M\n"
-    "common: -m/--model DIR (default: the bundled model), -t/--threads N, --kernels scalar|avx2|avx512,\n"
+    "  convert    --model HF_DIR --out FILE.gguf [--weights tq2|tq1] [--embeddings f16|bf16]\n"
+    "  init-random --preset 370m|1.3b|2.7b --out FILE.gguf [--weights tq2|tq1] [--seed S] [--tokenizer JSON]\n"
+    "common: -m/--model DIR|FILE.gguf (default: the bundled model), -t/--threads N, --kernels scalar|avx2|avx512,\n"
     "        --format tq2|tq1\n";
 
 // Flags as "--name value" pairs; boolean flags have no value.
@@ -89,12 +91,56 @@ mmfree::ModelOptions model_options(const Args& a) {
 
 mmfree::Model load(const Args& a) { return mmfree::load_model(model_path(a), model_options(a)); }
 
-// The tokenizer that comes with a model: tokenizer.json in its directory.
-mmfree::Tokenizer model_tokenizer(const std::string& model) {
-  namespace fs = std::filesystem;
-  const fs::path p = fs::path(model) / "tokenizer.json";
-  if (!fs::exists(p)) mmfree::fail(model, "has no tokenizer.json (give --ids instead of --prompt)");
-  return mmfree::Tokenizer::from_file(p.string());
+// The tokenizer that comes with a model (its tokenizer.json, or the one inside the GGUF).
+mmfree::Tokenizer model_tokenizer(const std::string& model) { return mmfree::load_tokenizer(model); }
+
+// A one-line progress bar on stderr.
+void progress(const char* what, double frac) {
+  static int last = -1;
+  if (int(frac * 100) == last) return;
+  last = int(frac * 100);
+  const int w = 40, n = int(frac * w);
+  std::fprintf(stderr, "\r%s [%.*s%*s] %3d%%", what, n, "========================================", w - n, "", int(frac * 100));
+  if (frac >= 1) std::fprintf(stderr, "\n");
+}
+
+int cmd_convert(const Args& a) {
+  a.allow({"model", "out", "weights", "embeddings"});
+  mmfree::ConvertOptions o;
+  if (a.has("weights")) {
+    const std::string f = a.str("weights");
+    if (f == "tq2") o.weights = mmfree::TernaryFormat::TQ2;
+    else if (f == "tq1") o.weights = mmfree::TernaryFormat::TQ1;
+    else fail("--weights " + f, "unknown (expected tq2 or tq1)");
+  }
+  if (a.has("embeddings")) {
+    const std::string e = a.str("embeddings");
+    if (e == "f16") o.embeddings = mmfree::DType::F16;
+    else if (e == "bf16") o.embeddings = mmfree::DType::BF16;
+    else fail("--embeddings " + e, "unknown (expected f16 or bf16)");
+  }
+  o.progress = [](double f) { progress("converting", f); };
+  const std::string out = a.str("out");
+  mmfree::convert_to_gguf(a.str("model"), out, o);
+  std::fprintf(stderr, "wrote %s (%.2f MiB)\n", out.c_str(), double(std::filesystem::file_size(out)) / (1 << 20));
+  return 0;
+}
+
+int cmd_init_random(const Args& a) {
+  a.allow({"preset", "out", "weights", "seed", "tokenizer"});
+  const mmfree::Config c = mmfree::preset_config(a.str("preset"));
+  mmfree::TernaryFormat f = mmfree::TernaryFormat::TQ2;
+  if (a.has("weights")) {
+    const std::string w = a.str("weights");
+    if (w == "tq1") f = mmfree::TernaryFormat::TQ1;
+    else if (w != "tq2") fail("--weights " + w, "unknown (expected tq2 or tq1)");
+  }
+  const std::string out = a.str("out");
+  if (std::filesystem::is_directory(out)) fail(out, "is a directory; init-random writes a .gguf file");
+  const uint64_t seed = a.has("seed") ? uint64_t(mmfree::parse_int(a.str("seed"), "--seed", 0, INT64_MAX)) : 1;
+  mmfree::write_random_gguf(c, out, f, seed, [](double x) { progress("writing", x); }, a.has("tokenizer") ? a.str("tokenizer") : "");
+  std::fprintf(stderr, "wrote %s (%.2f MiB)\n", out.c_str(), double(std::filesystem::file_size(out)) / (1 << 20));
+  return 0;
 }
 
 const std::vector<std::string> kModelFlags = {"model", "threads", "kernels", "format"};
@@ -249,9 +295,13 @@ int cmd_info(const Args& a) {
               double(w.embeddings.nbytes()) / (1 << 20), mmfree::dtype_name(w.embeddings.dtype),
               double(4 * (ternary_params + emb + float_params)) / (1 << 20));
   std::printf("kernels      %s, %d thread(s)\n", mmfree::kernels::isa_name(m.isa()), m.options().threads);
-  namespace fs = std::filesystem;
-  if (fs::exists(fs::path(path) / "tokenizer.json")) {
-    const auto tok = model_tokenizer(path);
+  std::optional<mmfree::Tokenizer> t;
+  try {
+    t.emplace(model_tokenizer(path));
+  } catch (const mmfree::Error&) {
+  }
+  if (t) {
+    const auto& tok = *t;
     std::printf("tokenizer    %lld tokens, %zu merges, normaliser %s, bos %d%s, eos %d%s\n", (long long)tok.vocab_size(),
                 tok.merge_count(), tok.normalizer_kind().c_str(), tok.bos_id(), tok.adds_bos() ? " (added)" : "",
                 tok.eos_id(), tok.adds_eos() ? " (added)" : "");
@@ -273,6 +323,8 @@ int main(int argc, char** argv) {
     if (a.command == "tokenize") return cmd_tokenize(a);
     if (a.command == "perplexity") return cmd_perplexity(a);
     if (a.command == "info") return cmd_info(a);
+    if (a.command == "convert") return cmd_convert(a);
+    if (a.command == "init-random") return cmd_init_random(a);
     if (a.command == "help" || a.command == "--help" || a.command == "-h") {
       std::fputs(kUsage, stdout);
       return 0;

@@ -2,6 +2,7 @@
 // widened one row at a time: at 32000 x 2560 it is the largest non-ternary tensor.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -18,6 +19,7 @@ struct Embedding {
   int64_t rows = 0, cols = 0;
   const uint8_t* data = nullptr;
   std::shared_ptr<const void> owner;
+  bool check_finite_rows = false;  // set for mapped tables that were not scanned at load
 
   size_t nbytes() const { return size_t(rows * cols) * dtype_size(dtype); }
 
@@ -26,13 +28,16 @@ struct Embedding {
     const uint8_t* p = data + size_t(id * cols) * dtype_size(dtype);
     if (dtype == DType::F32) {
       std::memcpy(out, p, size_t(cols) * 4);
-      return;
+    } else {
+      for (int64_t c = 0; c < cols; ++c) {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * c, 2);
+        out[c] = dtype == DType::BF16 ? bf16_to_float(h) : f16_to_float(h);
+      }
     }
-    for (int64_t c = 0; c < cols; ++c) {
-      uint16_t h;
-      std::memcpy(&h, p + 2 * c, 2);
-      out[c] = dtype == DType::BF16 ? bf16_to_float(h) : f16_to_float(h);
-    }
+    if (check_finite_rows)
+      for (int64_t c = 0; c < cols; ++c)
+        if (!std::isfinite(out[c])) fail("embedding row " + std::to_string(id), "contains NaN or Inf");
   }
 
   // Own a copy of a tensor's bytes (so the source file can be unmapped), checking that

@@ -39,7 +39,7 @@ class HfLoader {
     namespace fs = std::filesystem;
     std::error_code ec;
     if (!fs::exists(dir, ec)) fail(dir, "no such file or directory");
-    if (!fs::is_directory(dir, ec)) fail(dir, "is not a checkpoint directory (expected config.json and model.safetensors)");
+    if (!fs::is_directory(dir, ec)) fail(dir, "is not a checkpoint directory (config.json + model.safetensors) or a GGUF file");
     cfg_ = Config::from_file((fs::path(dir) / "config.json").string());
     store_ = std::make_unique<TensorStore>(dir);
   }
@@ -101,11 +101,5 @@ class HfLoader {
   Config cfg_;
   std::unique_ptr<TensorStore> store_;
 };
-
-// Loads a model from a Hugging Face checkpoint directory.
-inline Model load_model(const std::string& path, const ModelOptions& opt = {}) {
-  ModelWeights w = HfLoader(path, opt.format).load();
-  return Model(std::move(w), opt);
-}
 
 }  // namespace mmfree

@@ -6,6 +6,8 @@
 #include "mmfree/error.hpp"
 #include "mmfree/glu.hpp"
 #include "mmfree/load_hf.hpp"
+#include "mmfree/gguf.hpp"
+#include "mmfree/model_file.hpp"
 #include "mmfree/mlgru.hpp"
 #include "mmfree/model.hpp"
 #include "mmfree/safetensors.hpp"
