@@ -28,7 +28,7 @@
 namespace mmfree::kernels::avx512 {
 
 // How far ahead (in rows) single-token kernels prefetch weights.
-inline constexpr int64_t kPrefetchRows = 8;
+inline constexpr int64_t kPrefetchRows = 16;
 
 MMFREE_TARGET_AVX512 inline int32_t sum_q(const int8_t* q, int64_t n) {
   // sum of int8 = dpbusd with u8 ones.
