@@ -56,9 +56,12 @@ template <int K, int R, int T>
 MMFREE_TARGET_AVX512 inline void tq2_tile_digit(const __m512i* raw, const int8_t* Q, int64_t ldq, int64_t b,
                                                 __m512i (*acc)[T]) {
   __m512i d[R];
+  #pragma GCC unroll 16
   for (int i = 0; i < R; ++i) d[i] = tq2_digits<K>(raw[i]);
+  #pragma GCC unroll 16
   for (int j = 0; j < T; ++j) {
     const __m512i x = _mm512_loadu_si512(Q + j * ldq + b * 256 + K * 64);
+    #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], d[i], x);
   }
 }
@@ -68,19 +71,25 @@ template <int R, int T>
 MMFREE_TARGET_AVX512 inline void tq2_tile(const TernaryMatrix& W, int64_t r, const int8_t* Q, int64_t ldq,
                                           const int32_t* qsum, int32_t* out, int64_t ldo) {
   __m512i acc[R][T];
+  #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
+    #pragma GCC unroll 16
     for (int j = 0; j < T; ++j) acc[i][j] = _mm512_setzero_si512();
   const uint8_t* w[R];
+  #pragma GCC unroll 16
   for (int i = 0; i < R; ++i) w[i] = W.row(r + i);
   for (int64_t b = 0; b < W.blocks_per_row; ++b) {
     __m512i raw[R];
+    #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) raw[i] = _mm512_loadu_si512(w[i] + b * 64);
     tq2_tile_digit<0, R, T>(raw, Q, ldq, b, acc);
     tq2_tile_digit<1, R, T>(raw, Q, ldq, b, acc);
     tq2_tile_digit<2, R, T>(raw, Q, ldq, b, acc);
     tq2_tile_digit<3, R, T>(raw, Q, ldq, b, acc);
   }
+  #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
+    #pragma GCC unroll 16
     for (int j = 0; j < T; ++j) out[j * ldo + r + i] = _mm512_reduce_add_epi32(acc[i][j]) - qsum[j];
 }
 
@@ -90,10 +99,12 @@ MMFREE_TARGET_AVX512 inline void tq2_gemv_tile(const TernaryMatrix& W, int64_t r
                                                int32_t* out) {
   __m512i a0[R], a1[R];
   const uint8_t* w[R];
+  #pragma GCC unroll 16
   for (int i = 0; i < R; ++i) a0[i] = a1[i] = _mm512_setzero_si512(), w[i] = W.row(r + i);
   for (int64_t b = 0; b < W.blocks_per_row; ++b) {
     const __m512i x0 = _mm512_loadu_si512(q + b * 256), x1 = _mm512_loadu_si512(q + b * 256 + 64);
     const __m512i x2 = _mm512_loadu_si512(q + b * 256 + 128), x3 = _mm512_loadu_si512(q + b * 256 + 192);
+    #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       // Rows are contiguous: fetch the same block of the rows two tiles ahead, so several
       // DRAM requests are in flight while this tile computes.
@@ -105,6 +116,7 @@ MMFREE_TARGET_AVX512 inline void tq2_gemv_tile(const TernaryMatrix& W, int64_t r
       a1[i] = _mm512_dpbusd_epi32(a1[i], tq2_digits<3>(raw), x3);
     }
   }
+  #pragma GCC unroll 16
   for (int i = 0; i < R; ++i) out[r + i] = _mm512_reduce_add_epi32(_mm512_add_epi32(a0[i], a1[i])) - qsum;
 }
 
@@ -127,6 +139,7 @@ MMFREE_TARGET_AVX512 inline __m512i times3(__m512i m) { return _mm512_add_epi8(_
 inline void tq1_relayout(const int8_t* q, int64_t blocks, int8_t* dst) {
   int64_t b = 0;
   for (; b + 2 <= blocks; b += 2)
+    #pragma GCC unroll 16
     for (int k = 0; k < 5; ++k) {
       std::memcpy(dst + b * 160 + k * 64, q + b * 160 + k * 32, 32);
       std::memcpy(dst + b * 160 + k * 64 + 32, q + (b + 1) * 160 + k * 32, 32);
@@ -138,46 +151,61 @@ template <int R, int T>
 MMFREE_TARGET_AVX512 inline void tq1_tile(const TernaryMatrix& W, int64_t r, const int8_t* Q, int64_t ldq,
                                           const int32_t* qsum, int32_t* out, int64_t ldo) {
   __m512i acc[R][T];
+  #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
+    #pragma GCC unroll 16
     for (int j = 0; j < T; ++j) acc[i][j] = _mm512_setzero_si512();
   const uint8_t* w[R];
+  #pragma GCC unroll 16
   for (int i = 0; i < R; ++i) w[i] = W.row(r + i);
   const int64_t nb = W.blocks_per_row;
   int64_t b = 0;
   for (; b + 2 <= nb; b += 2) {
     __m512i m[R];
+    #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       if constexpr (T == 1) _mm_prefetch((const char*)(w[i] + b * 32 + kPrefetchRows * W.row_bytes), _MM_HINT_T0);
       m[i] = _mm512_loadu_si512(w[i] + b * 32);
     }
+    #pragma GCC unroll 16
     for (int k = 0; k < 5; ++k) {
       __m512i d[R];
+      #pragma GCC unroll 16
       for (int i = 0; i < R; ++i) {
         d[i] = tq1_digit_of(m[i]);
         m[i] = times3(m[i]);
       }
+      #pragma GCC unroll 16
       for (int j = 0; j < T; ++j) {
         const __m512i x = _mm512_loadu_si512(Q + j * ldq + b * 160 + k * 64);
+        #pragma GCC unroll 16
         for (int i = 0; i < R; ++i) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], d[i], x);
       }
     }
   }
   if (b < nb) {  // one 32-byte block left: the upper half of each register is zero
     __m512i m[R];
+    #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) m[i] = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i*)(w[i] + b * 32)));
+    #pragma GCC unroll 16
     for (int k = 0; k < 5; ++k) {
       __m512i d[R];
+      #pragma GCC unroll 16
       for (int i = 0; i < R; ++i) {
         d[i] = tq1_digit_of(m[i]);
         m[i] = times3(m[i]);
       }
+      #pragma GCC unroll 16
       for (int j = 0; j < T; ++j) {
         const __m512i x = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i*)(Q + j * ldq + b * 160 + k * 32)));
+        #pragma GCC unroll 16
         for (int i = 0; i < R; ++i) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], d[i], x);
       }
     }
   }
+  #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
+    #pragma GCC unroll 16
     for (int j = 0; j < T; ++j) out[j * ldo + r + i] = _mm512_reduce_add_epi32(acc[i][j]) - qsum[j];
 }
 
