@@ -126,3 +126,18 @@ TEST(Cli, PerplexityAndInfo) {
   for (auto s : {"2 layers, hidden 128", "vocab 4096", "packed ternary", "tokenizer    4096 tokens"})
     EXPECT_NE(r.out.find(s), std::string::npos) << r.out;
 }
+
+TEST(Cli, BenchPrintsTableAndJson) {
+  CliRun r = run_cli("bench --model " + kTiny + " -p 8 -n 4 -r 2 -t 1,2");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("| model | size | threads | pp8 tok/s | tg4 tok/s | time to first token | peak RSS |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| 2x128 tq2 |"), std::string::npos) << r.out;
+  r = run_cli("bench --model " + kTiny + " -p 4 -n 2 -r 1 -t 1 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j.size(), 1u);
+  EXPECT_EQ(j[0]["threads"], 1);
+  EXPECT_GT(j[0]["decode_tps"].get<double>(), 0);
+  r = run_cli("bench --model " + kTiny + " -t 0");
+  EXPECT_NE(r.code, 0);
+}
