@@ -51,7 +51,12 @@ class ThreadPool {
     generation_.fetch_add(1, std::memory_order_acq_rel);
     generation_.notify_all();
     drain();
-    while (pending_.load(std::memory_order_acquire) != 0) MMFREE_PAUSE();
+    // Spin briefly (the common case: workers finish within microseconds), then yield so a
+    // descheduled worker can run when the machine is oversubscribed.
+    for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
+      if (spin < 4000) MMFREE_PAUSE();
+      else std::this_thread::yield();
+    }
     fn_ = nullptr;
   }
 
@@ -78,7 +83,8 @@ class ThreadPool {
     for (;;) {
       uint64_t g = generation_.load(std::memory_order_acquire);
       for (int spin = 0; g == seen && spin < 20000; ++spin) {
-        MMFREE_PAUSE();
+        if (spin < 4000) MMFREE_PAUSE();
+        else std::this_thread::yield();
         g = generation_.load(std::memory_order_acquire);
       }
       if (g == seen) {
