@@ -31,7 +31,7 @@ const char* kUsage =
     "  info       --model M\n"
     "  bench      [--model M] [-p 512] [-n 128] [-t 1,2] [-r 3] [--json]\n"
     "  convert    --model HF_DIR --out FILE.gguf [--weights tq2|tq1] [--embeddings f16|bf16]\n"
-    "  init-random --preset 370m|1.3b|2.7b --out FILE.gguf [--weights tq2|tq1] [--seed S] [--tokenizer JSON]\n"
+    "  init-random --preset 370m|1.3b|2.7b --out FILE.gguf|DIR [--weights tq2|tq1] [--seed S] [--tokenizer JSON]\n"
     "common: -m/--model DIR|FILE.gguf (default: the bundled model), -t/--threads N, --kernels scalar|avx2|avx512,\n"
     "        --format tq2|tq1\n";
 
@@ -139,8 +139,13 @@ int cmd_init_random(const Args& a) {
     else if (w != "tq2") fail("--weights " + w, "unknown (expected tq2 or tq1)");
   }
   const std::string out = a.str("out");
-  if (std::filesystem::is_directory(out)) fail(out, "is a directory; init-random writes a .gguf file");
   const uint64_t seed = a.has("seed") ? uint64_t(mmfree::parse_int(a.str("seed"), "--seed", 0, INT64_MAX)) : 1;
+  const bool gguf_out = out.size() > 5 && out.compare(out.size() - 5, 5, ".gguf") == 0;
+  if (!gguf_out) {  // a Hugging Face directory (config.json + BF16 model.safetensors)
+    mmfree::write_random_hf(c, out, seed, [](double x) { progress("writing", x); });
+    std::fprintf(stderr, "wrote %s/\n", out.c_str());
+    return 0;
+  }
   mmfree::write_random_gguf(c, out, f, seed, [](double x) { progress("writing", x); }, a.has("tokenizer") ? a.str("tokenizer") : "");
   std::fprintf(stderr, "wrote %s (%.2f MiB)\n", out.c_str(), double(std::filesystem::file_size(out)) / (1 << 20));
   return 0;

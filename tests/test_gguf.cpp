@@ -216,3 +216,21 @@ TEST(Gguf, SpecificCorruptionsHaveExactMessages) {
   EXPECT_NE(one_tensor(gguf::F32, 64, {1000}).find("runs past the end of the file"), std::string::npos);
   EXPECT_NE(one_tensor(gguf::F32, 64, {}).find("0 dimensions"), std::string::npos);
 }
+
+TEST(Gguf, RandomHfDirectoryLoadsAndConverts) {
+  TempDir d;
+  const std::string dir = d.file("rand-hf");
+  write_random_hf(preset_config("tiny"), dir, 4);
+  Model m = load_model(dir);
+  EXPECT_EQ(m.config().hidden_size, 128);
+  // The latent values are exactly ternary * 0.02, so ternarisation recovers them.
+  SafetensorsFile f(dir + "/model.safetensors");
+  const auto w = f.find("model.layers.0.attn.i_proj.weight")->to_floats();
+  const auto& t = m.weights().blocks[0].attn.i_proj.weights();
+  const float step = bf16_to_float(float_to_bf16(0.02f));  // 0.02 as stored in BF16
+  for (int64_t c = 0; c < 128; ++c) EXPECT_EQ(float(ternary_at(t, 5, c)) * step, w[size_t(5 * 128 + c)]);
+  // And it converts to a GGUF that computes the same logits.
+  convert_to_gguf(dir, d.file("rand.gguf"));
+  const std::vector<int32_t> ids = {1, 7, 99, 4000};
+  EXPECT_EQ(load_model(d.file("rand.gguf")).prefill(ids), m.prefill(ids));
+}

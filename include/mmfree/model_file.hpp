@@ -435,4 +435,76 @@ inline void write_random_gguf(const Config& c, const std::string& out, TernaryFo
   wr.finish();
 }
 
+// Writes a randomly initialised Hugging Face checkpoint directory (config.json and one BF16
+// model.safetensors), streaming tensor by tensor. Latent weights are +-0.02 or 0, so the
+// load-time ternarisation recovers them exactly.
+inline void write_random_hf(const Config& c, const std::string& dir, uint64_t seed = 1,
+                            const std::function<void(double)>& progress = {}) {
+  namespace fs = std::filesystem;
+  fs::create_directories(dir);
+  {
+    nlohmann::json j = {{"model_type", "hgrn_bit"}, {"architectures", {"HGRNBitForCausalLM"}}, {"vocab_size", c.vocab_size},
+                        {"hidden_size", c.hidden_size}, {"num_hidden_layers", c.num_hidden_layers}, {"num_heads", c.num_heads},
+                        {"expand_ratio", c.expand_ratio}, {"hidden_ratio", c.hidden_ratio},
+                        {"intermediate_size", c.intermediate_size}, {"use_lower_bound", c.use_lower_bound},
+                        {"rms_norm_eps", c.rms_norm_eps}, {"attn_mode", "fused_recurrent"}, {"use_short_conv", false},
+                        {"bos_token_id", c.bos_token_id}, {"eos_token_id", c.eos_token_id},
+                        {"max_position_embeddings", c.max_position_embeddings}, {"torch_dtype", "bfloat16"}};
+    std::ofstream o(fs::path(dir) / "config.json");
+    o << j.dump(2) << "\n";
+    if (!o) fail(dir + "/config.json", "write failed");
+  }
+  // Same tensors as the GGUF layout, with HF shapes [out, in]; scales are not stored.
+  std::vector<std::pair<std::string, std::vector<int64_t>>> ts;
+  for (auto& d : detail::tensor_decls(c, TernaryFormat::TQ2, gguf::BF16)) {
+    if (d.name.size() > 13 && d.name.compare(d.name.size() - 13, 13, ".weight.scale") == 0) continue;
+    std::vector<int64_t> shape(d.dims.rbegin(), d.dims.rend());
+    ts.push_back({d.name, shape});
+  }
+  nlohmann::ordered_json h = nlohmann::ordered_json::object();
+  uint64_t off = 0;
+  for (auto& [name, shape] : ts) {
+    uint64_t n = 1;
+    for (auto x : shape) n *= uint64_t(x);
+    h[name] = {{"dtype", "BF16"}, {"shape", shape}, {"data_offsets", {off, off + 2 * n}}};
+    off += 2 * n;
+  }
+  std::string hs = h.dump();
+  while ((hs.size() + 8) % 8) hs.push_back(' ');
+  const std::string path = (fs::path(dir) / "model.safetensors").string();
+  FILE* f = std::fopen(path.c_str(), "wb");
+  if (!f) fail(path, "cannot open for writing");
+  auto put = [&](const void* p, size_t n) {
+    if (std::fwrite(p, 1, n, f) != n) {
+      std::fclose(f);
+      fail(path, "write failed (disk full?)");
+    }
+  };
+  const uint64_t hn = hs.size();
+  put(&hn, 8);
+  put(hs.data(), hs.size());
+  std::mt19937_64 rng(seed);
+  const uint16_t pos = float_to_bf16(0.02f), neg = float_to_bf16(-0.02f), zero = 0;
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const auto& [name, shape] = ts[i];
+    const bool matrix = shape.size() == 2 && name != "model.lower_bounds";
+    const bool emb = name == "model.embeddings.weight";
+    const bool lb = name == "model.lower_bounds";
+    const int64_t cols = shape.back(), rows = shape.size() == 2 ? shape[0] : 1;
+    std::vector<uint16_t> row(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      for (auto& v : row) {
+        if (emb) v = float_to_bf16(nd(rng));
+        else if (lb) v = zero;
+        else if (matrix) { const uint64_t x = rng() % 3; v = x == 0 ? neg : x == 1 ? zero : pos; }
+        else v = float_to_bf16(1.0f);
+      }
+      put(row.data(), row.size() * 2);
+    }
+    detail::progress_bar(progress, i + 1, ts.size());
+  }
+  if (std::fclose(f) != 0) fail(path, "write failed (disk full?)");
+}
+
 }  // namespace mmfree
