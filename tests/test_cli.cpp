@@ -66,6 +66,8 @@ TEST(Cli, BadInputsFailWithMessages) {
       {"generate --model " + kTiny + "/config.json --ids 1", "not a checkpoint directory"},
       {"logits --model " + kTiny + " --ids 1", "--out: is required"},
       {"generate --model", "--model: missing value"},
+      {"generate --model " + kTiny + " --ids 1 -n 99999999999", "-n: '99999999999' is out of range [0, 16777216]"},
+      {"generate --model " + kTiny + " --ids 1 -n 99999999999999999999999", "-n: '99999999999999999999999' is out of range"},
   };
   for (auto& c : cases) {
     CliRun r = run_cli(c.args);
@@ -140,4 +142,14 @@ TEST(Cli, BenchPrintsTableAndJson) {
   EXPECT_GT(j[0]["decode_tps"].get<double>(), 0);
   r = run_cli("bench --model " + kTiny + " -t 0");
   EXPECT_NE(r.code, 0);
+}
+
+TEST(Cli, InvalidUtf8PromptIsHandled) {
+  // Bytes that are not UTF-8 fall back to byte tokens; the output stays valid UTF-8.
+  CliRun r = run_cli("generate --model " + kTiny + " --prompt 'caf\xc3 \xff\xfe end' -n 8 --temperature 0 --no-stats");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(r.out.empty());
+  r = run_cli("tokenize --model " + kTiny + " --text 'x\xffy'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find(" 258 "), std::string::npos) << r.out;  // <0xFF>
 }
