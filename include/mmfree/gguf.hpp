@@ -328,16 +328,9 @@ class Writer {
     raw(h.data(), h.size());
   }
   void write_tensor(const void* data, size_t n) {
-    if (next_ >= tensors_.size()) fail(path_, "more tensors written than declared");
-    const TensorInfo& t = tensors_[next_++];
-    if (n != t.nbytes) fail(path_, "tensor '" + t.name + "': wrote " + std::to_string(n) + " bytes, declared " + std::to_string(t.nbytes));
-    raw(data, n);
-    static const char zeros[64] = {};
-    for (uint64_t pad = (align_ - n % align_) % align_; pad > 0;) {
-      const uint64_t k = std::min<uint64_t>(pad, sizeof zeros);
-      raw(zeros, k);
-      pad -= k;
-    }
+    begin_tensor();
+    append(data, n);
+    end_tensor();
   }
   // Streams one tensor in pieces: open it, then append exactly its bytes.
   void begin_tensor() {
