@@ -50,7 +50,13 @@ TEST(LongRun, TenThousandTokensFiniteAndFlatMemory) {
   const size_t rss_end = rss_bytes();
   std::printf("[ long run ] 10,000 sampled tokens: RSS %.1f MiB after 500, %.1f MiB at the end\n",
               double(rss_after_warmup) / (1 << 20), double(rss_end) / (1 << 20));
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan keeps freed blocks in its quarantine (up to 256 MB), so RSS does not track live
+  // memory here; LeakSanitizer checks for leaks in this build instead.
+  std::printf("[ long run ] AddressSanitizer build: RSS bound not checked (quarantine); LeakSanitizer covers leaks\n");
+#else
   EXPECT_LE(rss_end, rss_after_warmup + (size_t(4) << 20));  // the state is constant-size
+#endif
 }
 
 TEST(Concurrency, TwoModelsOnTwoThreadsEqualSequential) {
