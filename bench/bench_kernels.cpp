@@ -40,13 +40,14 @@ void BM_Ternary(benchmark::State& state, Shape s, TernaryFormat f, kernels::Isa 
   // Decode streams weights from DRAM in a real model (all layers together exceed any
   // cache), so single-token runs rotate through copies of the matrix totalling > 1.5 GB,
   // more than this machine's L3. Prefill reuses weights across tokens and runs warm.
+  // Copies live in 2 MiB pages, as a loaded Model's weights do (huge_pages.hpp).
   const auto W0 = random_matrix(s.out, s.in, f);
   std::vector<TernaryMatrix> copies{W0};
   if (state.range(0) == 1) {
     const size_t want = size_t(1.5e9) / W0.nbytes() + 1;
     for (size_t i = 1; i < want; ++i) {
       TernaryMatrix c = W0;
-      auto buf = AlignedBytes::alloc(W0.nbytes());
+      auto buf = alloc_huge(W0.nbytes());
       std::memcpy(buf.get(), W0.data, W0.nbytes());
       c.data = buf.get();
       c.owner = buf;

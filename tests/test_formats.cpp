@@ -181,3 +181,37 @@ TEST(SimdKernels, ExtremeValuesLongRows) {
         }
       }
 }
+
+// rmsnorm + int8 quantisation: every ISA returns the scalar reference's bits (scale, codes,
+// normalised values, zero padding), on odd lengths, huge rows and exact .5 ties.
+TEST(SimdKernels, RmsnormQuantizeBitExactWithScalar) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (int64_t n : {1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 1000, 2048, 5632, 100003}) {
+    for (int kind = 0; kind < 3; ++kind) {
+      std::vector<float> x(static_cast<size_t>(n)), w(static_cast<size_t>(n));
+      for (auto& v : x) v = kind == 2 ? float(int(g(rng) * 4)) * 0.5f : g(rng) * (kind ? 1e3f : 1.0f);
+      for (auto& v : w) v = kind == 2 ? 1.0f : 1.0f + 0.1f * g(rng);
+      const int64_t np = padded_cols(n);
+      std::vector<float> tmp_ref(static_cast<size_t>(n));
+      std::vector<int8_t> q_ref(static_cast<size_t>(np), 99);
+      const float s_ref = rmsnorm_quantize(x.data(), w.data(), n, tmp_ref.data(), q_ref.data(), np);
+      for (auto isa : kernels::available_isas()) {
+        const auto table = kernels::kernel_table(isa);
+        std::vector<float> tmp(static_cast<size_t>(n));
+        std::vector<int8_t> q(static_cast<size_t>(np), 99);
+        const float s = table.rmsnorm_quantize(x.data(), w.data(), n, tmp.data(), q.data(), np);
+        ASSERT_EQ(std::memcmp(&s, &s_ref, sizeof s), 0) << kernels::isa_name(isa) << " n=" << n;
+        ASSERT_EQ(tmp, tmp_ref) << kernels::isa_name(isa) << " n=" << n;
+        ASSERT_EQ(q, q_ref) << kernels::isa_name(isa) << " n=" << n << " kind=" << kind;
+        const double a = table.sum_squares(x.data(), n), b = sum_squares(x.data(), n);
+        ASSERT_EQ(std::memcmp(&a, &b, sizeof a), 0) << kernels::isa_name(isa) << " n=" << n;
+      }
+    }
+  }
+  // Ties: values whose products with s are exactly k + 0.5 round away from zero.
+  std::vector<float> y = {127.0f, 0.5f, -0.5f, 1.5f, -2.5f, 63.5f, -126.5f, 0.0f, -127.0f};
+  std::vector<int8_t> q(16);
+  EXPECT_EQ(quantize_int8(y.data(), int64_t(y.size()), q.data(), 16), 1.0f);
+  EXPECT_EQ(std::vector<int8_t>(q.begin(), q.begin() + 9), (std::vector<int8_t>{127, 1, -1, 2, -3, 64, -127, 0, -127}));
+}

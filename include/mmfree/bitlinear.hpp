@@ -27,6 +27,11 @@ struct Exec {
     else if (n > 0)
       fn(0, n);
   }
+  // rmsnorm of one row with this CPU's sum of squares (the same bits as ops.hpp's).
+  void rmsnorm(const float* x, const float* w, int64_t n, double eps, float* y) const {
+    const float r = rms_factor(kernels.sum_squares(x, n), n, eps);
+    for (int64_t i = 0; i < n; ++i) y[i] = x[i] * r * w[i];
+  }
 };
 
 // Scratch for BitLinear calls, reused across calls to avoid allocation on the hot path.
@@ -60,7 +65,7 @@ class BitLinear {
     s.reserve(n, kp, k, w_.rows);
     ex.for_range(n, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t)
-        s.s_x[size_t(t)] = rmsnorm_quantize(x + t * k, norm_.data(), k, s.tmp.data() + t * k,
+        s.s_x[size_t(t)] = ex.kernels.rmsnorm_quantize(x + t * k, norm_.data(), k, s.tmp.data() + t * k,
                                             s.q.data() + t * kp, kp);
     });
   }

@@ -56,7 +56,7 @@ struct MLGRU {
       mlgru_step(s.f.data() + t * d, s.i.data() + t * d, lb, d, h, o);
       // o = rmsnorm(g) * silu(h): normalise g in place, then gate.
       float* g = s.g.data() + t * d;
-      rmsnorm(g, g_norm.data(), d, eps, g);
+      ex.rmsnorm(g, g_norm.data(), d, eps, g);
       for (int64_t c = 0; c < d; ++c) o[c] *= g[c];
     }
     o_proj.forward(s.o.data(), n, out, bs, ex);

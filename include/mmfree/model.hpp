@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -18,6 +19,7 @@
 #include "mmfree/config.hpp"
 #include "mmfree/embedding.hpp"
 #include "mmfree/glu.hpp"
+#include "mmfree/huge_pages.hpp"
 #include "mmfree/mlgru.hpp"
 #include "mmfree/ops.hpp"
 #include "mmfree/thread_pool.hpp"
@@ -51,6 +53,10 @@ struct ModelOptions {
   std::optional<kernels::Isa> isa;            // default: the best this CPU has
   TernaryFormat format = TernaryFormat::TQ2;  // packing used when ternarising at load
   int64_t max_batch = 128;                    // tokens per prefill chunk (bounds scratch memory)
+  // Copy the packed weights into 2 MiB pages at load: decoding streams them ~1.3x faster
+  // (huge_pages.hpp) for a copy at start-up. Off: weights stay where the loader put them
+  // (for a GGUF file, the page cache, shared between processes).
+  bool huge_pages = true;
 };
 
 // Scratch memory of one forward pass. Kept per thread so that one Model can serve
@@ -74,6 +80,7 @@ class Model {
     if (opt.max_batch < 1) fail("max_batch", "must be at least 1");
     pool_ = std::make_unique<ThreadPool>(opt.threads);
     pool_mutex_ = std::make_unique<std::mutex>();
+    if (opt.huge_pages) move_weights_to_huge_pages();
   }
 
   const Config& config() const { return w_.config; }
@@ -154,11 +161,11 @@ class Model {
     for (size_t l = 0; l < w_.blocks.size(); ++l) {
       const Block& b = w_.blocks[l];
       // Token mixer: x += mlgru(rmsnorm(x)), carrying this layer's recurrent state.
-      for (int64_t t = 0; t < m; ++t) rmsnorm(x + t * H, b.attn_norm.data(), H, c.rms_norm_eps, xn + t * H);
+      for (int64_t t = 0; t < m; ++t) ex.rmsnorm(x + t * H, b.attn_norm.data(), H, c.rms_norm_eps, xn + t * H);
       b.attn.forward(xn, m, st.h[l].data(), y, c.rms_norm_eps, s.mixer, s.bl, ex);
       for (int64_t i = 0; i < m * H; ++i) x[i] += y[i];
       // Channel mixer: x += glu(rmsnorm(x)).
-      for (int64_t t = 0; t < m; ++t) rmsnorm(x + t * H, b.mlp_norm.data(), H, c.rms_norm_eps, xn + t * H);
+      for (int64_t t = 0; t < m; ++t) ex.rmsnorm(x + t * H, b.mlp_norm.data(), H, c.rms_norm_eps, xn + t * H);
       b.mlp.forward(xn, m, y, s.glu, s.bl, ex);
       for (int64_t i = 0; i < m * H; ++i) x[i] += y[i];
     }
@@ -167,8 +174,35 @@ class Model {
 
     const int64_t first = all_logits ? 0 : m - 1;
     const int64_t rows = m - first;
-    for (int64_t t = first; t < m; ++t) rmsnorm(x + t * H, w_.final_norm.data(), H, c.rms_norm_eps, xn + (t - first) * H);
+    for (int64_t t = first; t < m; ++t) ex.rmsnorm(x + t * H, w_.final_norm.data(), H, c.rms_norm_eps, xn + (t - first) * H);
     w_.lm_head.forward(xn, rows, logits, s.bl, ex);
+  }
+
+  // Every BitLinear, in the order decoding reads them, so the copy is one forward stream.
+  std::vector<BitLinear*> bitlinears() {
+    std::vector<BitLinear*> v;
+    for (auto& b : w_.blocks)
+      for (BitLinear* l : {&b.attn.f_proj, &b.attn.i_proj, &b.attn.g_proj, &b.attn.o_proj, &b.mlp.gate_proj, &b.mlp.down_proj})
+        v.push_back(l);
+    v.push_back(&w_.lm_head);
+    return v;
+  }
+  void move_weights_to_huge_pages() {
+    size_t total = 0;
+    for (BitLinear* l : bitlinears()) total += (l->weights().nbytes() + 63) / 64 * 64;
+    auto arena = alloc_huge(total);
+    size_t off = 0;
+    for (BitLinear* l : bitlinears()) {
+      TernaryMatrix m = l->weights();
+      std::memcpy(arena.get() + off, m.data, m.nbytes());
+      // A file mapping's pages would otherwise stay resident beside the copy.
+      if (m.mapped) release_mapped(m.data, m.nbytes());
+      m.data = arena.get() + off;
+      m.owner = arena;
+      m.mapped = false;
+      *l = BitLinear(std::move(m), l->norm());
+      off += (l->weights().nbytes() + 63) / 64 * 64;
+    }
   }
 
   ModelWeights w_;

@@ -158,6 +158,7 @@ class GgufLoader {
     m.scale = s[0];
     m.data = t.data;
     m.owner = r_.file();
+    m.mapped = true;
     return BitLinear(std::move(m), f32(prefix + ".norm.weight", {uint64_t(in)}));
   }
 

@@ -10,13 +10,19 @@ namespace mmfree {
 inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 inline float silu(float x) { return x * sigmoid(x); }
 
-// y = x / sqrt(mean(x^2) + eps) * w. The sum of squares is taken in double so the
-// result is the correctly rounded float whatever the length.
-template <class T>
-inline void rmsnorm(const T* x, const T* w, int64_t n, double eps, T* y) {
-  double ss = 0;
-  for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * double(x[i]);
-  const T r = T(1.0 / std::sqrt(ss / double(n) + eps));
+// Sum of x[i]^2 in double. Each square is exact in double; the terms go into 8 partial
+// sums (lane i mod 8) that are combined as ((s0+s4)+(s2+s6)) + ((s1+s5)+(s3+s7)). That
+// order is part of the definition: the SIMD versions in kernels/ return the same bits.
+inline double sum_squares(const float* x, int64_t n) {
+  double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t i = 0; i < n; ++i) s[i % 8] += double(x[i]) * double(x[i]);
+  return ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
+}
+
+// y = x / sqrt(mean(x^2) + eps) * w, the mean taken in double (see sum_squares).
+inline float rms_factor(double sum_sq, int64_t n, double eps) { return float(1.0 / std::sqrt(sum_sq / double(n) + eps)); }
+inline void rmsnorm(const float* x, const float* w, int64_t n, double eps, float* y) {
+  const float r = rms_factor(sum_squares(x, n), n, eps);
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] * r * w[i];
 }
 

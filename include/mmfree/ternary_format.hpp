@@ -74,6 +74,7 @@ struct TernaryMatrix {
   float scale = 1.0f;
   const uint8_t* data = nullptr;       // rows * row_bytes bytes
   std::shared_ptr<const void> owner;   // keeps `data` alive (heap buffer or mapped file)
+  bool mapped = false;                 // `data` lies in a read-only file mapping
 
   const uint8_t* row(int64_t r) const { return data + r * row_bytes; }
   int64_t padded_cols() const { return blocks_per_row * format_info(format).block_weights; }

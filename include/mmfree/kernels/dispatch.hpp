@@ -11,13 +11,17 @@
 #include "mmfree/error.hpp"
 #include "mmfree/kernels/ternary_avx2.hpp"
 #include "mmfree/kernels/ternary_avx512.hpp"
+#include "mmfree/kernels/quantize_simd.hpp"
 #include "mmfree/kernels/ternary_scalar.hpp"
+#include "mmfree/ops.hpp"
 #include "mmfree/ternary_format.hpp"
 
 namespace mmfree::kernels {
 
 using TernaryGemmFn = void (*)(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out,
                                int64_t ldo, int64_t r0, int64_t r1);
+using RmsQuantizeFn = float (*)(const float* x, const float* w, int64_t n, float* tmp, int8_t* q, int64_t n_padded);
+using SumSquaresFn = double (*)(const float* x, int64_t n);
 
 enum class Isa { Scalar, Avx2, Avx512, Neon };
 
@@ -34,6 +38,8 @@ inline const char* isa_name(Isa i) {
 struct KernelTable {
   Isa isa = Isa::Scalar;
   TernaryGemmFn gemm = ternary_gemm_scalar;
+  RmsQuantizeFn rmsnorm_quantize = mmfree::rmsnorm_quantize;  // same bits on every ISA
+  SumSquaresFn sum_squares = mmfree::sum_squares;
 };
 
 inline bool cpu_has(Isa isa) {
@@ -43,7 +49,8 @@ inline bool cpu_has(Isa isa) {
     case Isa::Avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case Isa::Avx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx512vnni");
 #endif
     default: return false;
   }
@@ -54,8 +61,16 @@ inline KernelTable kernel_table(Isa isa) {
   KernelTable t;
   t.isa = isa;
 #if defined(__x86_64__)
-  if (isa == Isa::Avx2) t.gemm = avx2::ternary_gemm;
-  if (isa == Isa::Avx512) t.gemm = avx512::ternary_gemm;
+  if (isa == Isa::Avx2) {
+    t.gemm = avx2::ternary_gemm;
+    t.rmsnorm_quantize = avx2::rmsnorm_quantize;
+    t.sum_squares = avx2::sum_squares;
+  }
+  if (isa == Isa::Avx512) {
+    t.gemm = avx512::ternary_gemm;
+    t.rmsnorm_quantize = avx512::rmsnorm_quantize;
+    t.sum_squares = avx512::sum_squares;
+  }
 #endif
   return t;
 }
