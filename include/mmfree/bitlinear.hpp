@@ -49,6 +49,9 @@ struct BitLinearScratch {
   }
 };
 
+// Rows per unit of parallel work: a multiple of every kernel's register tile.
+inline constexpr int64_t kRowGrain = 16;
+
 class BitLinear {
  public:
   BitLinear() = default;
@@ -70,24 +73,27 @@ class BitLinear {
     });
   }
 
-  // Step 3: integer accumulators acc[t, r] = T[r] . q[t].
-  void accumulate(int64_t n, BitLinearScratch& s, const Exec& ex) const {
-    const int64_t kp = padded_cols(w_.cols);
-    ex.for_range(w_.rows, 16, [&](int64_t r0, int64_t r1) {
-      ex.kernels.gemm(w_, s.q.data(), kp, n, s.acc.data(), w_.rows, r0, r1);
-    });
+  // Step 3 for rows [r0, r1) only, on the calling thread: acc[t, r] = T[r] . q[t].
+  void accumulate_rows(int64_t n, BitLinearScratch& s, const Exec& ex, int64_t r0, int64_t r1) const {
+    ex.kernels.gemm(w_, s.q.data(), padded_cols(w_.cols), n, s.acc.data(), w_.rows, r0, r1);
   }
-
-  // out[t, r] = acc * scale / s_x[t] for n tokens; out has row stride `ldo`.
-  void forward(const float* x, int64_t n, float* out, int64_t ldo, BitLinearScratch& s, const Exec& ex) const {
-    quantize_input(x, n, s, ex);
-    accumulate(n, s, ex);
+  // Step 4 for rows [r0, r1): out[t, r] = acc * scale / s_x[t]; out has row stride `ldo`.
+  void dequantize_rows(int64_t n, const BitLinearScratch& s, float* out, int64_t ldo, int64_t r0, int64_t r1) const {
     for (int64_t t = 0; t < n; ++t) {
       const float deq = w_.scale / s.s_x[size_t(t)];
       const int32_t* a = s.acc.data() + t * w_.rows;
       float* o = out + t * ldo;
-      for (int64_t r = 0; r < w_.rows; ++r) o[r] = float(a[r]) * deq;
+      for (int64_t r = r0; r < r1; ++r) o[r] = float(a[r]) * deq;
     }
+  }
+
+  // The whole layer: out[t, r] for n tokens, rows spread over the pool.
+  void forward(const float* x, int64_t n, float* out, int64_t ldo, BitLinearScratch& s, const Exec& ex) const {
+    quantize_input(x, n, s, ex);
+    ex.for_range(w_.rows, kRowGrain, [&](int64_t r0, int64_t r1) {
+      accumulate_rows(n, s, ex, r0, r1);
+      dequantize_rows(n, s, out, ldo, r0, r1);
+    });
   }
   void forward(const float* x, int64_t n, float* out, BitLinearScratch& s, const Exec& ex) const {
     forward(x, n, out, w_.rows, s, ex);

@@ -27,13 +27,21 @@ struct GLU {
   void forward(const float* x, int64_t n, float* out, GluScratch& s, BitLinearScratch& bs, const Exec& ex) const {
     const int64_t inter = intermediate();
     s.reserve(n, inter);
-    gate_proj.forward(x, n, s.gate_up.data(), bs, ex);
-    for (int64_t t = 0; t < n; ++t) {
-      const float* gate = s.gate_up.data() + t * 2 * inter;
-      const float* up = gate + inter;
-      float* a = s.act.data() + t * inter;
-      for (int64_t c = 0; c < inter; ++c) a[c] = silu(gate[c]) * up[c];
-    }
+    gate_proj.quantize_input(x, n, bs, ex);
+    // Channel c needs rows c (gate) and I + c (up): each thread takes both rows of its
+    // channels, so the activation joins the same parallel section.
+    ex.for_range(inter, kRowGrain, [&](int64_t c0, int64_t c1) {
+      gate_proj.accumulate_rows(n, bs, ex, c0, c1);
+      gate_proj.accumulate_rows(n, bs, ex, inter + c0, inter + c1);
+      gate_proj.dequantize_rows(n, bs, s.gate_up.data(), 2 * inter, c0, c1);
+      gate_proj.dequantize_rows(n, bs, s.gate_up.data(), 2 * inter, inter + c0, inter + c1);
+      for (int64_t t = 0; t < n; ++t) {
+        const float* gate = s.gate_up.data() + t * 2 * inter;
+        const float* up = gate + inter;
+        float* a = s.act.data() + t * inter;
+        for (int64_t c = c0; c < c1; ++c) a[c] = silu(gate[c]) * up[c];
+      }
+    });
     down_proj.forward(s.act.data(), n, out, bs, ex);
   }
 };

@@ -16,6 +16,7 @@ namespace mmfree {
 
 struct MixerScratch {
   std::vector<float> f, i, g, o;  // [n, D]
+  BitLinearScratch fq, iq, gq;    // the three projections' quantised inputs and sums
   void reserve(int64_t n, int64_t d) {
     for (auto* v : {&f, &i, &g, &o})
       if (v->size() < size_t(n * d)) v->resize(size_t(n * d));
@@ -47,14 +48,27 @@ struct MLGRU {
                const Exec& ex) const {
     const int64_t d = dim();
     s.reserve(n, d);
-    f_proj.forward(x, n, s.f.data(), bs, ex);
-    i_proj.forward(x, n, s.i.data(), bs, ex);
-    g_proj.forward(x, n, s.g.data(), bs, ex);
+    f_proj.quantize_input(x, n, s.fq, ex);
+    i_proj.quantize_input(x, n, s.iq, ex);
+    g_proj.quantize_input(x, n, s.gq, ex);
     const float* lb = lower_bound.empty() ? nullptr : lower_bound.data();
+    // Channels are independent until g's norm: each thread computes its channels' rows of
+    // f, i and g for all n tokens, then runs the recurrence over them. One parallel
+    // section, and the exponentials are shared out too.
+    ex.for_range(d, kRowGrain, [&](int64_t c0, int64_t c1) {
+      f_proj.accumulate_rows(n, s.fq, ex, c0, c1);
+      i_proj.accumulate_rows(n, s.iq, ex, c0, c1);
+      g_proj.accumulate_rows(n, s.gq, ex, c0, c1);
+      f_proj.dequantize_rows(n, s.fq, s.f.data(), d, c0, c1);
+      i_proj.dequantize_rows(n, s.iq, s.i.data(), d, c0, c1);
+      g_proj.dequantize_rows(n, s.gq, s.g.data(), d, c0, c1);
+      for (int64_t t = 0; t < n; ++t)
+        mlgru_step(s.f.data() + t * d + c0, s.i.data() + t * d + c0, lb ? lb + c0 : nullptr, c1 - c0, h + c0,
+                   s.o.data() + t * d + c0);
+    });
     for (int64_t t = 0; t < n; ++t) {
-      float* o = s.o.data() + t * d;
-      mlgru_step(s.f.data() + t * d, s.i.data() + t * d, lb, d, h, o);
       // o = rmsnorm(g) * silu(h): normalise g in place, then gate.
+      float* o = s.o.data() + t * d;
       float* g = s.g.data() + t * d;
       ex.rmsnorm(g, g_norm.data(), d, eps, g);
       for (int64_t c = 0; c < d; ++c) o[c] *= g[c];
