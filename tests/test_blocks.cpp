@@ -193,3 +193,25 @@ TEST(LowerBounds, SoftmaxCumsum) {
   EXPECT_NEAR(lb3[1][0], 2.0 / 6, 1e-7);
   EXPECT_NEAR(lb3[2][0], 5.0 / 6, 1e-7);
 }
+
+// exp_approx against the correctly rounded e^x (from double): within 2 ulp on the whole
+// range the model meets, exact at 0, and clamped (finite, monotone) outside it.
+TEST(Ops, ExpApproxWithinTwoUlp) {
+  int worst = 0;
+  for (float x = -87.0f; x <= 88.0f; x = std::nextafter(x, 100.0f) + 0.000731f) {
+    const float want = float(std::exp(double(x)));
+    const float got = exp_approx(x);
+    int32_t a, b;
+    std::memcpy(&a, &want, 4);
+    std::memcpy(&b, &got, 4);
+    worst = std::max(worst, std::abs(a - b));
+  }
+  EXPECT_LE(worst, 2);
+  EXPECT_EQ(exp_approx(0.0f), 1.0f);
+  EXPECT_EQ(exp_approx(-1000.0f), exp_approx(-87.0f));
+  EXPECT_EQ(exp_approx(1000.0f), exp_approx(88.0f));
+  EXPECT_TRUE(std::isfinite(exp_approx(1000.0f)));
+  EXPECT_NEAR(sigmoid(0.0f), 0.5f, 0.0f);
+  EXPECT_NEAR(silu(-200.0f), 0.0f, 1e-30f);
+  EXPECT_NEAR(silu(3.0f), 3.0 / (1.0 + std::exp(-3.0)), 3e-7);
+}

@@ -18,6 +18,14 @@ struct GluScratch {
   }
 };
 
+// a = silu(gate) * up, element-wise (restrict: vectorised).
+inline void silu_mul(const float* __restrict gate, const float* __restrict up, int64_t n, float* __restrict a) {
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8)  // fixed groups: -O2's cheap vectoriser takes them too
+    for (int k = 0; k < 8; ++k) a[c + k] = silu(gate[c + k]) * up[c + k];
+  for (; c < n; ++c) a[c] = silu(gate[c]) * up[c];
+}
+
 struct GLU {
   BitLinear gate_proj;  // [2I, H]: first half gate, second half up
   BitLinear down_proj;  // [H, I]
@@ -37,9 +45,7 @@ struct GLU {
       gate_proj.dequantize_rows(n, bs, s.gate_up.data(), 2 * inter, inter + c0, inter + c1);
       for (int64_t t = 0; t < n; ++t) {
         const float* gate = s.gate_up.data() + t * 2 * inter;
-        const float* up = gate + inter;
-        float* a = s.act.data() + t * inter;
-        for (int64_t c = c0; c < c1; ++c) a[c] = silu(gate[c]) * up[c];
+        silu_mul(gate + c0, gate + inter + c0, c1 - c0, s.act.data() + t * inter + c0);
       }
     });
     down_proj.forward(s.act.data(), n, out, bs, ex);

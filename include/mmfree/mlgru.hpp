@@ -23,16 +23,25 @@ struct MixerScratch {
   }
 };
 
-// One time step of the recurrence for D channels. f_pre, i_pre are BitLinear outputs;
-// on return h is h_t and o holds silu(h_t). lb may be null (no lower bound).
+// One time step of the recurrence for channels [0, d). f_pre, i_pre are BitLinear
+// outputs; on return h is h_t and o holds silu(h_t). lb may be null (no lower bound).
+[[gnu::always_inline]] inline void mlgru_step_one(float f_pre, float i_pre, float lb, float& h, float& o) {
+  const float f = lb + (1.0f - lb) * sigmoid(f_pre);
+  h = f * h + silu(i_pre) * (1.0f - f);
+  o = silu(h);
+}
+template <bool kLowerBound>
+inline void mlgru_step_n(const float* __restrict f_pre, const float* __restrict i_pre, const float* __restrict lb,
+                         int64_t d, float* __restrict h, float* __restrict o) {
+  // Fixed groups of 8 (and restrict) so that -O2's cheap vectoriser takes them too.
+  int64_t c = 0;
+  for (; c + 8 <= d; c += 8)
+    for (int k = 0; k < 8; ++k)
+      mlgru_step_one(f_pre[c + k], i_pre[c + k], kLowerBound ? lb[c + k] : 0.0f, h[c + k], o[c + k]);
+  for (; c < d; ++c) mlgru_step_one(f_pre[c], i_pre[c], kLowerBound ? lb[c] : 0.0f, h[c], o[c]);
+}
 inline void mlgru_step(const float* f_pre, const float* i_pre, const float* lb, int64_t d, float* h, float* o) {
-  for (int64_t c = 0; c < d; ++c) {
-    float f = sigmoid(f_pre[c]);
-    if (lb) f = lb[c] + (1.0f - lb[c]) * f;
-    const float in = silu(i_pre[c]) * (1.0f - f);
-    h[c] = f * h[c] + in;
-    o[c] = silu(h[c]);
-  }
+  lb ? mlgru_step_n<true>(f_pre, i_pre, lb, d, h, o) : mlgru_step_n<false>(f_pre, i_pre, lb, d, h, o);
 }
 
 struct MLGRU {

@@ -248,13 +248,16 @@ MMFREE_TARGET_AVX512 inline void ternary_gemm(const TernaryMatrix& W, const int8
     for (; r < r1; ++r) tq2_gemv_tile<1>(W, r, A, qsum[0], out);
     return;
   }
-  // 4 rows x 4 tokens: 16 accumulators + 4 digit + 4 raw + 1 activation registers of 32.
+  // 4 rows x 6 tokens (TQ2) or x 4 (TQ1): 24 or 16 accumulators, digits, raw bytes and one
+  // activation register, within the 32 registers.
   // Rows go in chunks whose weights stay in L2 while every token tile passes over them, so
   // each weight byte comes from memory once per call instead of once per tile.
   const int64_t chunk = std::max<int64_t>(4, (int64_t(256) << 10) / std::max<int64_t>(W.row_bytes, 1) / 4 * 4);
   for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
     const int64_t c1 = std::min(r1, c0 + chunk);
     int64_t t = 0;
+    if (!tq1)  // TQ2 digits cost less to unpack: 4 x 6 tiles (24 accumulators) fit in registers
+      for (; t + 6 <= n; t += 6) run_tiles<4, 6>(false, W, A + t * lda, lda, qsum.data() + t, out + t * ldo, ldo, c0, c1);
     for (; t + 4 <= n; t += 4) run_tiles<4, 4>(tq1, W, A + t * lda, lda, qsum.data() + t, out + t * ldo, ldo, c0, c1);
     for (; t < n; ++t) run_tiles<4, 1>(tq1, W, A + t * lda, lda, qsum.data() + t, out + t * ldo, ldo, c0, c1);
   }
