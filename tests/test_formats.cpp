@@ -143,7 +143,7 @@ TEST(SimdKernels, BitExactWithScalarOnOddShapes) {
                                                 {13, 511}, {17, 1000}, {4, 2560}, {33, 4097}};
   for (auto f : kFormats)
     for (auto [rows, cols] : shapes)
-      for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 9, 13}) {
+      for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 13}) {
         const int64_t ld = padded_cols(cols);
         auto t = random_ternary(rng, size_t(rows * cols));
         auto m = pack_ternary(t.data(), rows, cols, f);

@@ -19,7 +19,7 @@ struct GluScratch {
 };
 
 // a = silu(gate) * up, element-wise (restrict: vectorised).
-inline void silu_mul(const float* __restrict gate, const float* __restrict up, int64_t n, float* __restrict a) {
+MMFREE_ELEMENTWISE_CLONES inline void silu_mul(const float* __restrict gate, const float* __restrict up, int64_t n, float* __restrict a) {
   int64_t c = 0;
   for (; c + 8 <= n; c += 8)  // fixed groups: -O2's cheap vectoriser takes them too
     for (int k = 0; k < 8; ++k) a[c + k] = silu(gate[c + k]) * up[c + k];

@@ -31,7 +31,7 @@ struct MixerScratch {
   o = silu(h);
 }
 template <bool kLowerBound>
-inline void mlgru_step_n(const float* __restrict f_pre, const float* __restrict i_pre, const float* __restrict lb,
+MMFREE_ELEMENTWISE_CLONES inline void mlgru_step_n(const float* __restrict f_pre, const float* __restrict i_pre, const float* __restrict lb,
                          int64_t d, float* __restrict h, float* __restrict o) {
   // Fixed groups of 8 (and restrict) so that -O2's cheap vectoriser takes them too.
   int64_t c = 0;
@@ -75,13 +75,15 @@ struct MLGRU {
         mlgru_step(s.f.data() + t * d + c0, s.i.data() + t * d + c0, lb ? lb + c0 : nullptr, c1 - c0, h + c0,
                    s.o.data() + t * d + c0);
     });
-    for (int64_t t = 0; t < n; ++t) {
-      // o = rmsnorm(g) * silu(h): normalise g in place, then gate.
-      float* o = s.o.data() + t * d;
-      float* g = s.g.data() + t * d;
-      ex.rmsnorm(g, g_norm.data(), d, eps, g);
-      for (int64_t c = 0; c < d; ++c) o[c] *= g[c];
-    }
+    ex.for_range(n, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        // o = rmsnorm(g) * silu(h): normalise g in place, then gate.
+        float* o = s.o.data() + t * d;
+        float* g = s.g.data() + t * d;
+        ex.rmsnorm(g, g_norm.data(), d, eps, g);
+        for (int64_t c = 0; c < d; ++c) o[c] *= g[c];
+      }
+    });
     o_proj.forward(s.o.data(), n, out, bs, ex);
   }
 };

@@ -158,17 +158,29 @@ class Model {
 
     for (int64_t t = 0; t < m; ++t) w_.embeddings.row(ids[t], x + t * H);
 
+    // x += y (when y is given), then xn = rmsnorm(x, w): per token, tokens over the pool.
+    auto residual_norm = [&](const float* add, const float* w) {
+      ex.for_range(m, 1, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          if (add)
+            for (int64_t i = t * H; i < (t + 1) * H; ++i) x[i] += add[i];
+          ex.rmsnorm(x + t * H, w, H, c.rms_norm_eps, xn + t * H);
+        }
+      });
+    };
+
     for (size_t l = 0; l < w_.blocks.size(); ++l) {
       const Block& b = w_.blocks[l];
       // Token mixer: x += mlgru(rmsnorm(x)), carrying this layer's recurrent state.
-      for (int64_t t = 0; t < m; ++t) ex.rmsnorm(x + t * H, b.attn_norm.data(), H, c.rms_norm_eps, xn + t * H);
+      residual_norm(l == 0 ? nullptr : y, b.attn_norm.data());
       b.attn.forward(xn, m, st.h[l].data(), y, c.rms_norm_eps, s.mixer, s.bl, ex);
-      for (int64_t i = 0; i < m * H; ++i) x[i] += y[i];
       // Channel mixer: x += glu(rmsnorm(x)).
-      for (int64_t t = 0; t < m; ++t) ex.rmsnorm(x + t * H, b.mlp_norm.data(), H, c.rms_norm_eps, xn + t * H);
+      residual_norm(y, b.mlp_norm.data());
       b.mlp.forward(xn, m, y, s.glu, s.bl, ex);
-      for (int64_t i = 0; i < m * H; ++i) x[i] += y[i];
     }
+    ex.for_range(m * H, 4096, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) x[i] += y[i];
+    });
     st.position += m;
     if (!logits) return;
 

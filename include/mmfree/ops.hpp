@@ -6,6 +6,15 @@
 #include <cstdint>
 #include <cstring>
 
+// Element-wise loops over many channels are compiled for AVX-512 and AVX2 as well as the
+// baseline, chosen at load time by the dynamic linker (GCC/Clang function multiversioning),
+// so the library still needs no -march flag from its users.
+#if defined(__x86_64__) && defined(__linux__) && !defined(__SANITIZE_ADDRESS__)
+#define MMFREE_ELEMENTWISE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MMFREE_ELEMENTWISE_CLONES
+#endif
+
 namespace mmfree {
 
 // e^x within 2 ulp of the correctly rounded value on [-87, 88] (clamped outside, where

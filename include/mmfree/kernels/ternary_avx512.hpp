@@ -259,6 +259,7 @@ MMFREE_TARGET_AVX512 inline void ternary_gemm(const TernaryMatrix& W, const int8
     if (!tq1)  // TQ2 digits cost less to unpack: 4 x 6 tiles (24 accumulators) fit in registers
       for (; t + 6 <= n; t += 6) run_tiles<4, 6>(false, W, A + t * lda, lda, qsum.data() + t, out + t * ldo, ldo, c0, c1);
     for (; t + 4 <= n; t += 4) run_tiles<4, 4>(tq1, W, A + t * lda, lda, qsum.data() + t, out + t * ldo, ldo, c0, c1);
+    for (; t + 2 <= n; t += 2) run_tiles<4, 2>(tq1, W, A + t * lda, lda, qsum.data() + t, out + t * ldo, ldo, c0, c1);
     for (; t < n; ++t) run_tiles<4, 1>(tq1, W, A + t * lda, lda, qsum.data() + t, out + t * ldo, ldo, c0, c1);
   }
 }
