@@ -139,6 +139,9 @@ TEST(SimdKernels, BitExactWithScalarOnOddShapes) {
   std::printf("ISAs on this CPU:");
   for (auto i : isas) std::printf(" %s", kernels::isa_name(i));
   std::printf("\n");
+#if defined(__aarch64__)
+  ASSERT_TRUE(kernels::cpu_has(kernels::Isa::Neon));  // the NEON path must be the one under test
+#endif
   const std::pair<int64_t, int64_t> shapes[] = {{1, 1}, {1, 257}, {7, 1}, {5, 159}, {5, 161}, {9, 320},
                                                 {13, 511}, {17, 1000}, {4, 2560}, {33, 4097}};
   for (auto f : kFormats)

@@ -11,6 +11,7 @@
 #include "mmfree/error.hpp"
 #include "mmfree/kernels/ternary_avx2.hpp"
 #include "mmfree/kernels/ternary_avx512.hpp"
+#include "mmfree/kernels/ternary_neon.hpp"
 #include "mmfree/kernels/quantize_simd.hpp"
 #include "mmfree/kernels/ternary_scalar.hpp"
 #include "mmfree/ops.hpp"
@@ -52,6 +53,9 @@ inline bool cpu_has(Isa isa) {
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512vnni");
 #endif
+#if defined(__aarch64__)
+    case Isa::Neon: return true;  // part of the AArch64 base ISA
+#endif
     default: return false;
   }
 }
@@ -71,6 +75,9 @@ inline KernelTable kernel_table(Isa isa) {
     t.rmsnorm_quantize = avx512::rmsnorm_quantize;
     t.sum_squares = avx512::sum_squares;
   }
+#endif
+#if defined(__aarch64__)
+  if (isa == Isa::Neon) t.gemm = neon::ternary_gemm;
 #endif
   return t;
 }

@@ -1,0 +1,204 @@
+// End-to-end: the published MatMul-free sizes (370M, 1.3B, 2.7B; random weights from
+// init-random presets, cached outside the repository), decode and prefill, 1 and 2
+// threads, against the same model computed with float matrix products (float_model.hpp)
+// in the same run.
+//
+//   MMFREE_BENCH_CACHE   folder for the generated GGUF files (default /tmp/mmfree-bench-cache)
+//   MMFREE_BENCH_PRESETS comma list (default 370m,1.3b,2.7b)
+//
+// Counters: tok_s; floor_tok_s = measured bandwidth / packed bytes read per token, and
+// floor_frac = tok_s / floor_tok_s; peak_MiB = peak resident memory of loading and running
+// the model (the process's high-water mark, reset before each load); mem_floor_MiB = bytes
+// of weights the model must hold; ttft_ms for prefill = prompt in, first token chosen.
+// bench/report.py turns the JSON output into the README table and chart.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include "bench_common.hpp"
+#include "float_model.hpp"
+#include "mmfree/mmfree.hpp"
+
+using namespace mmfree;
+
+namespace {
+
+constexpr int64_t kPrompt = 512;
+
+std::string cache_dir() {
+  const char* e = std::getenv("MMFREE_BENCH_CACHE");
+  return e && *e ? e : "/tmp/mmfree-bench-cache";
+}
+
+std::string preset_file(const std::string& preset) {
+  namespace fs = std::filesystem;
+  const std::string path = cache_dir() + "/" + preset + "-tq2.gguf";
+  if (!fs::exists(path)) {
+    fs::create_directories(cache_dir());
+    std::fprintf(stderr, "generating %s (init-random preset %s)...\n", path.c_str(), preset.c_str());
+    write_random_gguf(preset_config(preset), path + ".part", TernaryFormat::TQ2);
+    fs::rename(path + ".part", path);
+  }
+  return path;
+}
+
+size_t rss_bytes() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmRSS:", 0) == 0) return size_t(std::stoull(line.substr(6))) * 1024;
+  return 0;
+}
+// Linux: writing 5 to clear_refs resets the high-water mark, so each model's peak is its own.
+void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
+std::vector<int32_t> prompt_ids(int64_t vocab) {
+  std::vector<int32_t> ids(static_cast<size_t>(kPrompt));
+  for (int64_t i = 0; i < kPrompt; ++i) ids[size_t(i)] = int32_t(1 + (i * 7919) % (vocab - 1));
+  return ids;
+}
+int32_t argmax(const std::vector<float>& v) { return int32_t(std::max_element(v.begin(), v.end()) - v.begin()); }
+
+// Bytes every decoded token must read: all packed matrices plus one embedding row.
+size_t packed_bytes_per_token(const ModelWeights& w) {
+  size_t s = w.lm_head.weights().nbytes();
+  for (auto& b : w.blocks)
+    for (auto* l : {&b.attn.i_proj, &b.attn.f_proj, &b.attn.g_proj, &b.attn.o_proj, &b.mlp.gate_proj, &b.mlp.down_proj})
+      s += l->weights().nbytes();
+  return s + size_t(w.embeddings.cols) * dtype_size(w.embeddings.dtype);
+}
+size_t resident_weight_bytes(const ModelWeights& w) {
+  return packed_bytes_per_token(w) + w.embeddings.nbytes();
+}
+
+// One model in memory at a time (the float 2.7B alone takes 10.5 GB); kept across the
+// benchmarks that share it.
+struct Loaded {
+  std::string key;
+  std::unique_ptr<Model> ternary;
+  std::unique_ptr<bench::FloatModel> fp32;
+  size_t bytes_per_token = 0, mem_floor = 0;
+  size_t base = 0;  // resident bytes before loading
+};
+Loaded& load(const std::string& preset, bool fp32, int threads) {
+  static Loaded cur;
+  const std::string key = preset + (fp32 ? "/fp32/" : "/tq2/") + std::to_string(threads);
+  if (cur.key == key) return cur;
+  cur = Loaded{};
+  const std::string path = preset_file(preset);
+  const size_t before = rss_bytes();
+  reset_peak_rss();
+  ModelOptions o;
+  o.threads = threads;
+  if (!fp32) {
+    cur.ternary = std::make_unique<Model>(load_model(path, o));
+    cur.bytes_per_token = packed_bytes_per_token(cur.ternary->weights());
+    cur.mem_floor = resident_weight_bytes(cur.ternary->weights());
+  } else {
+    o.huge_pages = false;  // only read once, to build the float copy
+    Model m = load_model(path, o);
+    cur.fp32 = std::make_unique<bench::FloatModel>(m.weights(), threads);
+    cur.bytes_per_token = cur.fp32->weight_bytes() + size_t(m.config().hidden_size) * 4;
+    cur.mem_floor = cur.fp32->weight_bytes() + m.weights().embeddings.nbytes();
+  }
+  cur.key = key;
+  cur.base = before;
+  return cur;
+}
+size_t peak_since_load(size_t before) {
+  const size_t hwm = peak_rss_bytes();
+  return hwm > before ? hwm - before : 0;
+}
+
+void set_counters(benchmark::State& state, const Loaded& L, double tok_s, int threads) {
+  const double floor = bench::bandwidth_gbs(threads) * 1e9 / double(L.bytes_per_token);
+  state.counters["tok_s"] = tok_s;
+  state.counters["floor_tok_s"] = floor;
+  state.counters["floor_frac"] = tok_s / floor;
+  state.counters["bw_GBs"] = bench::bandwidth_gbs(threads);
+  state.counters["peak_MiB"] = double(peak_since_load(L.base)) / (1 << 20);
+  state.counters["mem_floor_MiB"] = double(L.mem_floor) / (1 << 20);
+  state.counters["bytes_per_token_MB"] = double(L.bytes_per_token) / 1e6;
+}
+
+// Decode: one token per iteration, from a state that has already seen a few tokens.
+void BM_Decode(benchmark::State& state, std::string preset, bool fp32) {
+  const int threads = int(state.range(0));
+  bench::bandwidth_gbs(threads);  // measured before the model takes memory
+  Loaded& L = load(preset, fp32, threads);
+  int32_t next = 1;
+  double secs = 0;
+  if (!fp32) {
+    State st = L.ternary->new_state();
+    for (int i = 0; i < 4; ++i) next = argmax(L.ternary->step(next, st));
+    for (auto _ : state) {
+      auto t0 = std::chrono::steady_clock::now();
+      next = argmax(L.ternary->step(next, st));
+      secs += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+  } else {
+    auto st = L.fp32->new_state();
+    for (int i = 0; i < 2; ++i) next = argmax(L.fp32->forward(&next, 1, st));
+    for (auto _ : state) {
+      auto t0 = std::chrono::steady_clock::now();
+      next = argmax(L.fp32->forward(&next, 1, st));
+      secs += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+  }
+  set_counters(state, L, double(state.iterations()) / secs, threads);
+}
+
+// Prefill: kPrompt tokens from a fresh state, then the first token chosen (time to first
+// token, with the model already loaded).
+void BM_Prefill(benchmark::State& state, std::string preset, bool fp32) {
+  const int threads = int(state.range(0));
+  bench::bandwidth_gbs(threads);
+  Loaded& L = load(preset, fp32, threads);
+  const auto ids = prompt_ids(32000);
+  double secs = 0;
+  for (auto _ : state) {
+    auto t0 = std::chrono::steady_clock::now();
+    int32_t first;
+    if (!fp32) {
+      State st = L.ternary->new_state();
+      first = argmax(L.ternary->prefill_last(ids, st));
+    } else {
+      auto st = L.fp32->new_state();
+      first = argmax(L.fp32->forward(ids.data(), kPrompt, st));
+    }
+    benchmark::DoNotOptimize(first);
+    secs += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  set_counters(state, L, double(kPrompt) * double(state.iterations()) / secs, threads);
+  state.counters["ttft_ms"] = secs / double(state.iterations()) * 1e3;
+}
+
+int register_all() {
+  const char* e = std::getenv("MMFREE_BENCH_PRESETS");
+  std::stringstream list(e && *e ? e : "370m,1.3b,2.7b");
+  for (std::string p; std::getline(list, p, ',');) {
+    for (bool fp32 : {false, true}) {
+      const std::string kind = fp32 ? "fp32" : "tq2";
+      // Decode then prefill for each thread count, so each model loads once per count.
+      for (int t : {1, 2}) {
+        benchmark::RegisterBenchmark(("e2e/" + p + "/" + kind + "/decode").c_str(), BM_Decode, p, fp32)
+            ->Arg(t)->ArgName("threads")->Iterations(fp32 ? 8 : 64)->Unit(benchmark::kMillisecond)->UseRealTime();
+        benchmark::RegisterBenchmark(("e2e/" + p + "/" + kind + "/prefill").c_str(), BM_Prefill, p, fp32)
+            ->Arg(t)->ArgName("threads")->Iterations(fp32 ? 1 : 3)->Unit(benchmark::kMillisecond)->UseRealTime();
+      }
+    }
+  }
+  return 0;
+}
+const int registered = register_all();
+
+}  // namespace
+
+BENCHMARK_MAIN();
