@@ -38,9 +38,10 @@ inline double measure_bandwidth(int threads) {
         const size_t b = n / size_t(threads) * size_t(t), e = n / size_t(threads) * size_t(t + 1);
         __m256i acc = _mm256_setzero_si256();
         for (size_t i = b; i < e; i += 128) {
-          // Prefetch as the kernels do, so the figure is what a streaming reader can get.
-          _mm_prefetch((const char*)(buf.data() + i + 4096), _MM_HINT_T0);
-          _mm_prefetch((const char*)(buf.data() + i + 4096 + 64), _MM_HINT_T0);
+          // Prefetch as the kernels do (3 KiB ahead: a multiple of 4 KiB would alias in L1),
+          // so the figure is what a streaming reader can get.
+          _mm_prefetch((const char*)(buf.data() + i + 3072), _MM_HINT_T0);
+          _mm_prefetch((const char*)(buf.data() + i + 3072 + 64), _MM_HINT_T0);
           acc = _mm256_add_epi64(acc, _mm256_loadu_si256((const __m256i*)(buf.data() + i)));
           acc = _mm256_add_epi64(acc, _mm256_loadu_si256((const __m256i*)(buf.data() + i + 32)));
           acc = _mm256_add_epi64(acc, _mm256_loadu_si256((const __m256i*)(buf.data() + i + 64)));

@@ -32,8 +32,8 @@ const char* kUsage =
     "  bench      [--model M] [-p 512] [-n 128] [-t 1,2] [-r 3] [--json]\n"
     "  convert    --model HF_DIR --out FILE.gguf [--weights tq2|tq1] [--embeddings f16|bf16]\n"
     "  init-random --preset 370m|1.3b|2.7b --out FILE.gguf|DIR [--weights tq2|tq1] [--seed S] [--tokenizer JSON]\n"
-    "common: -m/--model DIR|FILE.gguf (default: the bundled model), -t/--threads N, --kernels scalar|avx2|avx512,\n"
-    "        --format tq2|tq1\n";
+    "common: -m/--model DIR|FILE.gguf (default: the bundled model), -t/--threads N, --kernels scalar|avx2|avx512|neon,\n"
+    "        --format tq2|tq1, --no-huge-pages (weights stay in the mapped file: less start-up, slower decode)\n";
 
 // Flags as "--name value" pairs; boolean flags have no value.
 struct Args {
@@ -89,6 +89,7 @@ mmfree::ModelOptions model_options(const Args& a) {
     else if (f == "tq1") o.format = mmfree::TernaryFormat::TQ1;
     else fail("--format " + f, "unknown (expected tq2 or tq1)");
   }
+  if (a.switches.count("no-huge-pages")) o.huge_pages = false;
   return o;
 }
 
@@ -151,7 +152,7 @@ int cmd_init_random(const Args& a) {
   return 0;
 }
 
-const std::vector<std::string> kModelFlags = {"model", "threads", "kernels", "format"};
+const std::vector<std::string> kModelFlags = {"model", "threads", "kernels", "format", "no-huge-pages"};
 std::vector<std::string> with_model_flags(std::vector<std::string> v) {
   v.insert(v.end(), kModelFlags.begin(), kModelFlags.end());
   return v;
@@ -271,7 +272,8 @@ int cmd_perplexity(const Args& a) {
 // llama-bench style: prefill of -p tokens and decode of -n tokens, for each thread count,
 // repeated -r times; mean +- stddev. Figures come from the same model in this process.
 int cmd_bench(const Args& a) {
-  a.allow({"model", "kernels", "format", "prompt-tokens", "max-new-tokens", "threads-list", "repetitions", "json"});
+  a.allow({"model", "kernels", "format", "no-huge-pages", "prompt-tokens", "max-new-tokens", "threads-list", "repetitions",
+           "json"});
   const std::string path = model_path(a);
   const int64_t p = a.has("prompt-tokens") ? mmfree::parse_int(a.str("prompt-tokens"), "-p", 1, 1 << 16) : 512;
   const int64_t n = a.has("max-new-tokens") ? mmfree::parse_int(a.str("max-new-tokens"), "-n", 1, 1 << 16) : 128;
@@ -417,7 +419,7 @@ int main(int argc, char** argv) {
     const std::map<std::string, std::string> aliases = {
         {"-n", "--max-new-tokens"}, {"-t", bench ? "--threads-list" : "--threads"}, {"-m", "--model"},
         {"-p", bench ? "--prompt-tokens" : "--prompt"}, {"-r", "--repetitions"}};
-    Args a = Args::parse(argc, argv, {"print-ids", "help", "no-stats", "no-bos", "json"}, aliases);
+    Args a = Args::parse(argc, argv, {"print-ids", "help", "no-stats", "no-bos", "json", "no-huge-pages"}, aliases);
     if (a.command == "logits") return cmd_logits(a);
     if (a.command == "generate") return cmd_generate(a);
     if (a.command == "tokenize") return cmd_tokenize(a);

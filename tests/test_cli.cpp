@@ -39,6 +39,17 @@ TEST(Cli, LogitsWritesSafetensorsEqualToPrefill) {
   EXPECT_EQ(f.find("logits")->to_floats(), m.prefill(std::vector<int32_t>{1, 1142, 333}));
 }
 
+TEST(Cli, NoHugePagesGivesTheSameLogits) {
+  TempDir d;
+  const std::string model = std::string(MMFREE_TEST_DATA) + "/../../models/kjv-demo.gguf";
+  CliRun a = run_cli("logits --model " + model + " --ids 1,1142,333 --out " + d.file("a.safetensors"));
+  CliRun b = run_cli("logits --model " + model + " --no-huge-pages --ids 1,1142,333 --out " + d.file("b.safetensors"));
+  ASSERT_EQ(a.code, 0) << a.err;
+  ASSERT_EQ(b.code, 0) << b.err;
+  EXPECT_EQ(SafetensorsFile(d.file("a.safetensors")).find("logits")->to_floats(),
+            SafetensorsFile(d.file("b.safetensors")).find("logits")->to_floats());
+}
+
 TEST(Cli, GenerateGreedyPrintsIds) {
   CliRun r = run_cli("generate --model " + kTiny + " --ids 1,1142,333,2693 -n 24 --temperature 0 --print-ids");
   ASSERT_EQ(r.code, 0) << r.err;

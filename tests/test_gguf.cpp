@@ -92,18 +92,29 @@ TEST(Gguf, BundledDefaultModelLoads) {
   }
 }
 
-TEST(Gguf, PackedWeightsAreMappedNotCopied) {
+TEST(Gguf, PackedWeightsAreMappedOrCopiedToHugePages) {
   TempDir d;
   const std::string p = tiny_gguf(d);
-  Model m = load_model(p);
+  ModelOptions mapped_opt;
+  mapped_opt.huge_pages = false;
+  Model mapped = load_model(p, mapped_opt);  // weights stay in the file mapping
+  Model copied = load_model(p);              // default: copied into 2 MiB pages
   gguf::Reader r(p);
   const auto* t = r.find("model.layers.0.mlp.gate_proj.weight");
   ASSERT_NE(t, nullptr);
-  // Same bytes, and the matrix points into the mapping rather than at a copy.
-  const auto& w = m.weights().blocks[0].mlp.gate_proj.weights();
-  EXPECT_EQ(std::memcmp(w.data, t->data, t->nbytes), 0);
-  EXPECT_EQ(w.nbytes(), t->nbytes);
   EXPECT_EQ(t->offset % 32, 0u);
+  const auto& wm = mapped.weights().blocks[0].mlp.gate_proj.weights();
+  const auto& wc = copied.weights().blocks[0].mlp.gate_proj.weights();
+  EXPECT_TRUE(wm.mapped);
+  EXPECT_FALSE(wc.mapped);
+  EXPECT_EQ(uintptr_t(wc.data) % 64, 0u);
+  for (const auto* w : {&wm, &wc}) {  // same bytes either way
+    EXPECT_EQ(w->nbytes(), t->nbytes);
+    EXPECT_EQ(std::memcmp(w->data, t->data, t->nbytes), 0);
+  }
+  // The copy releases the mapping's pages, which must not disturb another model on the file.
+  const std::vector<int32_t> ids = {1, 5, 9, 200, 3};
+  EXPECT_EQ(mapped.prefill(ids), copied.prefill(ids));
 }
 
 TEST(Gguf, RandomPresetWritesAndRuns) {

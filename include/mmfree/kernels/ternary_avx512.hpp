@@ -34,6 +34,13 @@ namespace mmfree::kernels::avx512 {
 // token, 3072 B 13.5 ms, 4096 B 19 ms, 8192 B 24 ms. Multiples of 4 KiB collide with the
 // demand loads in the L1 sets (4K aliasing); shorter distances hide less latency.
 inline constexpr int64_t kPrefetchBytes = 3072;
+// Per matrix: at least the same block of the next 4-row tile, so that with long rows each
+// row's prefetch stream stays ahead of the next row's loads; never a multiple of 4 KiB.
+inline int64_t prefetch_distance(const TernaryMatrix& W) {
+  int64_t d = std::max<int64_t>(kPrefetchBytes, 4 * W.row_bytes);
+  if (d % 4096 == 0) d += 1024;
+  return d;
+}
 
 MMFREE_TARGET_AVX512 inline int32_t sum_q(const int8_t* q, int64_t n) {
   // sum of int8 = dpbusd with u8 ones.
@@ -102,6 +109,7 @@ MMFREE_TARGET_AVX512 inline void tq2_gemv_tile(const TernaryMatrix& W, int64_t r
                                                int32_t* out) {
   __m512i a0[R], a1[R];
   const uint8_t* w[R];
+  const int64_t pf = prefetch_distance(W);
   #pragma GCC unroll 16
   for (int i = 0; i < R; ++i) a0[i] = a1[i] = _mm512_setzero_si512(), w[i] = W.row(r + i);
   for (int64_t b = 0; b < W.blocks_per_row; ++b) {
@@ -111,7 +119,7 @@ MMFREE_TARGET_AVX512 inline void tq2_gemv_tile(const TernaryMatrix& W, int64_t r
     for (int i = 0; i < R; ++i) {
       // Rows are contiguous: fetch a few rows ahead, so several DRAM requests are in
       // flight while this tile computes.
-      _mm_prefetch((const char*)(w[i] + b * 64 + kPrefetchBytes), _MM_HINT_T0);
+      _mm_prefetch((const char*)(w[i] + b * 64 + pf), _MM_HINT_T0);
       const __m512i raw = _mm512_loadu_si512(w[i] + b * 64);
       a0[i] = _mm512_dpbusd_epi32(a0[i], tq2_digits<0>(raw), x0);
       a1[i] = _mm512_dpbusd_epi32(a1[i], tq2_digits<1>(raw), x1);
