@@ -82,16 +82,22 @@ void BM_Ternary(benchmark::State& state, Shape s, TernaryFormat f, kernels::Isa 
 void BM_EigenF32(benchmark::State& state, Shape s) {
   const int64_t n = state.range(0);
   const int threads = int(state.range(1));
-  Eigen::setNbThreads(threads);
+  // Eigen here has no OpenMP, so its threads come from the same pool as the ternary
+  // kernels: rows of W split the same way.
+  ThreadPool pool(threads);
+  using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   // Rotated copies for single tokens, as for the ternary kernels: both read from DRAM.
-  std::vector<Eigen::MatrixXf> Ws{Eigen::MatrixXf::Random(s.out, s.in)};
+  std::vector<RowMatrix> Ws{RowMatrix::Random(s.out, s.in)};
   if (n == 1)
     while (double(Ws.size() * size_t(s.out * s.in * 4)) < 1.5e9) Ws.push_back(Ws.front());
   size_t which = 0;
-  Eigen::MatrixXf X = Eigen::MatrixXf::Random(s.in, n);
-  Eigen::MatrixXf Y(s.out, n);
+  RowMatrix X = RowMatrix::Random(n, s.in);
+  RowMatrix Y(n, s.out);
   for (auto _ : state) {
-    Y.noalias() = Ws[which] * X;
+    const RowMatrix& W = Ws[which];
+    pool.for_range(s.out, 64, [&](int64_t r0, int64_t r1) {
+      Y.middleCols(r0, r1 - r0).noalias() = X * W.middleRows(r0, r1 - r0).transpose();
+    });
     which = (which + 1) % Ws.size();
     benchmark::DoNotOptimize(Y.data());
   }
