@@ -30,18 +30,21 @@ struct MixerScratch {
   h = f * h + silu(i_pre) * (1.0f - f);
   o = silu(h);
 }
-template <bool kLowerBound>
-MMFREE_ELEMENTWISE_CLONES inline void mlgru_step_n(const float* __restrict f_pre, const float* __restrict i_pre, const float* __restrict lb,
-                         int64_t d, float* __restrict h, float* __restrict o) {
+// (Two loops rather than a template: clang cannot multiversion function templates.)
+MMFREE_ELEMENTWISE_CLONES inline void mlgru_step(const float* __restrict f_pre, const float* __restrict i_pre,
+                                                 const float* __restrict lb, int64_t d, float* __restrict h,
+                                                 float* __restrict o) {
   // Fixed groups of 8 (and restrict) so that -O2's cheap vectoriser takes them too.
   int64_t c = 0;
-  for (; c + 8 <= d; c += 8)
-    for (int k = 0; k < 8; ++k)
-      mlgru_step_one(f_pre[c + k], i_pre[c + k], kLowerBound ? lb[c + k] : 0.0f, h[c + k], o[c + k]);
-  for (; c < d; ++c) mlgru_step_one(f_pre[c], i_pre[c], kLowerBound ? lb[c] : 0.0f, h[c], o[c]);
-}
-inline void mlgru_step(const float* f_pre, const float* i_pre, const float* lb, int64_t d, float* h, float* o) {
-  lb ? mlgru_step_n<true>(f_pre, i_pre, lb, d, h, o) : mlgru_step_n<false>(f_pre, i_pre, lb, d, h, o);
+  if (lb) {
+    for (; c + 8 <= d; c += 8)
+      for (int k = 0; k < 8; ++k) mlgru_step_one(f_pre[c + k], i_pre[c + k], lb[c + k], h[c + k], o[c + k]);
+    for (; c < d; ++c) mlgru_step_one(f_pre[c], i_pre[c], lb[c], h[c], o[c]);
+  } else {
+    for (; c + 8 <= d; c += 8)
+      for (int k = 0; k < 8; ++k) mlgru_step_one(f_pre[c + k], i_pre[c + k], 0.0f, h[c + k], o[c + k]);
+    for (; c < d; ++c) mlgru_step_one(f_pre[c], i_pre[c], 0.0f, h[c], o[c]);
+  }
 }
 
 struct MLGRU {
