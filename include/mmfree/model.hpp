@@ -200,20 +200,31 @@ class Model {
     return v;
   }
   void move_weights_to_huge_pages() {
-    size_t total = 0;
-    for (BitLinear* l : bitlinears()) total += (l->weights().nbytes() + 63) / 64 * 64;
-    auto arena = alloc_huge(total);
-    size_t off = 0;
-    for (BitLinear* l : bitlinears()) {
-      TernaryMatrix m = l->weights();
-      std::memcpy(arena.get() + off, m.data, m.nbytes());
-      // A file mapping's pages would otherwise stay resident beside the copy.
-      if (m.mapped) release_mapped(m.data, m.nbytes());
-      m.data = arena.get() + off;
+    std::vector<BitLinear*> ls = bitlinears();
+    std::vector<size_t> offset(ls.size() + 1, 0);  // in the arena, 64-byte aligned
+    for (size_t i = 0; i < ls.size(); ++i) offset[i + 1] = offset[i] + (ls[i]->weights().nbytes() + 63) / 64 * 64;
+    auto arena = alloc_huge(offset.back());
+    // Copy with every pool thread, 2 MiB at a time: first touch of each huge page (the
+    // kernel zeroing it) is most of the cost, and it parallelises.
+    const int64_t granules = int64_t((offset.back() + kHugePage - 1) / kHugePage);
+    pool_->for_range(granules, 1, [&](int64_t g0, int64_t g1) {
+      const size_t lo = size_t(g0) * kHugePage, hi = std::min(offset.back(), size_t(g1) * kHugePage);
+      for (size_t i = 0; i < ls.size(); ++i) {
+        const TernaryMatrix& m = ls[i]->weights();
+        const size_t b = std::max(lo, offset[i]), e = std::min(hi, offset[i] + m.nbytes());
+        if (b >= e) continue;
+        std::memcpy(arena.get() + b, m.data + (b - offset[i]), e - b);
+        // A file mapping's pages would otherwise stay resident beside the copy. (Dropping
+        // them is safe even if another thread still reads them: they refault from the file.)
+        if (m.mapped) release_mapped(m.data + (b - offset[i]), e - b);
+      }
+    });
+    for (size_t i = 0; i < ls.size(); ++i) {
+      TernaryMatrix m = ls[i]->weights();
+      m.data = arena.get() + offset[i];
       m.owner = arena;
       m.mapped = false;
-      *l = BitLinear(std::move(m), l->norm());
-      off += (l->weights().nbytes() + 63) / 64 * 64;
+      *ls[i] = BitLinear(std::move(m), ls[i]->norm());
     }
   }
 
