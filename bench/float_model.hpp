@@ -24,15 +24,10 @@ struct FloatLinear {
     FloatLinear f;
     f.W.resize(t.rows, t.cols);
     f.norm = b.norm();
+    std::vector<int8_t> row(static_cast<size_t>(t.cols));
     for (int64_t r = 0; r < t.rows; ++r) {
-      float* o = f.W.row(r).data();
-      if (t.format == TernaryFormat::TQ2) {  // fast path: 4 digits per byte (ternary_format.hpp)
-        const uint8_t* p = t.row(r);
-        for (int64_t c = 0; c < t.cols; ++c)
-          o[c] = float(int((p[(c / 256) * 64 + c % 64] >> (2 * ((c % 256) / 64))) & 3) - 1) * t.scale;
-      } else {
-        for (int64_t c = 0; c < t.cols; ++c) o[c] = float(ternary_at(t, r, c)) * t.scale;
-      }
+      unpack_row(t, r, row.data());
+      for (int64_t c = 0; c < t.cols; ++c) f.W(r, c) = float(row[size_t(c)]) * t.scale;
     }
     if (t.mapped) release_mapped(t.data, t.nbytes());  // keep only the float copy resident
     return f;

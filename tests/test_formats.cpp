@@ -84,6 +84,11 @@ TEST(Formats, PackRoundTripOddShapes) {
       auto m = pack_ternary(t.data(), rows, cols, f);
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t c = 0; c < cols; ++c) ASSERT_EQ(ternary_at(m, r, c), t[size_t(r * cols + c)]);
+      std::vector<int8_t> row(static_cast<size_t>(cols));
+      for (int64_t r = 0; r < rows; ++r) {
+        unpack_row(m, r, row.data());
+        ASSERT_TRUE(std::equal(row.begin(), row.end(), t.begin() + r * cols)) << format_name(f) << " row " << r;
+      }
     }
 }
 

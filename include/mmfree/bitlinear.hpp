@@ -29,8 +29,7 @@ struct Exec {
   }
   // rmsnorm of one row with this CPU's sum of squares (the same bits as ops.hpp's).
   void rmsnorm(const float* x, const float* w, int64_t n, double eps, float* y) const {
-    const float r = rms_factor(kernels.sum_squares(x, n), n, eps);
-    for (int64_t i = 0; i < n; ++i) y[i] = x[i] * r * w[i];
+    mmfree::rmsnorm(x, w, n, eps, y, kernels.sum_squares);
   }
 };
 

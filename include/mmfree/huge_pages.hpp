@@ -7,6 +7,7 @@
 // at load, into an anonymous region the kernel is asked to back with huge pages.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>

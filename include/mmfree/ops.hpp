@@ -61,8 +61,10 @@ inline double sum_squares(const float* x, int64_t n) {
 
 // y = x / sqrt(mean(x^2) + eps) * w, the mean taken in double (see sum_squares).
 inline float rms_factor(double sum_sq, int64_t n, double eps) { return float(1.0 / std::sqrt(sum_sq / double(n) + eps)); }
-inline void rmsnorm(const float* x, const float* w, int64_t n, double eps, float* y) {
-  const float r = rms_factor(sum_squares(x, n), n, eps);
+// `sum_sq` may be a SIMD twin of sum_squares (kernels/dispatch.hpp): the same bits.
+inline void rmsnorm(const float* x, const float* w, int64_t n, double eps, float* y,
+                    double (*sum_sq)(const float*, int64_t) = sum_squares) {
+  const float r = rms_factor(sum_sq(x, n), n, eps);
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] * r * w[i];
 }
 

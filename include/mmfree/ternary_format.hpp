@@ -137,6 +137,11 @@ inline int ternary_at(const TernaryMatrix& m, int64_t r, int64_t c) {
   return tq1_digit(blk[i % 32], int(i / 32)) - 1;
 }
 
+// Row r as ternary values t[cols] (each -1, 0 or 1), e.g. for a float copy of the model.
+inline void unpack_row(const TernaryMatrix& m, int64_t r, int8_t* t) {
+  for (int64_t c = 0; c < m.cols; ++c) t[c] = int8_t(ternary_at(m, r, c));
+}
+
 // ---- ternarisation --------------------------------------------------------------------
 
 // 1 / s_w of SPEC: max(mean|W|, 1e-5). Accumulated in double so the result does not

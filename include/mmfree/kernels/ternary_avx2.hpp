@@ -12,6 +12,7 @@
 #include <cstring>
 #include <vector>
 
+#include "mmfree/kernels/row_driver.hpp"
 #include "mmfree/ternary_format.hpp"
 
 #pragma GCC diagnostic push
@@ -84,16 +85,10 @@ MMFREE_TARGET_AVX2 inline int32_t dot_tq1(const uint8_t* w, const int8_t* q, int
   return hsum(acc);
 }
 
-MMFREE_TARGET_AVX2 inline void ternary_gemm(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
-                                            int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
-  const int64_t kp = W.padded_cols();
-  for (int64_t t = 0; t < n; ++t) {
-    const int8_t* q = Q + t * ldq;
-    const int32_t qs = sum_q(q, kp);
-    for (int64_t r = r0; r < r1; ++r)
-      out[t * ldo + r] = (W.format == TernaryFormat::TQ2 ? dot_tq2(W.row(r), q, W.blocks_per_row)
-                                                         : dot_tq1(W.row(r), q, W.blocks_per_row)) - qs;
-  }
+// Same contract as ternary_gemm_scalar.
+inline void ternary_gemm(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out, int64_t ldo,
+                         int64_t r0, int64_t r1) {
+  gemm_row_by_row<sum_q, dot_tq2, dot_tq1>(W, Q, ldq, n, out, ldo, r0, r1);
 }
 
 }  // namespace mmfree::kernels::avx2

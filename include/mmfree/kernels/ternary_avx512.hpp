@@ -53,6 +53,22 @@ MMFREE_TARGET_AVX512 inline int32_t sum_q(const int8_t* q, int64_t n) {
   return s;
 }
 
+// An R x T tile of accumulators: cleared, and stored as out[j * ldo + i] = sum - qsum[j].
+template <int R, int T>
+MMFREE_TARGET_AVX512 inline void zero_tile(__m512i (*acc)[T]) {
+  #pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+    #pragma GCC unroll 16
+    for (int j = 0; j < T; ++j) acc[i][j] = _mm512_setzero_si512();
+}
+template <int R, int T>
+MMFREE_TARGET_AVX512 inline void store_tile(__m512i (*acc)[T], const int32_t* qsum, int32_t* out, int64_t ldo) {
+  #pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+    #pragma GCC unroll 16
+    for (int j = 0; j < T; ++j) out[j * ldo + i] = _mm512_reduce_add_epi32(acc[i][j]) - qsum[j];
+}
+
 // ---- TQ2: 64 bytes -> 4 x 64 digits, one shift and one mask each ---------------------
 
 template <int K>
@@ -81,10 +97,7 @@ template <int R, int T>
 MMFREE_TARGET_AVX512 inline void tq2_tile(const TernaryMatrix& W, int64_t r, const int8_t* Q, int64_t ldq,
                                           const int32_t* qsum, int32_t* out, int64_t ldo) {
   __m512i acc[R][T];
-  #pragma GCC unroll 16
-  for (int i = 0; i < R; ++i)
-    #pragma GCC unroll 16
-    for (int j = 0; j < T; ++j) acc[i][j] = _mm512_setzero_si512();
+  zero_tile<R, T>(acc);
   const uint8_t* w[R];
   #pragma GCC unroll 16
   for (int i = 0; i < R; ++i) w[i] = W.row(r + i);
@@ -97,10 +110,7 @@ MMFREE_TARGET_AVX512 inline void tq2_tile(const TernaryMatrix& W, int64_t r, con
     tq2_tile_digit<2, R, T>(raw, Q, ldq, b, acc);
     tq2_tile_digit<3, R, T>(raw, Q, ldq, b, acc);
   }
-  #pragma GCC unroll 16
-  for (int i = 0; i < R; ++i)
-    #pragma GCC unroll 16
-    for (int j = 0; j < T; ++j) out[j * ldo + r + i] = _mm512_reduce_add_epi32(acc[i][j]) - qsum[j];
+  store_tile<R, T>(acc, qsum, out + r, ldo);
 }
 
 // Single token: two accumulators per row so consecutive vpdpbusd do not wait on each other.
@@ -162,20 +172,18 @@ template <int R, int T>
 MMFREE_TARGET_AVX512 inline void tq1_tile(const TernaryMatrix& W, int64_t r, const int8_t* Q, int64_t ldq,
                                           const int32_t* qsum, int32_t* out, int64_t ldo) {
   __m512i acc[R][T];
-  #pragma GCC unroll 16
-  for (int i = 0; i < R; ++i)
-    #pragma GCC unroll 16
-    for (int j = 0; j < T; ++j) acc[i][j] = _mm512_setzero_si512();
+  zero_tile<R, T>(acc);
   const uint8_t* w[R];
   #pragma GCC unroll 16
   for (int i = 0; i < R; ++i) w[i] = W.row(r + i);
+  [[maybe_unused]] const int64_t pf = prefetch_distance(W);  // single-token tiles only
   const int64_t nb = W.blocks_per_row;
   int64_t b = 0;
   for (; b + 2 <= nb; b += 2) {
     __m512i m[R];
     #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
-      if constexpr (T == 1) _mm_prefetch((const char*)(w[i] + b * 32 + kPrefetchBytes), _MM_HINT_T0);
+      if constexpr (T == 1) _mm_prefetch((const char*)(w[i] + b * 32 + pf), _MM_HINT_T0);
       m[i] = _mm512_loadu_si512(w[i] + b * 32);
     }
     #pragma GCC unroll 16
@@ -214,10 +222,7 @@ MMFREE_TARGET_AVX512 inline void tq1_tile(const TernaryMatrix& W, int64_t r, con
       }
     }
   }
-  #pragma GCC unroll 16
-  for (int i = 0; i < R; ++i)
-    #pragma GCC unroll 16
-    for (int j = 0; j < T; ++j) out[j * ldo + r + i] = _mm512_reduce_add_epi32(acc[i][j]) - qsum[j];
+  store_tile<R, T>(acc, qsum, out + r, ldo);
 }
 
 // ---- drivers --------------------------------------------------------------------------
