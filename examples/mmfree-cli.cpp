@@ -32,7 +32,7 @@ const char* kUsage =
     "  bench      [--model M] [-p 512] [-n 128] [-t 1,2] [-r 3] [--json]\n"
     "  convert    --model HF_DIR --out FILE.gguf [--weights tq2|tq1] [--embeddings f16|bf16]\n"
     "  init-random --preset 370m|1.3b|2.7b --out FILE.gguf|DIR [--weights tq2|tq1] [--seed S] [--tokenizer JSON]\n"
-    "common: -m/--model DIR|FILE.gguf (default: the bundled model), -t/--threads N, --kernels scalar|avx2|avx512|neon,\n"
+    "common: -m/--model DIR|FILE.gguf (default: the bundled model), -t/--threads N, --kernels scalar|avx2|avx512|amx|neon,\n"
     "        --format tq2|tq1, --no-huge-pages (weights stay in the mapped file: less start-up, slower decode)\n";
 
 // Flags as "--name value" pairs; boolean flags have no value.

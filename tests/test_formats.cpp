@@ -170,6 +170,49 @@ TEST(SimdKernels, BitExactWithScalarOnOddShapes) {
       }
 }
 
+// The AMX kernel takes 16 or more tokens (fewer go to AVX-512, covered above). Token counts
+// around its 16-token tiles and 32-token tile pairs, rows around its 16/32-row strips, TQ1
+// rows that end mid 64-column chunk, and row ranges split at odd points.
+TEST(SimdKernels, AmxBitExactWithScalar) {
+  if (!kernels::cpu_has(kernels::Isa::Amx)) {
+    std::printf("AMX-INT8 not available on this CPU (or not enabled by the OS): AMX kernel not tested here\n");
+    GTEST_SKIP() << "no AMX";
+  }
+  std::mt19937 rng(13);
+  const auto table = kernels::kernel_table(kernels::Isa::Amx);
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 1},    {16, 160}, {17, 257}, {31, 320},
+                                                {32, 481}, {33, 1000}, {48, 2048}, {70, 5632}};
+  for (auto f : kFormats)
+    for (auto [rows, cols] : shapes)
+      for (int64_t n : {16, 17, 31, 32, 33, 47, 64, 100}) {
+        const int64_t ld = padded_cols(cols);
+        auto t = random_ternary(rng, size_t(rows * cols));
+        auto m = pack_ternary(t.data(), rows, cols, f);
+        auto q = random_q(rng, n, cols, ld);
+        std::vector<int32_t> ref(size_t(n * rows));
+        kernels::ternary_gemm_scalar(m, q.data(), ld, n, ref.data(), rows, 0, rows);
+        for (int threads : {1, 3}) {
+          ThreadPool pool(threads);
+          std::vector<int32_t> got(size_t(n * rows), 12345);
+          pool.for_range(rows, 1, [&](int64_t r0, int64_t r1) { table.gemm(m, q.data(), ld, n, got.data(), rows, r0, r1); });
+          ASSERT_EQ(got, ref) << format_name(f) << " " << rows << "x" << cols << " n=" << n << " threads=" << threads;
+        }
+      }
+  // The largest sums: all -128 / 127 against all -1 / +1 weights on long rows.
+  const int64_t cols = 20000, ld = padded_cols(cols), n = 17;
+  for (auto f : kFormats)
+    for (int w : {-1, 1})
+      for (int qv : {-128, 127}) {
+        std::vector<int8_t> t(size_t(3 * cols), int8_t(w));
+        auto m = pack_ternary(t.data(), 3, cols, f);
+        std::vector<int8_t> q(size_t(n * ld), 0);
+        for (int64_t i = 0; i < n; ++i) std::fill(q.begin() + i * ld, q.begin() + i * ld + cols, int8_t(qv));
+        std::vector<int32_t> got(size_t(n * 3));
+        table.gemm(m, q.data(), ld, n, got.data(), 3, 0, 3);
+        for (int32_t v : got) ASSERT_EQ(v, int32_t(w * qv * cols)) << format_name(f);
+      }
+}
+
 // Extreme activations (all -128 / all 127) against all -1 / all +1 weights: the largest
 // sums any kernel can meet, on a long row.
 TEST(SimdKernels, ExtremeValuesLongRows) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "mmfree/error.hpp"
+#include "mmfree/kernels/ternary_amx.hpp"
 #include "mmfree/kernels/ternary_avx2.hpp"
 #include "mmfree/kernels/ternary_avx512.hpp"
 #include "mmfree/kernels/ternary_neon.hpp"
@@ -24,13 +25,15 @@ using TernaryGemmFn = void (*)(const TernaryMatrix& W, const int8_t* Q, int64_t 
 using RmsQuantizeFn = float (*)(const float* x, const float* w, int64_t n, float* tmp, int8_t* q, int64_t n_padded);
 using SumSquaresFn = double (*)(const float* x, int64_t n);
 
-enum class Isa { Scalar, Avx2, Avx512, Neon };
+// Amx: the AVX-512 kernels, and AMX-INT8 tiles for prefill (ternary_amx.hpp).
+enum class Isa { Scalar, Avx2, Avx512, Amx, Neon };
 
 inline const char* isa_name(Isa i) {
   switch (i) {
     case Isa::Scalar: return "scalar";
     case Isa::Avx2: return "avx2";
     case Isa::Avx512: return "avx512";
+    case Isa::Amx: return "amx";
     case Isa::Neon: return "neon";
   }
   return "?";
@@ -52,6 +55,7 @@ inline bool cpu_has(Isa isa) {
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512vnni");
+    case Isa::Amx: return cpu_has(Isa::Avx512) && amx::available();
 #endif
 #if defined(__aarch64__)
     case Isa::Neon: return true;  // part of the AArch64 base ISA
@@ -70,8 +74,8 @@ inline KernelTable kernel_table(Isa isa) {
     t.rmsnorm_quantize = avx2::rmsnorm_quantize;
     t.sum_squares = avx2::sum_squares;
   }
-  if (isa == Isa::Avx512) {
-    t.gemm = avx512::ternary_gemm;
+  if (isa == Isa::Avx512 || isa == Isa::Amx) {
+    t.gemm = isa == Isa::Amx ? amx::ternary_gemm : avx512::ternary_gemm;
     t.rmsnorm_quantize = avx512::rmsnorm_quantize;
     t.sum_squares = avx512::sum_squares;
   }
@@ -85,7 +89,7 @@ inline KernelTable kernel_table(Isa isa) {
 // The ISAs this CPU and build support, best first.
 inline std::vector<Isa> available_isas() {
   std::vector<Isa> v;
-  for (Isa i : {Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Scalar})
+  for (Isa i : {Isa::Amx, Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Scalar})
     if (cpu_has(i)) v.push_back(i);
   return v;
 }
@@ -97,9 +101,9 @@ inline KernelTable best_kernels() {
 }
 
 inline Isa parse_isa(const std::string& s) {
-  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon})
+  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Amx, Isa::Neon})
     if (s == isa_name(i)) return i;
-  fail("--kernels " + s, "unknown ISA (expected scalar, avx2, avx512 or neon)");
+  fail("--kernels " + s, "unknown ISA (expected scalar, avx2, avx512, amx or neon)");
 }
 
 }  // namespace mmfree::kernels
