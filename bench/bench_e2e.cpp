@@ -181,6 +181,8 @@ void BM_Prefill(benchmark::State& state, std::string preset, bool fp32) {
 }
 
 int register_all() {
+  // Which kernels the ternary models ran on (AMX changes prefill, not decode).
+  benchmark::AddCustomContext("mmfree_kernels", kernels::isa_name(kernels::available_isas().front()));
   const char* e = std::getenv("MMFREE_BENCH_PRESETS");
   std::stringstream list(e && *e ? e : "370m,1.3b,2.7b");
   for (std::string p; std::getline(list, p, ',');) {

@@ -116,6 +116,14 @@ int register_all() {
       b->ArgNames({"tokens", "threads"})->UseRealTime();
       for (int64_t n : {1, 64, 512})
         for (int64_t t : {1, 2}) b->Args({n, t});
+      // With AMX, its prefill against the AVX-512 kernel it replaces (decode is the same code).
+      if (isa == kernels::Isa::Amx) {
+        auto* a = benchmark::RegisterBenchmark((std::string("ternary/") + format_name(f) + "/avx512/" + s.name).c_str(),
+                                               BM_Ternary, s, f, kernels::Isa::Avx512);
+        a->ArgNames({"tokens", "threads"})->UseRealTime();
+        for (int64_t n : {64, 512})
+          for (int64_t t : {1, 2}) a->Args({n, t});
+      }
     }
     auto* e = benchmark::RegisterBenchmark((std::string("eigen_f32/") + s.name).c_str(), BM_EigenF32, s);
     e->ArgNames({"tokens", "threads"})->UseRealTime();

@@ -59,7 +59,7 @@ def table(ctx, rows):
     out.append("")
     out.append(f"Machine: {ctx.get('num_cpus')} CPUs at {ctx.get('mhz_per_cpu')} MHz ({caches}); "
                f"measured read bandwidth {fmt(bw[1])} GB/s on 1 thread, {fmt(bw[2])} GB/s on 2; "
-               f"run {ctx.get('date', '?')}. Floors: bandwidth / packed bytes per token. "
+               f"kernels {ctx.get('mmfree_kernels', '?')}; run {ctx.get('date', '?')}. Floors: bandwidth / packed bytes per token. "
                "Weights random (init-random presets), TQ2 (2 bits per weight); the fp32 model is the same "
                "model with Eigen float matrix products over the dequantised weights.")
     return "\n".join(out) + "\n"
@@ -72,16 +72,18 @@ def chart(rows, png):
     presets = [p for p in ("370m", "1.3b", "2.7b") if any(k[0] == p for k in rows)]
     dat = png + ".dat"
     with open(dat, "w") as f:
-        # columns: model, TQ2 decode, fp32 decode, TQ2 floor, TQ2 peak MiB, fp32 peak MiB
+        # columns: model, TQ2 decode, fp32 decode, TQ2 floor, TQ2 peak MiB, fp32 peak MiB,
+        # TQ2 prefill, fp32 prefill
         for p in presets:
             g = lambda kind, phase, key: rows.get((p, kind, phase, 2), {}).get(key) or 0
             peak = lambda kind: max(g(kind, "decode", "peak_MiB"), g(kind, "prefill", "peak_MiB"))
             f.write(f"{p.upper()} {g('tq2', 'decode', 'tok_s'):.2f} {g('fp32', 'decode', 'tok_s'):.2f} "
-                    f"{g('tq2', 'decode', 'floor_tok_s'):.2f} {peak('tq2'):.1f} {peak('fp32'):.1f}\n")
+                    f"{g('tq2', 'decode', 'floor_tok_s'):.2f} {peak('tq2'):.1f} {peak('fp32'):.1f} "
+                    f"{g('tq2', 'prefill', 'tok_s'):.2f} {g('fp32', 'prefill', 'tok_s'):.2f}\n")
     script = f"""
-set terminal pngcairo size 1100,450 font ",11"
+set terminal pngcairo size 1500,450 font ",11"
 set output "{png}"
-set multiplot layout 1,2 title "mmfree, 2 threads: TQ2 ternary model vs the same model in fp32 (Eigen)"
+set multiplot layout 1,3 title "mmfree, 2 threads: TQ2 ternary model vs the same model in fp32 (Eigen)"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.85 border -1
@@ -94,6 +96,9 @@ set yrange [1:*]
 plot "{dat}" using 2:xtic(1) title "mmfree TQ2" lc rgb "#1b7837", \
      "" using 4 title "TQ2 bandwidth floor" lc rgb "#a6dba0", \
      "" using 3 title "fp32 (Eigen)" lc rgb "#762a83"
+set title "prefill of 512 tokens, tokens/s (higher is better)"
+plot "{dat}" using 7:xtic(1) title "mmfree TQ2" lc rgb "#1b7837", \
+     "" using 8 title "fp32 (Eigen)" lc rgb "#762a83"
 set title "peak memory, MiB (lower is better)"
 plot "{dat}" using 5:xtic(1) title "mmfree TQ2" lc rgb "#1b7837", \
      "" using 6 title "fp32 (Eigen)" lc rgb "#762a83"
