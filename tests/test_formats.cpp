@@ -33,6 +33,27 @@ int32_t naive_dot(const int8_t* t, const int8_t* q, int64_t n) {
 
 const TernaryFormat kFormats[] = {TernaryFormat::TQ2, TernaryFormat::TQ1};
 
+// Random rows x cols weights and n tokens through each ISA's gemm, rows split over 1 and 3
+// threads (odd row ranges), against the scalar reference, bit for bit.
+void expect_gemm_matches_scalar(std::mt19937& rng, TernaryFormat f, int64_t rows, int64_t cols, int64_t n,
+                                const std::vector<kernels::Isa>& isas) {
+  const int64_t ld = padded_cols(cols);
+  auto t = random_ternary(rng, size_t(rows * cols));
+  auto m = pack_ternary(t.data(), rows, cols, f);
+  auto q = random_q(rng, n, cols, ld);
+  std::vector<int32_t> ref(size_t(n * rows));
+  kernels::ternary_gemm_scalar(m, q.data(), ld, n, ref.data(), rows, 0, rows);
+  for (auto isa : isas)
+    for (int threads : {1, 3}) {
+      ThreadPool pool(threads);
+      const auto table = kernels::kernel_table(isa);
+      std::vector<int32_t> got(size_t(n * rows), 12345);
+      pool.for_range(rows, 1, [&](int64_t r0, int64_t r1) { table.gemm(m, q.data(), ld, n, got.data(), rows, r0, r1); });
+      ASSERT_EQ(got, ref) << kernels::isa_name(isa) << " " << format_name(f) << " " << rows << "x" << cols
+                          << " n=" << n << " threads=" << threads;
+    }
+}
+
 }  // namespace
 
 TEST(Tq1, EveryByteValueDecodesExactly) {
@@ -152,21 +173,8 @@ TEST(SimdKernels, BitExactWithScalarOnOddShapes) {
   for (auto f : kFormats)
     for (auto [rows, cols] : shapes)
       for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 13}) {
-        const int64_t ld = padded_cols(cols);
-        auto t = random_ternary(rng, size_t(rows * cols));
-        auto m = pack_ternary(t.data(), rows, cols, f);
-        auto q = random_q(rng, n, cols, ld);
-        std::vector<int32_t> ref(size_t(n * rows));
-        kernels::ternary_gemm_scalar(m, q.data(), ld, n, ref.data(), rows, 0, rows);
-        for (auto isa : isas)
-          for (int threads : {1, 3}) {
-            ThreadPool pool(threads);
-            const auto table = kernels::kernel_table(isa);
-            std::vector<int32_t> got(size_t(n * rows), 12345);
-            pool.for_range(rows, 1, [&](int64_t r0, int64_t r1) { table.gemm(m, q.data(), ld, n, got.data(), rows, r0, r1); });
-            ASSERT_EQ(got, ref) << kernels::isa_name(isa) << " " << format_name(f) << " " << rows << "x" << cols
-                                << " n=" << n << " threads=" << threads;
-          }
+        expect_gemm_matches_scalar(rng, f, rows, cols, n, isas);
+        if (HasFatalFailure()) return;
       }
 }
 
@@ -185,18 +193,8 @@ TEST(SimdKernels, AmxBitExactWithScalar) {
   for (auto f : kFormats)
     for (auto [rows, cols] : shapes)
       for (int64_t n : {16, 17, 31, 32, 33, 47, 64, 100}) {
-        const int64_t ld = padded_cols(cols);
-        auto t = random_ternary(rng, size_t(rows * cols));
-        auto m = pack_ternary(t.data(), rows, cols, f);
-        auto q = random_q(rng, n, cols, ld);
-        std::vector<int32_t> ref(size_t(n * rows));
-        kernels::ternary_gemm_scalar(m, q.data(), ld, n, ref.data(), rows, 0, rows);
-        for (int threads : {1, 3}) {
-          ThreadPool pool(threads);
-          std::vector<int32_t> got(size_t(n * rows), 12345);
-          pool.for_range(rows, 1, [&](int64_t r0, int64_t r1) { table.gemm(m, q.data(), ld, n, got.data(), rows, r0, r1); });
-          ASSERT_EQ(got, ref) << format_name(f) << " " << rows << "x" << cols << " n=" << n << " threads=" << threads;
-        }
+        expect_gemm_matches_scalar(rng, f, rows, cols, n, {kernels::Isa::Amx});
+        if (HasFatalFailure()) return;
       }
   // The largest sums: all -128 / 127 against all -1 / +1 weights on long rows.
   const int64_t cols = 20000, ld = padded_cols(cols), n = 17;

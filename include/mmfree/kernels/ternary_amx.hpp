@@ -121,13 +121,12 @@ MMFREE_TARGET_AMX inline void layout_activations(const int8_t* Q, int64_t ldq, i
 // Digits of one weight row into its row of the A tiles: column c goes to
 // dst + (c / 64) * 1024 + c % 64.
 MMFREE_TARGET_AMX inline void unpack_row_tq2(const uint8_t* w, int64_t blocks, uint8_t* dst) {
-  const __m512i m3 = _mm512_set1_epi8(3);
   for (int64_t b = 0; b < blocks; ++b) {  // 64 bytes -> columns 256b + 64k + j, digit k of byte j
     const __m512i raw = _mm512_loadu_si512(w + b * 64);
-    _mm512_store_si512(dst + (4 * b + 0) * 1024, _mm512_and_si512(raw, m3));
-    _mm512_store_si512(dst + (4 * b + 1) * 1024, _mm512_and_si512(_mm512_srli_epi16(raw, 2), m3));
-    _mm512_store_si512(dst + (4 * b + 2) * 1024, _mm512_and_si512(_mm512_srli_epi16(raw, 4), m3));
-    _mm512_store_si512(dst + (4 * b + 3) * 1024, _mm512_and_si512(_mm512_srli_epi16(raw, 6), m3));
+    _mm512_store_si512(dst + (4 * b + 0) * 1024, avx512::tq2_digits<0>(raw));
+    _mm512_store_si512(dst + (4 * b + 1) * 1024, avx512::tq2_digits<1>(raw));
+    _mm512_store_si512(dst + (4 * b + 2) * 1024, avx512::tq2_digits<2>(raw));
+    _mm512_store_si512(dst + (4 * b + 3) * 1024, avx512::tq2_digits<3>(raw));
   }
 }
 // 32 digits for columns [col, col + 32), col a multiple of 32: one half of a tile row.
