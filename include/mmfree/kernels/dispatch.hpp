@@ -49,7 +49,7 @@ struct KernelTable {
 inline bool cpu_has(Isa isa) {
   switch (isa) {
     case Isa::Scalar: return true;
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__x86_64__)  // the x86 kernels are built for x86-64 only
     case Isa::Avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case Isa::Avx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
