@@ -16,15 +16,10 @@
 #include <cstdint>
 #include <cstring>
 
+#include "mmfree/kernels/simd_warnings.hpp"
 #include "mmfree/ops.hpp"
 
-// GCC 12 warns inside its own intrinsic headers (reduce_max, masked loads); false alarms.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#if !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+MMFREE_SIMD_WARNINGS_PUSH
 
 namespace mmfree::kernels {
 
@@ -147,6 +142,6 @@ MMFREE_TARGET_AVX2_Q inline float rmsnorm_quantize(const float* x, const float* 
 
 }  // namespace mmfree::kernels
 
-#pragma GCC diagnostic pop
+MMFREE_SIMD_WARNINGS_POP
 
 #endif  // __x86_64__

@@ -21,16 +21,11 @@
 #include <cstring>
 #include <vector>
 
+#include "mmfree/kernels/simd_warnings.hpp"
 #include "mmfree/kernels/ternary_avx512.hpp"
 #include "mmfree/ternary_format.hpp"
 
-// The same false alarms as in ternary_avx512.hpp.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#if !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#pragma GCC diagnostic ignored "-Wpsabi"
+MMFREE_SIMD_WARNINGS_PUSH
 
 #define MMFREE_TARGET_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,amx-tile,amx-int8")))
 
@@ -259,6 +254,6 @@ MMFREE_TARGET_AMX inline void ternary_gemm(const TernaryMatrix& W, const int8_t*
 
 }  // namespace mmfree::kernels::amx
 
-#pragma GCC diagnostic pop
+MMFREE_SIMD_WARNINGS_POP
 
 #endif  // __x86_64__

@@ -13,10 +13,10 @@
 #include <vector>
 
 #include "mmfree/kernels/row_driver.hpp"
+#include "mmfree/kernels/simd_warnings.hpp"
 #include "mmfree/ternary_format.hpp"
 
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"
+MMFREE_SIMD_WARNINGS_PUSH
 
 #define MMFREE_TARGET_AVX2 __attribute__((target("avx2,fma")))
 
@@ -93,6 +93,6 @@ inline void ternary_gemm(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, i
 
 }  // namespace mmfree::kernels::avx2
 
-#pragma GCC diagnostic pop
+MMFREE_SIMD_WARNINGS_POP
 
 #endif  // __x86_64__

@@ -14,16 +14,10 @@
 #include <cstring>
 #include <vector>
 
+#include "mmfree/kernels/simd_warnings.hpp"
 #include "mmfree/ternary_format.hpp"
 
-// GCC 12 warns inside its own intrinsic headers (reduce_add, zext) and about the vector ABI
-// of target-attributed functions; both are false alarms here.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#if !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#pragma GCC diagnostic ignored "-Wpsabi"
+MMFREE_SIMD_WARNINGS_PUSH
 
 #define MMFREE_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
@@ -279,6 +273,6 @@ MMFREE_TARGET_AVX512 inline void ternary_gemm(const TernaryMatrix& W, const int8
 
 }  // namespace mmfree::kernels::avx512
 
-#pragma GCC diagnostic pop
+MMFREE_SIMD_WARNINGS_POP
 
 #endif  // __x86_64__
