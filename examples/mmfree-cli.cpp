@@ -222,6 +222,7 @@ int cmd_generate(const Args& a) {
     for (size_t i = 0; i < all.size(); ++i) std::printf("%s%d", i ? " " : "", all[i]);
     std::printf("\n");
   }
+  std::fflush(stdout);  // the text ends before the stats line when both go to one terminal or pipe
   if (!a.switches.count("no-stats"))
     std::fprintf(stderr,
                  "prompt tokens: %lld, prefill %.1f tok/s, decode %.1f tok/s (%lld tokens), time to first token %.1f ms, "

@@ -213,7 +213,8 @@ MMFREE_TARGET_AMX inline void row_strip(const TernaryMatrix& W, int64_t r, int64
     const bool pair = tt + 1 < tiles;
     if (pair) tile_product<RT, 2>(D, b, kcs);
     else tile_product<RT, 1>(D, b, kcs);
-    // Tile (i, j) holds rows r + 16i, tokens 16(tt + j).
+    // Tile (i, j) holds rows r + 16i, tokens 16(tt + j). (The tile intrinsics paste their
+    // tile number into the instruction, so it must be a literal: hence the chain of ifs.)
     for (int i = 0; i < RT; ++i)
       for (int j = 0; j < (pair ? 2 : 1); ++j) {
         const int tile = 2 * i + j;
