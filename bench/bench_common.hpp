@@ -1,22 +1,72 @@
-// Shared by the benchmarks: measured memory bandwidth (the floor every decode figure is
-// compared with), computed once per process.
+// Shared by the benchmarks: the two ceilings every figure is compared with, measured once per
+// process on this machine.
+//  - Read bandwidth (the decode floor): the best of several ways to stream 1 GiB in 2 MiB pages
+//    (plain loads, and loads with software prefetch; 256- and 512-bit where the CPU has them).
+//    Taking the best keeps the floor honest: on AMD Zen 4 the prefetching reader is the slower
+//    one, on the Intel Xeon the faster.
+//  - int8 dot-product peak (the prefill ceiling without AMX): 12 independent vpdpbusd chains
+//    per thread on 512-bit registers (on CPUs without AVX-512 VNNI, vpmaddubsw + vpmaddwd pairs
+//    on 256-bit ones), in GMAC/s.
+// Both are noisy on shared machines (+-30% within minutes): compare figures from one run.
 #pragma once
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <thread>
 #include <vector>
 
-#include "mmfree/huge_pages.hpp"
+#include "mmfree/kernels/dispatch.hpp"
+#include "mmfree/weight_arena.hpp"
 
 namespace mmfree::bench {
 
-// Read bandwidth in GB/s with `threads` threads streaming a 1 GiB buffer (best of 3). The
-// buffer is in 2 MiB pages, as a loaded model's weights are (huge_pages.hpp), so the floor
-// is what the same memory path can give.
+namespace detail {
+
+template <int Prefetch>
+__attribute__((target("avx2"))) inline uint64_t read_avx2(const uint8_t* p, size_t b, size_t e) {
+  __m256i acc = _mm256_setzero_si256();
+  for (size_t i = b; i < e; i += 128) {
+    if constexpr (Prefetch > 0) {
+      _mm_prefetch(reinterpret_cast<const char*>(p + i + Prefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p + i + Prefetch + 64), _MM_HINT_T0);
+    }
+    for (int k = 0; k < 4; ++k) acc = _mm256_add_epi64(acc, _mm256_loadu_si256((const __m256i*)(p + i + 32 * k)));
+  }
+  return uint64_t(_mm256_extract_epi64(acc, 0));
+}
+__attribute__((target("avx512f"))) inline uint64_t read_avx512(const uint8_t* p, size_t b, size_t e) {
+  __m512i acc = _mm512_setzero_si512();
+  for (size_t i = b; i < e; i += 128)
+    acc = _mm512_add_epi64(acc, _mm512_add_epi64(_mm512_loadu_si512(p + i), _mm512_loadu_si512(p + i + 64)));
+  return uint64_t(_mm512_reduce_add_epi64(acc));
+}
+
+template <class F>
+double best_parallel_rate(int threads, int reps, F&& body) {  // body(t) returns units done by thread t
+  double best = 0;
+  for (int rep = 0; rep < reps; ++rep) {
+    std::vector<std::thread> ts;
+    std::vector<double> done(static_cast<size_t>(threads));
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int t = 0; t < threads; ++t) ts.emplace_back([&, t] { done[size_t(t)] = body(t); });
+    for (auto& t : ts) t.join();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    double total = 0;
+    for (double d : done) total += d;
+    best = std::max(best, total / s);
+  }
+  return best;
+}
+
+}  // namespace detail
+
+// Read bandwidth in GB/s with `threads` threads streaming a 1 GiB buffer (best of the readers
+// and of 3 repetitions each).
 inline double measure_bandwidth(int threads) {
   const size_t n = size_t(1) << 30;
   static std::shared_ptr<uint8_t> mem;
@@ -24,42 +74,72 @@ inline double measure_bandwidth(int threads) {
     mem = alloc_huge(n);
     std::memset(mem.get(), 1, n);
   }
-  struct {
-    uint8_t* p;
-    uint8_t* data() const { return p; }
-  } buf{mem.get()};
-  double best = 0;
-  for (int rep = 0; rep < 3; ++rep) {
-    std::vector<std::thread> ts;
-    std::vector<uint64_t> sink(size_t(threads) * 8);
-    auto t0 = std::chrono::steady_clock::now();
-    for (int t = 0; t < threads; ++t)
-      ts.emplace_back([&, t] {
-        const size_t b = n / size_t(threads) * size_t(t), e = n / size_t(threads) * size_t(t + 1);
-        __m256i acc = _mm256_setzero_si256();
-        for (size_t i = b; i < e; i += 128) {
-          // Prefetch as the kernels do (3 KiB ahead: a multiple of 4 KiB would alias in L1),
-          // so the figure is what a streaming reader can get.
-          _mm_prefetch((const char*)(buf.data() + i + 3072), _MM_HINT_T0);
-          _mm_prefetch((const char*)(buf.data() + i + 3072 + 64), _MM_HINT_T0);
-          acc = _mm256_add_epi64(acc, _mm256_loadu_si256((const __m256i*)(buf.data() + i)));
-          acc = _mm256_add_epi64(acc, _mm256_loadu_si256((const __m256i*)(buf.data() + i + 32)));
-          acc = _mm256_add_epi64(acc, _mm256_loadu_si256((const __m256i*)(buf.data() + i + 64)));
-          acc = _mm256_add_epi64(acc, _mm256_loadu_si256((const __m256i*)(buf.data() + i + 96)));
-        }
-        sink[size_t(t) * 8] = uint64_t(_mm256_extract_epi64(acc, 0));
-      });
-    for (auto& t : ts) t.join();
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    best = std::max(best, double(n) / s / 1e9);
-  }
+  const uint8_t* p = mem.get();
+  std::vector<uint64_t> sink(size_t(threads) * 8);
+  auto reader = [&](auto read) {
+    return detail::best_parallel_rate(threads, 3, [&](int t) {
+      const size_t b = n / size_t(threads) * size_t(t), e = n / size_t(threads) * size_t(t + 1);
+      sink[size_t(t) * 8] += read(p, b, e);
+      return double(e - b) / 1e9;
+    });
+  };
+  double best = std::max(reader(detail::read_avx2<0>), reader(detail::read_avx2<3072>));
+  if (__builtin_cpu_supports("avx512f")) best = std::max(best, reader(detail::read_avx512));
   return best;
 }
 
 inline double bandwidth_gbs(int threads) {
-  static double bw[8] = {};
+  static double bw[64] = {};
   if (bw[threads] == 0) bw[threads] = measure_bandwidth(threads);
   return bw[threads];
+}
+
+namespace detail {
+
+__attribute__((target("avx512f,avx512vnni"))) inline double vnni_chains(long iters) {
+  __m512i a[12];
+  for (int i = 0; i < 12; ++i) a[i] = _mm512_set1_epi32(i);
+  __m512i x = _mm512_set1_epi8(1), y = _mm512_set1_epi8(2);
+  for (long k = 0; k < iters; ++k) {
+    #pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) kernels::avx512::dpbusd(a[i], x, y);
+    __asm__ volatile("" : "+v"(x), "+v"(y));
+  }
+  __m512i t = a[0];
+  for (int i = 1; i < 12; ++i) t = _mm512_add_epi32(t, a[i]);
+  volatile int sink = _mm512_reduce_add_epi32(t);
+  (void)sink;
+  return double(iters) * 12 * 64 / 1e9;  // GMAC
+}
+__attribute__((target("avx2"))) inline double avx2_chains(long iters) {
+  __m256i a[12];
+  for (int i = 0; i < 12; ++i) a[i] = _mm256_set1_epi32(i);
+  __m256i x = _mm256_set1_epi8(1), y = _mm256_set1_epi8(2);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (long k = 0; k < iters; ++k) {
+    #pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) a[i] = _mm256_add_epi32(a[i], _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), ones));
+    __asm__ volatile("" : "+v"(x), "+v"(y));
+  }
+  __m256i t = a[0];
+  for (int i = 1; i < 12; ++i) t = _mm256_add_epi32(t, a[i]);
+  volatile int sink = _mm256_extract_epi32(t, 0);
+  (void)sink;
+  return double(iters) * 12 * 32 / 1e9;
+}
+
+}  // namespace detail
+
+// The int8 multiply-accumulate peak in GMAC/s with `threads` threads (best of 5).
+inline double int8_peak_gmacs(int threads) {
+  static double peak[64] = {};
+  if (peak[threads] == 0) {
+    const bool vnni = kernels::cpu_has(kernels::Isa::Avx512);
+    peak[threads] = detail::best_parallel_rate(threads, 5, [&](int) {
+      return vnni ? detail::vnni_chains(20'000'000) : detail::avx2_chains(20'000'000);
+    });
+  }
+  return peak[threads];
 }
 
 }  // namespace mmfree::bench

@@ -5,9 +5,11 @@
 //
 //   MMFREE_BENCH_CACHE   folder for the generated GGUF files (default /tmp/mmfree-bench-cache)
 //   MMFREE_BENCH_PRESETS comma list (default 370m,1.3b,2.7b)
+//   MMFREE_BENCH_FORMATS comma list of ternary formats (default tq2,tq1)
 //
 // Counters: tok_s; floor_tok_s = measured bandwidth / packed bytes read per token, and
-// floor_frac = tok_s / floor_tok_s; peak_MiB = peak resident memory of loading and running
+// floor_frac = tok_s / floor_tok_s; floor2_frac = tok_s over the floor of the same model at 2
+// bits per weight (TQ1 beats the 2-bit floor when it is above 1); peak_MiB = peak resident memory of loading and running
 // the model (the process's high-water mark, reset before each load); mem_floor_MiB = bytes
 // of weights the model must hold; ttft_ms for prefill = prompt in, first token chosen.
 // bench/report.py turns the JSON output into the README table and chart.
@@ -37,13 +39,13 @@ std::string cache_dir() {
   return e && *e ? e : "/tmp/mmfree-bench-cache";
 }
 
-std::string preset_file(const std::string& preset) {
+std::string preset_file(const std::string& preset, TernaryFormat f) {
   namespace fs = std::filesystem;
-  const std::string path = cache_dir() + "/" + preset + "-tq2.gguf";
+  const std::string path = cache_dir() + "/" + preset + "-" + format_name(f) + ".gguf";
   if (!fs::exists(path)) {
     fs::create_directories(cache_dir());
     std::fprintf(stderr, "generating %s (init-random preset %s)...\n", path.c_str(), preset.c_str());
-    write_random_gguf(preset_config(preset), path + ".part", TernaryFormat::TQ2);
+    write_random_gguf(preset_config(preset), path + ".part", f);
     fs::rename(path + ".part", path);
   }
   return path;
@@ -66,12 +68,17 @@ std::vector<int32_t> prompt_ids(int64_t vocab) {
 }
 int32_t argmax(const std::vector<float>& v) { return int32_t(std::max_element(v.begin(), v.end()) - v.begin()); }
 
-// Bytes every decoded token must read: all packed matrices plus one embedding row.
-size_t packed_bytes_per_token(const ModelWeights& w) {
-  size_t s = w.lm_head.weights().nbytes();
+// Bytes every decoded token must read: all packed matrices plus one embedding row (in format
+// `as`, when given, instead of the model's own).
+size_t packed_bytes_per_token(const ModelWeights& w, std::optional<TernaryFormat> as = {}) {
+  auto bytes = [&](const BitLinear& l) {
+    const auto& m = l.weights();
+    return as ? TernaryMatrix::shape(*as, m.rows, m.cols).nbytes() : m.nbytes();
+  };
+  size_t s = bytes(w.lm_head);
   for (auto& b : w.blocks)
     for (auto* l : {&b.attn.i_proj, &b.attn.f_proj, &b.attn.g_proj, &b.attn.o_proj, &b.mlp.gate_proj, &b.mlp.down_proj})
-      s += l->weights().nbytes();
+      s += bytes(*l);
   return s + size_t(w.embeddings.cols) * dtype_size(w.embeddings.dtype);
 }
 size_t resident_weight_bytes(const ModelWeights& w) {
@@ -85,14 +92,16 @@ struct Loaded {
   std::unique_ptr<Model> ternary;
   std::unique_ptr<bench::FloatModel> fp32;
   size_t bytes_per_token = 0, mem_floor = 0;
+  size_t bytes_per_token_2bit = 0;  // the same model's weights at 2 bits per weight
   size_t base = 0;  // resident bytes before loading
 };
-Loaded& load(const std::string& preset, bool fp32, int threads) {
+// fmt: the ternary model's format; the fp32 model is built from the TQ2 file.
+Loaded& load(const std::string& preset, TernaryFormat fmt, bool fp32, int threads) {
   static Loaded cur;
-  const std::string key = preset + (fp32 ? "/fp32/" : "/tq2/") + std::to_string(threads);
+  const std::string key = preset + (fp32 ? "/fp32/" : std::string("/") + format_name(fmt) + "/") + std::to_string(threads);
   if (cur.key == key) return cur;
   cur = Loaded{};
-  const std::string path = preset_file(preset);
+  const std::string path = preset_file(preset, fp32 ? TernaryFormat::TQ2 : fmt);
   const size_t before = rss_bytes();
   reset_peak_rss();
   ModelOptions o;
@@ -101,6 +110,7 @@ Loaded& load(const std::string& preset, bool fp32, int threads) {
     cur.ternary = std::make_unique<Model>(load_model(path, o));
     cur.bytes_per_token = packed_bytes_per_token(cur.ternary->weights());
     cur.mem_floor = resident_weight_bytes(cur.ternary->weights());
+    cur.bytes_per_token_2bit = packed_bytes_per_token(cur.ternary->weights(), TernaryFormat::TQ2);
   } else {
     o.huge_pages = false;  // only read once, to build the float copy
     Model m = load_model(path, o);
@@ -126,13 +136,19 @@ void set_counters(benchmark::State& state, const Loaded& L, double tok_s, int th
   state.counters["peak_MiB"] = double(peak_since_load(L.base)) / (1 << 20);
   state.counters["mem_floor_MiB"] = double(L.mem_floor) / (1 << 20);
   state.counters["bytes_per_token_MB"] = double(L.bytes_per_token) / 1e6;
+  if (L.ternary) {
+    state.counters["floor2_frac"] = tok_s / (bench::bandwidth_gbs(threads) * 1e9 / double(L.bytes_per_token_2bit));
+    const auto& c = L.ternary->kernel_choice();
+    state.SetLabel(std::string("kernels: decode ") + c.decode.chosen.name + ", prefill " + c.prefill.chosen.name);
+    state.counters["chooser_ms"] = c.seconds * 1e3;
+  }
 }
 
 // Decode: one token per iteration, from a state that has already seen a few tokens.
-void BM_Decode(benchmark::State& state, std::string preset, bool fp32) {
+void BM_Decode(benchmark::State& state, std::string preset, TernaryFormat fmt, bool fp32) {
   const int threads = int(state.range(0));
   bench::bandwidth_gbs(threads);  // measured before the model takes memory
-  Loaded& L = load(preset, fp32, threads);
+  Loaded& L = load(preset, fmt, fp32, threads);
   int32_t next = 1;
   double secs = 0;
   if (!fp32) {
@@ -157,10 +173,11 @@ void BM_Decode(benchmark::State& state, std::string preset, bool fp32) {
 
 // Prefill: kPrompt tokens from a fresh state, then the first token chosen (time to first
 // token, with the model already loaded).
-void BM_Prefill(benchmark::State& state, std::string preset, bool fp32) {
+void BM_Prefill(benchmark::State& state, std::string preset, TernaryFormat fmt, bool fp32) {
   const int threads = int(state.range(0));
   bench::bandwidth_gbs(threads);
-  Loaded& L = load(preset, fp32, threads);
+  bench::int8_peak_gmacs(threads);
+  Loaded& L = load(preset, fmt, fp32, threads);
   const auto ids = prompt_ids(32000);
   double secs = 0;
   for (auto _ : state) {
@@ -176,26 +193,44 @@ void BM_Prefill(benchmark::State& state, std::string preset, bool fp32) {
     benchmark::DoNotOptimize(first);
     secs += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
-  set_counters(state, L, double(kPrompt) * double(state.iterations()) / secs, threads);
+  const double tok_s = double(kPrompt) * double(state.iterations()) / secs;
+  set_counters(state, L, tok_s, threads);
   state.counters["ttft_ms"] = secs / double(state.iterations()) * 1e3;
+  if (L.ternary) {  // ternary MACs per token (every BitLinear but lm_head, which prefill runs once)
+    double macs = 0;
+    for (auto& b : L.ternary->weights().blocks)
+      for (auto* l : {&b.attn.i_proj, &b.attn.f_proj, &b.attn.g_proj, &b.attn.o_proj, &b.mlp.gate_proj, &b.mlp.down_proj})
+        macs += double(l->in_features()) * double(l->out_features());
+    state.counters["GMAC_s"] = tok_s * macs / 1e9;
+    state.counters["peak_frac"] = tok_s * macs / 1e9 / bench::int8_peak_gmacs(threads);
+  }
 }
 
 int register_all() {
-  // Which kernels the ternary models ran on (AMX changes prefill, not decode).
-  benchmark::AddCustomContext("mmfree_kernels", kernels::isa_name(kernels::available_isas().front()));
-  const char* e = std::getenv("MMFREE_BENCH_PRESETS");
-  std::stringstream list(e && *e ? e : "370m,1.3b,2.7b");
-  for (std::string p; std::getline(list, p, ',');) {
-    for (bool fp32 : {false, true}) {
-      const std::string kind = fp32 ? "fp32" : "tq2";
+  std::string names;
+  for (const auto& k : kernels::available_kernels()) names += std::string(names.empty() ? "" : ",") + k.name;
+  benchmark::AddCustomContext("mmfree_kernels_available", names);
+  auto list = [](const char* env, const char* def) {
+    const char* e = std::getenv(env);
+    std::vector<std::string> v;
+    std::stringstream ss(e && *e ? e : def);
+    for (std::string x; std::getline(ss, x, ',');) v.push_back(x);
+    return v;
+  };
+  std::vector<TernaryFormat> formats;
+  for (const auto& f : list("MMFREE_BENCH_FORMATS", "tq2,tq1")) formats.push_back(parse_format(f, "MMFREE_BENCH_FORMATS"));
+  for (const std::string& p : list("MMFREE_BENCH_PRESETS", "370m,1.3b,2.7b")) {
+    auto reg = [&](const std::string& kind, TernaryFormat f, bool fp32) {
       // Decode then prefill for each thread count, so each model loads once per count.
       for (int t : {1, 2}) {
-        benchmark::RegisterBenchmark(("e2e/" + p + "/" + kind + "/decode").c_str(), BM_Decode, p, fp32)
+        benchmark::RegisterBenchmark(("e2e/" + p + "/" + kind + "/decode").c_str(), BM_Decode, p, f, fp32)
             ->Arg(t)->ArgName("threads")->Iterations(fp32 ? 8 : 64)->Unit(benchmark::kMillisecond)->UseRealTime();
-        benchmark::RegisterBenchmark(("e2e/" + p + "/" + kind + "/prefill").c_str(), BM_Prefill, p, fp32)
+        benchmark::RegisterBenchmark(("e2e/" + p + "/" + kind + "/prefill").c_str(), BM_Prefill, p, f, fp32)
             ->Arg(t)->ArgName("threads")->Iterations(fp32 ? 1 : 3)->Unit(benchmark::kMillisecond)->UseRealTime();
       }
-    }
+    };
+    for (auto f : formats) reg(format_name(f), f, false);
+    reg("fp32", TernaryFormat::TQ2, true);
   }
   return 0;
 }

@@ -1,11 +1,18 @@
-// Ternary BitLinear kernels on every BitLinear shape of the published models, against an
-// Eigen fp32 GEMV/GEMM of the same shape in the same run.
+// Ternary kernels side by side: every kernel this CPU can run (kernels::available_kernels), both
+// formats, on every BitLinear shape of the published models, against an Eigen fp32 GEMV/GEMM of
+// the same shape in the same run.
 //
-// Counters: GB/s of packed weights streamed, fraction of the measured memory bandwidth
-// (the decode floor), GMAC/s (ternary multiply-accumulates per second).
+//   ternary/<format>/<kernel>/<shape>/tokens:N/threads:T
+//
+// Counters: GB/s of packed weights streamed and floor_frac (that over the read bandwidth
+// measured in this run: the decode floor); GMAC/s (ternary multiply-accumulates per second) and
+// peak_frac (that over the int8 dot-product peak measured in this run: the prefill ceiling
+// without AMX). The scalar kernel runs only with MMFREE_BENCH_SCALAR=1 (it takes minutes).
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Dense>
+#include <cstdlib>
+#include <map>
 #include <random>
 
 #include "bench_common.hpp"
@@ -26,64 +33,71 @@ const Shape kShapes[] = {
     {"2.7b.attn", 2560, 2560},  {"2.7b.gate", 13824, 2560}, {"2.7b.down", 2560, 6912},  {"2.7b.head", 32000, 2560},
 };
 
-TernaryMatrix random_matrix(int64_t rows, int64_t cols, TernaryFormat f) {
+// Decode streams weights from memory in a real model (all layers together exceed any cache), so
+// one-token runs rotate through copies of the matrix totalling more than 1.5 GB, beyond every
+// L3 measured so far; copies live in 2 MiB pages, as a loaded model's weights do. Prefill
+// reuses weights across tokens and runs warm. The copies of the last (shape, format) are kept
+// for the next kernel.
+const std::vector<TernaryMatrix>& matrices(const Shape& s, TernaryFormat f, bool rotate) {
+  static std::string key;
+  static std::vector<TernaryMatrix> cache;
+  const std::string k = std::string(s.name) + format_name(f) + (rotate ? "r" : "");
+  if (k == key) return cache;
+  cache.clear();
+  key = k;
   std::mt19937 rng(1);
-  std::uniform_int_distribution<int> d(-1, 1);
-  std::vector<int8_t> t(size_t(rows * cols));
-  for (auto& v : t) v = int8_t(d(rng));
-  return pack_ternary(t.data(), rows, cols, f, 0.01f);
+  std::vector<int8_t> t(size_t(s.out * s.in));
+  for (auto& v : t) v = int8_t(int(rng() % 3) - 1);
+  cache.push_back(pack_ternary(t.data(), s.out, s.in, f, 0.01f));
+  const TernaryMatrix& W0 = cache.front();
+  const size_t want = rotate ? size_t(1.5e9) / W0.nbytes() + 1 : 1;
+  for (size_t i = 1; i < want; ++i) {
+    TernaryMatrix c = W0;
+    auto buf = alloc_huge(W0.nbytes());
+    std::memcpy(buf.get(), W0.data, W0.nbytes());
+    c.data = buf.get();
+    c.owner = buf;
+    cache.push_back(c);
+  }
+  return cache;
 }
 
-void BM_Ternary(benchmark::State& state, Shape s, TernaryFormat f, kernels::Isa isa) {
+void BM_Ternary(benchmark::State& state, Shape s, TernaryFormat f, kernels::Kernel k) {
   const int64_t n = state.range(0);
   const int threads = int(state.range(1));
-  // Decode streams weights from DRAM in a real model (all layers together exceed any
-  // cache), so single-token runs rotate through copies of the matrix totalling > 1.5 GB,
-  // more than this machine's L3. Prefill reuses weights across tokens and runs warm.
-  // Copies live in 2 MiB pages, as a loaded Model's weights do (huge_pages.hpp).
-  const auto W0 = random_matrix(s.out, s.in, f);
-  std::vector<TernaryMatrix> copies{W0};
-  if (state.range(0) == 1) {
-    const size_t want = size_t(1.5e9) / W0.nbytes() + 1;
-    for (size_t i = 1; i < want; ++i) {
-      TernaryMatrix c = W0;
-      auto buf = alloc_huge(W0.nbytes());
-      std::memcpy(buf.get(), W0.data, W0.nbytes());
-      c.data = buf.get();
-      c.owner = buf;
-      copies.push_back(c);
-    }
-  }
-  const TernaryMatrix& W = W0;
+  const auto& copies = matrices(s, f, n == 1);
   size_t which = 0;
-  const int64_t kp = padded_cols(s.in);
-  std::vector<int8_t> q(size_t(n * kp));
+  const int64_t ld = activation_cols(s.in);
+  std::vector<int8_t> q(size_t(n * ld));
   std::mt19937 rng(2);
   for (int64_t t = 0; t < n; ++t)
-    for (int64_t c = 0; c < s.in; ++c) q[size_t(t * kp + c)] = int8_t(int(rng() % 255) - 127);
+    for (int64_t c = 0; c < s.in; ++c) q[size_t(t * ld + c)] = int8_t(int(rng() % 255) - 127);
   std::vector<int32_t> out(size_t(n * s.out));
   ThreadPool pool(threads);
-  const auto table = kernels::kernel_table(isa);
   for (auto _ : state) {
     const TernaryMatrix& M = copies[which];
     which = (which + 1) % copies.size();
-    pool.for_range(s.out, 16, [&](int64_t r0, int64_t r1) { table.gemm(M, q.data(), kp, n, out.data(), s.out, r0, r1); });
+    pool.for_range(s.out, kStripRows, [&](int64_t r0, int64_t r1) { k.gemm(M, q.data(), ld, n, out.data(), s.out, r0, r1); });
     benchmark::DoNotOptimize(out.data());
   }
-  const double bytes = double(W.nbytes());
-  state.counters["GB/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
-  state.counters["GMAC/s"] =
-      benchmark::Counter(double(s.out * s.in * n) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["bw_GB/s"] = bench::bandwidth_gbs(threads);
-  state.counters["floor_frac"] = benchmark::Counter(bytes / 1e9 / bench::bandwidth_gbs(threads),
-                                                    benchmark::Counter::kIsIterationInvariantRate);
+  const double bytes = double(copies.front().nbytes()), macs = double(s.out) * double(s.in) * double(n);
+  using C = benchmark::Counter;
+  state.counters["GB/s"] = C(bytes, C::kIsIterationInvariantRate, C::kIs1000);
+  state.counters["GMAC/s"] = C(macs / 1e9, C::kIsIterationInvariantRate);
+  if (n == 1) {
+    state.counters["bw_GB/s"] = bench::bandwidth_gbs(threads);
+    state.counters["floor_frac"] = C(bytes / 1e9 / bench::bandwidth_gbs(threads), C::kIsIterationInvariantRate);
+  } else {
+    state.counters["peak_GMAC/s"] = bench::int8_peak_gmacs(threads);
+    state.counters["peak_frac"] = C(macs / 1e9 / bench::int8_peak_gmacs(threads), C::kIsIterationInvariantRate);
+  }
 }
 
 void BM_EigenF32(benchmark::State& state, Shape s) {
   const int64_t n = state.range(0);
   const int threads = int(state.range(1));
-  // Eigen here has no OpenMP, so its threads come from the same pool as the ternary
-  // kernels: rows of W split the same way.
+  // Eigen here has no OpenMP, so its threads come from the same pool as the ternary kernels:
+  // rows of W split the same way.
   ThreadPool pool(threads);
   using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   // Rotated copies for single tokens, as for the ternary kernels: both read from DRAM.
@@ -101,30 +115,29 @@ void BM_EigenF32(benchmark::State& state, Shape s) {
     which = (which + 1) % Ws.size();
     benchmark::DoNotOptimize(Y.data());
   }
-  const double bytes = double(s.out * s.in * 4);
-  state.counters["GB/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
-  state.counters["GMAC/s"] =
-      benchmark::Counter(double(s.out * s.in * n) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  using C = benchmark::Counter;
+  state.counters["GB/s"] = C(double(s.out * s.in * 4), C::kIsIterationInvariantRate, C::kIs1000);
+  state.counters["GMAC/s"] = C(double(s.out * s.in * n) / 1e9, C::kIsIterationInvariantRate);
 }
 
 int register_all() {
-  const auto isa = kernels::available_isas().front();
+  const bool scalar = std::getenv("MMFREE_BENCH_SCALAR") && *std::getenv("MMFREE_BENCH_SCALAR") == '1';
+  std::string names;
+  for (const auto& k : kernels::available_kernels()) names += std::string(names.empty() ? "" : ",") + k.name;
+  benchmark::AddCustomContext("mmfree_kernels", names);
   for (const Shape& s : kShapes) {
-    for (auto f : {TernaryFormat::TQ2, TernaryFormat::TQ1}) {
-      auto* b = benchmark::RegisterBenchmark((std::string("ternary/") + format_name(f) + "/" + kernels::isa_name(isa) + "/" + s.name).c_str(),
-                                             BM_Ternary, s, f, isa);
-      b->ArgNames({"tokens", "threads"})->UseRealTime();
-      for (int64_t n : {1, 64, 512})
-        for (int64_t t : {1, 2}) b->Args({n, t});
-      // With AMX, its prefill against the AVX-512 kernel it replaces (decode is the same code).
-      if (isa == kernels::Isa::Amx) {
-        auto* a = benchmark::RegisterBenchmark((std::string("ternary/") + format_name(f) + "/avx512/" + s.name).c_str(),
-                                               BM_Ternary, s, f, kernels::Isa::Avx512);
-        a->ArgNames({"tokens", "threads"})->UseRealTime();
-        for (int64_t n : {64, 512})
-          for (int64_t t : {1, 2}) a->Args({n, t});
-      }
-    }
+    // Decode runs of every kernel first, then prefill: each set of copies is made once.
+    for (auto f : {TernaryFormat::TQ2, TernaryFormat::TQ1})
+      for (bool decode : {true, false})
+        for (const auto& k : kernels::available_kernels()) {
+          if (!k.for_format(f) || (k.isa == kernels::Isa::Scalar && !scalar)) continue;
+          if (decode ? !k.decode : !k.prefill) continue;
+          const std::string name = std::string("ternary/") + format_name(f) + "/" + k.name + "/" + s.name;
+          auto* b = benchmark::RegisterBenchmark(name.c_str(), BM_Ternary, s, f, k);
+          b->ArgNames({"tokens", "threads"})->UseRealTime();
+          for (int64_t n : decode ? std::vector<int64_t>{1} : std::vector<int64_t>{64, 512})
+            for (int64_t t : {1, 2}) b->Args({n, t});
+        }
     auto* e = benchmark::RegisterBenchmark((std::string("eigen_f32/") + s.name).c_str(), BM_EigenF32, s);
     e->ArgNames({"tokens", "threads"})->UseRealTime();
     for (int64_t n : {1, 64, 512})

@@ -29,7 +29,6 @@ struct FloatLinear {
       unpack_row(t, r, row.data());
       for (int64_t c = 0; c < t.cols; ++c) f.W(r, c) = float(row[size_t(c)]) * t.scale;
     }
-    if (t.mapped) release_mapped(t.data, t.nbytes());  // keep only the float copy resident
     return f;
   }
   size_t nbytes() const { return size_t(W.size()) * sizeof(float); }

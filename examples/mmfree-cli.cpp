@@ -32,8 +32,9 @@ const char* kUsage =
     "  bench      [--model M] [-p 512] [-n 128] [-t 1,2] [-r 3] [--json]\n"
     "  convert    --model HF_DIR --out FILE.gguf [--weights tq2|tq1] [--embeddings f16|bf16]\n"
     "  init-random --preset 370m|1.3b|2.7b --out FILE.gguf|DIR [--weights tq2|tq1] [--seed S] [--tokenizer JSON]\n"
-    "common: -m/--model DIR|FILE.gguf (default: the bundled model), -t/--threads N, --kernels scalar|avx2|avx512|amx|neon,\n"
-    "        --format tq2|tq1, --no-huge-pages (weights stay in the mapped file: less start-up, slower decode)\n";
+    "common: -m/--model DIR|FILE.gguf (default: the bundled model), -t/--threads N,\n"
+    "        --kernels NAME|DECODE,PREFILL (default: chosen by measuring at load), --format tq2|tq1 (held in memory),\n"
+    "        --no-huge-pages (weights in ordinary pages)\n";
 
 // Flags as "--name value" pairs; boolean flags have no value.
 struct Args {
@@ -82,18 +83,24 @@ mmfree::ModelOptions model_options(const Args& a) {
   mmfree::ModelOptions o;
   const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
   if (a.has("threads")) o.threads = int(mmfree::parse_int(a.str("threads"), "--threads", 1, hw));
-  if (a.has("kernels")) o.isa = mmfree::kernels::parse_isa(a.str("kernels"));
-  if (a.has("format")) {
-    const std::string f = a.str("format");
-    if (f == "tq2") o.format = mmfree::TernaryFormat::TQ2;
-    else if (f == "tq1") o.format = mmfree::TernaryFormat::TQ1;
-    else fail("--format " + f, "unknown (expected tq2 or tq1)");
-  }
+  if (a.has("kernels")) o.kernels = a.str("kernels");
+  if (a.has("format")) o.format = mmfree::parse_format(a.str("format"), "--format");
   if (a.switches.count("no-huge-pages")) o.huge_pages = false;
   return o;
 }
 
 mmfree::Model load(const Args& a) { return mmfree::load_model(model_path(a), model_options(a)); }
+
+// "decode avx512 (...), prefill avx512 (...), measured in 21 ms" / "... (forced by --kernels)".
+std::string kernel_summary(const mmfree::Model& m) {
+  using mmfree::kernels::Regime;
+  const auto& c = m.kernel_choice();
+  std::string s = std::string("decode ") + describe(c.decode, Regime::Decode) + ", prefill " + describe(c.prefill, Regime::Prefill);
+  char buf[64];
+  if (m.options().kernels.empty()) std::snprintf(buf, sizeof buf, ", chosen by measurement in %.0f ms", c.seconds * 1e3);
+  else std::snprintf(buf, sizeof buf, " (forced by --kernels)");
+  return s + buf;
+}
 
 // The tokenizer that comes with a model (its tokenizer.json, or the one inside the GGUF).
 mmfree::Tokenizer model_tokenizer(const std::string& model) { return mmfree::load_tokenizer(model); }
@@ -111,12 +118,7 @@ void progress(const char* what, double frac) {
 int cmd_convert(const Args& a) {
   a.allow({"model", "out", "weights", "embeddings"});
   mmfree::ConvertOptions o;
-  if (a.has("weights")) {
-    const std::string f = a.str("weights");
-    if (f == "tq2") o.weights = mmfree::TernaryFormat::TQ2;
-    else if (f == "tq1") o.weights = mmfree::TernaryFormat::TQ1;
-    else fail("--weights " + f, "unknown (expected tq2 or tq1)");
-  }
+  if (a.has("weights")) o.weights = mmfree::parse_format(a.str("weights"), "--weights");
   if (a.has("embeddings")) {
     const std::string e = a.str("embeddings");
     if (e == "f16") o.embeddings = mmfree::DType::F16;
@@ -133,12 +135,7 @@ int cmd_convert(const Args& a) {
 int cmd_init_random(const Args& a) {
   a.allow({"preset", "out", "weights", "seed", "tokenizer"});
   const mmfree::Config c = mmfree::preset_config(a.str("preset"));
-  mmfree::TernaryFormat f = mmfree::TernaryFormat::TQ2;
-  if (a.has("weights")) {
-    const std::string w = a.str("weights");
-    if (w == "tq1") f = mmfree::TernaryFormat::TQ1;
-    else if (w != "tq2") fail("--weights " + w, "unknown (expected tq2 or tq1)");
-  }
+  const mmfree::TernaryFormat f = a.has("weights") ? mmfree::parse_format(a.str("weights"), "--weights") : mmfree::kDefaultFormat;
   const std::string out = a.str("out");
   const uint64_t seed = a.has("seed") ? uint64_t(mmfree::parse_int(a.str("seed"), "--seed", 0, INT64_MAX)) : 1;
   const bool gguf_out = out.size() > 5 && out.compare(out.size() - 5, 5, ".gguf") == 0;
@@ -226,10 +223,11 @@ int cmd_generate(const Args& a) {
   if (!a.switches.count("no-stats"))
     std::fprintf(stderr,
                  "prompt tokens: %lld, prefill %.1f tok/s, decode %.1f tok/s (%lld tokens), time to first token %.1f ms, "
-                 "peak memory %.1f MiB\n",
+                 "peak memory %.1f MiB, kernels: decode %s, prefill %s\n",
                  (long long)stats.prompt_tokens, stats.prefill_tokens_per_second(), stats.decode_tokens_per_second(),
                  (long long)stats.generated_tokens, stats.time_to_first_token * 1e3,
-                 double(mmfree::peak_rss_bytes()) / (1 << 20));
+                 double(mmfree::peak_rss_bytes()) / (1 << 20), m.kernel_choice().decode.chosen.name,
+                 m.kernel_choice().prefill.chosen.name);
   return 0;
 }
 
@@ -288,6 +286,7 @@ int cmd_bench(const Args& a) {
   struct Row {
     int threads;
     std::vector<double> pp, tg, ttft;
+    std::string decode_kernel, prefill_kernel;
   };
   std::vector<Row> rows;
   size_t file_bytes = 0;
@@ -304,7 +303,7 @@ int cmd_bench(const Args& a) {
       for (auto* l : {&b.attn.i_proj, &b.attn.f_proj, &b.attn.g_proj, &b.attn.o_proj, &b.mlp.gate_proj, &b.mlp.down_proj})
         file_bytes += l->weights().nbytes();
     file_bytes += m.weights().lm_head.weights().nbytes() + m.weights().embeddings.nbytes();
-    Row r{t, {}, {}, {}};
+    Row r{t, {}, {}, {}, m.kernel_choice().decode.chosen.name, m.kernel_choice().prefill.chosen.name};
     std::vector<int32_t> ids(static_cast<size_t>(p));
     for (int64_t i = 0; i < p; ++i) ids[size_t(i)] = int32_t(1 + i % (m.vocab_size() - 1));
     for (int64_t rep = 0; rep < reps + 1; ++rep) {  // the first run warms the page cache
@@ -343,19 +342,22 @@ int cmd_bench(const Args& a) {
       auto [fm, fs] = mean_sd(r.ttft);
       out.push_back({{"model", path}, {"desc", desc}, {"size_bytes", file_bytes}, {"threads", r.threads},
                      {"prompt_tokens", p}, {"gen_tokens", n}, {"prefill_tps", pm}, {"prefill_tps_sd", ps},
-                     {"decode_tps", tm}, {"decode_tps_sd", ts}, {"ttft_ms", fm}, {"ttft_ms_sd", fs}, {"peak_rss_mib", rss}});
+                     {"decode_tps", tm}, {"decode_tps_sd", ts}, {"ttft_ms", fm}, {"ttft_ms_sd", fs}, {"peak_rss_mib", rss},
+                     {"decode_kernel", r.decode_kernel}, {"prefill_kernel", r.prefill_kernel}});
     }
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
   }
-  std::printf("| model | size | threads | pp%lld tok/s | tg%lld tok/s | time to first token | peak RSS |\n", (long long)p, (long long)n);
-  std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
+  std::printf("| model | size | threads | pp%lld tok/s | tg%lld tok/s | time to first token | peak RSS | kernels (decode, prefill) |\n",
+              (long long)p, (long long)n);
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
   for (auto& r : rows) {
     auto [pm, ps] = mean_sd(r.pp);
     auto [tm, ts] = mean_sd(r.tg);
     auto [fm, fs] = mean_sd(r.ttft);
-    std::printf("| %s | %.1f MiB | %d | %.1f ± %.1f | %.1f ± %.1f | %.1f ± %.1f ms | %.0f MiB |\n", desc.c_str(),
-                double(file_bytes) / (1 << 20), r.threads, pm, ps, tm, ts, fm, fs, rss);
+    std::printf("| %s | %.1f MiB | %d | %.1f ± %.1f | %.1f ± %.1f | %.1f ± %.1f ms | %.0f MiB | %s, %s |\n", desc.c_str(),
+                double(file_bytes) / (1 << 20), r.threads, pm, ps, tm, ts, fm, fs, rss, r.decode_kernel.c_str(),
+                r.prefill_kernel.c_str());
   }
   return 0;
 }
@@ -394,7 +396,8 @@ int cmd_info(const Args& a) {
               double(packed) / (1 << 20), mmfree::format_name(w.lm_head.weights().format),
               double(w.embeddings.nbytes()) / (1 << 20), mmfree::dtype_name(w.embeddings.dtype),
               double(4 * (ternary_params + emb + float_params)) / (1 << 20));
-  std::printf("kernels      %s, %d thread(s)\n", mmfree::kernels::isa_name(m.isa()), m.options().threads);
+  std::printf("kernels      %s\n", kernel_summary(m).c_str());
+  std::printf("threads      %d\n", m.options().threads);
   std::optional<mmfree::Tokenizer> t;
   try {
     t.emplace(model_tokenizer(path));

@@ -143,14 +143,26 @@ TEST(Cli, PerplexityAndInfo) {
 TEST(Cli, BenchPrintsTableAndJson) {
   CliRun r = run_cli("bench --model " + kTiny + " -p 8 -n 4 -r 2 -t 1,2");
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.out.find("| model | size | threads | pp8 tok/s | tg4 tok/s | time to first token | peak RSS |"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("| 2x128 tq2 |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| model | size | threads | pp8 tok/s | tg4 tok/s | time to first token | peak RSS | kernels (decode, prefill) |"),
+            std::string::npos) << r.out;
+  // A Hugging Face directory is ternarised into the default format.
+  EXPECT_NE(r.out.find(std::string("| 2x128 ") + format_name(kDefaultFormat) + " |"), std::string::npos) << r.out;
   r = run_cli("bench --model " + kTiny + " -p 4 -n 2 -r 1 -t 1 --json");
   ASSERT_EQ(r.code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
   ASSERT_EQ(j.size(), 1u);
   EXPECT_EQ(j[0]["threads"], 1);
   EXPECT_GT(j[0]["decode_tps"].get<double>(), 0);
+  // The kernels used for each regime are named, and are kernels this CPU runs.
+  for (const char* key : {"decode_kernel", "prefill_kernel"})
+    EXPECT_NO_THROW(kernels::find_kernel(j[0][key].get<std::string>())) << key << " " << j[0][key];
+  r = run_cli("bench --model " + kTiny + " -p 4 -n 2 -r 1 -t 1 --json --kernels avx2,scalar");
+  if (kernels::cpu_has(kernels::Isa::Avx2)) {
+    ASSERT_EQ(r.code, 0) << r.err;
+    const auto f = nlohmann::json::parse(r.out);
+    EXPECT_EQ(f[0]["decode_kernel"], "avx2");
+    EXPECT_EQ(f[0]["prefill_kernel"], "scalar");
+  }
   r = run_cli("bench --model " + kTiny + " -t 0");
   EXPECT_NE(r.code, 0);
 }

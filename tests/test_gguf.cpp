@@ -92,29 +92,50 @@ TEST(Gguf, BundledDefaultModelLoads) {
   }
 }
 
-TEST(Gguf, PackedWeightsAreMappedOrCopiedToHugePages) {
+// Ternary tensors are repacked at load into strips in one arena (2 MiB pages, or ordinary ones
+// with huge_pages = false): the same ternary values as the file holds, the same logits.
+TEST(Gguf, PackedWeightsAreRepackedIntoOneArena) {
   TempDir d;
   const std::string p = tiny_gguf(d);
-  ModelOptions mapped_opt;
-  mapped_opt.huge_pages = false;
-  Model mapped = load_model(p, mapped_opt);  // weights stay in the file mapping
-  Model copied = load_model(p);              // default: copied into 2 MiB pages
+  ModelOptions plain;
+  plain.huge_pages = false;
+  Model small = load_model(p, plain);
+  Model huge = load_model(p);
   gguf::Reader r(p);
   const auto* t = r.find("model.layers.0.mlp.gate_proj.weight");
   ASSERT_NE(t, nullptr);
   EXPECT_EQ(t->offset % 32, 0u);
-  const auto& wm = mapped.weights().blocks[0].mlp.gate_proj.weights();
-  const auto& wc = copied.weights().blocks[0].mlp.gate_proj.weights();
-  EXPECT_TRUE(wm.mapped);
-  EXPECT_FALSE(wc.mapped);
-  EXPECT_EQ(uintptr_t(wc.data) % 64, 0u);
-  for (const auto* w : {&wm, &wc}) {  // same bytes either way
-    EXPECT_EQ(w->nbytes(), t->nbytes);
-    EXPECT_EQ(std::memcmp(w->data, t->data, t->nbytes), 0);
+  const auto type = TernaryFileType(t->type);
+  const int64_t cols = int64_t(t->dims[0]), rows = int64_t(t->dims[1]), rb = file_row_bytes(type, cols);
+  std::vector<uint8_t> digits(static_cast<size_t>(cols));
+  for (const Model* m : {&small, &huge}) {
+    const auto& w = m->weights().blocks[0].mlp.gate_proj.weights();
+    EXPECT_EQ(uintptr_t(w.data) % 64, 0u);
+    EXPECT_NE(m->weights().arena, nullptr);
+    for (int64_t row = 0; row < rows; ++row) {
+      decode_file_row(type, t->data + row * rb, cols, digits.data(), "t", row);
+      for (int64_t c = 0; c < cols; ++c) ASSERT_EQ(ternary_at(w, row, c), int(digits[size_t(c)]) - 1) << row << "," << c;
+    }
   }
-  // The copy releases the mapping's pages, which must not disturb another model on the file.
   const std::vector<int32_t> ids = {1, 5, 9, 200, 3};
-  EXPECT_EQ(mapped.prefill(ids), copied.prefill(ids));
+  EXPECT_EQ(small.prefill(ids), huge.prefill(ids));
+}
+
+// Either format repacks into either at load, with identical results.
+TEST(Gguf, LoadsIntoEitherFormat) {
+  TempDir d;
+  const std::string p = tiny_gguf(d);
+  const std::vector<int32_t> ids = {1, 5, 9, 200, 3};
+  std::vector<float> first;
+  for (auto f : {TernaryFormat::TQ2, TernaryFormat::TQ1}) {
+    ModelOptions o;
+    o.format = f;
+    Model m = load_model(p, o);
+    EXPECT_EQ(m.format(), f);
+    const auto l = m.prefill(ids);
+    if (first.empty()) first = l;
+    EXPECT_EQ(l, first) << format_name(f);
+  }
 }
 
 TEST(Gguf, RandomPresetWritesAndRuns) {

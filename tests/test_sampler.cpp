@@ -120,7 +120,7 @@ TEST(Generate, GreedyMatchesModelAndStopsAtEos) {
 }
 
 TEST(Perplexity, BundledKjvTinyMatchesReference) {
-  Model m = load_model(test::data_dir() + "/kjv-tiny", {.threads = 2, .isa = {}});
+  Model m = load_model(test::data_dir() + "/kjv-tiny", {.threads = 2});
   const Tokenizer tok = Tokenizer::from_file(test::data_dir() + "/kjv-tiny/tokenizer.json");
   const auto ids = tokenize_chapters(tok, test::read_file(test::data_dir() + "/kjv-val.txt"));
   const auto ref = nlohmann::json::parse(test::read_file(test::data_dir() + "/kjv-tiny/eval.json"));
@@ -135,7 +135,7 @@ TEST(Perplexity, BundledKjvTinyMatchesReference) {
 
 TEST(Perplexity, KjvDemoMatchesReference) {
   MMFREE_REQUIRE_SHARED();
-  Model m = load_model(test::shared_dir() + "/kjv-demo", {.threads = 2, .isa = {}});
+  Model m = load_model(test::shared_dir() + "/kjv-demo", {.threads = 2});
   const Tokenizer tok = Tokenizer::from_file(test::shared_dir() + "/kjv-demo/tokenizer.json");
   const auto ids = tokenize_chapters(tok, test::read_file(test::shared_dir() + "/kjv-val.txt"));
   const auto ref = nlohmann::json::parse(test::read_file(test::shared_dir() + "/kjv-demo/eval.json"));

@@ -44,19 +44,25 @@ struct Driver {
     bool last;
   };
 
-  // Beats of rows [r0, r1) of W against activations q (padded to whole blocks).
+  // Beats of rows [r0, r1) of W against activations q (padded to whole blocks). The core reads
+  // each row as TQ2 row bytes (file_ternary.hpp, type 1024): 64-byte blocks of 256 weights.
   static std::deque<Beat> beats(const TernaryMatrix& W, const int8_t* q, int64_t r0, int64_t r1) {
     std::deque<Beat> out;
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t b = 0; b < W.blocks_per_row; ++b)
+    const int64_t blocks = (W.cols + 255) / 256;
+    std::vector<uint8_t> digits(size_t(W.padded_cols())), row(size_t(blocks * 64));
+    for (int64_t r = r0; r < r1; ++r) {
+      row_digits(W, r, digits.data());
+      encode_file_row(TernaryFileType::MMFREE_TQ2, digits.data(), W.cols, row.data());
+      for (int64_t b = 0; b < blocks; ++b)
         for (int j = 0; j < 64; j += BYTES) {
           Beat bt;
-          for (int i = 0; i < BYTES; ++i) bt.w[i] = W.row(r)[b * 64 + j + i];
+          for (int i = 0; i < BYTES; ++i) bt.w[i] = row[size_t(b * 64 + j + i)];
           for (int k = 0; k < 4; ++k)
             for (int i = 0; i < BYTES; ++i) bt.x[k * BYTES + i] = q[b * 256 + k * 64 + j + i];
-          bt.last = b == W.blocks_per_row - 1 && j + BYTES == 64;
+          bt.last = b == blocks - 1 && j + BYTES == 64;
           out.push_back(bt);
         }
+    }
     return out;
   }
 
@@ -123,9 +129,9 @@ void random_rows(int total_rows, double p_in, double p_out) {
     std::vector<int8_t> t(static_cast<size_t>(rows * cols));
     for (auto& v : t) v = int8_t(int(rng() % 3) - 1);
     const auto W = pack_ternary(t.data(), rows, cols, TernaryFormat::TQ2);
-    const auto q = random_q(rng, cols, W.padded_cols());
+    const auto q = random_q(rng, cols, activation_cols(cols));
     std::vector<int32_t> want(static_cast<size_t>(rows));
-    kernels::ternary_gemm_scalar(W, q.data(), W.padded_cols(), 1, want.data(), rows, 0, rows);
+    kernels::ternary_gemm_scalar(W, q.data(), activation_cols(cols), 1, want.data(), rows, 0, rows);
     const auto got = drv.run(Driver<V, BYTES>::beats(W, q.data(), 0, rows), size_t(rows));
     ASSERT_EQ(got, want) << rows << "x" << cols;
     done += int(rows);
@@ -145,7 +151,7 @@ TEST(HwCore, ExtremesAndLongRows) {
     const int64_t cols = 50000;
     std::vector<int8_t> t(static_cast<size_t>(cols), int8_t(w));
     const auto W = pack_ternary(t.data(), 1, cols, TernaryFormat::TQ2);
-    std::vector<int8_t> q(static_cast<size_t>(W.padded_cols()), 0);
+    std::vector<int8_t> q(static_cast<size_t>(activation_cols(cols)), 0);
     std::fill(q.begin(), q.begin() + cols, int8_t(-128));
     const auto got = drv.run(Driver<Vcore64, 16>::beats(W, q.data(), 0, 1), 1);
     EXPECT_EQ(got.at(0), int32_t(-128 * w * cols));
@@ -155,7 +161,7 @@ TEST(HwCore, ExtremesAndLongRows) {
 // Every BitLinear of the bundled kjv-tiny model: accumulators bit for bit, and the rescaled
 // outputs equal the library's BitLinear outputs.
 TEST(HwCore, EveryLayerOfKjvTiny) {
-  Model m = load_model(std::string(MMFREE_TEST_DATA) + "/kjv-tiny", {.threads = 1, .isa = kernels::Isa::Scalar});
+  Model m = load_model(std::string(MMFREE_TEST_DATA) + "/kjv-tiny", {.threads = 1, .kernels = "scalar"});
   std::vector<std::pair<std::string, const BitLinear*>> layers;
   for (size_t l = 0; l < m.weights().blocks.size(); ++l) {
     const auto& b = m.weights().blocks[l];
@@ -178,7 +184,7 @@ TEST(HwCore, EveryLayerOfKjvTiny) {
     for (auto& v : x) v = std::normal_distribution<float>(0, 1)(rng);
     BitLinearScratch s;
     Exec ex;
-    ex.kernels = kernels::kernel_table(kernels::Isa::Scalar);
+    ex.kernels = kernels::forced_table("scalar", TernaryFormat::TQ2);
     std::vector<float> want(static_cast<size_t>(N));
     bl->forward(x.data(), 1, want.data(), s, ex);  // fills s.q, s.s_x, s.acc too
     const auto got = drv.run(Driver<Vcore16, 4>::beats(bl->weights(), s.q.data(), 0, N), size_t(N));
@@ -198,7 +204,7 @@ TEST(HwCore, ThroughputIsOneBeatPerCycle) {
   std::vector<int8_t> t(static_cast<size_t>(rows * cols));
   for (auto& v : t) v = int8_t(int(rng() % 3) - 1);
   const auto W = pack_ternary(t.data(), rows, cols, TernaryFormat::TQ2);
-  const auto q = random_q(rng, cols, W.padded_cols());
+  const auto q = random_q(rng, cols, activation_cols(cols));
   auto in = Driver<Vcore64, 16>::beats(W, q.data(), 0, rows);
   const size_t n_beats = in.size();
   const uint64_t c0 = drv.cycles;

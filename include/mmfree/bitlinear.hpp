@@ -18,7 +18,8 @@ namespace mmfree {
 
 // Where and how to compute: the kernel table and the pool (may be null: one thread).
 struct Exec {
-  kernels::KernelTable kernels = kernels::best_kernels();
+  kernels::KernelTable kernels = kernels::make_table(kernels::incumbent(kernels::Regime::Decode, TernaryFormat::TQ2),
+                                                     kernels::incumbent(kernels::Regime::Prefill, TernaryFormat::TQ2));
   ThreadPool* pool = nullptr;
 
   void for_range(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) const {
@@ -48,8 +49,8 @@ struct BitLinearScratch {
   }
 };
 
-// Rows per unit of parallel work: a multiple of every kernel's register tile.
-inline constexpr int64_t kRowGrain = 16;
+// Rows per unit of parallel work: one strip of the packed layout (ternary_format.hpp).
+inline constexpr int64_t kRowGrain = kStripRows;
 
 class BitLinear {
  public:
@@ -63,7 +64,7 @@ class BitLinear {
 
   // Step 1-2: rmsnorm + int8 quantisation of n tokens into s.q / s.s_x.
   void quantize_input(const float* x, int64_t n, BitLinearScratch& s, const Exec& ex) const {
-    const int64_t k = w_.cols, kp = padded_cols(k);
+    const int64_t k = w_.cols, kp = activation_cols(k);
     s.reserve(n, kp, k, w_.rows);
     ex.for_range(n, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t)
@@ -74,7 +75,7 @@ class BitLinear {
 
   // Step 3 for rows [r0, r1) only, on the calling thread: acc[t, r] = T[r] . q[t].
   void accumulate_rows(int64_t n, BitLinearScratch& s, const Exec& ex, int64_t r0, int64_t r1) const {
-    ex.kernels.gemm(w_, s.q.data(), padded_cols(w_.cols), n, s.acc.data(), w_.rows, r0, r1);
+    ex.kernels.gemm(w_, s.q.data(), activation_cols(w_.cols), n, s.acc.data(), w_.rows, r0, r1);
   }
   // Step 4 for rows [r0, r1): out[t, r] = acc * scale / s_x[t]; out has row stride `ldo`.
   void dequantize_rows(int64_t n, const BitLinearScratch& s, float* out, int64_t ldo, int64_t r0, int64_t r1) const {

@@ -6,9 +6,9 @@
 // u64 dims[n_dims] innermost first, u32 type, u64 offset), padding to `general.alignment`
 // (default 32), then the tensor data, each tensor at an aligned offset.
 //
-// Ternary tensors use two type ids of their own (not ggml's TQ1_0/TQ2_0, whose blocks
-// carry per-block scales and another bit order): the bytes are exactly the rows of
-// ternary_format.hpp, and the per-tensor scale is the F32 tensor "<name>.scale".
+// Ternary tensors use ggml's own TQ2_0 / TQ1_0 blocks (every block scale 1.0) or I8, with the
+// per-tensor scale in the F32 tensor "<name>.scale" (file_ternary.hpp); files from mmfree's
+// first releases used two ids of its own, 1024 and 1025, which are still read.
 #pragma once
 
 #include <cstdint>
@@ -22,7 +22,7 @@
 
 #include "mmfree/error.hpp"
 #include "mmfree/mapped_file.hpp"
-#include "mmfree/ternary_format.hpp"
+#include "mmfree/file_ternary.hpp"
 
 namespace mmfree::gguf {
 
@@ -31,11 +31,11 @@ enum ValueType : uint32_t {
   STRING = 8, ARRAY = 9, UINT64 = 10, INT64 = 11, FLOAT64 = 12,
 };
 
-// Tensor types: ggml's ids for the standard ones, our own for the ternary formats.
+// Tensor types: ggml's ids, and the two of mmfree's first releases (read only).
 enum TensorType : uint32_t {
-  F32 = 0, F16 = 1, I8 = 24, I32 = 26, BF16 = 30,
-  MMFREE_TQ2 = 1024,  // ternary_format.hpp TQ2: 64-byte blocks of 256 weights
-  MMFREE_TQ1 = 1025,  // ternary_format.hpp TQ1: 32-byte blocks of 160 weights
+  F32 = 0, F16 = 1, I8 = 24, I32 = 26, BF16 = 30, TQ1_0 = 34, TQ2_0 = 35,
+  MMFREE_TQ2 = 1024,  // file_ternary.hpp: rows of 64-byte blocks of 256 weights
+  MMFREE_TQ1 = 1025,  // file_ternary.hpp: rows of 32-byte blocks of 160 weights
 };
 
 inline const char* type_name(uint32_t t) {
@@ -45,13 +45,17 @@ inline const char* type_name(uint32_t t) {
     case BF16: return "BF16";
     case I8: return "I8";
     case I32: return "I32";
+    case TQ1_0: return "TQ1_0";
+    case TQ2_0: return "TQ2_0";
     case MMFREE_TQ2: return "MMFREE_TQ2";
     case MMFREE_TQ1: return "MMFREE_TQ1";
   }
   return nullptr;
 }
 
-// Bytes of a tensor of `type` with dims (innermost first), or false if unknown/overflow.
+// Bytes of a tensor of `type` with dims (innermost first), or false if the type is unknown,
+// cannot store rows of dims[0] (ggml's block types need whole 256-weight blocks) or the size
+// overflows.
 inline bool tensor_bytes(uint32_t type, const std::vector<uint64_t>& dims, uint64_t* out) {
   uint64_t rows = 1;
   for (size_t i = 1; i < dims.size(); ++i)
@@ -62,11 +66,22 @@ inline bool tensor_bytes(uint32_t type, const std::vector<uint64_t>& dims, uint6
     case F32: case I32: if (__builtin_mul_overflow(cols, uint64_t(4), &row_bytes)) return false; break;
     case F16: case BF16: if (__builtin_mul_overflow(cols, uint64_t(2), &row_bytes)) return false; break;
     case I8: row_bytes = cols; break;
-    case MMFREE_TQ2: row_bytes = (cols / 256 + (cols % 256 != 0)) * 64; break;
-    case MMFREE_TQ1: row_bytes = (cols / 160 + (cols % 160 != 0)) * 32; break;
+    case TQ1_0: case TQ2_0: case MMFREE_TQ2: case MMFREE_TQ1: {
+      if (cols > (uint64_t(1) << 40)) return false;
+      const int64_t b = file_row_bytes(TernaryFileType(type), int64_t(cols));
+      if (b < 0) return false;
+      row_bytes = uint64_t(b);
+      break;
+    }
     default: return false;
   }
   return !__builtin_mul_overflow(rows, row_bytes, out);
+}
+
+inline std::string dims_str(const std::vector<uint64_t>& d) {
+  std::string s = "[";
+  for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
+  return s + "]";
 }
 
 struct Value;
@@ -209,7 +224,7 @@ class Reader {
     if (map_->size() < 4 || std::memcmp(map_->data(), "GGUF", 4) != 0) fail(p, "not a GGUF file (bad magic)");
     c.pos = 4;
     version_ = c.read<uint32_t>("version");
-    if (version_ != 3 && version_ != 2) fail(p, "GGUF version " + std::to_string(version_) + " is not supported (expected 3)");
+    if (version_ != 3 && version_ != 2) fail(p, "GGUF version " + std::to_string(version_) + " is not supported (expected 2 or 3)");
     const uint64_t n_tensors = c.read<uint64_t>("tensor count");
     const uint64_t n_kv = c.read<uint64_t>("metadata count");
     if (n_tensors > kMaxCount) fail(p, "tensor count " + std::to_string(n_tensors) + " is implausible");
@@ -237,7 +252,9 @@ class Reader {
       if (!type_name(t.type)) fail(p, "tensor '" + t.name + "' has unknown type " + std::to_string(t.type));
       for (uint64_t d : t.dims)
         if (d > (uint64_t(1) << 40)) fail(p, "tensor '" + t.name + "' has an implausible dimension " + std::to_string(d));
-      if (!tensor_bytes(t.type, t.dims, &t.nbytes)) fail(p, "tensor '" + t.name + "': size overflows");
+      if (!tensor_bytes(t.type, t.dims, &t.nbytes))
+        fail(p, "tensor '" + t.name + "': type " + type_name(t.type) + " cannot hold dims " + dims_str(t.dims) +
+                    " (the size overflows, or rows are not whole blocks of the type)");
       if (t.offset % align) fail(p, "tensor '" + t.name + "': offset " + std::to_string(t.offset) + " is not aligned to " + std::to_string(align));
       if (index_.count(t.name)) fail(p, "duplicate tensor '" + t.name + "'");
       index_[t.name] = tensors_.size();

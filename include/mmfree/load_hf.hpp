@@ -12,6 +12,8 @@
 #include "mmfree/model.hpp"
 #include "mmfree/safetensors.hpp"
 #include "mmfree/ternary_format.hpp"
+#include "mmfree/thread_pool.hpp"
+#include "mmfree/weight_arena.hpp"
 
 namespace mmfree {
 
@@ -35,7 +37,7 @@ inline std::vector<std::vector<float>> lower_bounds_from_raw(const std::vector<f
 
 class HfLoader {
  public:
-  HfLoader(const std::string& dir, TernaryFormat fmt) : dir_(dir), fmt_(fmt) {
+  explicit HfLoader(const std::string& dir) : dir_(dir) {
     namespace fs = std::filesystem;
     std::error_code ec;
     if (!fs::exists(dir, ec)) fail(dir, "no such file or directory");
@@ -44,7 +46,9 @@ class HfLoader {
     store_ = std::make_unique<TensorStore>(dir);
   }
 
-  ModelWeights load() {
+  // Ternarises every BitLinear into format `fmt`, straight into one arena (in 2 MiB pages when
+  // `huge_pages`), rows spread over `pool`.
+  ModelWeights load(TernaryFormat fmt, bool huge_pages, ThreadPool& pool) {
     const Config& c = cfg_;
     const int64_t H = c.hidden_size, D = c.input_dim(), I = c.intermediate_size, V = c.vocab_size;
     const int64_t L = c.num_hidden_layers;
@@ -52,6 +56,13 @@ class HfLoader {
       fail(dir_ + "/config.json", "use_lower_bound with expand_ratio != 1 is not supported (the bounds have H entries)");
     ModelWeights w;
     w.config = c;
+    fmt_ = fmt;
+    pool_ = &pool;
+    size_t total = 0;
+    for (auto [out, in] : {std::pair{D, H}, {D, H}, {D, H}, {H, D}, {2 * I, H}, {H, I}})
+      total += size_t(L) * WeightArena::slice_bytes(TernaryMatrix::shape(fmt, out, in).nbytes());
+    total += WeightArena::slice_bytes(TernaryMatrix::shape(fmt, V, H).nbytes());
+    w.arena = arena_ = std::make_shared<WeightArena>(total, huge_pages);
     w.embeddings = Embedding::copy_of(get("model.embeddings.weight", {V, H}));
     std::vector<std::vector<float>> lb;
     if (c.use_lower_bound) lb = lower_bounds_from_raw(floats("model.lower_bounds", {L, H}), L, H);
@@ -92,12 +103,20 @@ class HfLoader {
   }
   BitLinear bitlinear(const std::string& prefix, int64_t out, int64_t in, std::string weight_name = "") const {
     if (weight_name.empty()) weight_name = prefix + ".weight";
-    std::vector<float> latent = floats(weight_name, {out, in});
-    return BitLinear(quantize_ternary(latent.data(), out, in, fmt_), floats(prefix + ".norm.weight", {in}));
+    const std::vector<float> latent = floats(weight_name, {out, in});
+    TernaryMatrix m = TernaryMatrix::shape(fmt_, out, in);
+    m.scale = absmean_scale(latent.data(), latent.size());
+    const float s_w = 1.0f / m.scale;
+    m = pack_into(*arena_, m, *pool_, [&](int64_t r, uint8_t* d) {
+      for (int64_t c = 0; c < in; ++c) d[c] = uint8_t(ternarize(latent[size_t(r * in + c)], s_w) + 1);
+    });
+    return BitLinear(std::move(m), floats(prefix + ".norm.weight", {in}));
   }
 
   std::string dir_;
-  TernaryFormat fmt_;
+  TernaryFormat fmt_ = TernaryFormat::TQ2;
+  ThreadPool* pool_ = nullptr;
+  std::shared_ptr<WeightArena> arena_;
   Config cfg_;
   std::unique_ptr<TensorStore> store_;
 };

@@ -19,10 +19,11 @@
 #include "mmfree/config.hpp"
 #include "mmfree/embedding.hpp"
 #include "mmfree/glu.hpp"
-#include "mmfree/huge_pages.hpp"
+#include "mmfree/kernels/chooser.hpp"
 #include "mmfree/mlgru.hpp"
 #include "mmfree/ops.hpp"
 #include "mmfree/thread_pool.hpp"
+#include "mmfree/weight_arena.hpp"
 
 namespace mmfree {
 
@@ -46,17 +47,23 @@ struct ModelWeights {
   std::vector<Block> blocks;
   std::vector<float> final_norm;
   BitLinear lm_head;
+  // Set when every packed matrix already lives in one arena (the loaders repack into it);
+  // otherwise the Model copies them into one.
+  std::shared_ptr<WeightArena> arena;
 };
 
 struct ModelOptions {
   int threads = 1;
-  std::optional<kernels::Isa> isa;            // default: the best this CPU has
-  TernaryFormat format = TernaryFormat::TQ2;  // packing used when ternarising at load
-  int64_t max_batch = 128;                    // tokens per prefill chunk (bounds scratch memory)
-  // Copy the packed weights into 2 MiB pages at load: decoding streams them ~1.3x faster
-  // (huge_pages.hpp) for a copy at start-up. Off: weights stay where the loader put them
-  // (for a GGUF file, the page cache, shared between processes).
+  // Ternary kernels: empty = choose by measuring on this CPU at load (kernels/chooser.hpp);
+  // otherwise a kernel name for both regimes, or "DECODE,PREFILL" (kernels::kernel_names()).
+  std::string kernels;
+  // The packed format held in memory; unset = the file's (a Hugging Face directory: TQ1).
+  // Files of either format repack losslessly into either.
+  std::optional<TernaryFormat> format;
+  int64_t max_batch = 128;  // tokens per prefill chunk (bounds scratch memory)
+  // Weights in 2 MiB pages (weight_arena.hpp): decoding streams them ~1.3x faster.
   bool huge_pages = true;
+  kernels::ChooserOptions chooser;  // how kernels are measured (tests inject timings here)
 };
 
 // Scratch memory of one forward pass. Kept per thread so that one Model can serve
@@ -74,19 +81,35 @@ struct ForwardScratch {
 
 class Model {
  public:
-  Model(ModelWeights w, const ModelOptions& opt) : w_(std::move(w)), opt_(opt) {
-    exec_.kernels = opt.isa ? kernels::kernel_table(*opt.isa) : kernels::best_kernels();
+  // `pool` (optional) is the loader's, reused: it must have opt.threads threads.
+  Model(ModelWeights w, const ModelOptions& opt, std::unique_ptr<ThreadPool> pool = nullptr)
+      : w_(std::move(w)), opt_(opt), pool_(std::move(pool)) {
     if (opt.threads < 1) fail("threads", "must be at least 1, got " + std::to_string(opt.threads));
     if (opt.max_batch < 1) fail("max_batch", "must be at least 1");
-    pool_ = std::make_unique<ThreadPool>(opt.threads);
+    if (!pool_) pool_ = std::make_unique<ThreadPool>(opt.threads);
     pool_mutex_ = std::make_unique<std::mutex>();
-    if (opt.huge_pages) move_weights_to_huge_pages();
+    if (!w_.arena) move_weights_to_arena();
+    const TernaryFormat f = format();
+    if (!opt.kernels.empty()) {
+      exec_.kernels = kernels::forced_table(opt.kernels, f);
+      choice_.decode.chosen = exec_.kernels.decode;
+      choice_.prefill.chosen = exec_.kernels.prefill;
+    } else {
+      kernels::ChooserOptions co = opt.chooser;
+      co.prefill_tokens = std::min(co.prefill_tokens, opt.max_batch);
+      std::vector<const TernaryMatrix*> ms;
+      for (BitLinear* l : bitlinears()) ms.push_back(&l->weights());
+      choice_ = kernels::choose_kernels(ms, pool_.get(), co);
+      exec_.kernels = choice_.table();
+    }
   }
 
   const Config& config() const { return w_.config; }
   const ModelWeights& weights() const { return w_; }
   const ModelOptions& options() const { return opt_; }
-  kernels::Isa isa() const { return exec_.kernels.isa; }
+  // The kernels chosen for each regime, with what the measurement saw (empty when forced).
+  const kernels::KernelChoice& kernel_choice() const { return choice_; }
+  TernaryFormat format() const { return w_.lm_head.weights().format; }
   int64_t vocab_size() const { return w_.config.vocab_size; }
 
   State new_state() const {
@@ -199,38 +222,44 @@ class Model {
     v.push_back(&w_.lm_head);
     return v;
   }
-  void move_weights_to_huge_pages() {
+  // Weights built outside the loaders: one copy into an arena (in 2 MiB pages when asked),
+  // converted to opt_.format on the way. Every pool thread copies, a strip range at a time: the
+  // first touch of each page (the kernel zeroing it) is most of the cost, and it parallelises.
+  void move_weights_to_arena() {
     std::vector<BitLinear*> ls = bitlinears();
-    std::vector<size_t> offset(ls.size() + 1, 0);  // in the arena, 64-byte aligned
-    for (size_t i = 0; i < ls.size(); ++i) offset[i + 1] = offset[i] + (ls[i]->weights().nbytes() + 63) / 64 * 64;
-    auto arena = alloc_huge(offset.back());
-    // Copy with every pool thread, 2 MiB at a time: first touch of each huge page (the
-    // kernel zeroing it) is most of the cost, and it parallelises.
-    const int64_t granules = int64_t((offset.back() + kHugePage - 1) / kHugePage);
-    pool_->for_range(granules, 1, [&](int64_t g0, int64_t g1) {
-      const size_t lo = size_t(g0) * kHugePage, hi = std::min(offset.back(), size_t(g1) * kHugePage);
-      for (size_t i = 0; i < ls.size(); ++i) {
-        const TernaryMatrix& m = ls[i]->weights();
-        const size_t b = std::max(lo, offset[i]), e = std::min(hi, offset[i] + m.nbytes());
-        if (b >= e) continue;
-        std::memcpy(arena.get() + b, m.data + (b - offset[i]), e - b);
-        // A file mapping's pages would otherwise stay resident beside the copy. (Dropping
-        // them is safe even if another thread still reads them: they refault from the file.)
-        if (m.mapped) release_mapped(m.data + (b - offset[i]), e - b);
+    const TernaryFormat f = opt_.format.value_or(ls.back()->weights().format);
+    size_t total = 0;
+    for (BitLinear* l : ls) total += WeightArena::slice_bytes(TernaryMatrix::shape(f, l->out_features(), l->in_features()).nbytes());
+    w_.arena = std::make_shared<WeightArena>(total, opt_.huge_pages);
+    for (BitLinear* l : ls) {
+      const TernaryMatrix& src = l->weights();
+      TernaryMatrix dst = TernaryMatrix::shape(f, src.rows, src.cols);
+      dst.scale = src.scale;
+      if (src.format == f) {
+        dst.owner = w_.arena->take(dst.nbytes());
+        dst.data = static_cast<const uint8_t*>(dst.owner.get());
+        uint8_t* out = const_cast<uint8_t*>(dst.data);
+        pool_->for_range(src.strips, 1, [&](int64_t s0, int64_t s1) {
+          std::memcpy(out + s0 * src.strip_bytes(), src.strip(s0), size_t((s1 - s0) * src.strip_bytes()));
+        });
+      } else {
+        dst = build_matrix(
+            dst, [&](size_t n) { return w_.arena->take(n); },
+            [&](int64_t r, uint8_t* d) {
+              std::vector<uint8_t> row(size_t(src.padded_cols()));
+              row_digits(src, r, row.data());
+              std::memcpy(d, row.data(), size_t(src.cols));
+            },
+            [&](int64_t n, const auto& fn) { pool_->for_range(n, 1, fn); });
       }
-    });
-    for (size_t i = 0; i < ls.size(); ++i) {
-      TernaryMatrix m = ls[i]->weights();
-      m.data = arena.get() + offset[i];
-      m.owner = arena;
-      m.mapped = false;
-      *ls[i] = BitLinear(std::move(m), ls[i]->norm());
+      *l = BitLinear(std::move(dst), l->norm());
     }
   }
 
   ModelWeights w_;
   ModelOptions opt_;
   Exec exec_;
+  kernels::KernelChoice choice_;
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<std::mutex> pool_mutex_;
 };

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <functional>
 #include <random>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -67,7 +68,19 @@ class GgufLoader {
     return Config::from_json(j, r_.path());
   }
 
-  ModelWeights load() const {
+  // The ternary format the file was written in (hgrn_bit.ternary_format; tq2 when absent).
+  TernaryFormat file_format() const {
+    const std::string key = "hgrn_bit.ternary_format";
+    if (!r_.has(key)) return TernaryFormat::TQ2;
+    const std::string& f = r_.get_string(key);
+    if (f == "tq2") return TernaryFormat::TQ2;
+    if (f == "tq1") return TernaryFormat::TQ1;
+    fail(r_.path(), "metadata '" + key + "' is \"" + f + "\" (expected \"tq2\" or \"tq1\")");
+  }
+
+  // Repacks every ternary tensor into format `fmt` (strips, ternary_format.hpp), straight into
+  // one arena, rows spread over `pool`; each tensor's file pages are released once read.
+  ModelWeights load(TernaryFormat fmt, bool huge_pages, ThreadPool& pool) const {
     ModelWeights w;
     w.config = config();
     const Config& c = w.config;
@@ -85,6 +98,12 @@ class GgufLoader {
       w.embeddings.owner = r_.file();
       w.embeddings.check_finite_rows = true;  // checked per row as used: scanning would page in the whole table
     }
+    size_t total = 0;
+    for (auto [out, in] : {std::pair{D, H}, {D, H}, {D, H}, {H, D}, {2 * I, H}, {H, I}})
+      total += size_t(L) * WeightArena::slice_bytes(TernaryMatrix::shape(fmt, out, in).nbytes());
+    total += WeightArena::slice_bytes(TernaryMatrix::shape(fmt, V, H).nbytes());
+    w.arena = std::make_shared<WeightArena>(total, huge_pages);
+    Packing pk{fmt, w.arena.get(), &pool};
     std::vector<std::vector<float>> lb;
     if (c.use_lower_bound) lb = lower_bounds_from_raw(f32("model.lower_bounds", {uint64_t(H), uint64_t(L)}), L, H);
     for (int64_t l = 0; l < L; ++l) {
@@ -92,18 +111,18 @@ class GgufLoader {
       Block b;
       b.attn_norm = f32(p + "attn_norm.weight", {uint64_t(H)});
       b.mlp_norm = f32(p + "mlp_norm.weight", {uint64_t(H)});
-      b.attn.i_proj = bitlinear(p + "attn.i_proj", D, H);
-      b.attn.f_proj = bitlinear(p + "attn.f_proj", D, H);
-      b.attn.g_proj = bitlinear(p + "attn.g_proj", D, H);
-      b.attn.o_proj = bitlinear(p + "attn.o_proj", H, D);
+      b.attn.i_proj = bitlinear(p + "attn.i_proj", D, H, pk);
+      b.attn.f_proj = bitlinear(p + "attn.f_proj", D, H, pk);
+      b.attn.g_proj = bitlinear(p + "attn.g_proj", D, H, pk);
+      b.attn.o_proj = bitlinear(p + "attn.o_proj", H, D, pk);
       b.attn.g_norm = f32(p + "attn.g_norm.weight", {uint64_t(D)});
       if (c.use_lower_bound && l > 0) b.attn.lower_bound = lb[size_t(l)];
-      b.mlp.gate_proj = bitlinear(p + "mlp.gate_proj", 2 * I, H);
-      b.mlp.down_proj = bitlinear(p + "mlp.down_proj", H, I);
+      b.mlp.gate_proj = bitlinear(p + "mlp.gate_proj", 2 * I, H, pk);
+      b.mlp.down_proj = bitlinear(p + "mlp.down_proj", H, I, pk);
       w.blocks.push_back(std::move(b));
     }
     w.final_norm = f32("model.norm.weight", {uint64_t(H)});
-    w.lm_head = bitlinear("lm_head", V, H);
+    w.lm_head = bitlinear("lm_head", V, H, pk);
     return w;
   }
 
@@ -128,15 +147,15 @@ class GgufLoader {
 
  private:
   std::string where(const gguf::TensorInfo& t) const { return r_.path() + ": tensor '" + t.name + "'"; }
-  static std::string dims_str(const std::vector<uint64_t>& d) {
-    std::string s = "[";
-    for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
-    return s + "]";
-  }
+  struct Packing {
+    TernaryFormat format;
+    WeightArena* arena;
+    ThreadPool* pool;
+  };
   const gguf::TensorInfo& get(const std::string& name, const std::vector<uint64_t>& dims) const {
     const gguf::TensorInfo* t = r_.find(name);
     if (!t) fail(r_.path(), "missing tensor '" + name + "'");
-    if (t->dims != dims) fail(where(*t), "has dims " + dims_str(t->dims) + ", expected " + dims_str(dims));
+    if (t->dims != dims) fail(where(*t), "has dims " + gguf::dims_str(t->dims) + ", expected " + gguf::dims_str(dims));
     return *t;
   }
   std::vector<float> f32(const std::string& name, const std::vector<uint64_t>& dims) const {
@@ -148,17 +167,21 @@ class GgufLoader {
       if (!std::isfinite(x)) fail(where(t), "contains NaN or Inf");
     return v;
   }
-  BitLinear bitlinear(const std::string& prefix, int64_t out, int64_t in) const {
+  BitLinear bitlinear(const std::string& prefix, int64_t out, int64_t in, const Packing& pk) const {
     const auto& t = get(prefix + ".weight", {uint64_t(in), uint64_t(out)});
-    if (t.type != gguf::MMFREE_TQ2 && t.type != gguf::MMFREE_TQ1)
-      fail(where(t), std::string("type ") + gguf::type_name(t.type) + " is not a ternary type (MMFREE_TQ2/TQ1)");
-    TernaryMatrix m = TernaryMatrix::shape_for(t.type == gguf::MMFREE_TQ2 ? TernaryFormat::TQ2 : TernaryFormat::TQ1, out, in);
+    if (!is_ternary_file_type(t.type))
+      fail(where(t), std::string("type ") + gguf::type_name(t.type) + " is not a ternary type (TQ2_0, TQ1_0 or I8)");
+    const auto type = TernaryFileType(t.type);
+    const int64_t row_bytes = file_row_bytes(type, in);  // the reader checked the tensor's size
     const auto s = f32(prefix + ".weight.scale", {1});
     if (!(s[0] > 0)) fail(r_.path() + ": tensor '" + prefix + ".weight.scale'", "must be positive");
+    TernaryMatrix m = TernaryMatrix::shape(pk.format, out, in);
     m.scale = s[0];
-    m.data = t.data;
-    m.owner = r_.file();
-    m.mapped = true;
+    const std::string at = where(t);
+    m = pack_into(*pk.arena, m, *pk.pool, [&](int64_t r, uint8_t* d) {
+      decode_file_row(type, t.data + r * row_bytes, in, d, at, r);
+    });
+    release_mapped(t.data, t.nbytes);  // read once: its pages need not stay resident
     return BitLinear(std::move(m), f32(prefix + ".norm.weight", {uint64_t(in)}));
   }
 
@@ -172,9 +195,19 @@ inline bool looks_like_gguf(const std::string& path) {
   return is_gguf_file(path) || (named && !std::filesystem::is_directory(path, ec));
 }
 
+// The ternary weights are repacked into opt.format (default: the file's format; for a Hugging
+// Face directory, kDefaultFormat) while they load, with opt.threads threads.
 inline Model load_model(const std::string& path, const ModelOptions& opt = {}) {
-  if (looks_like_gguf(path)) return Model(GgufLoader(path).load(), opt);
-  return Model(HfLoader(path, opt.format).load(), opt);
+  if (opt.threads < 1) fail("threads", "must be at least 1, got " + std::to_string(opt.threads));
+  auto pool = std::make_unique<ThreadPool>(opt.threads);
+  ModelWeights w;
+  if (looks_like_gguf(path)) {
+    GgufLoader g(path);
+    w = g.load(opt.format.value_or(g.file_format()), opt.huge_pages, *pool);
+  } else {
+    w = HfLoader(path).load(opt.format.value_or(kDefaultFormat), opt.huge_pages, *pool);
+  }
+  return Model(std::move(w), opt, std::move(pool));
 }
 
 // The tokenizer that belongs to a model: tokenizer.json of the directory, or the one in the GGUF.
@@ -188,6 +221,18 @@ inline Tokenizer load_tokenizer(const std::string& model_path) {
 // ---- writing ------------------------------------------------------------------------------
 
 namespace detail {
+
+// A packed matrix as rows of file type t.
+inline void write_ternary(gguf::Writer& wr, const TernaryMatrix& m, TernaryFileType t) {
+  std::vector<uint8_t> digits(size_t(m.padded_cols())), row(size_t(file_row_bytes(t, m.cols)));
+  wr.begin_tensor();
+  for (int64_t r = 0; r < m.rows; ++r) {
+    row_digits(m, r, digits.data());
+    encode_file_row(t, digits.data(), m.cols, row.data());
+    wr.append(row.data(), row.size());
+  }
+  wr.end_tensor();
+}
 
 inline void write_config_keys(gguf::Writer& w, const Config& c, TernaryFormat f, const std::string& name) {
   w.add_string("general.architecture", "hgrn_bit");
@@ -246,10 +291,9 @@ struct Decl {
 inline std::vector<Decl> tensor_decls(const Config& c, TernaryFormat f, uint32_t emb_type) {
   const uint64_t H = uint64_t(c.hidden_size), D = uint64_t(c.input_dim()), I = uint64_t(c.intermediate_size),
                  V = uint64_t(c.vocab_size), L = uint64_t(c.num_hidden_layers);
-  const uint32_t tq = f == TernaryFormat::TQ2 ? gguf::MMFREE_TQ2 : gguf::MMFREE_TQ1;
   std::vector<Decl> d;
   auto bl = [&](const std::string& p, uint64_t out, uint64_t in) {
-    d.push_back({p + ".weight", {in, out}, tq});
+    d.push_back({p + ".weight", {in, out}, uint32_t(file_type_for(f, int64_t(in)))});
     d.push_back({p + ".weight.scale", {1}, gguf::F32});
     d.push_back({p + ".norm.weight", {in}, gguf::F32});
   };
@@ -279,21 +323,22 @@ inline void progress_bar(const std::function<void(double)>& cb, size_t i, size_t
 }  // namespace detail
 
 struct ConvertOptions {
-  TernaryFormat weights = TernaryFormat::TQ2;
+  TernaryFormat weights = kDefaultFormat;
   std::optional<DType> embeddings;  // F16 or BF16; default: the source's if 16-bit, else F16
   std::function<void(double)> progress;
 };
 
 // Converts a Hugging Face checkpoint directory into one GGUF file, tensor by tensor.
 inline void convert_to_gguf(const std::string& hf_dir, const std::string& out, const ConvertOptions& opt = {}) {
-  HfLoader hf(hf_dir, opt.weights);
+  HfLoader hf(hf_dir);
   const Config& c = hf.config();
   const TensorView* emb_src = hf.store().find("model.embeddings.weight");
   if (!emb_src) fail(hf_dir, "missing tensor 'model.embeddings.weight'");
   DType emb = opt.embeddings ? *opt.embeddings : (emb_src->dtype == DType::BF16 ? DType::BF16 : DType::F16);
   if (emb != DType::F16 && emb != DType::BF16) fail("--embeddings", "must be f16 or bf16");
   // Loading validates everything and ternarises exactly as the directory path does.
-  const ModelWeights w = hf.load();
+  ThreadPool pool(std::max(1, int(std::thread::hardware_concurrency())));
+  const ModelWeights w = hf.load(opt.weights, /*huge_pages=*/false, pool);
   gguf::Writer wr(out);
   detail::write_config_keys(wr, c, opt.weights, std::filesystem::path(hf_dir).filename().string());
   const std::string tok = (std::filesystem::path(hf_dir) / "tokenizer.json").string();
@@ -339,8 +384,7 @@ inline void convert_to_gguf(const std::string& hf_dir, const std::string& out, c
       const auto& v = bls.at(n.substr(0, n.size() - 12))->norm();
       wr.write_tensor(v.data(), v.size() * 4);
     } else if (ends(".weight") && bls.count(n.substr(0, n.size() - 7))) {
-      const auto& m = bls.at(n.substr(0, n.size() - 7))->weights();
-      wr.write_tensor(m.data, m.nbytes());
+      detail::write_ternary(wr, bls.at(n.substr(0, n.size() - 7))->weights(), TernaryFileType(decls[i].type));
     } else {
       const auto& v = *vecs.at(n);
       wr.write_tensor(v.data(), v.size() * 4);
@@ -374,39 +418,20 @@ inline void write_random_gguf(const Config& c, const std::string& out, TernaryFo
   for (auto& d : decls) wr.declare(d.name, d.dims, d.type);
   wr.begin();
   std::mt19937_64 rng(seed);
-  // Every byte value that encodes valid digits: 81 for TQ2 (4 digits), 243 for TQ1 (5).
-  std::vector<uint8_t> valid;
-  if (f == TernaryFormat::TQ2) {
-    for (int v = 0; v < 256; ++v)
-      if ((v & 3) < 3 && ((v >> 2) & 3) < 3 && ((v >> 4) & 3) < 3 && ((v >> 6) & 3) < 3) valid.push_back(uint8_t(v));
-  } else {
-    for (int v = 0; v < 243; ++v) {
-      const int8_t d[5] = {int8_t(v / 81), int8_t(v / 27 % 3), int8_t(v / 9 % 3), int8_t(v / 3 % 3), int8_t(v % 3)};
-      valid.push_back(tq1_encode(d));
-    }
-  }
   for (size_t i = 0; i < decls.size(); ++i) {
     const auto& d = decls[i];
     const uint64_t numel = [&] { uint64_t n = 1; for (auto x : d.dims) n *= x; return n; }();
-    if (d.type == gguf::MMFREE_TQ2 || d.type == gguf::MMFREE_TQ1) {
+    if (is_ternary_file_type(d.type) && d.name.size() > 7 && d.name.compare(d.name.size() - 7, 7, ".weight") == 0) {
       const int64_t cols = int64_t(d.dims[0]), rows = int64_t(d.dims[1]);
-      const TernaryMatrix shape = TernaryMatrix::shape_for(f, rows, cols);
-      const FormatInfo fi = format_info(f);
-      const int64_t full = cols / fi.block_weights;  // whole blocks: any valid byte
-      std::vector<uint8_t> row(size_t(shape.row_bytes));
-      std::vector<int8_t> tail(size_t(fi.block_weights));
+      const auto type = TernaryFileType(d.type);
+      std::vector<uint8_t> digits(static_cast<size_t>(cols)), row(static_cast<size_t>(file_row_bytes(type, cols)));
       wr.begin_tensor();
       for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t b = 0; b < full * fi.block_bytes; b += 8) {
+        for (int64_t c = 0; c < cols; c += 32) {  // 2 random bits per digit, 3 mapped to 1: w = 0 half the time
           uint64_t x = rng();
-          for (int k = 0; k < 8 && b + k < full * fi.block_bytes; ++k, x >>= 8)
-            row[size_t(b + k)] = valid[size_t((x & 0xff) * valid.size() >> 8)];
+          for (int64_t k = c; k < std::min(cols, c + 32); ++k, x >>= 2) digits[size_t(k)] = uint8_t((x & 3) == 3 ? 1 : x & 3);
         }
-        if (full < shape.blocks_per_row) {  // the partial block: padding digits must encode 0
-          const int64_t rest = cols - full * fi.block_weights;
-          for (int64_t k = 0; k < rest; ++k) tail[size_t(k)] = int8_t(int(rng() % 3) - 1);
-          pack_row(f, tail.data(), rest, row.data() + full * fi.block_bytes);
-        }
+        encode_file_row(type, digits.data(), cols, row.data());
         wr.append(row.data(), row.size());
       }
       wr.end_tensor();

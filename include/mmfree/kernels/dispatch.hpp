@@ -1,7 +1,9 @@
-// mmfree: runtime choice of kernels by what the CPU supports.
+// mmfree: the ternary kernels this build has, which of them this CPU can run, and the table a
+// model computes with (one kernel for one token, one for many: kernels/chooser.hpp picks them by
+// measuring).
 //
-// The library is compiled for the baseline ISA; SIMD kernels carry their own
-// target attributes, so users never need -march=native.
+// The library is compiled for the baseline ISA; SIMD kernels carry their own target attributes,
+// so users never need -march=native.
 #pragma once
 
 #include <cstdint>
@@ -9,42 +11,61 @@
 #include <vector>
 
 #include "mmfree/error.hpp"
+#include "mmfree/kernels/quantize_simd.hpp"
 #include "mmfree/kernels/ternary_amx.hpp"
 #include "mmfree/kernels/ternary_avx2.hpp"
 #include "mmfree/kernels/ternary_avx512.hpp"
 #include "mmfree/kernels/ternary_neon.hpp"
-#include "mmfree/kernels/quantize_simd.hpp"
 #include "mmfree/kernels/ternary_scalar.hpp"
 #include "mmfree/ops.hpp"
 #include "mmfree/ternary_format.hpp"
 
 namespace mmfree::kernels {
 
+// Every kernel: out[t * ldo + r] = row r of W . Q[t * ldq ...] for t < n, r in [r0, r1).
 using TernaryGemmFn = void (*)(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out,
                                int64_t ldo, int64_t r0, int64_t r1);
 using RmsQuantizeFn = float (*)(const float* x, const float* w, int64_t n, float* tmp, int8_t* q, int64_t n_padded);
 using SumSquaresFn = double (*)(const float* x, int64_t n);
 
-// Amx: the AVX-512 kernels, and AMX-INT8 tiles for prefill (ternary_amx.hpp).
-enum class Isa { Scalar, Avx2, Avx512, Amx, Neon };
+// What a kernel needs from the CPU.
+enum class Isa { Scalar, Avx2, Avx512, Avx512Vbmi, Amx, Neon, NeonDotprod };
 
-inline const char* isa_name(Isa i) {
-  switch (i) {
-    case Isa::Scalar: return "scalar";
-    case Isa::Avx2: return "avx2";
-    case Isa::Avx512: return "avx512";
-    case Isa::Amx: return "amx";
-    case Isa::Neon: return "neon";
-  }
-  return "?";
-}
+// The two regimes a model runs in: one token (decoding: bandwidth-bound) and a chunk of tokens
+// (prefill, batched steps: compute-bound).
+enum class Regime { Decode, Prefill };
+inline const char* regime_name(Regime r) { return r == Regime::Decode ? "decode" : "prefill"; }
 
-struct KernelTable {
+struct Kernel {
+  const char* name = "scalar";
   Isa isa = Isa::Scalar;
   TernaryGemmFn gemm = ternary_gemm_scalar;
-  RmsQuantizeFn rmsnorm_quantize = mmfree::rmsnorm_quantize;  // same bits on every ISA
-  SumSquaresFn sum_squares = mmfree::sum_squares;
+  bool decode = true, prefill = true;  // a candidate for the regime
+  bool tq2 = true, tq1 = true;         // a candidate for the format (all kernels compute both)
+  bool for_format(TernaryFormat f) const { return f == TernaryFormat::TQ2 ? tq2 : tq1; }
+  bool for_regime(Regime r) const { return r == Regime::Decode ? decode : prefill; }
 };
+
+// Every kernel of this build, in order of preference when measurements tie: the incumbent
+// of a regime is the first candidate that this CPU can run.
+inline const std::vector<Kernel>& all_kernels() {
+  static const std::vector<Kernel> k = {
+#if defined(__x86_64__)
+      {"amx", Isa::Amx, amx::ternary_gemm, false, true, true, true},
+      {"avx512", Isa::Avx512, avx512::ternary_gemm<false>, true, true, true, true},
+      {"avx512-vbmi", Isa::Avx512Vbmi, avx512::ternary_gemm_vbmi<false>, true, true, false, true},
+      {"avx512-prefetch", Isa::Avx512, avx512::ternary_gemm<true>, true, false, true, true},
+      {"avx512-vbmi-prefetch", Isa::Avx512Vbmi, avx512::ternary_gemm_vbmi<true>, true, false, false, true},
+      {"avx2", Isa::Avx2, avx2::ternary_gemm, true, true, true, true},
+#endif
+#if defined(__aarch64__)
+      {"neon-dotprod", Isa::NeonDotprod, neon::ternary_gemm_dotprod, true, true, true, true},
+      {"neon", Isa::Neon, neon::ternary_gemm, true, true, true, true},
+#endif
+      {"scalar", Isa::Scalar, ternary_gemm_scalar, true, true, true, true},
+  };
+  return k;
+}
 
 inline bool cpu_has(Isa isa) {
   switch (isa) {
@@ -55,55 +76,95 @@ inline bool cpu_has(Isa isa) {
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512vnni");
+    case Isa::Avx512Vbmi: return cpu_has(Isa::Avx512) && __builtin_cpu_supports("avx512vbmi");
     case Isa::Amx: return cpu_has(Isa::Avx512) && amx::available();
 #endif
 #if defined(__aarch64__)
     case Isa::Neon: return true;  // part of the AArch64 base ISA
+    case Isa::NeonDotprod: return neon::has_dotprod();
 #endif
     default: return false;
   }
 }
 
-inline KernelTable kernel_table(Isa isa) {
-  if (!cpu_has(isa)) fail(std::string("kernels ") + isa_name(isa), "not supported by this CPU or build");
+// The kernels this CPU can run, in preference order.
+inline std::vector<Kernel> available_kernels() {
+  std::vector<Kernel> v;
+  for (const Kernel& k : all_kernels())
+    if (cpu_has(k.isa)) v.push_back(k);
+  return v;
+}
+
+inline const Kernel& find_kernel(const std::string& name) {
+  for (const Kernel& k : all_kernels())
+    if (name == k.name) {
+      if (!cpu_has(k.isa)) fail("kernels " + name, "not supported by this CPU or build");
+      return k;
+    }
+  std::string names;
+  for (const Kernel& k : all_kernels()) names += std::string(names.empty() ? "" : ", ") + k.name;
+  fail("kernels " + name, "unknown kernel (this build has: " + names + ")");
+}
+
+// What a model computes with. gemm() takes the decode kernel for one token, the prefill
+// kernel for more; rmsnorm + int8 quantisation uses the widest SIMD the CPU has (every
+// version returns the same bits, ops.hpp).
+struct KernelTable {
+  Kernel decode, prefill;
+  RmsQuantizeFn rmsnorm_quantize = mmfree::rmsnorm_quantize;
+  SumSquaresFn sum_squares = mmfree::sum_squares;
+
+  void gemm(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out, int64_t ldo, int64_t r0,
+            int64_t r1) const {
+    (n == 1 ? decode : prefill).gemm(W, Q, ldq, n, out, ldo, r0, r1);
+  }
+};
+
+inline KernelTable make_table(const Kernel& decode, const Kernel& prefill) {
   KernelTable t;
-  t.isa = isa;
+  t.decode = decode;
+  t.prefill = prefill;
 #if defined(__x86_64__)
-  if (isa == Isa::Avx2) {
-    t.gemm = avx2::ternary_gemm;
+  if (cpu_has(Isa::Avx512)) {
+    t.rmsnorm_quantize = avx512::rmsnorm_quantize;
+    t.sum_squares = avx512::sum_squares;
+  } else if (cpu_has(Isa::Avx2)) {
     t.rmsnorm_quantize = avx2::rmsnorm_quantize;
     t.sum_squares = avx2::sum_squares;
   }
-  if (isa == Isa::Avx512 || isa == Isa::Amx) {
-    t.gemm = isa == Isa::Amx ? amx::ternary_gemm : avx512::ternary_gemm;
-    t.rmsnorm_quantize = avx512::rmsnorm_quantize;
-    t.sum_squares = avx512::sum_squares;
-  }
-#endif
-#if defined(__aarch64__)
-  if (isa == Isa::Neon) t.gemm = neon::ternary_gemm;
 #endif
   return t;
 }
 
-// The ISAs this CPU and build support, best first.
-inline std::vector<Isa> available_isas() {
-  std::vector<Isa> v;
-  for (Isa i : {Isa::Amx, Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Scalar})
-    if (cpu_has(i)) v.push_back(i);
-  return v;
+// The first kernel of the preference order that can serve regime r for format f.
+inline Kernel incumbent(Regime r, TernaryFormat f) {
+  for (const Kernel& k : available_kernels())
+    if (k.for_regime(r) && k.for_format(f)) return k;
+  return all_kernels().back();  // scalar
 }
 
-// The best table this CPU supports.
-inline KernelTable best_kernels() {
-  static const Isa best = available_isas().front();
-  return kernel_table(best);
+// A forced choice, as --kernels takes it: "NAME" for both regimes, or "DECODE,PREFILL". A
+// kernel that is no candidate for a regime (amx for one token, the prefetching decoders for
+// many) leaves that regime to the preferred kernel of its own ISA family (amx: avx512).
+inline KernelTable forced_table(const std::string& spec, TernaryFormat f) {
+  const size_t comma = spec.find(',');
+  const Kernel& d = find_kernel(spec.substr(0, comma));
+  const Kernel& p = find_kernel(comma == std::string::npos ? spec : spec.substr(comma + 1));
+  auto serve = [&](const Kernel& k, Regime r) -> Kernel {
+    if (k.for_regime(r)) return k;
+    const Isa family = k.isa == Isa::Amx ? Isa::Avx512 : k.isa;
+    for (const Kernel& c : available_kernels())
+      if (c.isa == family && c.for_regime(r)) return c;
+    return incumbent(r, f);
+  };
+  return make_table(serve(d, Regime::Decode), serve(p, Regime::Prefill));
 }
 
-inline Isa parse_isa(const std::string& s) {
-  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Amx, Isa::Neon})
-    if (s == isa_name(i)) return i;
-  fail("--kernels " + s, "unknown ISA (expected scalar, avx2, avx512, amx or neon)");
+// Names accepted by --kernels, for messages.
+inline std::string kernel_names() {
+  std::string s;
+  for (const Kernel& k : all_kernels()) s += std::string(s.empty() ? "" : "|") + k.name;
+  return s;
 }
 
 }  // namespace mmfree::kernels

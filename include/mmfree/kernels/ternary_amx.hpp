@@ -1,15 +1,17 @@
-// mmfree: AMX-INT8 ternary kernel for many tokens at once (prefill).
+// mmfree: AMX-INT8 ternary kernel for many tokens at once (prefill, batched decoding).
 //
-// An AMX tile multiply (tdpbusd) adds 16 x 16 x 64 unsigned-by-signed byte products into
-// a 16 x 16 int32 tile: 16 times the work of one AVX-512 vpdpbusd. As in the AVX-512
-// kernel, the weights enter as digits d = w + 1 in {0, 1, 2} and sum w*q = sum d*q - sum q.
+// One tile product (tdpbsud) adds 16 x 16 x 64 signed-by-unsigned byte products into a 16 x 16
+// int32 tile: 16 times the work of an AVX-512 vpdpbusd. The strip layout makes the three tiles
+// simple: A = 16 tokens x 64 columns of activations, loaded straight from the activation rows;
+// B = 64 columns x 16 rows of digits, which is exactly 16 groups of a strip's unpacked digit planes
+// (the AVX-512 kernel's buffer); C = 16 tokens x 16 rows, each C row one token's 16 consecutive
+// outputs. sum w*q = sum d*q - sum q is applied when C is stored. Two strips x two token tiles
+// use all 8 tiles: 4 accumulators, 2 A and 2 B.
 //
-// Tiles: A = digits of 16 weight rows x 64 columns (row-major, as TQ2 unpacks them);
-// B = activations of 16 tokens x 64 columns in the "VNNI" layout AMX wants (row g holds
-// columns 4g..4g+3 of each token in turn), laid out once per call; C = 16 rows x 16
-// tokens, transposed on the way out because the output is token-major.
+// A single token would use 1/16 of each tile: fewer than kMinTokens go to the AVX-512 kernel.
 //
-// A single token would use 1/16 of each tile: decoding stays on the AVX-512 kernel.
+// Built with MMFREE_AMX_EMULATE (a test build), the tile instructions run on a C++ model of
+// their documented semantics, so the kernel's addressing is tested on CPUs without AMX.
 #pragma once
 
 #if defined(__x86_64__)
@@ -27,16 +29,63 @@
 
 MMFREE_SIMD_WARNINGS_PUSH
 
-#define MMFREE_TARGET_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,amx-tile,amx-int8")))
+#define MMFREE_TARGET_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8")))
 
 namespace mmfree::kernels::amx {
 
-// Fewer tokens than this go to the AVX-512 kernel (its register tiles waste nothing).
 inline constexpr int64_t kMinTokens = 16;
+
+#if defined(MMFREE_AMX_EMULATE)
+// Tiles as arrays; each function does what the instruction of the same name documents.
+namespace emu {
+struct Tiles {
+  alignas(64) uint8_t t[8][16][64];
+};
+inline Tiles& tiles() {
+  thread_local Tiles t;
+  return t;
+}
+inline void load(int i, const void* p, int64_t stride) {
+  for (int r = 0; r < 16; ++r) std::memcpy(tiles().t[i][r], static_cast<const uint8_t*>(p) + r * stride, 64);
+}
+inline void store(int i, void* p, int64_t stride) {
+  for (int r = 0; r < 16; ++r) std::memcpy(static_cast<uint8_t*>(p) + r * stride, tiles().t[i][r], 64);
+}
+inline void zero(int i) { std::memset(tiles().t[i], 0, sizeof tiles().t[i]); }
+// C[m][n] += sum_k A[m][4k + j] (signed) * B[k][4n + j] (unsigned), j = 0..3.
+inline void dpbsud(int c, int a, int b) {
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 16; ++n) {
+      int32_t acc;
+      std::memcpy(&acc, &tiles().t[c][m][4 * n], 4);
+      for (int k = 0; k < 16; ++k)
+        for (int j = 0; j < 4; ++j) acc += int32_t(int8_t(tiles().t[a][m][4 * k + j])) * int32_t(tiles().t[b][k][4 * n + j]);
+      std::memcpy(&tiles().t[c][m][4 * n], &acc, 4);
+    }
+}
+}  // namespace emu
+#define MMFREE_TILE_LOAD(i, p, s) emu::load(i, p, s)
+#define MMFREE_TILE_STORE(i, p, s) emu::store(i, p, s)
+#define MMFREE_TILE_ZERO(i) emu::zero(i)
+#define MMFREE_TILE_DPBSUD(c, a, b) emu::dpbsud(c, a, b)
+#define MMFREE_TILE_CONFIG(cfg) ((void)(cfg))
+#define MMFREE_TILE_RELEASE() ((void)0)
+#else
+// The tile number is part of the instruction, so these take literals.
+#define MMFREE_TILE_LOAD(i, p, s) _tile_loadd(i, p, s)
+#define MMFREE_TILE_STORE(i, p, s) _tile_stored(i, p, s)
+#define MMFREE_TILE_ZERO(i) _tile_zero(i)
+#define MMFREE_TILE_DPBSUD(c, a, b) _tile_dpbsud(c, a, b)
+#define MMFREE_TILE_CONFIG(cfg) _tile_loadconfig(cfg)
+#define MMFREE_TILE_RELEASE() _tile_release()
+#endif
 
 // The CPU has AMX-INT8 and the OS lets this process use tile data (Linux asks each process
 // to request it, arch_prctl ARCH_REQ_XCOMP_PERM; the permission covers all its threads).
 inline bool available() {
+#if defined(MMFREE_AMX_EMULATE)
+  return true;
+#else
   static const bool ok = [] {
     unsigned a, b, c, d;
     __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
@@ -46,10 +95,10 @@ inline bool available() {
     return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
   }();
   return ok;
+#endif
 }
 
-// Palette 1: tiles 0-3 are 16 x 16 int32 accumulators, 4-5 digit tiles, 6-7 activation
-// tiles; all 16 rows of 64 bytes.
+// Palette 1, all 8 tiles 16 rows of 64 bytes: 0-3 accumulators, 4-5 activations, 6-7 digits.
 struct alignas(64) TileConfig {
   uint8_t palette = 1, start_row = 0;
   uint8_t reserved[14] = {};
@@ -60,197 +109,110 @@ struct alignas(64) TileConfig {
   }
 };
 
-// 16 x 16 transpose of 32-bit elements: out[j] holds element j of in[0..15].
-MMFREE_TARGET_AMX inline void transpose16(const __m512i in[16], __m512i out[16]) {
-  __m512i t[16], u[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(in[2 * i], in[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(in[2 * i], in[2 * i + 1]);
-  }
-  // u[4i + c], 128-bit lane L: element 4L + c of rows 4i..4i+3.
-  for (int i = 0; i < 4; ++i) {
-    u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  // Element 4L + c of all rows: lane L of u[c], u[4 + c], u[8 + c], u[12 + c].
-  for (int c = 0; c < 4; ++c) {
-    const __m512i v0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), v1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);
-    const __m512i w0 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44), w1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xEE);
-    out[c] = _mm512_shuffle_i32x4(v0, w0, 0x88);
-    out[4 + c] = _mm512_shuffle_i32x4(v0, w0, 0xDD);
-    out[8 + c] = _mm512_shuffle_i32x4(v1, w1, 0x88);
-    out[12 + c] = _mm512_shuffle_i32x4(v1, w1, 0xDD);
-  }
-}
-
-// 64-byte aligned scratch that keeps its capacity between calls.
-struct AlignedBuffer {
-  std::vector<uint8_t> bytes;
-  uint8_t* get(size_t n) {
-    if (bytes.size() < n + 64) bytes.resize(n + 64);
-    return bytes.data() + (64 - reinterpret_cast<uintptr_t>(bytes.data()) % 64) % 64;
-  }
-};
-
-// Activations of tokens [0, n) as B tiles: tile (tt, kc) at B + (tt * kcs + kc) * 1024
-// holds tokens 16tt.. and columns 64kc..; missing tokens and columns past kp are zero.
-MMFREE_TARGET_AMX inline void layout_activations(const int8_t* Q, int64_t ldq, int64_t n, int64_t kp, int64_t kcs,
-                                                 uint8_t* B) {
-  for (int64_t tt = 0; tt * 16 < n; ++tt)
-    for (int64_t kc = 0; kc < kcs; ++kc) {
-      // TQ1 rows end mid-chunk (kp is a multiple of 160); Q is only readable to kp.
-      const int64_t left = kp - kc * 64;
-      const __mmask64 cols = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
-      __m512i rows[16], t[16];
-      for (int64_t i = 0; i < 16; ++i)
-        rows[i] = tt * 16 + i < n ? _mm512_maskz_loadu_epi8(cols, Q + (tt * 16 + i) * ldq + kc * 64)
-                                  : _mm512_setzero_si512();
-      transpose16(rows, t);
-      uint8_t* tile = B + (tt * kcs + kc) * 1024;
-      for (int g = 0; g < 16; ++g) _mm512_store_si512(tile + g * 64, t[g]);
-    }
-}
-
-// Digits of one weight row into its row of the A tiles: column c goes to
-// dst + (c / 64) * 1024 + c % 64.
-MMFREE_TARGET_AMX inline void unpack_row_tq2(const uint8_t* w, int64_t blocks, uint8_t* dst) {
-  for (int64_t b = 0; b < blocks; ++b) {  // 64 bytes -> columns 256b + 64k + j, digit k of byte j
-    const __m512i raw = _mm512_loadu_si512(w + b * 64);
-    _mm512_store_si512(dst + (4 * b + 0) * 1024, avx512::tq2_digits<0>(raw));
-    _mm512_store_si512(dst + (4 * b + 1) * 1024, avx512::tq2_digits<1>(raw));
-    _mm512_store_si512(dst + (4 * b + 2) * 1024, avx512::tq2_digits<2>(raw));
-    _mm512_store_si512(dst + (4 * b + 3) * 1024, avx512::tq2_digits<3>(raw));
-  }
-}
-// 32 digits for columns [col, col + 32), col a multiple of 32: one half of a tile row.
-MMFREE_TARGET_AMX inline void put32(uint8_t* dst, int64_t col, __m256i d) {
-  _mm256_store_si256(reinterpret_cast<__m256i*>(dst + col / 64 * 1024 + col % 64), d);
-}
-MMFREE_TARGET_AMX inline void unpack_row_tq1(const uint8_t* w, int64_t blocks, uint8_t* dst) {
-  // 32 bytes -> columns 160b + 32k + j; two blocks per register, as in the AVX-512 kernel.
-  int64_t b = 0;
-  for (; b + 2 <= blocks; b += 2) {
-    __m512i m = _mm512_loadu_si512(w + b * 32);
-    for (int k = 0; k < 5; ++k) {
-      const __m512i d = avx512::tq1_digit_of(m);
-      put32(dst, b * 160 + 32 * k, _mm512_castsi512_si256(d));
-      put32(dst, (b + 1) * 160 + 32 * k, _mm512_extracti64x4_epi64(d, 1));
-      m = avx512::times3(m);
-    }
-  }
-  if (b < blocks) {
-    __m512i m = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i*)(w + b * 32)));
-    for (int k = 0; k < 5; ++k) {
-      put32(dst, b * 160 + 32 * k, _mm512_castsi512_si256(avx512::tq1_digit_of(m)));
-      m = avx512::times3(m);
-    }
-    put32(dst, b * 160 + 160, _mm256_setzero_si256());  // the rest of the last chunk (160b + 160 = kp)
-  }
-}
-
-// Digits of rows [r, r + 16 * RT) (rows from r1 on are zero) as A tiles: tile (i, kc) at
-// D + (i * kcs + kc) * 1024.
-template <int RT>
-MMFREE_TARGET_AMX inline void unpack_digits(const TernaryMatrix& W, int64_t r, int64_t r1, int64_t kcs, uint8_t* D) {
-  for (int64_t rr = 0; rr < 16 * RT; ++rr) {
-    uint8_t* dst = D + (rr / 16) * kcs * 1024 + (rr % 16) * 64;
-    if (r + rr >= r1)
-      for (int64_t kc = 0; kc < kcs; ++kc) _mm512_store_si512(dst + kc * 1024, _mm512_setzero_si512());
-    else if (W.format == TernaryFormat::TQ2)
-      unpack_row_tq2(W.row(r + rr), W.blocks_per_row, dst);
-    else
-      unpack_row_tq1(W.row(r + rr), W.blocks_per_row, dst);
-  }
-}
-
-// C tile (16 rows x 16 tokens, at C) -> out[t * ldo + r] = C - qsum[t], for the rows below
-// r1 and the tokens below n.
-MMFREE_TARGET_AMX inline void store_transposed(const int32_t* C, int64_t r, int64_t r1, int64_t t, int64_t n,
-                                               const int32_t* qsum, int32_t* out, int64_t ldo) {
-  __m512i rows[16], cols[16];
-  for (int i = 0; i < 16; ++i) rows[i] = _mm512_load_si512(C + i * 16);
-  transpose16(rows, cols);
-  const __mmask16 valid = r1 - r >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (r1 - r)) - 1);
+// C tile (16 tokens x 16 rows of strip s) -> out, minus each token's sum of activations, for the
+// rows inside [r0, r1) and the tokens below n.
+MMFREE_TARGET_AMX inline void store_c(const int32_t* C, int64_t t, int64_t n, int64_t s, int64_t r0, int64_t r1,
+                                      const int32_t* qsum, int32_t* out, int64_t ldo) {
+  const __mmask16 m = avx512::row_mask(s, r0, r1);
   for (int64_t j = 0; j < 16 && t + j < n; ++j)
-    _mm512_mask_storeu_epi32(out + (t + j) * ldo + r, valid, _mm512_sub_epi32(cols[j], _mm512_set1_epi32(qsum[t + j])));
+    avx512::store_rows(out + (t + j) * ldo + s * kStripRows, _mm512_load_si512(C + 16 * j), qsum[t + j], m);
 }
 
-// RT digit tiles x TT activation tiles of accumulators over all kcs column chunks.
-template <int RT, int TT>
-MMFREE_TARGET_AMX inline void tile_product(const uint8_t* D, const uint8_t* B, int64_t kcs) {
-  _tile_zero(0);
-  if constexpr (TT == 2) _tile_zero(1);
-  if constexpr (RT == 2) _tile_zero(2);
-  if constexpr (RT == 2 && TT == 2) _tile_zero(3);
+// Two strips (digit planes at D, groups interleaved) x two token tiles of A rows.
+template <int RS, int TT>
+MMFREE_TARGET_AMX inline void tile_product(const uint8_t* D, const int8_t* A0, const int8_t* A1, int64_t lda,
+                                           int64_t kcs) {
+  MMFREE_TILE_ZERO(0);
+  if constexpr (TT == 2) MMFREE_TILE_ZERO(1);
+  if constexpr (RS == 2) MMFREE_TILE_ZERO(2);
+  if constexpr (RS == 2 && TT == 2) MMFREE_TILE_ZERO(3);
   for (int64_t kc = 0; kc < kcs; ++kc) {
-    _tile_loadd(4, D + kc * 1024, 64);
-    _tile_loadd(6, B + kc * 1024, 64);
-    _tile_dpbusd(0, 4, 6);
+    MMFREE_TILE_LOAD(4, A0 + 64 * kc, lda);
+    MMFREE_TILE_LOAD(6, D + kc * 16 * RS * 64, RS * 64);
+    MMFREE_TILE_DPBSUD(0, 4, 6);
     if constexpr (TT == 2) {
-      _tile_loadd(7, B + (kcs + kc) * 1024, 64);
-      _tile_dpbusd(1, 4, 7);
+      MMFREE_TILE_LOAD(5, A1 + 64 * kc, lda);
+      MMFREE_TILE_DPBSUD(1, 5, 6);
     }
-    if constexpr (RT == 2) {
-      _tile_loadd(5, D + (kcs + kc) * 1024, 64);
-      _tile_dpbusd(2, 5, 6);
-      if constexpr (TT == 2) _tile_dpbusd(3, 5, 7);
+    if constexpr (RS == 2) {
+      MMFREE_TILE_LOAD(7, D + kc * 16 * RS * 64 + 64, RS * 64);
+      MMFREE_TILE_DPBSUD(2, 4, 7);
+      if constexpr (TT == 2) MMFREE_TILE_DPBSUD(3, 5, 7);
     }
   }
 }
 
-// Rows [r, r + 16 RT) against every token: digits unpacked once, then every token tile
-// pair passes over them.
-template <int RT>
-MMFREE_TARGET_AMX inline void row_strip(const TernaryMatrix& W, int64_t r, int64_t r1, const uint8_t* B, int64_t n,
-                                        int64_t kcs, const int32_t* qsum, int32_t* out, int64_t ldo, uint8_t* D,
-                                        int32_t* C) {
-  unpack_digits<RT>(W, r, r1, kcs, D);
-  const int64_t tiles = (n + 15) / 16;
+template <int RS>
+MMFREE_TARGET_AMX inline void strips_over_tokens(const uint8_t* D, const int8_t* Q, int64_t ldq, int64_t n,
+                                                 const int8_t* tail, int64_t kcs, int64_t s, int64_t r0, int64_t r1,
+                                                 const int32_t* qsum, int32_t* out, int64_t ldo, int32_t* C) {
+  const int64_t tiles = (n + 15) / 16, full = n / 16;
+  // Token tile tt: full tiles read the activation rows in place; the last partial one a
+  // zero-padded copy (rows past n must not be read).
+  auto rows_of = [&](int64_t tt) { return tt < full ? Q + tt * 16 * ldq : tail; };
   for (int64_t tt = 0; tt < tiles; tt += 2) {
-    const uint8_t* b = B + tt * kcs * 1024;
     const bool pair = tt + 1 < tiles;
-    if (pair) tile_product<RT, 2>(D, b, kcs);
-    else tile_product<RT, 1>(D, b, kcs);
-    // Tile (i, j) holds rows r + 16i, tokens 16(tt + j). (The tile intrinsics paste their
-    // tile number into the instruction, so it must be a literal: hence the chain of ifs.)
-    for (int i = 0; i < RT; ++i)
-      for (int j = 0; j < (pair ? 2 : 1); ++j) {
-        const int tile = 2 * i + j;
-        if (tile == 0) _tile_stored(0, C, 64);
-        if (tile == 1) _tile_stored(1, C, 64);
-        if (tile == 2) _tile_stored(2, C, 64);
-        if (tile == 3) _tile_stored(3, C, 64);
-        store_transposed(C, r + 16 * i, r1, 16 * (tt + j), n, qsum, out, ldo);
+    if (pair) tile_product<RS, 2>(D, rows_of(tt), rows_of(tt + 1), ldq, kcs);
+    else tile_product<RS, 1>(D, rows_of(tt), nullptr, ldq, kcs);
+    // Tile 2i + j: strip s + i, tokens 16 (tt + j).
+    MMFREE_TILE_STORE(0, C, 64);
+    store_c(C, 16 * tt, n, s, r0, r1, qsum, out, ldo);
+    if (pair) {
+      MMFREE_TILE_STORE(1, C, 64);
+      store_c(C, 16 * (tt + 1), n, s, r0, r1, qsum, out, ldo);
+    }
+    if constexpr (RS == 2) {
+      MMFREE_TILE_STORE(2, C, 64);
+      store_c(C, 16 * tt, n, s + 1, r0, r1, qsum, out, ldo);
+      if (pair) {
+        MMFREE_TILE_STORE(3, C, 64);
+        store_c(C, 16 * (tt + 1), n, s + 1, r0, r1, qsum, out, ldo);
       }
+    }
   }
 }
 
-// n >= kMinTokens: out[t * ldo + r] for rows [r0, r1). Fewer tokens go to the AVX-512 kernel.
+// Same contract as ternary_gemm_scalar; fewer than kMinTokens go to the AVX-512 kernel.
 MMFREE_TARGET_AMX inline void ternary_gemm(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
                                            int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
   if (n < kMinTokens || r0 >= r1) {
-    avx512::ternary_gemm(W, Q, ldq, n, out, ldo, r0, r1);
+    avx512::ternary_gemm<false>(W, Q, ldq, n, out, ldo, r0, r1);
     return;
   }
-  const int64_t kp = W.padded_cols(), kcs = (kp + 63) / 64;
-  thread_local AlignedBuffer b_buf, d_buf, c_buf;
-  thread_local std::vector<int32_t> qsum;
-  uint8_t* B = b_buf.get(size_t((n + 15) / 16 * kcs * 1024));
-  uint8_t* D = d_buf.get(size_t(2 * kcs * 1024));
-  int32_t* C = reinterpret_cast<int32_t*>(c_buf.get(1024));
-  qsum.resize(size_t(n));
-  for (int64_t t = 0; t < n; ++t) qsum[size_t(t)] = avx512::sum_q(Q + t * ldq, kp);
-  layout_activations(Q, ldq, n, kp, kcs, B);
+  // K in tiles of 64 columns: kp rounded up; the digits past kp stay zero, the activations
+  // there are zero padding (ldq is a multiple of kActivationAlign, itself of 64).
+  const int64_t groups = W.padded_cols() / 4, kcs = (groups + 15) / 16, lda = ldq;
+  thread_local avx512::Scratch dbuf, tbuf, cbuf, sbuf;
+  uint8_t* D = dbuf.get(size_t(kcs * 16 * 2 * 64));
+  std::memset(D + groups * 2 * 64, 0, size_t((kcs * 16 - groups) * 2 * 64));
+  int8_t* tail = reinterpret_cast<int8_t*>(tbuf.get(size_t(16 * ldq)));
+  int32_t* C = reinterpret_cast<int32_t*>(cbuf.get(1024));
+  int32_t* qsum = reinterpret_cast<int32_t*>(sbuf.get(size_t(n) * 4));
+  for (int64_t t = 0; t < n; ++t) qsum[t] = avx512::sum_q(Q + t * ldq, W.padded_cols());
+  const int64_t full = n / 16;
+  std::memset(tail, 0, size_t(16 * ldq));
+  if (n % 16) std::memcpy(tail, Q + full * 16 * ldq, size_t((n % 16) * ldq));
 
+  const avx512::UnpackFn unpack = W.format == TernaryFormat::TQ2 ? avx512::unpack_tq2
+                                  : __builtin_cpu_supports("avx512vbmi") ? avx512::unpack_tq1_vbmi
+                                                                         : avx512::unpack_tq1;
   static const TileConfig config;
-  _tile_loadconfig(&config);
-  int64_t r = r0;
-  for (; r + 16 < r1; r += 32) row_strip<2>(W, r, r1, B, n, kcs, qsum.data(), out, ldo, D, C);
-  if (r < r1) row_strip<1>(W, r, r1, B, n, kcs, qsum.data(), out, ldo, D, C);
+  MMFREE_TILE_CONFIG(&config);
+  const int64_t s1 = (r1 + kStripRows - 1) / kStripRows;
+  int64_t s = r0 / kStripRows;
+  for (; s + 2 <= s1; s += 2) {
+    unpack(W, s, 0, 2, D);
+    unpack(W, s + 1, 1, 2, D);
+    strips_over_tokens<2>(D, Q, lda, n, tail, kcs, s, r0, r1, qsum, out, ldo, C);
+  }
+  if (s < s1) {
+    // One strip: its planes with stride 64 (the buffer's RG = 1 layout).
+    unpack(W, s, 0, 1, D);
+    std::memset(D + groups * 64, 0, size_t((kcs * 16 - groups) * 64));
+    strips_over_tokens<1>(D, Q, lda, n, tail, kcs, s, r0, r1, qsum, out, ldo, C);
+  }
   // Back to the initial state: a process holding tile data pays for it at every context switch.
-  _tile_release();
+  MMFREE_TILE_RELEASE();
 }
 
 }  // namespace mmfree::kernels::amx

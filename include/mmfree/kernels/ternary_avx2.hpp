@@ -1,18 +1,19 @@
-// mmfree: AVX2 ternary kernels (for CPUs without AVX-512 VNNI).
+// mmfree: AVX2 ternary kernels on the strip layouts (for CPUs without AVX-512 VNNI).
 //
-// vpmaddubsw multiplies unsigned digits d in {0,1,2} by signed int8 activations and adds
-// pairs into int16: |sum| <= 2 * 2 * 128 = 512, so nothing saturates, and up to 64 such
-// vectors can be added in int16 before widening. sum w*q = sum d*q - sum q, as in AVX-512.
+// A chunk of a strip is two registers: rows 0-7 and rows 8-15, 4 digit bytes per row. vpmaddubsw
+// multiplies the unsigned digits d in {0, 1, 2} by 4 activation bytes broadcast to every row and
+// adds pairs into int16 (|sum| <= 2 * 2 * 128 = 512, so nothing saturates); vpmaddwd with ones then
+// adds each row's two halves into int32. sum w*q = sum d*q - sum q, as on every ISA.
 #pragma once
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
-#include "mmfree/kernels/row_driver.hpp"
 #include "mmfree/kernels/simd_warnings.hpp"
 #include "mmfree/ternary_format.hpp"
 
@@ -40,55 +41,158 @@ MMFREE_TARGET_AVX2 inline int32_t sum_q(const int8_t* q, int64_t n) {
   return s;
 }
 
-// One row against one token, TQ2: each 64-byte block is two 32-byte halves.
-MMFREE_TARGET_AVX2 inline int32_t dot_tq2(const uint8_t* w, const int8_t* q, int64_t nblocks) {
-  const __m256i m3 = _mm256_set1_epi8(3), ones16 = _mm256_set1_epi16(1);
-  __m256i acc = _mm256_setzero_si256();
-  for (int64_t b = 0; b < nblocks; ++b, w += 64, q += 256) {
-    __m256i s16 = _mm256_setzero_si256();
+MMFREE_TARGET_AVX2 inline __m256i bcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+// Per row (int32 lane): the sum of its 4 digit x activation products.
+MMFREE_TARGET_AVX2 inline __m256i dot4(__m256i d, __m256i x) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(d, x), _mm256_set1_epi16(1));
+}
+
+template <int P>
+MMFREE_TARGET_AVX2 inline __m256i tq2_plane(__m256i u) {
+  const __m256i m3 = _mm256_set1_epi8(3);
+  if constexpr (P == 0) return _mm256_and_si256(u, m3);
+  else return _mm256_and_si256(_mm256_srli_epi16(u, 2 * P), m3);
+}
+
+// TQ1, one base-3 level: digit of weight w is [r >= w] + [r >= 2w] (unsigned compares built from
+// max + cmpeq, which give -1 for true); r keeps the rest.
+MMFREE_TARGET_AVX2 inline __m256i tq1_level(__m256i& r, int w) {
+  const __m256i vw = _mm256_set1_epi8(char(w)), v2w = _mm256_set1_epi8(char(2 * w));
+  const __m256i ge1 = _mm256_cmpeq_epi8(_mm256_max_epu8(r, vw), r), ge2 = _mm256_cmpeq_epi8(_mm256_max_epu8(r, v2w), r);
+  r = _mm256_sub_epi8(_mm256_sub_epi8(r, _mm256_and_si256(ge1, vw)), _mm256_and_si256(ge2, vw));
+  return _mm256_sub_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), ge1), ge2);
+}
+MMFREE_TARGET_AVX2 inline void tq1_planes(__m256i v, __m256i d[5]) {
+  d[0] = tq1_level(v, 81);
+  d[1] = tq1_level(v, 27);
+  d[2] = tq1_level(v, 9);
+  d[3] = tq1_level(v, 3);
+  d[4] = v;
+}
+
+// Rows of strip s inside [r0, r1) stored from the two int32 halves (rows 0-7, 8-15).
+MMFREE_TARGET_AVX2 inline void store_rows(int32_t* out, __m256i lo, __m256i hi, int32_t qsum, int64_t s, int64_t r0,
+                                          int64_t r1) {
+  alignas(32) int32_t v[16];
+  const __m256i qs = _mm256_set1_epi32(qsum);
+  _mm256_store_si256((__m256i*)v, _mm256_sub_epi32(lo, qs));
+  _mm256_store_si256((__m256i*)(v + 8), _mm256_sub_epi32(hi, qs));
+  const int64_t base = s * kStripRows, b = std::max(r0, base), e = std::min(r1, base + kStripRows);
+  for (int64_t r = b; r < e; ++r) out[r] = v[r - base];
+}
+
+// ---- one token: stream the strips -----------------------------------------------------------
+
+MMFREE_TARGET_AVX2 inline void decode(const TernaryMatrix& W, const int8_t* q, int32_t qsum, int32_t* out, int64_t r0,
+                                      int64_t r1) {
+  const bool tq2 = W.format == TernaryFormat::TQ2;
+  for (int64_t s = r0 / kStripRows; s * kStripRows < r1; ++s) {
+    const uint8_t* w = W.strip(s);
+    __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+    if (tq2) {
+      // Per half, two int16 accumulators of at most 2 x 512 per chunk: widened every 30 chunks.
+      for (int64_t c0 = 0; c0 < W.chunks; c0 += 30) {
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, b0 = a0, b1 = a0;
+        for (int64_t c = c0; c < std::min(W.chunks, c0 + 30); ++c) {
+          const __m256i u = _mm256_loadu_si256((const __m256i*)(w + c * 64));
+          const __m256i v = _mm256_loadu_si256((const __m256i*)(w + c * 64 + 32));
+          const int8_t* x = q + 16 * c;
+          const __m256i x0 = bcast4(x), x1 = bcast4(x + 4), x2 = bcast4(x + 8), x3 = bcast4(x + 12);
+          a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(tq2_plane<0>(u), x0));
+          a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(tq2_plane<1>(u), x1));
+          a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(tq2_plane<2>(u), x2));
+          a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(tq2_plane<3>(u), x3));
+          b0 = _mm256_add_epi16(b0, _mm256_maddubs_epi16(tq2_plane<0>(v), x0));
+          b1 = _mm256_add_epi16(b1, _mm256_maddubs_epi16(tq2_plane<1>(v), x1));
+          b0 = _mm256_add_epi16(b0, _mm256_maddubs_epi16(tq2_plane<2>(v), x2));
+          b1 = _mm256_add_epi16(b1, _mm256_maddubs_epi16(tq2_plane<3>(v), x3));
+        }
+        const __m256i ones = _mm256_set1_epi16(1);
+        lo = _mm256_add_epi32(lo, _mm256_add_epi32(_mm256_madd_epi16(a0, ones), _mm256_madd_epi16(a1, ones)));
+        hi = _mm256_add_epi32(hi, _mm256_add_epi32(_mm256_madd_epi16(b0, ones), _mm256_madd_epi16(b1, ones)));
+      }
+    } else {
+      for (int64_t c = 0; c < W.chunks; ++c) {
+        __m256i du[5], dv[5];
+        tq1_planes(_mm256_loadu_si256((const __m256i*)(w + c * 64)), du);
+        tq1_planes(_mm256_loadu_si256((const __m256i*)(w + c * 64 + 32)), dv);
+        const int8_t* x = q + 20 * c;
+        for (int p = 0; p < 5; ++p) {
+          const __m256i xp = bcast4(x + 4 * p);
+          lo = _mm256_add_epi32(lo, dot4(du[p], xp));
+          hi = _mm256_add_epi32(hi, dot4(dv[p], xp));
+        }
+      }
+    }
+    store_rows(out, lo, hi, qsum, s, r0, r1);
+  }
+}
+
+// ---- many tokens: planes unpacked once per strip, tiles of 6 tokens over them ----------------
+
+// Group g (columns 4g .. 4g+3) of the strip at buf + 64 g: the same layout as the AVX-512 kernel's.
+MMFREE_TARGET_AVX2 inline void unpack(const TernaryMatrix& W, int64_t s, uint8_t* buf) {
+  const uint8_t* w = W.strip(s);
+  for (int64_t c = 0; c < W.chunks; ++c)
     for (int h = 0; h < 2; ++h) {
-      const __m256i raw = _mm256_loadu_si256((const __m256i*)(w + 32 * h));
-      const int8_t* x = q + 32 * h;
-      s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(_mm256_and_si256(raw, m3), _mm256_loadu_si256((const __m256i*)(x))));
-      s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 2), m3),
-                                                       _mm256_loadu_si256((const __m256i*)(x + 64))));
-      s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m3),
-                                                       _mm256_loadu_si256((const __m256i*)(x + 128))));
-      s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 6), m3),
-                                                       _mm256_loadu_si256((const __m256i*)(x + 192))));
+      const __m256i u = _mm256_loadu_si256((const __m256i*)(w + c * 64 + 32 * h));
+      if (W.format == TernaryFormat::TQ2) {
+        uint8_t* g = buf + 4 * c * 64 + 32 * h;
+        _mm256_store_si256((__m256i*)g, tq2_plane<0>(u));
+        _mm256_store_si256((__m256i*)(g + 64), tq2_plane<1>(u));
+        _mm256_store_si256((__m256i*)(g + 128), tq2_plane<2>(u));
+        _mm256_store_si256((__m256i*)(g + 192), tq2_plane<3>(u));
+      } else {
+        __m256i d[5];
+        tq1_planes(u, d);
+        for (int p = 0; p < 5; ++p) _mm256_store_si256((__m256i*)(buf + (5 * c + p) * 64 + 32 * h), d[p]);
+      }
     }
-    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s16, ones16));  // 8 int16 terms of <= 512: no overflow
-  }
-  return hsum(acc);
 }
 
-// TQ1 digit: d = [m >= 86] + [m >= 171], unsigned, via max+cmpeq (which give -1 for true).
-MMFREE_TARGET_AVX2 inline __m256i tq1_digit_of(__m256i m) {
-  const __m256i c86 = _mm256_set1_epi8(86), c171 = _mm256_set1_epi8(char(171));
-  const __m256i ge86 = _mm256_cmpeq_epi8(_mm256_max_epu8(m, c86), m);
-  const __m256i ge171 = _mm256_cmpeq_epi8(_mm256_max_epu8(m, c171), m);
-  return _mm256_sub_epi8(_mm256_setzero_si256(), _mm256_add_epi8(ge86, ge171));
-}
-
-MMFREE_TARGET_AVX2 inline int32_t dot_tq1(const uint8_t* w, const int8_t* q, int64_t nblocks) {
-  const __m256i ones16 = _mm256_set1_epi16(1);
-  __m256i acc = _mm256_setzero_si256();
-  for (int64_t b = 0; b < nblocks; ++b, w += 32, q += 160) {
-    __m256i m = _mm256_loadu_si256((const __m256i*)w);
-    __m256i s16 = _mm256_setzero_si256();
-    for (int k = 0; k < 5; ++k) {
-      s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(tq1_digit_of(m), _mm256_loadu_si256((const __m256i*)(q + 32 * k))));
-      m = _mm256_add_epi8(_mm256_add_epi8(m, m), m);
+template <int T>
+MMFREE_TARGET_AVX2 inline void tile(const uint8_t* buf, int64_t groups, const int8_t* Q, int64_t ldq,
+                                    const int32_t* qsum, int32_t* out, int64_t ldo, int64_t s, int64_t r0, int64_t r1) {
+  __m256i lo[T], hi[T];
+  for (int j = 0; j < T; ++j) lo[j] = hi[j] = _mm256_setzero_si256();
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m256i d0 = _mm256_load_si256((const __m256i*)(buf + 64 * g));
+    const __m256i d1 = _mm256_load_si256((const __m256i*)(buf + 64 * g + 32));
+    for (int j = 0; j < T; ++j) {
+      const __m256i x = bcast4(Q + j * ldq + 4 * g);
+      lo[j] = _mm256_add_epi32(lo[j], dot4(d0, x));
+      hi[j] = _mm256_add_epi32(hi[j], dot4(d1, x));
     }
-    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s16, ones16));
   }
-  return hsum(acc);
+  for (int j = 0; j < T; ++j) store_rows(out + j * ldo, lo[j], hi[j], qsum[j], s, r0, r1);
 }
 
 // Same contract as ternary_gemm_scalar.
-inline void ternary_gemm(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out, int64_t ldo,
-                         int64_t r0, int64_t r1) {
-  gemm_row_by_row<sum_q, dot_tq2, dot_tq1>(W, Q, ldq, n, out, ldo, r0, r1);
+MMFREE_TARGET_AVX2 inline void ternary_gemm(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
+                                            int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
+  if (r0 >= r1) return;
+  if (n == 1) {
+    decode(W, Q, sum_q(Q, W.padded_cols()), out, r0, r1);
+    return;
+  }
+  thread_local std::vector<uint8_t> planes;
+  thread_local std::vector<int32_t> qsum;
+  const int64_t groups = W.padded_cols() / 4;
+  planes.resize(size_t(groups * 64 + 32));
+  uint8_t* buf = planes.data() + (32 - reinterpret_cast<uintptr_t>(planes.data()) % 32) % 32;
+  qsum.resize(size_t(n));
+  for (int64_t t = 0; t < n; ++t) qsum[size_t(t)] = sum_q(Q + t * ldq, W.padded_cols());
+  for (int64_t s = r0 / kStripRows; s * kStripRows < r1; ++s) {
+    unpack(W, s, buf);
+    int64_t t = 0;
+    for (; t + 6 <= n; t += 6) tile<6>(buf, groups, Q + t * ldq, ldq, qsum.data() + t, out + t * ldo, ldo, s, r0, r1);
+    for (; t + 2 <= n; t += 2) tile<2>(buf, groups, Q + t * ldq, ldq, qsum.data() + t, out + t * ldo, ldo, s, r0, r1);
+    for (; t < n; ++t) tile<1>(buf, groups, Q + t * ldq, ldq, qsum.data() + t, out + t * ldo, ldo, s, r0, r1);
+  }
 }
 
 }  // namespace mmfree::kernels::avx2

@@ -1,9 +1,13 @@
-// mmfree: AVX-512 (BW + VNNI) ternary kernels.
+// mmfree: AVX-512 (BW + VNNI) ternary kernels on the strip layouts (ternary_format.hpp).
 //
-// Digits d = w + 1 are in {0, 1, 2}, so vpdpbusd (unsigned x signed bytes, 4-way sums into
-// int32) computes sum d*q exactly; the result is sum w*q = sum d*q - sum q. No weight
-// multiplication happens: d is a selector, and the instruction is the CPU's fastest adder
-// of int8 terms.
+// A digit plane of one chunk is a register of 16 rows x 4 digits d = w + 1 in {0, 1, 2};
+// vpdpbusd against 4 activation bytes broadcast to every lane adds the 4 products of each row
+// into that row's int32 lane. 16 row sums build up in one register, and sum w*q = sum d*q - sum q.
+//
+// Decoding (one token) streams each strip once with 8 (TQ2) or 10 (TQ1) accumulators, so no
+// vpdpbusd waits on the previous one. Prefill unpacks the digit planes of two strips once per
+// call into a buffer that stays in L2, and then every tile of 12 tokens passes over it:
+// 24 accumulators, 2 digit loads and 12 broadcasts for 24 vpdpbusd per 4 columns.
 #pragma once
 
 #if defined(__x86_64__)
@@ -19,256 +23,325 @@
 
 MMFREE_SIMD_WARNINGS_PUSH
 
-#define MMFREE_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define MMFREE_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+#define MMFREE_TARGET_AVX512_VBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi")))
 
 namespace mmfree::kernels::avx512 {
 
-// How far ahead single-token kernels prefetch weights, in bytes from the address being
-// read. Measured end to end on the 1.3B model (2 threads, 2 MiB pages): 2048 B 14.4 ms per
-// token, 3072 B 13.5 ms, 4096 B 19 ms, 8192 B 24 ms. Multiples of 4 KiB collide with the
-// demand loads in the L1 sets (4K aliasing); shorter distances hide less latency.
-inline constexpr int64_t kPrefetchBytes = 3072;
-// Per matrix: at least the same block of the next 4-row tile, so that with long rows each
-// row's prefetch stream stays ahead of the next row's loads; never a multiple of 4 KiB.
-inline int64_t prefetch_distance(const TernaryMatrix& W) {
-  int64_t d = std::max<int64_t>(kPrefetchBytes, 4 * W.row_bytes);
-  if (d % 4096 == 0) d += 1024;
-  return d;
+// acc += a (u8) . b (s8), 4 bytes per lane, in place. GCC 12 copies the accumulator into a new
+// register around every _mm512_dpbusd_epi32 and back; with 24 accumulators that spilled and ran
+// at half speed (measured), so the instruction is written out.
+MMFREE_TARGET_AVX512 inline void dpbusd(__m512i& acc, __m512i a, __m512i b) {
+  __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+}
+// acc += a . (the 4 bytes at p, in every lane): the broadcast rides in the instruction.
+MMFREE_TARGET_AVX512 inline void dpbusd_bcast(__m512i& acc, __m512i a, const int8_t* p) {
+  __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(a), "m"(*reinterpret_cast<const int32_t*>(p)));
 }
 
 MMFREE_TARGET_AVX512 inline int32_t sum_q(const int8_t* q, int64_t n) {
-  // sum of int8 = dpbusd with u8 ones.
   __m512i acc = _mm512_setzero_si512();
-  const __m512i ones = _mm512_set1_epi8(1);
+  const __m512i ones = _mm512_set1_epi8(1);  // sum of int8 = dpbusd with u8 ones
   int64_t i = 0;
-  for (; i + 64 <= n; i += 64) acc = _mm512_dpbusd_epi32(acc, ones, _mm512_loadu_si512(q + i));
+  for (; i + 64 <= n; i += 64) dpbusd(acc, ones, _mm512_loadu_si512(q + i));
   int32_t s = _mm512_reduce_add_epi32(acc);
   for (; i < n; ++i) s += q[i];
   return s;
 }
 
-// An R x T tile of accumulators: cleared, and stored as out[j * ldo + i] = sum - qsum[j].
-template <int R, int T>
-MMFREE_TARGET_AVX512 inline void zero_tile(__m512i (*acc)[T]) {
+// Rows of strip s inside [r0, r1), as a lane mask.
+inline __mmask16 row_mask(int64_t s, int64_t r0, int64_t r1) {
+  const int64_t lo = std::max<int64_t>(r0 - s * kStripRows, 0), hi = std::min<int64_t>(r1 - s * kStripRows, 16);
+  if (hi <= lo) return 0;
+  return __mmask16(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
+MMFREE_TARGET_AVX512 inline void store_rows(int32_t* out, __m512i sums, int32_t qsum, __mmask16 m) {
+  _mm512_mask_storeu_epi32(out, m, _mm512_sub_epi32(sums, _mm512_set1_epi32(qsum)));
+}
+
+// ---- digit planes ---------------------------------------------------------------------------
+
+// TQ2: plane p = digits of columns 4p .. 4p+3 of the chunk, for each of the 16 rows.
+template <int P>
+MMFREE_TARGET_AVX512 inline __m512i tq2_plane(__m512i u) {
+  const __m512i m3 = _mm512_set1_epi8(3);
+  if constexpr (P == 0) return _mm512_and_si512(u, m3);
+  else return _mm512_and_si512(_mm512_srli_epi16(u, 2 * P), m3);
+}
+
+// TQ1, one base-3 level: the digit of weight w (81, 27, 9 or 3) is [r >= w] + [r >= 2w]; r keeps
+// the rest.
+MMFREE_TARGET_AVX512 inline __m512i tq1_level(__m512i& r, int w) {
+  const __m512i vw = _mm512_set1_epi8(char(w)), one = _mm512_set1_epi8(1);
+  const __mmask64 k1 = _mm512_cmpge_epu8_mask(r, vw), k2 = _mm512_cmpge_epu8_mask(r, _mm512_set1_epi8(char(2 * w)));
+  r = _mm512_mask_sub_epi8(r, k1, r, vw);
+  r = _mm512_mask_sub_epi8(r, k2, r, vw);
+  const __m512i d = _mm512_maskz_mov_epi8(k1, one);
+  return _mm512_mask_add_epi8(d, k2, d, one);
+}
+// TQ1 planes with comparisons only (any AVX-512BW CPU).
+MMFREE_TARGET_AVX512 inline void tq1_planes(__m512i v, __m512i d[5]) {
+  d[0] = tq1_level(v, 81);
+  d[1] = tq1_level(v, 27);
+  d[2] = tq1_level(v, 9);
+  d[3] = tq1_level(v, 3);
+  d[4] = v;
+}
+// TQ1 planes with byte permutes (VBMI): after d_0, the rest r < 81 indexes one 128-entry table
+// per digit (vpermi2b), 1 instruction per plane instead of 6.
+struct Tq1Tables {
+  alignas(64) uint8_t t[4][128];
+  Tq1Tables() {
+    for (int r = 0; r < 128; ++r) {
+      const int v = r < 81 ? r : 0;
+      t[0][r] = uint8_t(v / 27), t[1][r] = uint8_t(v / 9 % 3), t[2][r] = uint8_t(v / 3 % 3), t[3][r] = uint8_t(v % 3);
+    }
+  }
+};
+inline const Tq1Tables& tq1_tables() {
+  static const Tq1Tables t;
+  return t;
+}
+struct Tq1Regs {
+  __m512i lo[4], hi[4];
+};
+MMFREE_TARGET_AVX512_VBMI inline Tq1Regs tq1_regs() {
+  Tq1Regs r;
+  for (int k = 0; k < 4; ++k)
+    r.lo[k] = _mm512_load_si512(tq1_tables().t[k]), r.hi[k] = _mm512_load_si512(tq1_tables().t[k] + 64);
+  return r;
+}
+MMFREE_TARGET_AVX512_VBMI inline void tq1_planes_vbmi(__m512i v, const Tq1Regs& T, __m512i d[5]) {
+  d[0] = tq1_level(v, 81);
+  for (int k = 0; k < 4; ++k) d[k + 1] = _mm512_permutex2var_epi8(T.lo[k], v, T.hi[k]);
+}
+
+// ---- one token: stream the strips -----------------------------------------------------------
+
+// How far ahead the prefetching variants fetch, in bytes: 3 KiB, not a multiple of 4 KiB, which
+// would alias with the demand loads in L1 (measured on an Intel Xeon with the row layout). The
+// chooser measures both variants; one sequential stream often needs no software prefetch at all.
+inline constexpr int64_t kPrefetchBytes = 3072;
+
+template <bool Prefetch>
+MMFREE_TARGET_AVX512 inline void tq2_decode(const TernaryMatrix& W, const int8_t* q, int32_t qsum, int32_t* out,
+                                            int64_t r0, int64_t r1) {
+  const int64_t chunks = W.chunks;
+  for (int64_t s = r0 / kStripRows; s * kStripRows < r1; ++s) {
+    const uint8_t* w = W.strip(s);
+    __m512i a[8];
+    #pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) a[i] = _mm512_setzero_si512();
+    int64_t c = 0;
+    for (; c + 2 <= chunks; c += 2) {
+      if constexpr (Prefetch) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes + 64), _MM_HINT_T0);
+      }
+      const __m512i u = _mm512_loadu_si512(w + c * 64), v = _mm512_loadu_si512(w + c * 64 + 64);
+      const int8_t* x = q + 16 * c;
+      dpbusd_bcast(a[0], tq2_plane<0>(u), x);
+      dpbusd_bcast(a[1], tq2_plane<1>(u), x + 4);
+      dpbusd_bcast(a[2], tq2_plane<2>(u), x + 8);
+      dpbusd_bcast(a[3], tq2_plane<3>(u), x + 12);
+      dpbusd_bcast(a[4], tq2_plane<0>(v), x + 16);
+      dpbusd_bcast(a[5], tq2_plane<1>(v), x + 20);
+      dpbusd_bcast(a[6], tq2_plane<2>(v), x + 24);
+      dpbusd_bcast(a[7], tq2_plane<3>(v), x + 28);
+    }
+    if (c < chunks) {
+      const __m512i u = _mm512_loadu_si512(w + c * 64);
+      const int8_t* x = q + 16 * c;
+      dpbusd_bcast(a[0], tq2_plane<0>(u), x);
+      dpbusd_bcast(a[1], tq2_plane<1>(u), x + 4);
+      dpbusd_bcast(a[2], tq2_plane<2>(u), x + 8);
+      dpbusd_bcast(a[3], tq2_plane<3>(u), x + 12);
+    }
+    const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a[0], a[1]), _mm512_add_epi32(a[2], a[3])),
+                                         _mm512_add_epi32(_mm512_add_epi32(a[4], a[5]), _mm512_add_epi32(a[6], a[7])));
+    store_rows(out + s * kStripRows, sum, qsum, row_mask(s, r0, r1));
+  }
+}
+
+// TQ1 with either plane decoder (a macro, because the VBMI twin needs its own target
+// attribute on the whole loop for the permutes to inline). Two chunks per step keep 10
+// accumulators independent.
+#define MMFREE_TQ1_CHUNK(c, A)                                                                        \
+  do {                                                                                                \
+    if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(w + (c) * 64 + kPrefetchBytes), _MM_HINT_T0); \
+    __m512i d[5];                                                                                     \
+    MMFREE_PLANES(_mm512_loadu_si512(w + (c) * 64), d);                                               \
+    const int8_t* x = q + 20 * (c);                                                                   \
+    dpbusd_bcast(a[A], d[0], x);                                                                      \
+    dpbusd_bcast(a[A + 1], d[1], x + 4);                                                              \
+    dpbusd_bcast(a[A + 2], d[2], x + 8);                                                              \
+    dpbusd_bcast(a[A + 3], d[3], x + 12);                                                             \
+    dpbusd_bcast(a[A + 4], d[4], x + 16);                                                             \
+  } while (0)
+#define MMFREE_TQ1_DECODE_BODY                                                                        \
+  const int64_t chunks = W.chunks;                                                                    \
+  for (int64_t s = r0 / kStripRows; s * kStripRows < r1; ++s) {                                       \
+    const uint8_t* w = W.strip(s);                                                                    \
+    __m512i a[10];                                                                                    \
+    for (int i = 0; i < 10; ++i) a[i] = _mm512_setzero_si512();                                       \
+    int64_t c = 0;                                                                                    \
+    for (; c + 2 <= chunks; c += 2) {                                                                 \
+      MMFREE_TQ1_CHUNK(c, 0);                                                                         \
+      MMFREE_TQ1_CHUNK(c + 1, 5);                                                                     \
+    }                                                                                                 \
+    if (c < chunks) MMFREE_TQ1_CHUNK(c, 0);                                                           \
+    __m512i sum = a[0];                                                                               \
+    for (int i = 1; i < 10; ++i) sum = _mm512_add_epi32(sum, a[i]);                                   \
+    store_rows(out + s * kStripRows, sum, qsum, row_mask(s, r0, r1));                                 \
+  }
+
+template <bool Prefetch>
+MMFREE_TARGET_AVX512 inline void tq1_decode(const TernaryMatrix& W, const int8_t* q, int32_t qsum, int32_t* out,
+                                            int64_t r0, int64_t r1) {
+#define MMFREE_PLANES(v, d) tq1_planes(v, d)
+  MMFREE_TQ1_DECODE_BODY
+#undef MMFREE_PLANES
+}
+template <bool Prefetch>
+MMFREE_TARGET_AVX512_VBMI inline void tq1_decode_vbmi(const TernaryMatrix& W, const int8_t* q, int32_t qsum,
+                                                      int32_t* out, int64_t r0, int64_t r1) {
+  const Tq1Regs T = tq1_regs();
+#define MMFREE_PLANES(v, d) tq1_planes_vbmi(v, T, d)
+  MMFREE_TQ1_DECODE_BODY
+#undef MMFREE_PLANES
+}
+#undef MMFREE_TQ1_DECODE_BODY
+#undef MMFREE_TQ1_CHUNK
+
+// ---- many tokens: planes unpacked once, register tiles over them ----------------------------
+
+// The digit planes of strips s .. s+RG-1 (strips past the end give digits 1: w = 0), laid out
+// so that group g (columns 4g .. 4g+3) of strip s + i sits at buf + (g * RG + i) * 64.
+using UnpackFn = void (*)(const TernaryMatrix& W, int64_t s, int i, int RG, uint8_t* buf);
+
+MMFREE_TARGET_AVX512 inline void unpack_tq2(const TernaryMatrix& W, int64_t s, int i, int RG, uint8_t* buf) {
+  const uint8_t* w = W.strip(s);
+  for (int64_t c = 0; c < W.chunks; ++c) {
+    const __m512i u = _mm512_loadu_si512(w + c * 64);
+    uint8_t* g = buf + (4 * c * RG + i) * 64;
+    _mm512_store_si512(g, tq2_plane<0>(u));
+    _mm512_store_si512(g + RG * 64, tq2_plane<1>(u));
+    _mm512_store_si512(g + 2 * RG * 64, tq2_plane<2>(u));
+    _mm512_store_si512(g + 3 * RG * 64, tq2_plane<3>(u));
+  }
+}
+MMFREE_TARGET_AVX512 inline void unpack_tq1(const TernaryMatrix& W, int64_t s, int i, int RG, uint8_t* buf) {
+  const uint8_t* w = W.strip(s);
+  for (int64_t c = 0; c < W.chunks; ++c) {
+    __m512i d[5];
+    tq1_planes(_mm512_loadu_si512(w + c * 64), d);
+    for (int p = 0; p < 5; ++p) _mm512_store_si512(buf + ((5 * c + p) * RG + i) * 64, d[p]);
+  }
+}
+MMFREE_TARGET_AVX512_VBMI inline void unpack_tq1_vbmi(const TernaryMatrix& W, int64_t s, int i, int RG, uint8_t* buf) {
+  const Tq1Regs T = tq1_regs();
+  const uint8_t* w = W.strip(s);
+  for (int64_t c = 0; c < W.chunks; ++c) {
+    __m512i d[5];
+    tq1_planes_vbmi(_mm512_loadu_si512(w + c * 64), T, d);
+    for (int p = 0; p < 5; ++p) _mm512_store_si512(buf + ((5 * c + p) * RG + i) * 64, d[p]);
+  }
+}
+
+// RG strips x T tokens of accumulators over `groups` column groups.
+template <int RG, int T>
+MMFREE_TARGET_AVX512 inline void tile(const uint8_t* buf, int64_t groups, const int8_t* Q, int64_t ldq,
+                                      const int32_t* qsum, int32_t* out, int64_t ldo, int64_t s, int64_t r0,
+                                      int64_t r1) {
+  __m512i acc[RG][T];
   #pragma GCC unroll 16
-  for (int i = 0; i < R; ++i)
+  for (int i = 0; i < RG; ++i)
     #pragma GCC unroll 16
     for (int j = 0; j < T; ++j) acc[i][j] = _mm512_setzero_si512();
-}
-template <int R, int T>
-MMFREE_TARGET_AVX512 inline void store_tile(__m512i (*acc)[T], const int32_t* qsum, int32_t* out, int64_t ldo) {
-  #pragma GCC unroll 16
-  for (int i = 0; i < R; ++i)
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i d[RG];
     #pragma GCC unroll 16
-    for (int j = 0; j < T; ++j) out[j * ldo + i] = _mm512_reduce_add_epi32(acc[i][j]) - qsum[j];
-}
-
-// ---- TQ2: 64 bytes -> 4 x 64 digits, one shift and one mask each ---------------------
-
-template <int K>
-MMFREE_TARGET_AVX512 inline __m512i tq2_digits(__m512i raw) {
-  const __m512i m3 = _mm512_set1_epi8(3);
-  if constexpr (K == 0) return _mm512_and_si512(raw, m3);
-  else return _mm512_and_si512(_mm512_srli_epi16(raw, 2 * K), m3);
-}
-
-template <int K, int R, int T>
-MMFREE_TARGET_AVX512 inline void tq2_tile_digit(const __m512i* raw, const int8_t* Q, int64_t ldq, int64_t b,
-                                                __m512i (*acc)[T]) {
-  __m512i d[R];
-  #pragma GCC unroll 16
-  for (int i = 0; i < R; ++i) d[i] = tq2_digits<K>(raw[i]);
-  #pragma GCC unroll 16
-  for (int j = 0; j < T; ++j) {
-    const __m512i x = _mm512_loadu_si512(Q + j * ldq + b * 256 + K * 64);
+    for (int i = 0; i < RG; ++i) d[i] = _mm512_load_si512(buf + (g * RG + i) * 64);
     #pragma GCC unroll 16
-    for (int i = 0; i < R; ++i) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], d[i], x);
-  }
-}
-
-// R rows x T tokens register tile; acc[i][j] accumulates row r+i against token t+j.
-template <int R, int T>
-MMFREE_TARGET_AVX512 inline void tq2_tile(const TernaryMatrix& W, int64_t r, const int8_t* Q, int64_t ldq,
-                                          const int32_t* qsum, int32_t* out, int64_t ldo) {
-  __m512i acc[R][T];
-  zero_tile<R, T>(acc);
-  const uint8_t* w[R];
-  #pragma GCC unroll 16
-  for (int i = 0; i < R; ++i) w[i] = W.row(r + i);
-  for (int64_t b = 0; b < W.blocks_per_row; ++b) {
-    __m512i raw[R];
-    #pragma GCC unroll 16
-    for (int i = 0; i < R; ++i) raw[i] = _mm512_loadu_si512(w[i] + b * 64);
-    tq2_tile_digit<0, R, T>(raw, Q, ldq, b, acc);
-    tq2_tile_digit<1, R, T>(raw, Q, ldq, b, acc);
-    tq2_tile_digit<2, R, T>(raw, Q, ldq, b, acc);
-    tq2_tile_digit<3, R, T>(raw, Q, ldq, b, acc);
-  }
-  store_tile<R, T>(acc, qsum, out + r, ldo);
-}
-
-// Single token: two accumulators per row so consecutive vpdpbusd do not wait on each other.
-template <int R>
-MMFREE_TARGET_AVX512 inline void tq2_gemv_tile(const TernaryMatrix& W, int64_t r, const int8_t* q, int32_t qsum,
-                                               int32_t* out) {
-  __m512i a0[R], a1[R];
-  const uint8_t* w[R];
-  const int64_t pf = prefetch_distance(W);
-  #pragma GCC unroll 16
-  for (int i = 0; i < R; ++i) a0[i] = a1[i] = _mm512_setzero_si512(), w[i] = W.row(r + i);
-  for (int64_t b = 0; b < W.blocks_per_row; ++b) {
-    const __m512i x0 = _mm512_loadu_si512(q + b * 256), x1 = _mm512_loadu_si512(q + b * 256 + 64);
-    const __m512i x2 = _mm512_loadu_si512(q + b * 256 + 128), x3 = _mm512_loadu_si512(q + b * 256 + 192);
-    #pragma GCC unroll 16
-    for (int i = 0; i < R; ++i) {
-      // Rows are contiguous: fetch a few rows ahead, so several DRAM requests are in
-      // flight while this tile computes.
-      _mm_prefetch((const char*)(w[i] + b * 64 + pf), _MM_HINT_T0);
-      const __m512i raw = _mm512_loadu_si512(w[i] + b * 64);
-      a0[i] = _mm512_dpbusd_epi32(a0[i], tq2_digits<0>(raw), x0);
-      a1[i] = _mm512_dpbusd_epi32(a1[i], tq2_digits<1>(raw), x1);
-      a0[i] = _mm512_dpbusd_epi32(a0[i], tq2_digits<2>(raw), x2);
-      a1[i] = _mm512_dpbusd_epi32(a1[i], tq2_digits<3>(raw), x3);
-    }
-  }
-  #pragma GCC unroll 16
-  for (int i = 0; i < R; ++i) out[r + i] = _mm512_reduce_add_epi32(_mm512_add_epi32(a0[i], a1[i])) - qsum;
-}
-
-// ---- TQ1: 32-byte blocks of 160; two blocks fill one register ---------------------------
-//
-// Digit k of byte q: m = q * 3^k mod 256 (byte adds: m <- m + m + m), d = [m >= 86] + [m >= 171].
-// The activations are re-laid once per call so that the two blocks of a register read one
-// contiguous 64-byte vector per digit: for block pair p, digit k, bytes
-// [q(2p*160 + k*32 ...+32), q((2p+1)*160 + k*32 ...+32)].
-
-MMFREE_TARGET_AVX512 inline __m512i tq1_digit_of(__m512i m) {
-  const __m512i one = _mm512_set1_epi8(1);
-  const __mmask64 ge86 = _mm512_cmpge_epu8_mask(m, _mm512_set1_epi8(86));
-  const __mmask64 ge171 = _mm512_cmpge_epu8_mask(m, _mm512_set1_epi8(char(171)));
-  return _mm512_mask_add_epi8(_mm512_maskz_mov_epi8(ge86, one), ge171, _mm512_maskz_mov_epi8(ge86, one), one);
-}
-MMFREE_TARGET_AVX512 inline __m512i times3(__m512i m) { return _mm512_add_epi8(_mm512_add_epi8(m, m), m); }
-
-// Re-lay one token's activations for TQ1 (see above). `dst` holds blocks*160 bytes.
-inline void tq1_relayout(const int8_t* q, int64_t blocks, int8_t* dst) {
-  int64_t b = 0;
-  for (; b + 2 <= blocks; b += 2)
-    #pragma GCC unroll 16
-    for (int k = 0; k < 5; ++k) {
-      std::memcpy(dst + b * 160 + k * 64, q + b * 160 + k * 32, 32);
-      std::memcpy(dst + b * 160 + k * 64 + 32, q + (b + 1) * 160 + k * 32, 32);
-    }
-  if (b < blocks) std::memcpy(dst + b * 160, q + b * 160, 160);  // odd last block: as is
-}
-
-template <int R, int T>
-MMFREE_TARGET_AVX512 inline void tq1_tile(const TernaryMatrix& W, int64_t r, const int8_t* Q, int64_t ldq,
-                                          const int32_t* qsum, int32_t* out, int64_t ldo) {
-  __m512i acc[R][T];
-  zero_tile<R, T>(acc);
-  const uint8_t* w[R];
-  #pragma GCC unroll 16
-  for (int i = 0; i < R; ++i) w[i] = W.row(r + i);
-  [[maybe_unused]] const int64_t pf = prefetch_distance(W);  // single-token tiles only
-  const int64_t nb = W.blocks_per_row;
-  int64_t b = 0;
-  for (; b + 2 <= nb; b += 2) {
-    __m512i m[R];
-    #pragma GCC unroll 16
-    for (int i = 0; i < R; ++i) {
-      if constexpr (T == 1) _mm_prefetch((const char*)(w[i] + b * 32 + pf), _MM_HINT_T0);
-      m[i] = _mm512_loadu_si512(w[i] + b * 32);
-    }
-    #pragma GCC unroll 16
-    for (int k = 0; k < 5; ++k) {
-      __m512i d[R];
+    for (int j = 0; j < T; ++j)
       #pragma GCC unroll 16
-      for (int i = 0; i < R; ++i) {
-        d[i] = tq1_digit_of(m[i]);
-        m[i] = times3(m[i]);
-      }
-      #pragma GCC unroll 16
-      for (int j = 0; j < T; ++j) {
-        const __m512i x = _mm512_loadu_si512(Q + j * ldq + b * 160 + k * 64);
-        #pragma GCC unroll 16
-        for (int i = 0; i < R; ++i) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], d[i], x);
-      }
-    }
+      for (int i = 0; i < RG; ++i) dpbusd_bcast(acc[i][j], d[i], Q + j * ldq + 4 * g);
   }
-  if (b < nb) {  // one 32-byte block left: the upper half of each register is zero
-    __m512i m[R];
+  #pragma GCC unroll 16
+  for (int i = 0; i < RG; ++i) {
+    const __mmask16 m = row_mask(s + i, r0, r1);
     #pragma GCC unroll 16
-    for (int i = 0; i < R; ++i) m[i] = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i*)(w[i] + b * 32)));
-    #pragma GCC unroll 16
-    for (int k = 0; k < 5; ++k) {
-      __m512i d[R];
-      #pragma GCC unroll 16
-      for (int i = 0; i < R; ++i) {
-        d[i] = tq1_digit_of(m[i]);
-        m[i] = times3(m[i]);
-      }
-      #pragma GCC unroll 16
-      for (int j = 0; j < T; ++j) {
-        const __m512i x = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i*)(Q + j * ldq + b * 160 + k * 32)));
-        #pragma GCC unroll 16
-        for (int i = 0; i < R; ++i) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], d[i], x);
-      }
-    }
+    for (int j = 0; j < T; ++j) store_rows(out + j * ldo + (s + i) * kStripRows, acc[i][j], qsum[j], m);
   }
-  store_tile<R, T>(acc, qsum, out + r, ldo);
 }
 
-// ---- drivers --------------------------------------------------------------------------
-
-// Rows [r0, r1) against tokens [t, t+T): R-row tiles, then single rows.
-template <int R, int T>
-MMFREE_TARGET_AVX512 inline void run_tiles(bool tq1, const TernaryMatrix& W, const int8_t* A, int64_t lda,
-                                           const int32_t* qsum, int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
-  int64_t r = r0;
-  for (; r + R <= r1; r += R)
-    tq1 ? tq1_tile<R, T>(W, r, A, lda, qsum, out, ldo) : tq2_tile<R, T>(W, r, A, lda, qsum, out, ldo);
-  for (; r < r1; ++r)
-    tq1 ? tq1_tile<1, T>(W, r, A, lda, qsum, out, ldo) : tq2_tile<1, T>(W, r, A, lda, qsum, out, ldo);
+template <int RG>
+MMFREE_TARGET_AVX512 inline void tiles_over_tokens(const uint8_t* buf, int64_t groups, const int8_t* Q, int64_t ldq,
+                                                   int64_t n, const int32_t* qsum, int32_t* out, int64_t ldo,
+                                                   int64_t s, int64_t r0, int64_t r1) {
+  int64_t t = 0;
+  for (; t + 12 <= n; t += 12) tile<RG, 12>(buf, groups, Q + t * ldq, ldq, qsum + t, out + t * ldo, ldo, s, r0, r1);
+  for (; t + 8 <= n; t += 8) tile<RG, 8>(buf, groups, Q + t * ldq, ldq, qsum + t, out + t * ldo, ldo, s, r0, r1);
+  for (; t + 4 <= n; t += 4) tile<RG, 4>(buf, groups, Q + t * ldq, ldq, qsum + t, out + t * ldo, ldo, s, r0, r1);
+  for (; t + 2 <= n; t += 2) tile<RG, 2>(buf, groups, Q + t * ldq, ldq, qsum + t, out + t * ldo, ldo, s, r0, r1);
+  for (; t < n; ++t) tile<RG, 1>(buf, groups, Q + t * ldq, ldq, qsum + t, out + t * ldo, ldo, s, r0, r1);
 }
 
+// 64-byte aligned per-thread scratch that keeps its capacity between calls.
+struct Scratch {
+  std::vector<uint8_t> bytes;
+  uint8_t* get(size_t n) {
+    if (bytes.size() < n + 64) bytes.resize(n + 64);
+    return bytes.data() + (64 - reinterpret_cast<uintptr_t>(bytes.data()) % 64) % 64;
+  }
+};
+
+MMFREE_TARGET_AVX512 inline void gemm_strips(UnpackFn unpack, const TernaryMatrix& W, const int8_t* Q, int64_t ldq,
+                                             int64_t n, int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
+  thread_local Scratch planes, sums;
+  const int64_t groups = W.padded_cols() / 4;
+  uint8_t* buf = planes.get(size_t(2 * groups * 64));
+  int32_t* qsum = reinterpret_cast<int32_t*>(sums.get(size_t(n) * 4));
+  for (int64_t t = 0; t < n; ++t) qsum[t] = sum_q(Q + t * ldq, W.padded_cols());
+  const int64_t s1 = (r1 + kStripRows - 1) / kStripRows;
+  int64_t s = r0 / kStripRows;
+  for (; s + 2 <= s1; s += 2) {
+    unpack(W, s, 0, 2, buf);
+    unpack(W, s + 1, 1, 2, buf);
+    tiles_over_tokens<2>(buf, groups, Q, ldq, n, qsum, out, ldo, s, r0, r1);
+  }
+  if (s < s1) {
+    unpack(W, s, 0, 1, buf);
+    tiles_over_tokens<1>(buf, groups, Q, ldq, n, qsum, out, ldo, s, r0, r1);
+  }
+}
+
+// ---- the kernels (same contract as ternary_gemm_scalar) --------------------------------------
+
+// One token streams the strips; several tokens unpack planes once and tile over them.
+template <bool Prefetch>
 MMFREE_TARGET_AVX512 inline void ternary_gemm(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
                                               int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
-  const int64_t kp = W.padded_cols();
-  thread_local std::vector<int32_t> qsum;
-  thread_local std::vector<int8_t> relaid;
-  qsum.resize(size_t(n));
-  const bool tq1 = W.format == TernaryFormat::TQ1;
-  const int8_t* A = Q;
-  int64_t lda = ldq;
-  if (tq1) {
-    relaid.resize(size_t(n * kp) + 64);
-    for (int64_t t = 0; t < n; ++t) tq1_relayout(Q + t * ldq, W.blocks_per_row, relaid.data() + t * kp);
-    A = relaid.data();
-    lda = kp;
-  }
-  for (int64_t t = 0; t < n; ++t) qsum[size_t(t)] = sum_q(Q + t * ldq, kp);
-
-  if (n == 1 && !tq1) {
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4) tq2_gemv_tile<4>(W, r, A, qsum[0], out);
-    for (; r < r1; ++r) tq2_gemv_tile<1>(W, r, A, qsum[0], out);
+  if (r0 >= r1) return;
+  if (n == 1) {
+    const int32_t qsum = sum_q(Q, W.padded_cols());
+    if (W.format == TernaryFormat::TQ2) tq2_decode<Prefetch>(W, Q, qsum, out, r0, r1);
+    else tq1_decode<Prefetch>(W, Q, qsum, out, r0, r1);
     return;
   }
-  // 4 rows x 6 tokens (TQ2) or x 4 (TQ1): 24 or 16 accumulators, digits, raw bytes and one
-  // activation register, within the 32 registers.
-  // Rows go in chunks whose weights stay in L2 while every token tile passes over them, so
-  // each weight byte comes from memory once per call instead of once per tile.
-  const int64_t chunk = std::max<int64_t>(4, (int64_t(256) << 10) / std::max<int64_t>(W.row_bytes, 1) / 4 * 4);
-  for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
-    const int64_t c1 = std::min(r1, c0 + chunk);
-    int64_t t = 0;
-    if (!tq1)  // TQ2 digits cost less to unpack: 4 x 6 tiles (24 accumulators) fit in registers
-      for (; t + 6 <= n; t += 6) run_tiles<4, 6>(false, W, A + t * lda, lda, qsum.data() + t, out + t * ldo, ldo, c0, c1);
-    for (; t + 4 <= n; t += 4) run_tiles<4, 4>(tq1, W, A + t * lda, lda, qsum.data() + t, out + t * ldo, ldo, c0, c1);
-    for (; t + 2 <= n; t += 2) run_tiles<4, 2>(tq1, W, A + t * lda, lda, qsum.data() + t, out + t * ldo, ldo, c0, c1);
-    for (; t < n; ++t) run_tiles<4, 1>(tq1, W, A + t * lda, lda, qsum.data() + t, out + t * ldo, ldo, c0, c1);
+  gemm_strips(W.format == TernaryFormat::TQ2 ? unpack_tq2 : unpack_tq1, W, Q, ldq, n, out, ldo, r0, r1);
+}
+template <bool Prefetch>
+MMFREE_TARGET_AVX512_VBMI inline void ternary_gemm_vbmi(const TernaryMatrix& W, const int8_t* Q, int64_t ldq,
+                                                        int64_t n, int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
+  if (r0 >= r1) return;
+  if (n == 1) {
+    const int32_t qsum = sum_q(Q, W.padded_cols());
+    if (W.format == TernaryFormat::TQ2) tq2_decode<Prefetch>(W, Q, qsum, out, r0, r1);
+    else tq1_decode_vbmi<Prefetch>(W, Q, qsum, out, r0, r1);
+    return;
   }
+  gemm_strips(W.format == TernaryFormat::TQ2 ? unpack_tq2 : unpack_tq1_vbmi, W, Q, ldq, n, out, ldo, r0, r1);
 }
 
 }  // namespace mmfree::kernels::avx512

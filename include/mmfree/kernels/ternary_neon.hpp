@@ -1,21 +1,40 @@
-// mmfree: NEON ternary kernels (AArch64; every AArch64 CPU has NEON, so no run-time check).
+// mmfree: NEON ternary kernels on the strip layouts (AArch64; NEON is part of the base ISA).
 //
-// As on x86 the digits d = w + 1 in {0, 1, 2} select, and sum w*q = sum d*q - sum q.
-// vmlal_s8 adds d*q (|d*q| <= 256) into int16 lanes: a block puts at most 32 terms in a
-// lane (|sum| <= 8192), far from overflow, and each block is then widened
-// into int32 with vpadalq_s16. Tested bit for bit against the scalar reference under
-// qemu-aarch64 (tests/cross).
+// A chunk of a strip is four 16-byte registers of 4 rows x 4 digit bytes. With the dot-product
+// extension (ARMv8.2 DotProd: Cortex-A76 and later, Neoverse, Apple M1 and later), sdot by lane
+// adds each row's 4 products with 4 activation bytes picked out of a register: exactly the
+// layout's order, one instruction per 16 weights. Without it, vmull_s8 and pairwise adds do the
+// same in four. Digits d = w + 1 in {0, 1, 2} are valid signed bytes too; sum w*q = sum d*q - sum q.
 #pragma once
 
 #if defined(__aarch64__)
 #include <arm_neon.h>
+#if defined(__linux__)
+#include <sys/auxv.h>
+#endif
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <vector>
 
-#include "mmfree/kernels/row_driver.hpp"
 #include "mmfree/ternary_format.hpp"
 
+#define MMFREE_TARGET_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
+
 namespace mmfree::kernels::neon {
+
+// The CPU has the dot-product instructions (Linux reports them in the hardware capabilities).
+inline bool has_dotprod() {
+#if defined(__linux__)
+  static const bool ok = (getauxval(AT_HWCAP) & (1ul << 20)) != 0;  // HWCAP_ASIMDDP
+  return ok;
+#elif defined(__APPLE__)
+  return true;  // every Apple AArch64 CPU has it
+#else
+  return false;
+#endif
+}
 
 inline int32_t sum_q(const int8_t* q, int64_t n) {
   int32x4_t acc = vdupq_n_s32(0);
@@ -26,57 +45,164 @@ inline int32_t sum_q(const int8_t* q, int64_t n) {
   return s;
 }
 
-// 16 digits times 16 activations, added into the int16 accumulator.
-inline int16x8_t mla16(int16x8_t acc, uint8x16_t d, int8x16_t x) {
-  const int8x16_t ds = vreinterpretq_s8_u8(d);
-  acc = vmlal_s8(acc, vget_low_s8(ds), vget_low_s8(x));
-  return vmlal_high_s8(acc, ds, x);
+template <int P>
+inline int8x16_t tq2_plane(uint8x16_t u) {
+  if constexpr (P == 3) return vreinterpretq_s8_u8(vshrq_n_u8(u, 6));
+  else if constexpr (P == 0) return vreinterpretq_s8_u8(vandq_u8(u, vdupq_n_u8(3)));
+  else return vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(u, 2 * P), vdupq_n_u8(3)));
+}
+// TQ1, one base-3 level: digit of weight w = [r >= w] + [r >= 2w] (comparisons give 0xFF = -1).
+inline int8x16_t tq1_level(uint8x16_t& r, uint8_t w) {
+  const uint8x16_t vw = vdupq_n_u8(w);
+  const uint8x16_t ge1 = vcgeq_u8(r, vw), ge2 = vcgeq_u8(r, vdupq_n_u8(uint8_t(2 * w)));
+  r = vsubq_u8(vsubq_u8(r, vandq_u8(ge1, vw)), vandq_u8(ge2, vw));
+  return vnegq_s8(vaddq_s8(vreinterpretq_s8_u8(ge1), vreinterpretq_s8_u8(ge2)));
+}
+inline void tq1_planes(uint8x16_t v, int8x16_t d[5]) {
+  d[0] = tq1_level(v, 81);
+  d[1] = tq1_level(v, 27);
+  d[2] = tq1_level(v, 9);
+  d[3] = tq1_level(v, 3);
+  d[4] = vreinterpretq_s8_u8(v);
+}
+// The digit planes of quad k (rows 4k .. 4k+3) of chunk c.
+inline void planes(TernaryFormat f, const uint8_t* chunk, int k, int8x16_t d[5]) {
+  const uint8x16_t u = vld1q_u8(chunk + 16 * k);
+  if (f == TernaryFormat::TQ2) d[0] = tq2_plane<0>(u), d[1] = tq2_plane<1>(u), d[2] = tq2_plane<2>(u), d[3] = tq2_plane<3>(u);
+  else tq1_planes(u, d);
+}
+inline int planes_per_chunk(TernaryFormat f) { return f == TernaryFormat::TQ2 ? 4 : 5; }
+
+inline void store_rows(int32_t* out, const int32x4_t acc[4], int32_t qsum, int64_t s, int64_t r0, int64_t r1) {
+  int32_t v[16];
+  for (int k = 0; k < 4; ++k) vst1q_s32(v + 4 * k, vsubq_s32(acc[k], vdupq_n_s32(qsum)));
+  const int64_t base = s * kStripRows, b = std::max(r0, base), e = std::min(r1, base + kStripRows);
+  for (int64_t r = b; r < e; ++r) out[r] = v[r - base];
 }
 
-inline int32_t dot_tq2(const uint8_t* w, const int8_t* q, int64_t nblocks) {
-  const uint8x16_t m3 = vdupq_n_u8(3);
-  int32x4_t acc = vdupq_n_s32(0);
-  for (int64_t b = 0; b < nblocks; ++b, w += 64, q += 256) {
-    int16x8_t a16 = vdupq_n_s16(0);
-    for (int c = 0; c < 4; ++c) {  // bytes 16c..16c+15 of the block
-      const uint8x16_t raw = vld1q_u8(w + 16 * c);
-      a16 = mla16(a16, vandq_u8(raw, m3), vld1q_s8(q + 16 * c));
-      a16 = mla16(a16, vandq_u8(vshrq_n_u8(raw, 2), m3), vld1q_s8(q + 64 + 16 * c));
-      a16 = mla16(a16, vandq_u8(vshrq_n_u8(raw, 4), m3), vld1q_s8(q + 128 + 16 * c));
-      a16 = mla16(a16, vshrq_n_u8(raw, 6), vld1q_s8(q + 192 + 16 * c));
+// Per row of a quad: the sum of its 4 products with the broadcast bytes x[0..3] (no dot product).
+inline int16x8_t dot4_pairs(int8x16_t d, int8x16_t xb) {
+  const int16x8_t lo = vmull_s8(vget_low_s8(d), vget_low_s8(xb)), hi = vmull_high_s8(d, xb);
+  return vpaddq_s16(lo, hi);  // lanes 2i, 2i+1: the two halves of row i's sum (|.| <= 512)
+}
+inline int8x16_t bcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return vreinterpretq_s8_s32(vdupq_n_s32(v));
+}
+
+// ---- without the dot-product extension: one token at a time -----------------------------------
+
+inline void decode(const TernaryMatrix& W, const int8_t* q, int32_t qsum, int32_t* out, int64_t r0, int64_t r1) {
+  const int np = planes_per_chunk(W.format), cc = int(chunk_cols(W.format));
+  for (int64_t s = r0 / kStripRows; s * kStripRows < r1; ++s) {
+    int32x4_t acc[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
+    for (int64_t c0 = 0; c0 < W.chunks; c0 += 12) {  // int16 pair sums: <= 12 * 5 * 512 = 30720
+      int16x8_t a16[4] = {vdupq_n_s16(0), vdupq_n_s16(0), vdupq_n_s16(0), vdupq_n_s16(0)};
+      for (int64_t c = c0; c < std::min(W.chunks, c0 + 12); ++c) {
+        const uint8_t* chunk = W.strip(s) + c * kChunkBytes;
+        for (int k = 0; k < 4; ++k) {
+          int8x16_t d[5];
+          planes(W.format, chunk, k, d);
+          for (int p = 0; p < np; ++p) a16[k] = vaddq_s16(a16[k], dot4_pairs(d[p], bcast4(q + cc * c + 4 * p)));
+        }
+      }
+      for (int k = 0; k < 4; ++k) acc[k] = vpadalq_s16(acc[k], a16[k]);
     }
-    acc = vpadalq_s16(acc, a16);  // 32 terms per lane at most: |sum| <= 8192
+    store_rows(out, acc, qsum, s, r0, r1);
   }
-  return vaddvq_s32(acc);
-}
-
-// Digit of m = q * 3^k mod 256: [m >= 86] + [m >= 171] (ternary_format.hpp).
-inline uint8x16_t tq1_digit_of(uint8x16_t m) {
-  const uint8x16_t ge86 = vcgeq_u8(m, vdupq_n_u8(86)), ge171 = vcgeq_u8(m, vdupq_n_u8(171));
-  // Each comparison is 0xFF (= -1) or 0: the digit is minus their sum.
-  return vreinterpretq_u8_s8(vnegq_s8(vaddq_s8(vreinterpretq_s8_u8(ge86), vreinterpretq_s8_u8(ge171))));
-}
-
-inline int32_t dot_tq1(const uint8_t* w, const int8_t* q, int64_t nblocks) {
-  int32x4_t acc = vdupq_n_s32(0);
-  for (int64_t b = 0; b < nblocks; ++b, w += 32, q += 160) {
-    uint8x16_t m0 = vld1q_u8(w), m1 = vld1q_u8(w + 16);
-    int16x8_t a16 = vdupq_n_s16(0);
-    for (int k = 0; k < 5; ++k) {
-      a16 = mla16(a16, tq1_digit_of(m0), vld1q_s8(q + 32 * k));
-      a16 = mla16(a16, tq1_digit_of(m1), vld1q_s8(q + 32 * k + 16));
-      m0 = vaddq_u8(vaddq_u8(m0, m0), m0);  // times 3, mod 256
-      m1 = vaddq_u8(vaddq_u8(m1, m1), m1);
-    }
-    acc = vpadalq_s16(acc, a16);  // 20 terms per lane at most: |sum| <= 5120
-  }
-  return vaddvq_s32(acc);
 }
 
 // Same contract as ternary_gemm_scalar.
 inline void ternary_gemm(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out, int64_t ldo,
                          int64_t r0, int64_t r1) {
-  gemm_row_by_row<sum_q, dot_tq2, dot_tq1>(W, Q, ldq, n, out, ldo, r0, r1);
+  for (int64_t t = 0; t < n; ++t) decode(W, Q + t * ldq, sum_q(Q + t * ldq, W.padded_cols()), out + t * ldo, r0, r1);
+}
+
+// ---- with the dot-product extension ---------------------------------------------------------
+
+MMFREE_TARGET_DOTPROD inline void decode_dotprod(const TernaryMatrix& W, const int8_t* q, int32_t qsum, int32_t* out,
+                                                 int64_t r0, int64_t r1) {
+  const bool tq2 = W.format == TernaryFormat::TQ2;
+  for (int64_t s = r0 / kStripRows; s * kStripRows < r1; ++s) {
+    int32x4_t a[8];
+    for (auto& v : a) v = vdupq_n_s32(0);
+    const uint8_t* w = W.strip(s);
+    for (int64_t c = 0; c < W.chunks; ++c, w += kChunkBytes) {
+      for (int k = 0; k < 4; ++k) {
+        int8x16_t d[5];
+        planes(W.format, w, k, d);
+        if (tq2) {
+          const int8x16_t x = vld1q_s8(q + 16 * c);  // groups 0..3 of the chunk in lanes 0..3
+          a[k] = vdotq_laneq_s32(a[k], d[0], x, 0);
+          a[4 + k] = vdotq_laneq_s32(a[4 + k], d[1], x, 1);
+          a[k] = vdotq_laneq_s32(a[k], d[2], x, 2);
+          a[4 + k] = vdotq_laneq_s32(a[4 + k], d[3], x, 3);
+        } else {
+          const int8x16_t x = vld1q_s8(q + 20 * c), x4 = bcast4(q + 20 * c + 16);
+          a[k] = vdotq_laneq_s32(a[k], d[0], x, 0);
+          a[4 + k] = vdotq_laneq_s32(a[4 + k], d[1], x, 1);
+          a[k] = vdotq_laneq_s32(a[k], d[2], x, 2);
+          a[4 + k] = vdotq_laneq_s32(a[4 + k], d[3], x, 3);
+          a[k] = vdotq_s32(a[k], d[4], x4);
+        }
+      }
+    }
+    for (int k = 0; k < 4; ++k) a[k] = vaddq_s32(a[k], a[4 + k]);
+    store_rows(out, a, qsum, s, r0, r1);
+  }
+}
+
+// Group g (columns 4g .. 4g+3) of a strip's 16 rows at buf + 64 g, as on x86.
+inline void unpack(const TernaryMatrix& W, int64_t s, int8_t* buf) {
+  const int np = planes_per_chunk(W.format);
+  for (int64_t c = 0; c < W.chunks; ++c)
+    for (int k = 0; k < 4; ++k) {
+      int8x16_t d[5];
+      planes(W.format, W.strip(s) + c * kChunkBytes, k, d);
+      for (int p = 0; p < np; ++p) vst1q_s8(buf + (np * c + p) * 64 + 16 * k, d[p]);
+    }
+}
+
+template <int T>
+MMFREE_TARGET_DOTPROD inline void tile(const int8_t* buf, int64_t groups, const int8_t* Q, int64_t ldq,
+                                       const int32_t* qsum, int32_t* out, int64_t ldo, int64_t s, int64_t r0, int64_t r1) {
+  int32x4_t acc[T][4];
+  for (int j = 0; j < T; ++j)
+    for (int k = 0; k < 4; ++k) acc[j][k] = vdupq_n_s32(0);
+  for (int64_t g = 0; g < groups; ++g) {
+    const int8x16_t d0 = vld1q_s8(buf + 64 * g), d1 = vld1q_s8(buf + 64 * g + 16);
+    const int8x16_t d2 = vld1q_s8(buf + 64 * g + 32), d3 = vld1q_s8(buf + 64 * g + 48);
+    for (int j = 0; j < T; ++j) {
+      const int8x16_t x = bcast4(Q + j * ldq + 4 * g);
+      acc[j][0] = vdotq_s32(acc[j][0], d0, x);
+      acc[j][1] = vdotq_s32(acc[j][1], d1, x);
+      acc[j][2] = vdotq_s32(acc[j][2], d2, x);
+      acc[j][3] = vdotq_s32(acc[j][3], d3, x);
+    }
+  }
+  for (int j = 0; j < T; ++j) store_rows(out + j * ldo, acc[j], qsum[j], s, r0, r1);
+}
+
+MMFREE_TARGET_DOTPROD inline void ternary_gemm_dotprod(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
+                                                       int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
+  if (r0 >= r1) return;
+  if (n == 1) {
+    decode_dotprod(W, Q, sum_q(Q, W.padded_cols()), out, r0, r1);
+    return;
+  }
+  thread_local std::vector<int8_t> planes_buf;
+  thread_local std::vector<int32_t> qsum;
+  const int64_t groups = W.padded_cols() / 4;
+  planes_buf.resize(size_t(groups * 64));
+  qsum.resize(size_t(n));
+  for (int64_t t = 0; t < n; ++t) qsum[size_t(t)] = sum_q(Q + t * ldq, W.padded_cols());
+  for (int64_t s = r0 / kStripRows; s * kStripRows < r1; ++s) {
+    unpack(W, s, planes_buf.data());
+    int64_t t = 0;
+    for (; t + 4 <= n; t += 4) tile<4>(planes_buf.data(), groups, Q + t * ldq, ldq, qsum.data() + t, out + t * ldo, ldo, s, r0, r1);
+    for (; t < n; ++t) tile<1>(planes_buf.data(), groups, Q + t * ldq, ldq, qsum.data() + t, out + t * ldo, ldo, s, r0, r1);
+  }
 }
 
 }  // namespace mmfree::kernels::neon

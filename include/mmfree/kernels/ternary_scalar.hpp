@@ -1,7 +1,8 @@
-// mmfree: scalar reference kernels for the ternary formats of ternary_format.hpp.
+// mmfree: the scalar reference kernel for the strip layouts of ternary_format.hpp.
 //
-// These define the integer result every SIMD kernel must reproduce bit for bit:
-// acc = sum_k T[r][k] * q[k], computed with additions and subtractions only.
+// It defines the integer result every SIMD kernel must reproduce bit for bit,
+// acc = sum_k T[r][k] * q[k], with additions and subtractions only, and it is the scalar twin
+// of the layouts: it decodes each chunk exactly as ternary_format.hpp describes it.
 #pragma once
 
 #include <cstdint>
@@ -13,30 +14,29 @@ namespace mmfree::kernels {
 // Add or subtract x according to the digit d = w + 1: the ternary "multiply".
 inline int32_t ternary_term(int d, int32_t x) { return d == 2 ? x : d == 0 ? -x : 0; }
 
-inline int32_t dot_tq2_scalar(const uint8_t* w, const int8_t* q, int64_t nblocks) {
+// The dot product of row i (0..15) of a strip with activations q (padded to padded_cols).
+inline int32_t strip_row_dot_scalar(TernaryFormat f, const uint8_t* strip, int64_t chunks, int i, const int8_t* q) {
   int32_t acc = 0;
-  for (int64_t b = 0; b < nblocks; ++b, w += 64, q += 256)
-    for (int k = 0; k < 4; ++k)
-      for (int j = 0; j < 64; ++j) acc += ternary_term((w[j] >> (2 * k)) & 3, q[k * 64 + j]);
-  return acc;
-}
-
-inline int32_t dot_tq1_scalar(const uint8_t* w, const int8_t* q, int64_t nblocks) {
-  int32_t acc = 0;
-  for (int64_t b = 0; b < nblocks; ++b, w += 32, q += 160)
-    for (int k = 0; k < 5; ++k)
-      for (int j = 0; j < 32; ++j) acc += ternary_term(tq1_digit(w[j], k), q[k * 32 + j]);
+  for (int64_t c = 0; c < chunks; ++c, strip += kChunkBytes) {
+    const uint8_t* b = strip + 4 * i;  // this row's 4 bytes of the chunk
+    for (int m = 0; m < 4; ++m) {
+      if (f == TernaryFormat::TQ2)
+        for (int p = 0; p < 4; ++p) acc += ternary_term((b[m] >> (2 * p)) & 3, q[16 * c + 4 * p + m]);
+      else
+        for (int p = 0; p < 5; ++p) acc += ternary_term(tq1_digit(b[m], p), q[20 * c + 4 * p + m]);
+    }
+  }
   return acc;
 }
 
 // out[t * ldo + r] = row r of W . Q[t * ldq ...] for t in [0, n), r in [r0, r1).
-// Q rows are zero-padded to at least W.padded_cols().
+// Q rows are zero-padded to at least W.padded_cols(). Every kernel has this signature.
 inline void ternary_gemm_scalar(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out,
                                 int64_t ldo, int64_t r0, int64_t r1) {
   for (int64_t t = 0; t < n; ++t)
     for (int64_t r = r0; r < r1; ++r)
-      out[t * ldo + r] = W.format == TernaryFormat::TQ2 ? dot_tq2_scalar(W.row(r), Q + t * ldq, W.blocks_per_row)
-                                                        : dot_tq1_scalar(W.row(r), Q + t * ldq, W.blocks_per_row);
+      out[t * ldo + r] =
+          strip_row_dot_scalar(W.format, W.strip(r / kStripRows), W.chunks, int(r % kStripRows), Q + t * ldq);
 }
 
 }  // namespace mmfree::kernels

@@ -1,0 +1,184 @@
+// mmfree: choosing kernels by measuring them, on this CPU, on the model's own matrices.
+//
+// Ranking kernels by ISA picks the wrong one: on AMD Zen 4, AVX-512 instructions run as two
+// 256-bit halves and a kernel tuned on an Intel Xeon streamed at half the speed of another that
+// the library already had. So every kernel this CPU can run is timed, separately for the two
+// regimes, and the fastest serves each:
+//  - decode (one token) is bandwidth-bound: each candidate multiplies one token through a run of
+//    the model's matrices, walking the weights in model order, so every sample streams fresh
+//    weights from memory as decoding does (a model that fits in the cache is timed warm, as it
+//    runs);
+//  - prefill (a chunk of tokens) is compute-bound: each candidate multiplies a chunk through a
+//    256-row slice of every distinct shape, weighted by that shape's share of the model's work.
+// Candidates are interleaved over rounds (so a noisy neighbour slows them alike), each scored by
+// its best round, and the incumbent (the first candidate in all_kernels' order) keeps its place
+// unless another is more than `near_tie` faster. All kernels are bit-exact, so the choice changes
+// speed, never results. Tests inject timings (ChooserOptions::timer).
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "mmfree/kernels/dispatch.hpp"
+#include "mmfree/thread_pool.hpp"
+
+namespace mmfree::kernels {
+
+struct ChooserOptions {
+  int64_t prefill_tokens = 64;           // tokens per prefill sample (the model's chunk, at most)
+  double near_tie = 0.03;                // a challenger must be this much faster to replace the incumbent
+  int rounds = 5;                        // samples per candidate and regime
+  size_t decode_sample_bytes = 16 << 20; // weights streamed per decode sample
+  int64_t prefill_rows = 256;            // rows of each shape per prefill sample
+  // Tests: seconds a kernel takes per unit of work in a regime; no measurement when set.
+  std::function<double(const Kernel&, Regime)> timer;
+};
+
+// One regime's outcome: every candidate's cost and the winner.
+struct RegimeChoice {
+  Kernel chosen;
+  struct Candidate {
+    std::string name;
+    double rate = 0;  // decode: GB/s of weights; prefill: GMAC/s
+  };
+  std::vector<Candidate> candidates;  // in preference order
+};
+struct KernelChoice {
+  RegimeChoice decode, prefill;
+  double seconds = 0;  // time the measurement took
+  KernelTable table() const { return make_table(decode.chosen, prefill.chosen); }
+};
+
+namespace detail {
+
+// Picks the fastest of `cands` given their costs (lower is better), keeping cands[0] on near-ties.
+inline size_t pick(const std::vector<double>& cost, double near_tie) {
+  size_t best = 0;
+  for (size_t i = 1; i < cost.size(); ++i)
+    if (cost[i] < cost[best]) best = i;
+  return cost[best] * (1.0 + near_tie) < cost[0] ? best : 0;
+}
+
+inline std::vector<Kernel> candidates(Regime r, TernaryFormat f) {
+  std::vector<Kernel> v;
+  for (const Kernel& k : available_kernels())
+    if (k.for_regime(r) && k.for_format(f) && (k.isa != Isa::Scalar || v.empty())) v.push_back(k);
+  return v;  // scalar only when nothing else runs here
+}
+
+inline void run_rows(const Kernel& k, const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out,
+                     int64_t rows, ThreadPool* pool) {
+  if (pool && pool->size() > 1)
+    pool->for_range(rows, kStripRows, [&](int64_t r0, int64_t r1) { k.gemm(W, Q, ldq, n, out, rows, r0, r1); });
+  else
+    k.gemm(W, Q, ldq, n, out, rows, 0, rows);
+}
+
+}  // namespace detail
+
+// Chooses the decode and prefill kernels for `matrices` (all one format, in the order decoding
+// reads them). `pool` may be null (one thread).
+inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matrices, ThreadPool* pool,
+                                   const ChooserOptions& opt = {}) {
+  const auto start = std::chrono::steady_clock::now();
+  KernelChoice out;
+  const TernaryFormat f = matrices.empty() ? TernaryFormat::TQ2 : matrices.front()->format;
+  int64_t max_rows = 1, max_cols = 1;
+  for (auto* m : matrices) max_rows = std::max(max_rows, m->rows), max_cols = std::max(max_cols, m->cols);
+  const int64_t ldq = activation_cols(max_cols), T = opt.prefill_tokens;
+
+  // Random activations and a shared output buffer.
+  std::vector<int8_t> Q(size_t(T * ldq), 0);
+  std::mt19937 rng(7);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t c = 0; c < max_cols; ++c) Q[size_t(t * ldq + c)] = int8_t(int(rng() % 255) - 127);
+  std::vector<int32_t> acc(size_t(std::max(max_rows, T * std::min(max_rows, opt.prefill_rows))));
+
+  for (Regime r : {Regime::Decode, Regime::Prefill}) {
+    RegimeChoice& rc = r == Regime::Decode ? out.decode : out.prefill;
+    const std::vector<Kernel> cands = detail::candidates(r, f);
+    std::vector<double> cost(cands.size(), 1e300);  // seconds per byte (decode) or per MAC (prefill)
+    if (opt.timer) {
+      for (size_t i = 0; i < cands.size(); ++i) cost[i] = opt.timer(cands[i], r);
+    } else if (cands.size() > 1 && !matrices.empty()) {
+      if (r == Regime::Decode) {
+        // Walk the matrices in order; each sample takes the next ones, >= decode_sample_bytes.
+        size_t next = 0;
+        auto sample = [&](const Kernel& k) {
+          size_t bytes = 0;
+          const auto t0 = std::chrono::steady_clock::now();
+          do {
+            const TernaryMatrix& W = *matrices[next];
+            next = (next + 1) % matrices.size();
+            detail::run_rows(k, W, Q.data(), ldq, 1, acc.data(), W.rows, pool);
+            bytes += W.nbytes();
+          } while (bytes < opt.decode_sample_bytes && next != 0);
+          return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / double(bytes);
+        };
+        for (auto& k : cands) sample(k);  // warm-up: first-call allocations
+        for (int round = 0; round < opt.rounds; ++round)
+          for (size_t j = 0; j < cands.size(); ++j) {
+            const size_t i = (j + size_t(round)) % cands.size();
+            cost[i] = std::min(cost[i], sample(cands[i]));
+          }
+      } else {
+        // Distinct shapes, each weighted by the work it does in the model.
+        std::map<std::pair<int64_t, int64_t>, std::pair<const TernaryMatrix*, double>> shapes;
+        for (auto* m : matrices) {
+          auto& e = shapes[{m->rows, m->cols}];
+          e.first = m;
+          e.second += double(m->rows) * double(m->cols);
+        }
+        auto sample = [&](const Kernel& k) {
+          double total = 0;
+          for (auto& [shape, e] : shapes) {
+            const TernaryMatrix& W = *e.first;
+            const int64_t rows = std::min(W.rows, opt.prefill_rows);
+            const auto t0 = std::chrono::steady_clock::now();
+            detail::run_rows(k, W, Q.data(), ldq, T, acc.data(), rows, pool);
+            const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            total += s / (double(rows) * double(W.cols) * double(T)) * e.second;  // seconds for the model's MACs
+          }
+          return total;
+        };
+        for (auto& k : cands) sample(k);
+        for (int round = 0; round < opt.rounds; ++round)
+          for (size_t j = 0; j < cands.size(); ++j) {
+            const size_t i = (j + size_t(round)) % cands.size();
+            cost[i] = std::min(cost[i], sample(cands[i]));
+          }
+        double macs = 0;
+        for (auto& [shape, e] : shapes) macs += e.second;
+        for (auto& c : cost) c /= macs;  // seconds per MAC
+      }
+    }
+    const size_t best = cands.empty() ? 0 : detail::pick(cost, opt.near_tie);
+    rc.chosen = cands.empty() ? incumbent(r, f) : cands[best];
+    for (size_t i = 0; i < cands.size(); ++i)
+      rc.candidates.push_back({cands[i].name, cost[i] < 1e299 ? 1e-9 / cost[i] : 0.0});
+  }
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return out;
+}
+
+// "decode avx512 (31.2 GB/s; avx2 27.5), prefill avx512 (402 GMAC/s; avx2 95)" for stats lines.
+inline std::string describe(const RegimeChoice& rc, Regime r) {
+  std::string s = rc.chosen.name;
+  const char* unit = r == Regime::Decode ? "GB/s" : "GMAC/s";
+  std::string rest;
+  for (auto& c : rc.candidates) {
+    if (c.rate <= 0) continue;
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "%s%s %.1f", rest.empty() ? "" : ", ", c.name.c_str(), c.rate);
+    rest += buf;
+  }
+  return rest.empty() ? s : s + " (" + rest + " " + unit + ")";
+}
+
+}  // namespace mmfree::kernels

@@ -1,0 +1,303 @@
+// The integer kernels and the kernel chooser: every kernel this CPU can run equals the scalar
+// reference bit for bit on odd shapes, and the chooser picks by the timings it is given.
+#include <gtest/gtest.h>
+#include <gmock/gmock.h>
+
+#include <atomic>
+#include <map>
+#include <set>
+#include <random>
+
+#include "mmfree/kernels/chooser.hpp"
+#include "mmfree/kernels/dispatch.hpp"
+#include "mmfree/ternary_format.hpp"
+#include "mmfree/thread_pool.hpp"
+
+using namespace mmfree;
+using ::testing::HasSubstr;
+
+namespace {
+
+std::vector<int8_t> random_ternary(std::mt19937& rng, size_t n) {
+  std::vector<int8_t> t(n);
+  std::uniform_int_distribution<int> d(-1, 1);
+  for (auto& v : t) v = int8_t(d(rng));
+  return t;
+}
+std::vector<int8_t> random_q(std::mt19937& rng, int64_t rows, int64_t cols, int64_t ld) {
+  std::vector<int8_t> q(static_cast<size_t>(rows * ld), 0);
+  std::uniform_int_distribution<int> d(-128, 127);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) q[size_t(r * ld + c)] = int8_t(d(rng));
+  return q;
+}
+// The definition: sum of t * q in plain integer arithmetic.
+int32_t naive_dot(const int8_t* t, const int8_t* q, int64_t n) {
+  int32_t s = 0;
+  for (int64_t i = 0; i < n; ++i) s += int32_t(t[i]) * int32_t(q[i]);
+  return s;
+}
+
+const TernaryFormat kFormats[] = {TernaryFormat::TQ2, TernaryFormat::TQ1};
+
+// Random rows x cols weights and n tokens through each kernel, rows split over 1 and 3 threads
+// at arbitrary points (mid-strip), against the scalar reference, bit for bit.
+void expect_kernels_match_scalar(std::mt19937& rng, TernaryFormat f, int64_t rows, int64_t cols, int64_t n,
+                                 const std::vector<kernels::Kernel>& ks) {
+  const int64_t ld = activation_cols(cols);
+  auto t = random_ternary(rng, size_t(rows * cols));
+  auto m = pack_ternary(t.data(), rows, cols, f);
+  auto q = random_q(rng, n, cols, ld);
+  std::vector<int32_t> ref(size_t(n * rows));
+  kernels::ternary_gemm_scalar(m, q.data(), ld, n, ref.data(), rows, 0, rows);
+  for (const auto& k : ks)
+    for (int threads : {1, 3}) {
+      ThreadPool pool(threads);
+      std::vector<int32_t> got(size_t(n * rows), 12345);
+      pool.for_range(rows, 1, [&](int64_t r0, int64_t r1) { k.gemm(m, q.data(), ld, n, got.data(), rows, r0, r1); });
+      ASSERT_EQ(got, ref) << k.name << " " << format_name(f) << " " << rows << "x" << cols << " n=" << n
+                          << " threads=" << threads;
+    }
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+// The scalar reference kernel against the plain integer definition.
+TEST(ScalarKernel, MatchesDefinition) {
+  std::mt19937 rng(2);
+  for (auto f : kFormats)
+    for (int64_t cols : {1, 5, 15, 16, 17, 19, 20, 21, 159, 160, 161, 255, 256, 257, 1000, 2049}) {
+      const int64_t rows = 19, n = 2, ld = activation_cols(cols);
+      auto t = random_ternary(rng, size_t(rows * cols));
+      auto m = pack_ternary(t.data(), rows, cols, f);
+      auto q = random_q(rng, n, cols, ld);
+      std::vector<int32_t> out(static_cast<size_t>(n * rows));
+      kernels::ternary_gemm_scalar(m, q.data(), ld, n, out.data(), rows, 0, rows);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t r = 0; r < rows; ++r)
+          ASSERT_EQ(out[size_t(i * rows + r)], naive_dot(t.data() + r * cols, q.data() + i * ld, cols))
+              << format_name(f) << " cols=" << cols;
+    }
+}
+
+TEST(ThreadPool, ForRangeCoversEveryIndexOnce) {
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    for (int64_t n : {0, 1, 15, 16, 17, 1000}) {
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      pool.for_range(n, 16, [&](int64_t b, int64_t e) {
+        EXPECT_EQ(b % 16, 0);
+        for (int64_t i = b; i < e; ++i) hits[size_t(i)]++;
+      });
+      for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+    }
+  }
+}
+
+// Every kernel equals the scalar reference bit for bit: K not a multiple of a chunk, 1 row,
+// 1 column, K = 1, rows around a strip, token counts around every register tile (1, 2, 4, 8
+// and 12 tokens, AMX's 16 and 32), 1 and 3 threads.
+TEST(Kernels, BitExactWithScalarOnOddShapes) {
+  std::mt19937 rng(7);
+  const auto ks = kernels::available_kernels();
+  std::printf("kernels on this CPU:");
+  for (auto& k : ks) std::printf(" %s", k.name);
+  std::printf("\n");
+#if defined(__aarch64__)
+  ASSERT_TRUE(kernels::cpu_has(kernels::Isa::Neon));  // the NEON path must be the one under test
+#endif
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 1}, {1, 257}, {7, 1}, {5, 159}, {17, 161}, {9, 320},
+                                                {13, 511}, {33, 1000}, {4, 2560}, {31, 4097}};
+  for (auto f : kFormats)
+    for (auto [rows, cols] : shapes)
+      for (int64_t n : {1, 2, 3, 5, 8, 9, 12, 13, 17, 25, 33}) {
+        expect_kernels_match_scalar(rng, f, rows, cols, n, ks);
+        if (HasFatalFailure()) return;
+      }
+}
+
+// The largest sums any kernel can meet: all -128 / 127 against all -1 / +1 weights on long rows,
+// one token and many.
+TEST(Kernels, ExtremeValuesLongRows) {
+  const int64_t cols = 20000, ld = activation_cols(cols), rows = 17;
+  for (auto f : kFormats)
+    for (int w : {-1, 1})
+      for (int qv : {-128, 127})
+        for (int64_t n : {1, 17}) {
+          std::vector<int8_t> t(size_t(rows * cols), int8_t(w));
+          auto m = pack_ternary(t.data(), rows, cols, f);
+          std::vector<int8_t> q(size_t(n * ld), 0);
+          for (int64_t i = 0; i < n; ++i) std::fill(q.begin() + i * ld, q.begin() + i * ld + cols, int8_t(qv));
+          for (const auto& k : kernels::available_kernels()) {
+            std::vector<int32_t> got(size_t(n * rows));
+            k.gemm(m, q.data(), ld, n, got.data(), rows, 0, rows);
+            for (int32_t v : got) ASSERT_EQ(v, int32_t(w * qv * cols)) << k.name << " " << format_name(f) << " n=" << n;
+          }
+        }
+}
+
+// rmsnorm + int8 quantisation: every ISA returns the scalar reference's bits (scale, codes,
+// normalised values, zero padding), on odd lengths, huge rows and exact .5 ties.
+TEST(Kernels, RmsnormQuantizeBitExactWithScalar) {
+  struct Twin {
+    const char* name;
+    kernels::RmsQuantizeFn rq;
+    kernels::SumSquaresFn ss;
+  };
+  std::vector<Twin> twins;
+#if defined(__x86_64__)
+  if (kernels::cpu_has(kernels::Isa::Avx2)) twins.push_back({"avx2", kernels::avx2::rmsnorm_quantize, kernels::avx2::sum_squares});
+  if (kernels::cpu_has(kernels::Isa::Avx512))
+    twins.push_back({"avx512", kernels::avx512::rmsnorm_quantize, kernels::avx512::sum_squares});
+#endif
+  std::mt19937 rng(11);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (int64_t n : {1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 1000, 2048, 5632, 100003}) {
+    for (int kind = 0; kind < 3; ++kind) {
+      std::vector<float> x(static_cast<size_t>(n)), w(static_cast<size_t>(n));
+      for (auto& v : x) v = kind == 2 ? float(int(g(rng) * 4)) * 0.5f : g(rng) * (kind ? 1e3f : 1.0f);
+      for (auto& v : w) v = kind == 2 ? 1.0f : 1.0f + 0.1f * g(rng);
+      const int64_t np = activation_cols(n);
+      std::vector<float> tmp_ref(static_cast<size_t>(n));
+      std::vector<int8_t> q_ref(static_cast<size_t>(np), 99);
+      const float s_ref = rmsnorm_quantize(x.data(), w.data(), n, tmp_ref.data(), q_ref.data(), np);
+      for (const Twin& t : twins) {
+        std::vector<float> tmp(static_cast<size_t>(n));
+        std::vector<int8_t> q(static_cast<size_t>(np), 99);
+        const float s = t.rq(x.data(), w.data(), n, tmp.data(), q.data(), np);
+        ASSERT_EQ(std::memcmp(&s, &s_ref, sizeof s), 0) << t.name << " n=" << n;
+        ASSERT_EQ(tmp, tmp_ref) << t.name << " n=" << n;
+        ASSERT_EQ(q, q_ref) << t.name << " n=" << n << " kind=" << kind;
+        const double a = t.ss(x.data(), n), b = sum_squares(x.data(), n);
+        ASSERT_EQ(std::memcmp(&a, &b, sizeof a), 0) << t.name << " n=" << n;
+      }
+    }
+  }
+  // Ties: values whose products with s are exactly k + 0.5 round away from zero.
+  std::vector<float> y = {127.0f, 0.5f, -0.5f, 1.5f, -2.5f, 63.5f, -126.5f, 0.0f, -127.0f};
+  std::vector<int8_t> q(16);
+  EXPECT_EQ(quantize_int8(y.data(), int64_t(y.size()), q.data(), 16), 1.0f);
+  EXPECT_EQ(std::vector<int8_t>(q.begin(), q.begin() + 9), (std::vector<int8_t>{127, 1, -1, 2, -3, 64, -127, 0, -127}));
+}
+
+// ---- the chooser -----------------------------------------------------------------------------
+
+namespace {
+
+// Timings injected per kernel name and regime.
+kernels::ChooserOptions fake(std::map<std::string, double> decode, std::map<std::string, double> prefill) {
+  kernels::ChooserOptions o;
+  o.timer = [=](const kernels::Kernel& k, kernels::Regime r) {
+    const auto& m = r == kernels::Regime::Decode ? decode : prefill;
+    auto it = m.find(k.name);
+    return it == m.end() ? 1.0 : it->second;
+  };
+  return o;
+}
+
+}  // namespace
+
+TEST(Chooser, PicksTheFastestPerRegime) {
+  const auto ks = kernels::available_kernels();
+  if (ks.size() < 3) GTEST_SKIP() << "fewer than two SIMD kernels here";
+  // Make the last decode candidate and the last prefill candidate the fastest.
+  std::string last_decode, last_prefill;
+  for (auto& k : ks) {
+    if (k.isa == kernels::Isa::Scalar) continue;
+    if (k.decode && k.tq2) last_decode = k.name;
+    if (k.prefill && k.tq2) last_prefill = k.name;
+  }
+  auto m = TernaryMatrix::shape(TernaryFormat::TQ2, 16, 16);
+  const auto c = kernels::choose_kernels({&m}, nullptr, fake({{last_decode, 0.5}}, {{last_prefill, 0.5}}));
+  EXPECT_EQ(std::string(c.decode.chosen.name), last_decode);
+  EXPECT_EQ(std::string(c.prefill.chosen.name), last_prefill);
+  EXPECT_EQ(c.table().decode.gemm, c.decode.chosen.gemm);
+  // Every candidate is reported with its rate, the chosen one fastest.
+  for (auto& cand : c.decode.candidates)
+    if (cand.name != last_decode) EXPECT_LT(cand.rate, 1e-9 / 0.5 + 1e-12) << cand.name;
+}
+
+TEST(Chooser, KeepsTheIncumbentOnNearTies) {
+  const auto ks = kernels::available_kernels();
+  if (ks.size() < 3) GTEST_SKIP() << "fewer than two SIMD kernels here";
+  const auto incumbent = kernels::incumbent(kernels::Regime::Decode, TernaryFormat::TQ2);
+  std::map<std::string, double> t;
+  for (auto& k : ks) t[k.name] = k.name == std::string(incumbent.name) ? 1.0 : 0.98;  // others 2% faster
+  auto m = TernaryMatrix::shape(TernaryFormat::TQ2, 16, 16);
+  EXPECT_STREQ(kernels::choose_kernels({&m}, nullptr, fake(t, t)).decode.chosen.name, incumbent.name);
+  for (auto& [name, v] : t) v = name == std::string(incumbent.name) ? 1.0 : 0.9;  // 10% faster: replaced
+  EXPECT_STRNE(kernels::choose_kernels({&m}, nullptr, fake(t, t)).decode.chosen.name, incumbent.name);
+}
+
+// Candidates depend on the regime and the format: AMX never decodes one token, the VBMI decoder
+// only competes for TQ1, scalar only where nothing else runs; every other kernel competes.
+TEST(Chooser, CandidatesFollowRegimeAndFormat) {
+  using kernels::Regime;
+  for (auto f : kFormats) {
+    std::map<Regime, std::set<std::string>> seen;
+    auto o = fake({}, {});
+    o.timer = [&](const kernels::Kernel& k, Regime r) {
+      seen[r].insert(k.name);
+      return 1.0;
+    };
+    auto m = TernaryMatrix::shape(f, 16, 16);
+    kernels::choose_kernels({&m}, nullptr, o);
+    const bool simd = kernels::available_kernels().size() > 1;
+    for (const auto& k : kernels::available_kernels())
+      for (Regime r : {Regime::Decode, Regime::Prefill}) {
+        const bool expected = k.for_regime(r) && k.for_format(f) && (!simd || k.isa != kernels::Isa::Scalar);
+        EXPECT_EQ(seen[r].count(k.name) > 0, expected) << k.name << " " << regime_name(r) << " " << format_name(f);
+      }
+    EXPECT_EQ(seen[Regime::Decode].count("amx"), 0u);
+    if (f == TernaryFormat::TQ2) EXPECT_EQ(seen[Regime::Decode].count("avx512-vbmi"), 0u);
+  }
+}
+
+TEST(Chooser, ForcedKernels) {
+  auto t = kernels::forced_table("scalar", TernaryFormat::TQ2);
+  EXPECT_STREQ(t.decode.name, "scalar");
+  EXPECT_STREQ(t.prefill.name, "scalar");
+  if (kernels::cpu_has(kernels::Isa::Avx2)) {
+    t = kernels::forced_table("scalar,avx2", TernaryFormat::TQ1);
+    EXPECT_STREQ(t.decode.name, "scalar");
+    EXPECT_STREQ(t.prefill.name, "avx2");
+  }
+  if (kernels::cpu_has(kernels::Isa::Avx512)) {  // a decode-only kernel leaves prefill to its family
+    t = kernels::forced_table("avx512-prefetch", TernaryFormat::TQ2);
+    EXPECT_STREQ(t.decode.name, "avx512-prefetch");
+    EXPECT_STREQ(t.prefill.name, "avx512");
+  }
+  EXPECT_THAT(error_of([] { kernels::forced_table("sse9", TernaryFormat::TQ2); }),
+              HasSubstr("kernels sse9: unknown kernel (this build has:"));
+}
+
+// A real measurement (no injected timings) on a small matrix set: it finishes, reports a rate
+// for every candidate, and chooses one of them.
+TEST(Chooser, MeasuresEveryCandidate) {
+  std::mt19937 rng(5);
+  auto t = random_ternary(rng, size_t(300 * 1000));
+  auto a = pack_ternary(t.data(), 300, 1000, TernaryFormat::TQ1);
+  auto b = pack_ternary(t.data(), 1000, 300, TernaryFormat::TQ1);
+  ThreadPool pool(2);
+  kernels::ChooserOptions o;
+  o.rounds = 2;
+  o.decode_sample_bytes = 1 << 16;
+  const auto c = kernels::choose_kernels({&a, &b}, &pool, o);
+  for (auto* rc : {&c.decode, &c.prefill}) {
+    bool found = false;
+    for (auto& cand : rc->candidates) {
+      if (rc->candidates.size() > 1) EXPECT_GT(cand.rate, 0) << cand.name;
+      found |= cand.name == rc->chosen.name;
+    }
+    EXPECT_TRUE(found);
+  }
+}
