@@ -65,19 +65,20 @@ double best_parallel_rate(int threads, int reps, F&& body) {  // body(t) returns
 
 }  // namespace detail
 
-// Read bandwidth in GB/s with `threads` threads streaming a 1 GiB buffer (best of the readers
-// and of 3 repetitions each).
-inline double measure_bandwidth(int threads) {
-  const size_t n = size_t(1) << 30;
+// Read bandwidth in GB/s with `threads` threads streaming `n` bytes (best of the readers and of
+// `reps` repetitions each).
+inline double measure_bandwidth(int threads, size_t n = size_t(1) << 30, int reps = 3) {
   static std::shared_ptr<uint8_t> mem;
-  if (!mem) {
+  static size_t have = 0;
+  if (have < n) {
     mem = alloc_huge(n);
     std::memset(mem.get(), 1, n);
+    have = n;
   }
   const uint8_t* p = mem.get();
   std::vector<uint64_t> sink(size_t(threads) * 8);
   auto reader = [&](auto read) {
-    return detail::best_parallel_rate(threads, 3, [&](int t) {
+    return detail::best_parallel_rate(threads, reps, [&](int t) {
       const size_t b = n / size_t(threads) * size_t(t), e = n / size_t(threads) * size_t(t + 1);
       sink[size_t(t) * 8] += read(p, b, e);
       return double(e - b) / 1e9;
@@ -87,6 +88,10 @@ inline double measure_bandwidth(int threads) {
   if (__builtin_cpu_supports("avx512f")) best = std::max(best, reader(detail::read_avx512));
   return best;
 }
+
+// Bandwidth now (256 MiB, best of 2: about 30 ms): the floor for the measurement that follows.
+// On shared machines the bandwidth moves by +-30% within minutes.
+inline double bandwidth_now_gbs(int threads) { return measure_bandwidth(threads, size_t(256) << 20, 2); }
 
 inline double bandwidth_gbs(int threads) {
   static double bw[64] = {};

@@ -5,17 +5,17 @@
 //   ternary/<format>/<kernel>/<shape>/tokens:N/threads:T
 //
 // Counters: GB/s of packed weights streamed and floor_frac (that over the read bandwidth
-// measured in this run: the decode floor); GMAC/s (ternary multiply-accumulates per second) and
+// measured just before: the decode floor); GMAC/s (ternary multiply-accumulates per second) and
 // peak_frac (that over the int8 dot-product peak measured in this run: the prefill ceiling
 // without AMX). The scalar kernel runs only with MMFREE_BENCH_SCALAR=1 (it takes minutes).
 #include <benchmark/benchmark.h>
 
-#include <Eigen/Dense>
 #include <cstdlib>
 #include <map>
 #include <random>
 
 #include "bench_common.hpp"
+#include "eigen_gemm.hpp"
 #include "mmfree/mmfree.hpp"
 
 using namespace mmfree;
@@ -74,6 +74,7 @@ void BM_Ternary(benchmark::State& state, Shape s, TernaryFormat f, kernels::Kern
     for (int64_t c = 0; c < s.in; ++c) q[size_t(t * ld + c)] = int8_t(int(rng() % 255) - 127);
   std::vector<int32_t> out(size_t(n * s.out));
   ThreadPool pool(threads);
+  const double bw = n == 1 ? bench::bandwidth_now_gbs(threads) : 0;  // the floor, just before
   for (auto _ : state) {
     const TernaryMatrix& M = copies[which];
     which = (which + 1) % copies.size();
@@ -85,8 +86,8 @@ void BM_Ternary(benchmark::State& state, Shape s, TernaryFormat f, kernels::Kern
   state.counters["GB/s"] = C(bytes, C::kIsIterationInvariantRate, C::kIs1000);
   state.counters["GMAC/s"] = C(macs / 1e9, C::kIsIterationInvariantRate);
   if (n == 1) {
-    state.counters["bw_GB/s"] = bench::bandwidth_gbs(threads);
-    state.counters["floor_frac"] = C(bytes / 1e9 / bench::bandwidth_gbs(threads), C::kIsIterationInvariantRate);
+    state.counters["bw_GB/s"] = bw;
+    state.counters["floor_frac"] = C(bytes / 1e9 / bw, C::kIsIterationInvariantRate);
   } else {
     state.counters["peak_GMAC/s"] = bench::int8_peak_gmacs(threads);
     state.counters["peak_frac"] = C(macs / 1e9 / bench::int8_peak_gmacs(threads), C::kIsIterationInvariantRate);
@@ -99,19 +100,20 @@ void BM_EigenF32(benchmark::State& state, Shape s) {
   // Eigen here has no OpenMP, so its threads come from the same pool as the ternary kernels:
   // rows of W split the same way.
   ThreadPool pool(threads);
-  using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-1, 1);
+  std::vector<float> W0(size_t(s.out * s.in));
+  for (auto& v : W0) v = u(rng);
   // Rotated copies for single tokens, as for the ternary kernels: both read from DRAM.
-  std::vector<RowMatrix> Ws{RowMatrix::Random(s.out, s.in)};
+  std::vector<std::vector<float>> Ws{W0};
   if (n == 1)
-    while (double(Ws.size() * size_t(s.out * s.in * 4)) < 1.5e9) Ws.push_back(Ws.front());
+    while (double(Ws.size() * W0.size() * 4) < 1.5e9) Ws.push_back(W0);
   size_t which = 0;
-  RowMatrix X = RowMatrix::Random(n, s.in);
-  RowMatrix Y(n, s.out);
+  std::vector<float> X(size_t(n * s.in)), Y(size_t(n * s.out));
+  for (auto& v : X) v = u(rng);
   for (auto _ : state) {
-    const RowMatrix& W = Ws[which];
-    pool.for_range(s.out, 64, [&](int64_t r0, int64_t r1) {
-      Y.middleCols(r0, r1 - r0).noalias() = X * W.middleRows(r0, r1 - r0).transpose();
-    });
+    const std::vector<float>& W = Ws[which];
+    pool.for_range(s.out, 64, [&](int64_t r0, int64_t r1) { bench::eigen_gemm(W.data(), s.out, s.in, X.data(), n, Y.data(), r0, r1); });
     which = (which + 1) % Ws.size();
     benchmark::DoNotOptimize(Y.data());
   }

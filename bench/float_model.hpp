@@ -4,48 +4,40 @@
 // paper compares against; it reads 16x more weight bytes per token than TQ2.
 #pragma once
 
-#include <Eigen/Dense>
 #include <memory>
 #include <vector>
 
+#include "eigen_gemm.hpp"
 #include "mmfree/mmfree.hpp"
 
 namespace mmfree::bench {
 
-using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-
 // One float linear layer with the BitLinear's own rmsnorm in front (same graph as mmfree).
 struct FloatLinear {
-  RowMatrix W;  // [out, in]
+  std::vector<float> W;  // [rows, cols], row-major
+  int64_t rows = 0, cols = 0;
   std::vector<float> norm;
 
   static FloatLinear from(const BitLinear& b) {
     const TernaryMatrix& t = b.weights();
     FloatLinear f;
-    f.W.resize(t.rows, t.cols);
+    f.rows = t.rows, f.cols = t.cols;
+    f.W.resize(size_t(t.rows * t.cols));
     f.norm = b.norm();
     std::vector<int8_t> row(static_cast<size_t>(t.cols));
     for (int64_t r = 0; r < t.rows; ++r) {
       unpack_row(t, r, row.data());
-      for (int64_t c = 0; c < t.cols; ++c) f.W(r, c) = float(row[size_t(c)]) * t.scale;
+      for (int64_t c = 0; c < t.cols; ++c) f.W[size_t(r * t.cols + c)] = float(row[size_t(c)]) * t.scale;
     }
     return f;
   }
-  size_t nbytes() const { return size_t(W.size()) * sizeof(float); }
+  size_t nbytes() const { return W.size() * sizeof(float); }
 
   // out[t, :] = W rmsnorm(x[t, :]) for n tokens; rows of W shared out over the pool.
   void forward(const float* x, int64_t n, float* out, std::vector<float>& tmp, ThreadPool& pool) const {
-    const int64_t K = W.cols(), R = W.rows();
-    tmp.resize(size_t(n * K));
-    for (int64_t t = 0; t < n; ++t) rmsnorm(x + t * K, norm.data(), K, 1e-6, tmp.data() + t * K);
-    Eigen::Map<const RowMatrix> X(tmp.data(), n, K);
-    Eigen::Map<RowMatrix> Y(out, n, R);
-    pool.for_range(R, 64, [&](int64_t r0, int64_t r1) {
-      if (n == 1)
-        Y.row(0).segment(r0, r1 - r0).noalias() = (W.middleRows(r0, r1 - r0) * X.row(0).transpose()).transpose();
-      else
-        Y.middleCols(r0, r1 - r0).noalias() = X * W.middleRows(r0, r1 - r0).transpose();
-    });
+    tmp.resize(size_t(n * cols));
+    for (int64_t t = 0; t < n; ++t) rmsnorm(x + t * cols, norm.data(), cols, 1e-6, tmp.data() + t * cols);
+    pool.for_range(rows, 64, [&](int64_t r0, int64_t r1) { eigen_gemm(W.data(), rows, cols, tmp.data(), n, out, r0, r1); });
   }
 };
 
@@ -78,7 +70,7 @@ class FloatModel {
 
   // Logits of the last of n tokens, as Model::prefill_last.
   std::vector<float> forward(const int32_t* ids, int64_t n, State& st) {
-    const int64_t H = c_.hidden_size, I = layers_.front().down.W.cols();
+    const int64_t H = c_.hidden_size, I = layers_.front().down.cols;
     x_.resize(size_t(n * H)), xn_.resize(size_t(n * H)), y_.resize(size_t(n * H));
     f_.resize(size_t(n * H)), i_.resize(size_t(n * H)), g_.resize(size_t(n * H)), o_.resize(size_t(n * H));
     gu_.resize(size_t(n * 2 * I)), act_.resize(size_t(n * I));
@@ -103,7 +95,7 @@ class FloatModel {
       l.down.forward(act_.data(), n, y_.data(), tmp_, pool_);
       for (size_t k = 0; k < size_t(n * H); ++k) x_[k] += y_[k];
     }
-    std::vector<float> logits(size_t(head_.W.rows()));
+    std::vector<float> logits(size_t(head_.rows));
     rmsnorm(x_.data() + (n - 1) * H, final_norm_.data(), H, c_.rms_norm_eps, xn_.data());
     head_.forward(xn_.data(), 1, logits.data(), tmp_, pool_);
     return logits;

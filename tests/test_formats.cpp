@@ -196,3 +196,52 @@ TEST(FileTernary, RefusesWhatIsNotExactlyTernary) {
   EXPECT_THAT(error_of([&] { decode_file_row(TernaryFileType::MMFREE_TQ2, legacy.data(), 256, out.data(), "w", 0); }),
               HasSubstr("invalid 2-bit value 3"));
 }
+
+// ---- the fast repack (kernels/repack.hpp) against the scalar codecs ---------------------------
+
+#include "mmfree/kernels/repack.hpp"
+
+TEST(Repack, FastDecodeEqualsScalarForEveryType) {
+  std::mt19937 rng(9);
+  for (auto t : {TernaryFileType::I8, TernaryFileType::TQ2_0, TernaryFileType::TQ1_0, TernaryFileType::MMFREE_TQ2,
+                 TernaryFileType::MMFREE_TQ1})
+    for (int64_t cols : {256, 1280, 2560, 6912, 2816, 320, 1000}) {
+      const int64_t rb = file_row_bytes(t, cols);
+      if (rb < 0) continue;
+      std::vector<uint8_t> d(static_cast<size_t>(cols)), row(static_cast<size_t>(rb));
+      for (auto& x : d) x = uint8_t(rng() % 3);
+      encode_file_row(t, d.data(), cols, row.data());
+      for (int64_t c0 = 0; c0 < cols; c0 += 1280) {  // whole rows and 1280-column ranges
+        const int64_t c1 = std::min(cols, c0 + 1280);
+        std::vector<uint8_t> got(static_cast<size_t>(c1 - c0), 7);
+        kernels::decode_file_row_fast(t, row.data(), cols, c0, c1, got.data(), "w", 0);
+        ASSERT_TRUE(std::equal(got.begin(), got.end(), d.begin() + c0)) << uint32_t(t) << " cols=" << cols << " c0=" << c0;
+      }
+    }
+}
+
+TEST(Repack, FastDecodeReportsTheScalarErrors) {
+  std::vector<uint8_t> d(2560, 1), row(static_cast<size_t>(file_row_bytes(TernaryFileType::TQ2_0, 2560))), out(1280);
+  encode_file_row(TernaryFileType::TQ2_0, d.data(), 2560, row.data());
+  row[66 * 7 + 64] = 0x00, row[66 * 7 + 65] = 0x40;  // block 7 (in the second 1280-column range): scale 2
+  EXPECT_THAT(error_of([&] { kernels::decode_file_row_fast(TernaryFileType::TQ2_0, row.data(), 2560, 1280, 2560, out.data(), "t", 3); }),
+              HasSubstr("t, row 3: TQ2_0 block 7 has scale 2"));
+  encode_file_row(TernaryFileType::TQ2_0, d.data(), 2560, row.data());
+  row[66 * 2 + 10] = 0xFF;
+  EXPECT_THAT(error_of([&] { kernels::decode_file_row_fast(TernaryFileType::TQ2_0, row.data(), 2560, 0, 1280, out.data(), "t", 0); }),
+              HasSubstr("TQ2_0 block 2 holds the invalid 2-bit value 3"));
+}
+
+TEST(Repack, FastEncodeEqualsEncodeRow) {
+  std::mt19937 rng(10);
+  for (auto f : kFormats)
+    for (int64_t chunks : {1, 7, 8, 9, 10, 11, 64, 80, 83}) {
+      const int64_t ld = chunks * chunk_cols(f) + 4;
+      std::vector<uint8_t> d(size_t(16 * ld));
+      for (auto& x : d) x = uint8_t(rng() % 3);
+      std::vector<uint8_t> want(size_t(chunks * 64)), got(size_t(chunks * 64), 0xAB);
+      for (int i = 0; i < 16; ++i) encode_row(f, d.data() + i * ld, chunks, want.data(), i);
+      kernels::encode_strip(f, d.data(), ld, chunks, got.data());
+      ASSERT_EQ(got, want) << format_name(f) << " chunks=" << chunks;
+    }
+}

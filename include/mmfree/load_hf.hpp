@@ -107,8 +107,8 @@ class HfLoader {
     TernaryMatrix m = TernaryMatrix::shape(fmt_, out, in);
     m.scale = absmean_scale(latent.data(), latent.size());
     const float s_w = 1.0f / m.scale;
-    m = pack_into(*arena_, m, *pool_, [&](int64_t r, uint8_t* d) {
-      for (int64_t c = 0; c < in; ++c) d[c] = uint8_t(ternarize(latent[size_t(r * in + c)], s_w) + 1);
+    m = pack_into(*arena_, m, *pool_, [&](int64_t r, int64_t c0, int64_t c1, uint8_t* d) {
+      for (int64_t c = c0; c < c1; ++c) d[c - c0] = uint8_t(ternarize(latent[size_t(r * in + c)], s_w) + 1);
     });
     return BitLinear(std::move(m), floats(prefix + ".norm.weight", {in}));
   }

@@ -243,14 +243,15 @@ class Model {
           std::memcpy(out + s0 * src.strip_bytes(), src.strip(s0), size_t((s1 - s0) * src.strip_bytes()));
         });
       } else {
-        dst = build_matrix(
-            dst, [&](size_t n) { return w_.arena->take(n); },
-            [&](int64_t r, uint8_t* d) {
-              std::vector<uint8_t> row(size_t(src.padded_cols()));
-              row_digits(src, r, row.data());
-              std::memcpy(d, row.data(), size_t(src.cols));
-            },
-            [&](int64_t n, const auto& fn) { pool_->for_range(n, 1, fn); });
+        dst = pack_into(*w_.arena, dst, *pool_, [&](int64_t r, int64_t c0, int64_t c1, uint8_t* d) {
+          // c0 is a multiple of both chunk widths: decode just those chunks of the source row.
+          const int64_t cc = chunk_cols(src.format);
+          thread_local std::vector<uint8_t> row;
+          row.resize(size_t(kRepackCols));
+          decode_row(src.format, src.strip(r / kStripRows) + c0 / cc * kChunkBytes, (c1 - c0 + cc - 1) / cc,
+                     int(r % kStripRows), row.data());
+          std::memcpy(d, row.data(), size_t(c1 - c0));
+        });
       }
       *l = BitLinear(std::move(dst), l->norm());
     }

@@ -178,8 +178,8 @@ class GgufLoader {
     TernaryMatrix m = TernaryMatrix::shape(pk.format, out, in);
     m.scale = s[0];
     const std::string at = where(t);
-    m = pack_into(*pk.arena, m, *pk.pool, [&](int64_t r, uint8_t* d) {
-      decode_file_row(type, t.data + r * row_bytes, in, d, at, r);
+    m = pack_into(*pk.arena, m, *pk.pool, [&](int64_t r, int64_t c0, int64_t c1, uint8_t* d) {
+      kernels::decode_file_row_fast(type, t.data + r * row_bytes, in, c0, c1, d, at, r);
     });
     release_mapped(t.data, t.nbytes);  // read once: its pages need not stay resident
     return BitLinear(std::move(m), f32(prefix + ".norm.weight", {uint64_t(in)}));

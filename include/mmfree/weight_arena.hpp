@@ -18,6 +18,7 @@
 #include <new>
 
 #include "mmfree/error.hpp"
+#include "mmfree/kernels/repack.hpp"
 #include "mmfree/ternary_format.hpp"
 #include "mmfree/thread_pool.hpp"
 
@@ -82,14 +83,30 @@ class WeightArena {
   std::atomic<size_t> used_{0};
 };
 
-// Packs a matrix of W's shape into a slice of `arena` from rows of digits: row(r, d) writes
-// the digits of row r into d (padded_cols bytes, pre-filled with 1), called from every pool
-// thread for different rows.
+// Packs a matrix of `shape` into a slice of `arena` from rows of digits: row(r, c0, c1, d)
+// writes the digits of columns [c0, c1) of row r into d (pre-filled with 1), called from every
+// pool thread for different rows. Each thread gathers a strip's 16 rows a tile of
+// kRepackCols columns at a time (in L1), then encodes the tile's chunks at once.
+inline constexpr int64_t kRepackCols = 1280;  // whole blocks of every layout: 256, 160, 20, 16
 template <class RowFn>
-TernaryMatrix pack_into(WeightArena& arena, const TernaryMatrix& shape, ThreadPool& pool, RowFn&& row) {
-  return build_matrix(
-      shape, [&](size_t n) { return arena.take(n); }, row,
-      [&](int64_t n, const auto& fn) { pool.for_range(n, 1, fn); });
+TernaryMatrix pack_into(WeightArena& arena, TernaryMatrix W, ThreadPool& pool, RowFn&& row) {
+  auto mem = arena.take(W.nbytes());
+  uint8_t* base = mem.get();
+  const int64_t kp = W.padded_cols(), cc = chunk_cols(W.format);
+  pool.for_range(W.strips, 1, [&](int64_t s0, int64_t s1) {
+    std::vector<uint8_t> d(size_t(kStripRows * kRepackCols));
+    for (int64_t s = s0; s < s1; ++s)
+      for (int64_t c0 = 0; c0 < kp; c0 += kRepackCols) {
+        const int64_t c1 = std::min(c0 + kRepackCols, kp);
+        std::fill(d.begin(), d.end(), uint8_t(1));
+        for (int i = 0; i < kStripRows && s * kStripRows + i < W.rows; ++i)
+          if (c0 < W.cols) row(s * kStripRows + i, c0, std::min(c1, W.cols), d.data() + i * kRepackCols);
+        kernels::encode_strip(W.format, d.data(), kRepackCols, (c1 - c0) / cc, base + s * W.strip_bytes() + c0 / cc * kChunkBytes);
+      }
+  });
+  W.data = base;
+  W.owner = std::move(mem);
+  return W;
 }
 
 }  // namespace mmfree

@@ -33,8 +33,9 @@ namespace mmfree::kernels {
 struct ChooserOptions {
   int64_t prefill_tokens = 64;           // tokens per prefill sample (the model's chunk, at most)
   double near_tie = 0.03;                // a challenger must be this much faster to replace the incumbent
-  int rounds = 5;                        // samples per candidate and regime
-  size_t decode_sample_bytes = 16 << 20; // weights streamed per decode sample
+  int rounds = 5;                        // samples per candidate and regime, at most...
+  double budget_seconds = 0.04;          // ...within this time for both regimes (at least 2 rounds)
+  size_t decode_sample_bytes = 16 << 20; // decode: bytes each candidate streams per round
   int64_t prefill_rows = 256;            // rows of each shape per prefill sample
   // Tests: seconds a kernel takes per unit of work in a regime; no measurement when set.
   std::function<double(const Kernel&, Regime)> timer;
@@ -100,6 +101,24 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
     for (int64_t c = 0; c < max_cols; ++c) Q[size_t(t * ldq + c)] = int8_t(int(rng() % 255) - 127);
   std::vector<int32_t> acc(size_t(std::max(max_rows, T * std::min(max_rows, opt.prefill_rows))));
 
+  // One warm-up sample per candidate (first-call allocations; it also times a round), then as
+  // many interleaved rounds as fit in half the budget, between 2 and opt.rounds; each candidate
+  // keeps its best sample. sample(k) returns {cost, seconds taken}.
+  auto run_rounds = [&](const std::vector<Kernel>& cands, std::vector<double>& cost, const auto& sample) {
+    double round_seconds = 0;
+    for (size_t i = 0; i < cands.size(); ++i) {
+      const auto [c, s] = sample(cands[i]);
+      cost[i] = std::min(cost[i], c);
+      round_seconds += s;
+    }
+    const int rounds = std::clamp(int(opt.budget_seconds / 2 / std::max(round_seconds, 1e-9)) - 1, 1, opt.rounds - 1);
+    for (int round = 0; round < rounds; ++round)
+      for (size_t j = 0; j < cands.size(); ++j) {
+        const size_t i = (j + size_t(round)) % cands.size();
+        cost[i] = std::min(cost[i], sample(cands[i]).first);
+      }
+  };
+
   for (Regime r : {Regime::Decode, Regime::Prefill}) {
     RegimeChoice& rc = r == Regime::Decode ? out.decode : out.prefill;
     const std::vector<Kernel> cands = detail::candidates(r, f);
@@ -108,25 +127,35 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
       for (size_t i = 0; i < cands.size(); ++i) cost[i] = opt.timer(cands[i], r);
     } else if (cands.size() > 1 && !matrices.empty()) {
       if (r == Regime::Decode) {
-        // Walk the matrices in order; each sample takes the next ones, >= decode_sample_bytes.
-        size_t next = 0;
-        auto sample = [&](const Kernel& k) {
-          size_t bytes = 0;
+        // Walk the matrices in order, each one streamed by one candidate: matrix j goes to
+        // candidate (j + j / 7) % K (the offset moves each candidate across the 6-7 shapes of a
+        // layer). Interleaving this finely, a noisy neighbour slows every candidate alike; each
+        // is scored by its total bytes over its total time, over half the budget.
+        const size_t K = cands.size();
+        std::vector<double> secs(K, 0), bytes(K, 0);
+        for (size_t i = 0; i < K; ++i)  // warm-up: first-call allocations
+          detail::run_rows(cands[i], *matrices[i % matrices.size()], Q.data(), ldq, 1, acc.data(),
+                           matrices[i % matrices.size()]->rows, pool);
+        const auto t_start = std::chrono::steady_clock::now();
+        size_t total = 0;
+        for (size_t j = 0;; ++j) {
+          const size_t i = (j + j / 7) % K;
+          const TernaryMatrix& W = *matrices[j % matrices.size()];
           const auto t0 = std::chrono::steady_clock::now();
-          do {
-            const TernaryMatrix& W = *matrices[next];
-            next = (next + 1) % matrices.size();
-            detail::run_rows(k, W, Q.data(), ldq, 1, acc.data(), W.rows, pool);
-            bytes += W.nbytes();
-          } while (bytes < opt.decode_sample_bytes && next != 0);
-          return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / double(bytes);
-        };
-        for (auto& k : cands) sample(k);  // warm-up: first-call allocations
-        for (int round = 0; round < opt.rounds; ++round)
-          for (size_t j = 0; j < cands.size(); ++j) {
-            const size_t i = (j + size_t(round)) % cands.size();
-            cost[i] = std::min(cost[i], sample(cands[i]));
-          }
+          detail::run_rows(cands[i], W, Q.data(), ldq, 1, acc.data(), W.rows, pool);
+          const auto t1 = std::chrono::steady_clock::now();
+          secs[i] += std::chrono::duration<double>(t1 - t0).count();
+          bytes[i] += double(W.nbytes());
+          total += W.nbytes();
+          // Stop once every candidate has 2 samples and half the budget is spent, or `rounds`
+          // samples' worth of bytes each are streamed, or (small models) `rounds` passes each.
+          const double elapsed = std::chrono::duration<double>(t1 - t_start).count();
+          if (j + 1 >= 2 * K && (elapsed >= opt.budget_seconds / 2 ||
+                                 total >= size_t(opt.rounds) * K * opt.decode_sample_bytes ||
+                                 j + 1 >= size_t(opt.rounds) * K * matrices.size()))
+            break;
+        }
+        for (size_t i = 0; i < K; ++i) cost[i] = bytes[i] > 0 ? secs[i] / bytes[i] : 1e300;
       } else {
         // Distinct shapes, each weighted by the work it does in the model.
         std::map<std::pair<int64_t, int64_t>, std::pair<const TernaryMatrix*, double>> shapes;
@@ -147,12 +176,11 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
           }
           return total;
         };
-        for (auto& k : cands) sample(k);
-        for (int round = 0; round < opt.rounds; ++round)
-          for (size_t j = 0; j < cands.size(); ++j) {
-            const size_t i = (j + size_t(round)) % cands.size();
-            cost[i] = std::min(cost[i], sample(cands[i]));
-          }
+        run_rounds(cands, cost, [&](const Kernel& k) {
+          const auto t0 = std::chrono::steady_clock::now();
+          const double c = sample(k);
+          return std::pair{c, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()};
+        });
         double macs = 0;
         for (auto& [shape, e] : shapes) macs += e.second;
         for (auto& c : cost) c /= macs;  // seconds per MAC

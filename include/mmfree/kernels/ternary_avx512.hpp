@@ -107,13 +107,18 @@ struct Tq1Regs {
 };
 MMFREE_TARGET_AVX512_VBMI inline Tq1Regs tq1_regs() {
   Tq1Regs r;
+  #pragma GCC unroll 4
   for (int k = 0; k < 4; ++k)
     r.lo[k] = _mm512_load_si512(tq1_tables().t[k]), r.hi[k] = _mm512_load_si512(tq1_tables().t[k] + 64);
   return r;
 }
 MMFREE_TARGET_AVX512_VBMI inline void tq1_planes_vbmi(__m512i v, const Tq1Regs& T, __m512i d[5]) {
   d[0] = tq1_level(v, 81);
-  for (int k = 0; k < 4; ++k) d[k + 1] = _mm512_permutex2var_epi8(T.lo[k], v, T.hi[k]);
+  // (Unrolled by hand: at -O2, GCC 12 kept this loop and spilled the planes to the stack.)
+  d[1] = _mm512_permutex2var_epi8(T.lo[0], v, T.hi[0]);
+  d[2] = _mm512_permutex2var_epi8(T.lo[1], v, T.hi[1]);
+  d[3] = _mm512_permutex2var_epi8(T.lo[2], v, T.hi[2]);
+  d[4] = _mm512_permutex2var_epi8(T.lo[3], v, T.hi[3]);
 }
 
 // ---- one token: stream the strips -----------------------------------------------------------
@@ -163,35 +168,24 @@ MMFREE_TARGET_AVX512 inline void tq2_decode(const TernaryMatrix& W, const int8_t
   }
 }
 
-// TQ1 with either plane decoder (a macro, because the VBMI twin needs its own target
-// attribute on the whole loop for the permutes to inline). Two chunks per step keep 10
-// accumulators independent.
-#define MMFREE_TQ1_CHUNK(c, A)                                                                        \
-  do {                                                                                                \
-    if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(w + (c) * 64 + kPrefetchBytes), _MM_HINT_T0); \
-    __m512i d[5];                                                                                     \
-    MMFREE_PLANES(_mm512_loadu_si512(w + (c) * 64), d);                                               \
-    const int8_t* x = q + 20 * (c);                                                                   \
-    dpbusd_bcast(a[A], d[0], x);                                                                      \
-    dpbusd_bcast(a[A + 1], d[1], x + 4);                                                              \
-    dpbusd_bcast(a[A + 2], d[2], x + 8);                                                              \
-    dpbusd_bcast(a[A + 3], d[3], x + 12);                                                             \
-    dpbusd_bcast(a[A + 4], d[4], x + 16);                                                             \
-  } while (0)
+// TQ1 with either plane decoder (a macro, because the VBMI twin needs its own target attribute
+// on the whole loop for the permutes to inline). One accumulator per digit plane: decoding a
+// chunk takes longer than a vpdpbusd's latency, so 5 chains keep the adder busy (10, with two
+// chunks per step, measured no faster and spill more).
 #define MMFREE_TQ1_DECODE_BODY                                                                        \
   const int64_t chunks = W.chunks;                                                                    \
   for (int64_t s = r0 / kStripRows; s * kStripRows < r1; ++s) {                                       \
     const uint8_t* w = W.strip(s);                                                                    \
-    __m512i a[10];                                                                                    \
-    for (int i = 0; i < 10; ++i) a[i] = _mm512_setzero_si512();                                       \
-    int64_t c = 0;                                                                                    \
-    for (; c + 2 <= chunks; c += 2) {                                                                 \
-      MMFREE_TQ1_CHUNK(c, 0);                                                                         \
-      MMFREE_TQ1_CHUNK(c + 1, 5);                                                                     \
+    __m512i a[5];                                                                                     \
+    _Pragma("GCC unroll 5") for (int i = 0; i < 5; ++i) a[i] = _mm512_setzero_si512();               \
+    for (int64_t c = 0; c < chunks; ++c) {                                                            \
+      if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0); \
+      __m512i d[5];                                                                                   \
+      MMFREE_PLANES(_mm512_loadu_si512(w + c * 64), d);                                               \
+      const int8_t* x = q + 20 * c;                                                                   \
+      _Pragma("GCC unroll 5") for (int p = 0; p < 5; ++p) dpbusd_bcast(a[p], d[p], x + 4 * p);        \
     }                                                                                                 \
-    if (c < chunks) MMFREE_TQ1_CHUNK(c, 0);                                                           \
-    __m512i sum = a[0];                                                                               \
-    for (int i = 1; i < 10; ++i) sum = _mm512_add_epi32(sum, a[i]);                                   \
+    const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a[0], a[1]), _mm512_add_epi32(a[2], a[3])), a[4]); \
     store_rows(out + s * kStripRows, sum, qsum, row_mask(s, r0, r1));                                 \
   }
 
@@ -211,7 +205,6 @@ MMFREE_TARGET_AVX512_VBMI inline void tq1_decode_vbmi(const TernaryMatrix& W, co
 #undef MMFREE_PLANES
 }
 #undef MMFREE_TQ1_DECODE_BODY
-#undef MMFREE_TQ1_CHUNK
 
 // ---- many tokens: planes unpacked once, register tiles over them ----------------------------
 
@@ -235,6 +228,7 @@ MMFREE_TARGET_AVX512 inline void unpack_tq1(const TernaryMatrix& W, int64_t s, i
   for (int64_t c = 0; c < W.chunks; ++c) {
     __m512i d[5];
     tq1_planes(_mm512_loadu_si512(w + c * 64), d);
+    #pragma GCC unroll 5
     for (int p = 0; p < 5; ++p) _mm512_store_si512(buf + ((5 * c + p) * RG + i) * 64, d[p]);
   }
 }
@@ -244,6 +238,7 @@ MMFREE_TARGET_AVX512_VBMI inline void unpack_tq1_vbmi(const TernaryMatrix& W, in
   for (int64_t c = 0; c < W.chunks; ++c) {
     __m512i d[5];
     tq1_planes_vbmi(_mm512_loadu_si512(w + c * 64), T, d);
+    #pragma GCC unroll 5
     for (int p = 0; p < 5; ++p) _mm512_store_si512(buf + ((5 * c + p) * RG + i) * 64, d[p]);
   }
 }
