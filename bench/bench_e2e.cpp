@@ -6,6 +6,7 @@
 //   MMFREE_BENCH_CACHE   folder for the generated GGUF files (default /tmp/mmfree-bench-cache)
 //   MMFREE_BENCH_PRESETS comma list (default 370m,1.3b,2.7b)
 //   MMFREE_BENCH_FORMATS comma list of ternary formats (default tq2,tq1)
+//   MMFREE_BENCH_FP32    0 skips the fp32 baseline (default 1)
 //
 // Counters: tok_s; floor_tok_s = measured bandwidth / packed bytes read per token, and
 // floor_frac = tok_s / floor_tok_s; floor2_frac = tok_s over the floor of the same model at 2
@@ -127,17 +128,17 @@ size_t peak_since_load(size_t before) {
   return hwm > before ? hwm - before : 0;
 }
 
-void set_counters(benchmark::State& state, const Loaded& L, double tok_s, int threads) {
-  const double floor = bench::bandwidth_gbs(threads) * 1e9 / double(L.bytes_per_token);
+void set_counters(benchmark::State& state, const Loaded& L, double tok_s, int threads, double bw) {
+  const double floor = bw * 1e9 / double(L.bytes_per_token);
   state.counters["tok_s"] = tok_s;
   state.counters["floor_tok_s"] = floor;
   state.counters["floor_frac"] = tok_s / floor;
-  state.counters["bw_GBs"] = bench::bandwidth_gbs(threads);
+  state.counters["bw_GBs"] = bw;
   state.counters["peak_MiB"] = double(peak_since_load(L.base)) / (1 << 20);
   state.counters["mem_floor_MiB"] = double(L.mem_floor) / (1 << 20);
   state.counters["bytes_per_token_MB"] = double(L.bytes_per_token) / 1e6;
   if (L.ternary) {
-    state.counters["floor2_frac"] = tok_s / (bench::bandwidth_gbs(threads) * 1e9 / double(L.bytes_per_token_2bit));
+    state.counters["floor2_frac"] = tok_s / (bw * 1e9 / double(L.bytes_per_token_2bit));
     const auto& c = L.ternary->kernel_choice();
     state.SetLabel(std::string("kernels: decode ") + c.decode.chosen.name + ", prefill " + c.prefill.chosen.name);
     state.counters["chooser_ms"] = c.seconds * 1e3;
@@ -147,8 +148,8 @@ void set_counters(benchmark::State& state, const Loaded& L, double tok_s, int th
 // Decode: one token per iteration, from a state that has already seen a few tokens.
 void BM_Decode(benchmark::State& state, std::string preset, TernaryFormat fmt, bool fp32) {
   const int threads = int(state.range(0));
-  bench::bandwidth_gbs(threads);  // measured before the model takes memory
   Loaded& L = load(preset, fmt, fp32, threads);
+  const double bw = bench::bandwidth_now_gbs(threads);  // the floor, just before
   int32_t next = 1;
   double secs = 0;
   if (!fp32) {
@@ -168,16 +169,16 @@ void BM_Decode(benchmark::State& state, std::string preset, TernaryFormat fmt, b
       secs += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
   }
-  set_counters(state, L, double(state.iterations()) / secs, threads);
+  set_counters(state, L, double(state.iterations()) / secs, threads, bw);
 }
 
 // Prefill: kPrompt tokens from a fresh state, then the first token chosen (time to first
 // token, with the model already loaded).
 void BM_Prefill(benchmark::State& state, std::string preset, TernaryFormat fmt, bool fp32) {
   const int threads = int(state.range(0));
-  bench::bandwidth_gbs(threads);
   bench::int8_peak_gmacs(threads);
   Loaded& L = load(preset, fmt, fp32, threads);
+  const double bw = bench::bandwidth_now_gbs(threads);
   const auto ids = prompt_ids(32000);
   double secs = 0;
   for (auto _ : state) {
@@ -194,7 +195,7 @@ void BM_Prefill(benchmark::State& state, std::string preset, TernaryFormat fmt, 
     secs += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   const double tok_s = double(kPrompt) * double(state.iterations()) / secs;
-  set_counters(state, L, tok_s, threads);
+  set_counters(state, L, tok_s, threads, bw);
   state.counters["ttft_ms"] = secs / double(state.iterations()) * 1e3;
   if (L.ternary) {  // ternary MACs per token (every BitLinear but lm_head, which prefill runs once)
     double macs = 0;
@@ -230,7 +231,7 @@ int register_all() {
       }
     };
     for (auto f : formats) reg(format_name(f), f, false);
-    reg("fp32", TernaryFormat::TQ2, true);
+    if (list("MMFREE_BENCH_FP32", "1").front() != "0") reg("fp32", TernaryFormat::TQ2, true);
   }
   return 0;
 }

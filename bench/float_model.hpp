@@ -36,7 +36,7 @@ struct FloatLinear {
   // out[t, :] = W rmsnorm(x[t, :]) for n tokens; rows of W shared out over the pool.
   void forward(const float* x, int64_t n, float* out, std::vector<float>& tmp, ThreadPool& pool) const {
     tmp.resize(size_t(n * cols));
-    for (int64_t t = 0; t < n; ++t) rmsnorm(x + t * cols, norm.data(), cols, 1e-6, tmp.data() + t * cols);
+    for (int64_t t = 0; t < n; ++t) rmsnorm(x + t * cols, norm.data(), cols, kBitLinearEps, tmp.data() + t * cols);
     pool.for_range(rows, 64, [&](int64_t r0, int64_t r1) { eigen_gemm(W.data(), rows, cols, tmp.data(), n, out, r0, r1); });
   }
 };

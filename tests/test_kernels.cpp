@@ -148,9 +148,10 @@ TEST(Kernels, ExtremeValuesLongRows) {
 // rmsnorm + int8 quantisation: every ISA returns the scalar reference's bits (scale, codes,
 // normalised values, zero padding), on odd lengths, huge rows and exact .5 ties.
 TEST(Kernels, RmsnormQuantizeBitExactWithScalar) {
+  using RmsQuantizeFn = float (*)(const float*, const float*, int64_t, float*, int8_t*, int64_t);
   struct Twin {
     const char* name;
-    kernels::RmsQuantizeFn rq;
+    RmsQuantizeFn rq;
     kernels::SumSquaresFn ss;
   };
   std::vector<Twin> twins;

@@ -62,16 +62,29 @@ class BitLinear {
   const TernaryMatrix& weights() const { return w_; }
   const std::vector<float>& norm() const { return norm_; }
 
-  // Step 1-2: rmsnorm + int8 quantisation of n tokens into s.q / s.s_x.
-  void quantize_input(const float* x, int64_t n, BitLinearScratch& s, const Exec& ex) const {
-    const int64_t k = w_.cols, kp = activation_cols(k);
-    s.reserve(n, kp, k, w_.rows);
-    ex.for_range(n, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t)
-        s.s_x[size_t(t)] = ex.kernels.rmsnorm_quantize(x + t * k, norm_.data(), k, s.tmp.data() + t * k,
-                                            s.q.data() + t * kp, kp);
-    });
+  // The rms factor of each of n tokens of x (K floats each), for quantize_input: projections
+  // that read the same x compute it once.
+  void rms_factors(const float* x, int64_t n, float* r, const Exec& ex) const {
+    const int64_t k = w_.cols;
+    for (int64_t t = 0; t < n; ++t) r[t] = rms_factor(ex.kernels.sum_squares(x + t * k, k), k, kBitLinearEps);
   }
+
+  // Step 1-2: rmsnorm + int8 quantisation of n tokens into s.q / s.s_x; `r`, when given, holds
+  // the tokens' rms factors (rms_factors). Tokens spread over the pool.
+  void quantize_input(const float* x, int64_t n, BitLinearScratch& s, const Exec& ex, const float* r = nullptr) const {
+    reserve(n, s);
+    ex.for_range(n, 1, [&](int64_t t0, int64_t t1) { quantize_tokens(x, t0, t1, s, ex, r); });
+  }
+  // The same for tokens [t0, t1) on the calling thread (scratch reserved by the caller).
+  void quantize_tokens(const float* x, int64_t t0, int64_t t1, BitLinearScratch& s, const Exec& ex,
+                       const float* r = nullptr) const {
+    const int64_t k = w_.cols, kp = activation_cols(k);
+    for (int64_t t = t0; t < t1; ++t) {
+      const float rt = r ? r[t] : rms_factor(ex.kernels.sum_squares(x + t * k, k), k, kBitLinearEps);
+      s.s_x[size_t(t)] = ex.kernels.scale_quantize(x + t * k, rt, norm_.data(), k, s.tmp.data() + t * k, s.q.data() + t * kp, kp);
+    }
+  }
+  void reserve(int64_t n, BitLinearScratch& s) const { s.reserve(n, activation_cols(w_.cols), w_.cols, w_.rows); }
 
   // Step 3 for rows [r0, r1) only, on the calling thread: acc[t, r] = T[r] . q[t].
   void accumulate_rows(int64_t n, BitLinearScratch& s, const Exec& ex, int64_t r0, int64_t r1) const {

@@ -16,10 +16,12 @@ namespace mmfree {
 
 struct MixerScratch {
   std::vector<float> f, i, g, o;  // [n, D]
+  std::vector<float> r;           // [n] rms factors of the input, shared by f, i, g
   BitLinearScratch fq, iq, gq;    // the three projections' quantised inputs and sums
   void reserve(int64_t n, int64_t d) {
     for (auto* v : {&f, &i, &g, &o})
       if (v->size() < size_t(n * d)) v->resize(size_t(n * d));
+    if (r.size() < size_t(n)) r.resize(size_t(n));
   }
 };
 
@@ -60,9 +62,15 @@ struct MLGRU {
                const Exec& ex) const {
     const int64_t d = dim();
     s.reserve(n, d);
-    f_proj.quantize_input(x, n, s.fq, ex);
-    i_proj.quantize_input(x, n, s.iq, ex);
-    g_proj.quantize_input(x, n, s.gq, ex);
+    // f, i and g read the same x: one rms factor per token, then three quantisations, spread
+    // over the pool (for one token, the three are the tasks).
+    f_proj.rms_factors(x, n, s.r.data(), ex);
+    f_proj.reserve(n, s.fq), i_proj.reserve(n, s.iq), g_proj.reserve(n, s.gq);
+    const BitLinear* proj[3] = {&f_proj, &i_proj, &g_proj};
+    BitLinearScratch* qs[3] = {&s.fq, &s.iq, &s.gq};
+    ex.for_range(3 * n, 1, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) proj[j % 3]->quantize_tokens(x, j / 3, j / 3 + 1, *qs[j % 3], ex, s.r.data());
+    });
     const float* lb = lower_bound.empty() ? nullptr : lower_bound.data();
     // Channels are independent until g's norm: each thread computes its channels' rows of
     // f, i and g for all n tokens, then runs the recurrence over them. One parallel

@@ -17,6 +17,10 @@
 
 namespace mmfree {
 
+// BitLinear's own rmsnorm epsilon: 1e-6, whatever the checkpoint's rms_norm_eps (the module
+// declares 1e-8, but the fused kernel the reference runs passes its default 1e-6; docs/model.md).
+inline constexpr double kBitLinearEps = 1e-6;
+
 // e^x within 2 ulp of the correctly rounded value on [-87, 88] (clamped outside, where
 // sigmoid and silu no longer change). Straight-line float arithmetic, no library call,
 // so the compiler vectorises loops over it: the model evaluates ~300,000 exponentials per
@@ -82,12 +86,17 @@ inline float quantize_int8(const float* y, int64_t n, int8_t* q, int64_t n_padde
   return s;
 }
 
-// The fused front of BitLinear: rmsnorm(x, w_norm, 1e-6) then quantize_int8, one token.
-// `tmp` holds n floats.
+// BitLinear's front given the rms factor r of x: tmp = x * r * w_norm, then quantize_int8, one
+// token. Projections that read the same x (the MLGRU's f, i, g) share r. `tmp` holds n floats.
+inline float scale_quantize(const float* x, float r, const float* w_norm, int64_t n, float* tmp, int8_t* q,
+                            int64_t n_padded) {
+  for (int64_t i = 0; i < n; ++i) tmp[i] = x[i] * r * w_norm[i];
+  return quantize_int8(tmp, n, q, n_padded);
+}
+// The whole front: rmsnorm(x, w_norm, kBitLinearEps) then quantize_int8.
 inline float rmsnorm_quantize(const float* x, const float* w_norm, int64_t n, float* tmp, int8_t* q,
                               int64_t n_padded) {
-  rmsnorm(x, w_norm, n, 1e-6, tmp);
-  return quantize_int8(tmp, n, q, n_padded);
+  return scale_quantize(x, rms_factor(sum_squares(x, n), n, kBitLinearEps), w_norm, n, tmp, q, n_padded);
 }
 
 }  // namespace mmfree

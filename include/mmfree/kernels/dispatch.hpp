@@ -25,7 +25,8 @@ namespace mmfree::kernels {
 // Every kernel: out[t * ldo + r] = row r of W . Q[t * ldq ...] for t < n, r in [r0, r1).
 using TernaryGemmFn = void (*)(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out,
                                int64_t ldo, int64_t r0, int64_t r1);
-using RmsQuantizeFn = float (*)(const float* x, const float* w, int64_t n, float* tmp, int8_t* q, int64_t n_padded);
+using ScaleQuantizeFn = float (*)(const float* x, float r, const float* w, int64_t n, float* tmp, int8_t* q,
+                                  int64_t n_padded);
 using SumSquaresFn = double (*)(const float* x, int64_t n);
 
 // What a kernel needs from the CPU.
@@ -111,7 +112,7 @@ inline const Kernel& find_kernel(const std::string& name) {
 // version returns the same bits, ops.hpp).
 struct KernelTable {
   Kernel decode, prefill;
-  RmsQuantizeFn rmsnorm_quantize = mmfree::rmsnorm_quantize;
+  ScaleQuantizeFn scale_quantize = mmfree::scale_quantize;
   SumSquaresFn sum_squares = mmfree::sum_squares;
 
   void gemm(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out, int64_t ldo, int64_t r0,
@@ -126,10 +127,10 @@ inline KernelTable make_table(const Kernel& decode, const Kernel& prefill) {
   t.prefill = prefill;
 #if defined(__x86_64__)
   if (cpu_has(Isa::Avx512)) {
-    t.rmsnorm_quantize = avx512::rmsnorm_quantize;
+    t.scale_quantize = avx512::scale_quantize;
     t.sum_squares = avx512::sum_squares;
   } else if (cpu_has(Isa::Avx2)) {
-    t.rmsnorm_quantize = avx2::rmsnorm_quantize;
+    t.scale_quantize = avx2::scale_quantize;
     t.sum_squares = avx2::sum_squares;
   }
 #endif

@@ -45,9 +45,9 @@ MMFREE_TARGET_AVX512_Q inline double sum_squares(const float* x, int64_t n) {
   return _mm_cvtsd_f64(b) + _mm_cvtsd_f64(_mm_unpackhi_pd(b, b));
 }
 
-MMFREE_TARGET_AVX512_Q inline float rmsnorm_quantize(const float* x, const float* w, int64_t n, float* tmp,
-                                                     int8_t* q, int64_t n_padded) {
-  const __m512 r = _mm512_set1_ps(rms_factor(sum_squares(x, n), n, 1e-6));
+MMFREE_TARGET_AVX512_Q inline float scale_quantize(const float* x, float rs, const float* w, int64_t n, float* tmp,
+                                                   int8_t* q, int64_t n_padded) {
+  const __m512 r = _mm512_set1_ps(rs);
   const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
   __m512 amax = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += 16) {
@@ -71,6 +71,11 @@ MMFREE_TARGET_AVX512_Q inline float rmsnorm_quantize(const float* x, const float
   }
   if (n_padded > n) std::memset(q + n, 0, size_t(n_padded - n));
   return s;
+}
+
+MMFREE_TARGET_AVX512_Q inline float rmsnorm_quantize(const float* x, const float* w, int64_t n, float* tmp,
+                                                     int8_t* q, int64_t n_padded) {
+  return scale_quantize(x, rms_factor(sum_squares(x, n), n, kBitLinearEps), w, n, tmp, q, n_padded);
 }
 
 }  // namespace avx512
@@ -99,9 +104,8 @@ MMFREE_TARGET_AVX2_Q inline double sum_squares(const float* x, int64_t n) {
   return _mm_cvtsd_f64(b) + _mm_cvtsd_f64(_mm_unpackhi_pd(b, b));
 }
 
-MMFREE_TARGET_AVX2_Q inline float rmsnorm_quantize(const float* x, const float* w, int64_t n, float* tmp, int8_t* q,
-                                                   int64_t n_padded) {
-  const float rs = rms_factor(sum_squares(x, n), n, 1e-6);
+MMFREE_TARGET_AVX2_Q inline float scale_quantize(const float* x, float rs, const float* w, int64_t n, float* tmp,
+                                                 int8_t* q, int64_t n_padded) {
   const __m256 r = _mm256_set1_ps(rs);
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   __m256 amax = _mm256_setzero_ps();
@@ -136,6 +140,11 @@ MMFREE_TARGET_AVX2_Q inline float rmsnorm_quantize(const float* x, const float* 
   for (; i < n; ++i) q[i] = int8_t(std::clamp(std::round(tmp[i] * s), -128.0f, 127.0f));
   if (n_padded > n) std::memset(q + n, 0, size_t(n_padded - n));
   return s;
+}
+
+MMFREE_TARGET_AVX2_Q inline float rmsnorm_quantize(const float* x, const float* w, int64_t n, float* tmp, int8_t* q,
+                                                   int64_t n_padded) {
+  return scale_quantize(x, rms_factor(sum_squares(x, n), n, kBitLinearEps), w, n, tmp, q, n_padded);
 }
 
 }  // namespace avx2
