@@ -291,6 +291,12 @@ struct Scratch {
   }
 };
 
+// Tokens per block of the outer loop: their activations (64 x K bytes) stay in L2 while every
+// strip pair passes under them, and only 64 output rows are written at a time (an lm_head's
+// 32000-wide output rows otherwise touch a new page per token per strip: measured 57% of peak on
+// the 1.3B lm_head with all 512 tokens at once). The digits are unpacked again for each block.
+inline constexpr int64_t kTokenBlock = 64;
+
 MMFREE_TARGET_AVX512 inline void gemm_strips(UnpackFn unpack, const TernaryMatrix& W, const int8_t* Q, int64_t ldq,
                                              int64_t n, int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
   thread_local Scratch planes, sums;
@@ -299,15 +305,20 @@ MMFREE_TARGET_AVX512 inline void gemm_strips(UnpackFn unpack, const TernaryMatri
   int32_t* qsum = reinterpret_cast<int32_t*>(sums.get(size_t(n) * 4));
   for (int64_t t = 0; t < n; ++t) qsum[t] = sum_q(Q + t * ldq, W.padded_cols());
   const int64_t s1 = (r1 + kStripRows - 1) / kStripRows;
-  int64_t s = r0 / kStripRows;
-  for (; s + 2 <= s1; s += 2) {
-    unpack(W, s, 0, 2, buf);
-    unpack(W, s + 1, 1, 2, buf);
-    tiles_over_tokens<2>(buf, groups, Q, ldq, n, qsum, out, ldo, s, r0, r1);
-  }
-  if (s < s1) {
-    unpack(W, s, 0, 1, buf);
-    tiles_over_tokens<1>(buf, groups, Q, ldq, n, qsum, out, ldo, s, r0, r1);
+  for (int64_t t0 = 0; t0 < n; t0 += kTokenBlock) {
+    const int64_t tn = std::min(kTokenBlock, n - t0);
+    const int8_t* Qb = Q + t0 * ldq;
+    int32_t* ob = out + t0 * ldo;
+    int64_t s = r0 / kStripRows;
+    for (; s + 2 <= s1; s += 2) {
+      unpack(W, s, 0, 2, buf);
+      unpack(W, s + 1, 1, 2, buf);
+      tiles_over_tokens<2>(buf, groups, Qb, ldq, tn, qsum + t0, ob, ldo, s, r0, r1);
+    }
+    if (s < s1) {
+      unpack(W, s, 0, 1, buf);
+      tiles_over_tokens<1>(buf, groups, Qb, ldq, tn, qsum + t0, ob, ldo, s, r0, r1);
+    }
   }
 }
 
