@@ -123,7 +123,49 @@ void BM_EigenF32(benchmark::State& state, Shape s) {
   state.counters["GMAC/s"] = C(double(s.out * s.in * n) / 1e9, C::kIsIterationInvariantRate);
 }
 
+// Does a table-lookup GEMM (T-MAC, bitnet.cpp's TL kernels: add precomputed partial sums of
+// activations instead of multiplying) beat vpdpbusd? Its most favourable inner loop: 4 ternary
+// weights per byte index (81 combinations), exact 16-bit partial sums of 4 int8 activations in
+// two 128-entry byte tables (vpermi2b, lo and hi), unpacked to words and added; tables never
+// rebuilt, never widened to int32. Counted as 256 multiply-accumulates per lookup (64 rows x 4).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi"))) double lut_best_case(long iters) {
+  __m512i tlo0 = _mm512_set1_epi8(3), tlo1 = _mm512_set1_epi8(5), thi0 = _mm512_set1_epi8(1), thi1 = _mm512_setzero_si512();
+  __m512i acc[8];
+  #pragma GCC unroll 8
+  for (auto& a : acc) a = _mm512_setzero_si512();
+  __m512i idx[4] = {_mm512_set1_epi8(1), _mm512_set1_epi8(7), _mm512_set1_epi8(20), _mm512_set1_epi8(80)};
+  for (long k = 0; k < iters; ++k) {
+    #pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      const __m512i lo = _mm512_permutex2var_epi8(tlo0, idx[j], tlo1), hi = _mm512_permutex2var_epi8(thi0, idx[j], thi1);
+      acc[2 * j] = _mm512_add_epi16(acc[2 * j], _mm512_unpacklo_epi8(lo, hi));
+      acc[2 * j + 1] = _mm512_add_epi16(acc[2 * j + 1], _mm512_unpackhi_epi8(lo, hi));
+    }
+    __asm__ volatile("" : "+v"(idx[0]), "+v"(idx[1]), "+v"(idx[2]), "+v"(idx[3]));
+  }
+  __m512i t = acc[0];
+  #pragma GCC unroll 8
+  for (int i = 1; i < 8; ++i) t = _mm512_add_epi16(t, acc[i]);
+  volatile int sink = _mm512_reduce_add_epi32(t);
+  (void)sink;
+  return double(iters) * 4 * 256 / 1e9;  // G multiply-accumulate equivalents
+}
+void BM_PeakTableLookup(benchmark::State& state) {
+  const int threads = int(state.range(0));
+  double rate = 0;
+  for (auto _ : state) rate = bench::detail::best_parallel_rate(threads, 3, [](int) { return lut_best_case(10'000'000); });
+  state.counters["GMAC/s"] = rate;
+  state.counters["vs_vpdpbusd"] = rate / bench::int8_peak_gmacs(threads);
+}
+void BM_PeakVpdpbusd(benchmark::State& state) {
+  const int threads = int(state.range(0));
+  for (auto _ : state) state.counters["GMAC/s"] = bench::int8_peak_gmacs(threads);
+}
+
 int register_all() {
+  benchmark::RegisterBenchmark("peak/vpdpbusd_12_chains", BM_PeakVpdpbusd)->ArgName("threads")->Arg(1)->Arg(2)->Iterations(1);
+  if (kernels::cpu_has(kernels::Isa::Avx512Vbmi))
+    benchmark::RegisterBenchmark("peak/table_lookup_best_case", BM_PeakTableLookup)->ArgName("threads")->Arg(1)->Arg(2)->Iterations(1);
   const bool scalar = std::getenv("MMFREE_BENCH_SCALAR") && *std::getenv("MMFREE_BENCH_SCALAR") == '1';
   std::string names;
   for (const auto& k : kernels::available_kernels()) names += std::string(names.empty() ? "" : ",") + k.name;
