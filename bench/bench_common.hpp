@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -24,6 +25,22 @@
 #include "mmfree/weight_arena.hpp"
 
 namespace mmfree::bench {
+
+// The CPU's model name (Linux: /proc/cpuinfo), for the benchmark context: every figure names its CPU.
+inline std::string cpu_model() {
+  FILE* f = std::fopen("/proc/cpuinfo", "r");
+  if (!f) return "unknown";
+  char line[512];
+  std::string name = "unknown";
+  while (std::fgets(line, sizeof line, f))
+    if (std::strncmp(line, "model name", 10) == 0) {
+      const char* c = std::strchr(line, ':');
+      if (c) name = std::string(c + 2, std::strcspn(c + 2, "\n"));
+      break;
+    }
+  std::fclose(f);
+  return name;
+}
 
 namespace detail {
 
@@ -92,6 +109,13 @@ inline double measure_bandwidth(int threads, size_t n = size_t(1) << 30, int rep
 // Bandwidth now (256 MiB, best of 2: about 30 ms): the floor for the measurement that follows.
 // On shared machines the bandwidth moves by +-30% within minutes.
 inline double bandwidth_now_gbs(int threads) { return measure_bandwidth(threads, size_t(256) << 20, 2); }
+// The best bandwidth of the run so far, probing now: the memory's capability, which noise only
+// ever lowers (bench_kernels compares its best kernel runs with it).
+inline double bandwidth_best_gbs(int threads) {
+  static double best[64] = {};
+  best[threads] = std::max(best[threads], bandwidth_now_gbs(threads));
+  return best[threads];
+}
 
 inline double bandwidth_gbs(int threads) {
   static double bw[64] = {};

@@ -24,6 +24,7 @@
 #include <fstream>
 #include <memory>
 #include <sstream>
+#include <type_traits>
 
 #include "bench_common.hpp"
 #include "float_model.hpp"
@@ -146,30 +147,49 @@ void set_counters(benchmark::State& state, const Loaded& L, double tok_s, int th
 }
 
 // Decode: one token per iteration, from a state that has already seen a few tokens.
+// Decode: one token per iteration, from a state that has already seen a few tokens. The read
+// bandwidth is probed between segments of 8 tokens (64 MiB, a few ms): on a shared machine it
+// moves by tens of percent within a minute, so each segment is compared with the bandwidth of
+// its own moment, and floor_frac is the median over segments.
 void BM_Decode(benchmark::State& state, std::string preset, TernaryFormat fmt, bool fp32) {
   const int threads = int(state.range(0));
   Loaded& L = load(preset, fmt, fp32, threads);
-  const double bw = bench::bandwidth_now_gbs(threads);  // the floor, just before
   int32_t next = 1;
-  double secs = 0;
-  if (!fp32) {
-    State st = L.ternary->new_state();
-    for (int i = 0; i < 4; ++i) next = argmax(L.ternary->step(next, st));
+  auto step = [&](auto& st) {
+    if constexpr (std::is_same_v<std::decay_t<decltype(st)>, State>) next = argmax(L.ternary->step(next, st));
+    else next = argmax(L.fp32->forward(&next, 1, st));
+  };
+  double secs = 0, seg_secs = 0;
+  int seg_tokens = 0;
+  std::vector<double> fracs, bws;
+  const int segment = fp32 ? 2 : 8;
+  auto run = [&](auto st) {
+    for (int i = 0; i < 2; ++i) step(st);
     for (auto _ : state) {
       auto t0 = std::chrono::steady_clock::now();
-      next = argmax(L.ternary->step(next, st));
-      secs += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      step(st);
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      secs += dt, seg_secs += dt;
+      if (++seg_tokens == segment) {
+        state.PauseTiming();
+        const double bw = bench::measure_bandwidth(threads, size_t(64) << 20, 1);
+        bws.push_back(bw);
+        fracs.push_back(double(seg_tokens) / seg_secs / (bw * 1e9 / double(L.bytes_per_token)));
+        seg_secs = 0, seg_tokens = 0;
+        state.ResumeTiming();
+      }
     }
-  } else {
-    auto st = L.fp32->new_state();
-    for (int i = 0; i < 2; ++i) next = argmax(L.fp32->forward(&next, 1, st));
-    for (auto _ : state) {
-      auto t0 = std::chrono::steady_clock::now();
-      next = argmax(L.fp32->forward(&next, 1, st));
-      secs += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    }
-  }
+  };
+  if (fp32) run(L.fp32->new_state());
+  else run(L.ternary->new_state());
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0.0 : v[v.size() / 2];
+  };
+  const double bw = median(bws);
   set_counters(state, L, double(state.iterations()) / secs, threads, bw);
+  state.counters["floor_frac"] = median(fracs);
+  if (L.ternary) state.counters["floor2_frac"] = median(fracs) * double(L.bytes_per_token_2bit) / double(L.bytes_per_token);
 }
 
 // Prefill: kPrompt tokens from a fresh state, then the first token chosen (time to first
@@ -208,6 +228,9 @@ void BM_Prefill(benchmark::State& state, std::string preset, TernaryFormat fmt, 
 }
 
 int register_all() {
+  benchmark::AddCustomContext("cpu_model", bench::cpu_model());
+  // The bandwidth probe's buffer, before any model: its pages are not a model's peak memory.
+  bench::measure_bandwidth(1, size_t(256) << 20, 1);
   std::string names;
   for (const auto& k : kernels::available_kernels()) names += std::string(names.empty() ? "" : ",") + k.name;
   benchmark::AddCustomContext("mmfree_kernels_available", names);

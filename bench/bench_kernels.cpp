@@ -4,8 +4,8 @@
 //
 //   ternary/<format>/<kernel>/<shape>/tokens:N/threads:T
 //
-// Counters: GB/s of packed weights streamed and floor_frac (that over the read bandwidth
-// measured just before: the decode floor); GMAC/s (ternary multiply-accumulates per second) and
+// Counters: GB/s of packed weights streamed and floor_frac (that over the best read bandwidth
+// of the run, probed before each decode benchmark: the decode floor); GMAC/s (ternary multiply-accumulates per second) and
 // peak_frac (that over the int8 dot-product peak measured in this run: the prefill ceiling
 // without AMX). The scalar kernel runs only with MMFREE_BENCH_SCALAR=1 (it takes minutes).
 #include <benchmark/benchmark.h>
@@ -74,7 +74,7 @@ void BM_Ternary(benchmark::State& state, Shape s, TernaryFormat f, kernels::Kern
     for (int64_t c = 0; c < s.in; ++c) q[size_t(t * ld + c)] = int8_t(int(rng() % 255) - 127);
   std::vector<int32_t> out(size_t(n * s.out));
   ThreadPool pool(threads);
-  const double bw = n == 1 ? bench::bandwidth_now_gbs(threads) : 0;  // the floor, just before
+  const double bw = n == 1 ? bench::bandwidth_best_gbs(threads) : 0;  // the floor: the run's best, probed now
   const double peak = n > 1 ? bench::int8_peak_gmacs(threads) : 0;   // the ceiling, best of the run
   for (auto _ : state) {
     const TernaryMatrix& M = copies[which];
@@ -163,6 +163,7 @@ void BM_PeakVpdpbusd(benchmark::State& state) {
 }
 
 int register_all() {
+  benchmark::AddCustomContext("cpu_model", bench::cpu_model());
   benchmark::RegisterBenchmark("peak/vpdpbusd_12_chains", BM_PeakVpdpbusd)->ArgName("threads")->Arg(1)->Arg(2)->Iterations(1);
   if (kernels::cpu_has(kernels::Isa::Avx512Vbmi))
     benchmark::RegisterBenchmark("peak/table_lookup_best_case", BM_PeakTableLookup)->ArgName("threads")->Arg(1)->Arg(2)->Iterations(1);
