@@ -163,6 +163,12 @@ __attribute__((target("avx2"))) inline double avx2_chains(long iters) {
 
 }  // namespace detail
 
+// The int8 multiply-accumulate peak now (one short probe, about 10 ms).
+inline double int8_peak_now(int threads) {
+  const bool vnni = kernels::cpu_has(kernels::Isa::Avx512);
+  return detail::best_parallel_rate(threads, 1, [&](int) { return vnni ? detail::vnni_chains(2'000'000) : detail::avx2_chains(2'000'000); });
+}
+
 // The int8 multiply-accumulate peak in GMAC/s with `threads` threads: the best reading of this
 // run so far. Noise (a neighbour taking a core) only ever lowers a reading, so each call probes
 // again briefly and the maximum is kept; the first call probes 5 times.

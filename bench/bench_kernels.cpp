@@ -74,24 +74,43 @@ void BM_Ternary(benchmark::State& state, Shape s, TernaryFormat f, kernels::Kern
     for (int64_t c = 0; c < s.in; ++c) q[size_t(t * ld + c)] = int8_t(int(rng() % 255) - 127);
   std::vector<int32_t> out(size_t(n * s.out));
   ThreadPool pool(threads);
-  const double bw = n == 1 ? bench::bandwidth_best_gbs(threads) : 0;  // the floor: the run's best, probed now
-  const double peak = n > 1 ? bench::int8_peak_gmacs(threads) : 0;   // the ceiling, best of the run
+  // The ceiling is probed between runs of about 20 ms of the kernel (decode: the read bandwidth,
+  // 64 MiB; prefill: the int8 peak), so each run is compared with the machine of its own moment:
+  // on a shared machine both move by tens of percent within a minute. The shares reported are
+  // the medians of those paired ratios.
+  const double bytes = double(copies.front().nbytes()), macs = double(s.out) * double(s.in) * double(n);
+  std::vector<double> ratios, ceilings;
+  double run_secs = 0, run_units = 0;
   for (auto _ : state) {
     const TernaryMatrix& M = copies[which];
     which = (which + 1) % copies.size();
+    const auto t0 = std::chrono::steady_clock::now();
     pool.for_range(s.out, kStripRows, [&](int64_t r0, int64_t r1) { k.gemm(M, q.data(), ld, n, out.data(), s.out, r0, r1); });
     benchmark::DoNotOptimize(out.data());
+    run_secs += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    run_units += n == 1 ? bytes / 1e9 : macs / 1e9;
+    if (run_secs >= 0.02) {
+      state.PauseTiming();
+      const double ceiling = n == 1 ? bench::measure_bandwidth(threads, size_t(64) << 20, 1) : bench::int8_peak_now(threads);
+      ceilings.push_back(ceiling);
+      ratios.push_back(run_units / run_secs / ceiling);
+      run_secs = run_units = 0;
+      state.ResumeTiming();
+    }
   }
-  const double bytes = double(copies.front().nbytes()), macs = double(s.out) * double(s.in) * double(n);
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0.0 : v[v.size() / 2];
+  };
   using C = benchmark::Counter;
   state.counters["GB/s"] = C(bytes, C::kIsIterationInvariantRate, C::kIs1000);
   state.counters["GMAC/s"] = C(macs / 1e9, C::kIsIterationInvariantRate);
   if (n == 1) {
-    state.counters["bw_GB/s"] = bw;
-    state.counters["floor_frac"] = C(bytes / 1e9 / bw, C::kIsIterationInvariantRate);
+    state.counters["bw_GB/s"] = median(ceilings);
+    state.counters["floor_frac"] = median(ratios);
   } else {
-    state.counters["peak_GMAC/s"] = peak;
-    state.counters["peak_frac"] = C(macs / 1e9 / peak, C::kIsIterationInvariantRate);
+    state.counters["peak_GMAC/s"] = median(ceilings);
+    state.counters["peak_frac"] = median(ratios);
   }
 }
 

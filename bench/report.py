@@ -2,7 +2,7 @@
 """Turn bench_e2e's JSON into the README's performance tables and a PNG chart.
 
     build/bench/bench_e2e --benchmark_out=e2e.json --benchmark_out_format=json
-    python3 bench/report.py e2e.json --out bench/results      # writes e2e.md, e2e.png, e2e.json
+    python3 bench/report.py e2e.json [rerun.json ...] --out bench/results   # e2e.md, e2e.png, the JSON
 
 Two tables: decoding (TQ2 and TQ1 against their bandwidth floors, TQ1 against the 2-bit floor,
 the fp32 model) and prefill with memory (GMAC/s against the int8 dot-product peak of the run).
@@ -17,7 +17,17 @@ import subprocess
 import sys
 
 
-def load(path):
+def load(paths):
+    """Rows of every file; a later file's rows replace an earlier one's (e.g. a rerun of some)."""
+    rows, ctx = {}, {}
+    for path in paths:
+        c, r = load_one(path)
+        ctx = ctx or c
+        rows.update(r)
+    return ctx, rows
+
+
+def load_one(path):
     with open(path) as f:
         doc = json.load(f)
     rows = {}
@@ -42,7 +52,7 @@ def pct(v):
 
 def kernels(b):
     label = (b or {}).get("label", "")
-    return label.replace("kernels: ", "") if label else "–"
+    return label.split(" | ")[0].replace("kernels: ", "") if label else "–"
 
 
 def tables(ctx, rows):
@@ -139,18 +149,20 @@ unset multiplot
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("json")
+    ap.add_argument("json", nargs="+", help="bench_e2e JSON files; later ones replace rows of earlier ones")
     ap.add_argument("--out", default="bench/results", help="folder for e2e.md, e2e.png and a copy of the JSON")
     a = ap.parse_args()
     ctx, rows = load(a.json)
     if not rows:
-        sys.exit(f"{a.json}: no e2e benchmarks in this file")
+        sys.exit(f"{a.json}: no e2e benchmarks")
     os.makedirs(a.out, exist_ok=True)
     md = tables(ctx, rows)
     with open(os.path.join(a.out, "e2e.md"), "w") as f:
         f.write(md)
-    if os.path.abspath(a.json) != os.path.abspath(os.path.join(a.out, "e2e.json")):
-        shutil.copyfile(a.json, os.path.join(a.out, "e2e.json"))
+    for i, path in enumerate(a.json):
+        dst = os.path.join(a.out, "e2e.json" if i == 0 else f"e2e-{i + 1}.json")
+        if os.path.abspath(path) != os.path.abspath(dst):
+            shutil.copyfile(path, dst)
     chart(ctx, rows, os.path.join(a.out, "e2e.png"))
     sys.stdout.write(md)
 
