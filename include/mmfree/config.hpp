@@ -7,6 +7,7 @@
 #include <string>
 
 #include "mmfree/error.hpp"
+#include "mmfree/json_field.hpp"
 
 namespace mmfree {
 
@@ -37,31 +38,15 @@ struct Config {
   static Config from_json(const nlohmann::json& j, const std::string& where) {
     if (!j.is_object()) fail(where, "config is not a JSON object");
     Config c;
-    auto get_int = [&](const char* key, int64_t def, int64_t lo, int64_t hi) -> int64_t {
-      if (!j.contains(key) || j[key].is_null()) return def;
-      const auto& v = j[key];
-      if (!v.is_number_integer()) fail(where, std::string("'") + key + "' must be an integer");
-      int64_t x = v.get<int64_t>();
-      if (x < lo || x > hi)
-        fail(where, std::string("'") + key + "' = " + std::to_string(x) + " is out of range [" +
-                        std::to_string(lo) + ", " + std::to_string(hi) + "]");
-      return x;
-    };
-    auto get_bool = [&](const char* key, bool def) -> bool {
-      if (!j.contains(key) || j[key].is_null()) return def;
-      if (!j[key].is_boolean()) fail(where, std::string("'") + key + "' must be true or false");
-      return j[key].get<bool>();
-    };
-    if (j.contains("model_type")) {
-      if (!j["model_type"].is_string() || j["model_type"].get<std::string>() != "hgrn_bit")
-        fail(where, "unsupported model_type " + j["model_type"].dump() + " (expected \"hgrn_bit\")");
-    }
+    using namespace json_field;
+    auto get_int = [&](const char* key, int64_t def, int64_t lo, int64_t hi) { return integer_or(j, key, def, where, lo, hi); };
+    auto get_bool = [&](const char* key, bool def) { return boolean_or(j, key, def, where); };
+    if (has(j, "model_type") && string(j["model_type"], where, "model_type") != "hgrn_bit")
+      fail(where, "unsupported model_type " + j["model_type"].dump() + " (expected \"hgrn_bit\")");
     if (get_bool("use_short_conv", false))
       fail(where, "use_short_conv: true is not supported (no released checkpoint uses it)");
-    if (j.contains("attn_mode") && !j["attn_mode"].is_null()) {
-      if (!j["attn_mode"].is_string() || j["attn_mode"].get<std::string>() != "fused_recurrent")
-        fail(where, "unsupported attn_mode " + j["attn_mode"].dump() + " (only \"fused_recurrent\")");
-    }
+    if (has(j, "attn_mode") && string(j["attn_mode"], where, "attn_mode") != "fused_recurrent")
+      fail(where, "unsupported attn_mode " + j["attn_mode"].dump() + " (only \"fused_recurrent\")");
     // Bounds keep every derived size far from integer overflow.
     c.vocab_size = get_int("vocab_size", 32000, 1, 1 << 22);
     c.hidden_size = get_int("hidden_size", 2048, 1, 1 << 16);
@@ -76,11 +61,7 @@ struct Config {
     c.bos_token_id = get_int("bos_token_id", 1, -1, c.vocab_size - 1);
     c.eos_token_id = get_int("eos_token_id", 2, -1, c.vocab_size - 1);
     c.max_position_embeddings = get_int("max_position_embeddings", 2048, 1, int64_t(1) << 40);
-    if (j.contains("rms_norm_eps") && !j["rms_norm_eps"].is_null()) {
-      if (!j["rms_norm_eps"].is_number()) fail(where, "'rms_norm_eps' must be a number");
-      c.rms_norm_eps = j["rms_norm_eps"].get<double>();
-      if (!(c.rms_norm_eps > 0 && c.rms_norm_eps < 1)) fail(where, "'rms_norm_eps' must be in (0, 1)");
-    }
+    c.rms_norm_eps = number_or(j, "rms_norm_eps", 1e-6, where, 1e-30, 0.5);
     if (c.input_dim() % c.num_heads != 0)
       fail(where, "hidden_size * expand_ratio is not divisible by num_heads");
     return c;

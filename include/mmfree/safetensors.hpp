@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "mmfree/error.hpp"
+#include "mmfree/json_field.hpp"
 #include "mmfree/half.hpp"
 #include "mmfree/mapped_file.hpp"
 
@@ -194,25 +195,21 @@ class SafetensorsFile {
       }
       const std::string where = p + ": tensor '" + name + "'";
       if (!v.is_object()) fail(where, "entry is not an object");
-      if (!v.contains("dtype") || !v["dtype"].is_string()) fail(where, "missing or non-string dtype");
+      if (!v.contains("dtype")) fail(where, "missing dtype");
       if (!v.contains("shape") || !v["shape"].is_array()) fail(where, "missing or non-array shape");
       if (!v.contains("data_offsets") || !v["data_offsets"].is_array() || v["data_offsets"].size() != 2)
         fail(where, "data_offsets must be an array of two integers");
       TensorView t;
       t.name = name;
       t.file = p;
-      const std::string ds = v["dtype"].get<std::string>();
+      const std::string ds = json_field::string(v["dtype"], where, "dtype");
       if (!parse_dtype(ds, &t.dtype)) fail(where, "unknown dtype '" + ds + "'");
       if (v["shape"].size() > 8) fail(where, "too many dimensions");
-      for (auto& d : v["shape"]) {
-        if (!d.is_number_integer() || d.get<int64_t>() < 0)
-          fail(where, "shape entries must be non-negative integers");
-        t.shape.push_back(d.get<int64_t>());
-      }
+      for (size_t i = 0; i < v["shape"].size(); ++i)
+        t.shape.push_back(json_field::integer(v["shape"][i], where, "shape[" + std::to_string(i) + "]", 0, int64_t(1) << 40));
       auto& off = v["data_offsets"];
-      if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned())
-        fail(where, "data_offsets must be non-negative integers");
-      const uint64_t b = off[0].get<uint64_t>(), e = off[1].get<uint64_t>();
+      const uint64_t b = uint64_t(json_field::integer(off[0], where, "data_offsets[0]", 0, INT64_MAX));
+      const uint64_t e = uint64_t(json_field::integer(off[1], where, "data_offsets[1]", 0, INT64_MAX));
       if (b > e) fail(where, "data_offsets begin " + std::to_string(b) + " > end " + std::to_string(e));
       if (e > data_len)
         fail(where, "data_offsets end " + std::to_string(e) + " is past the end of the data (" +
@@ -290,8 +287,7 @@ class TensorStore {
     std::map<std::string, SafetensorsFile*> shard_by_file;
     std::map<std::string, std::string> wanted;
     for (auto& [name, f] : j["weight_map"].items()) {
-      if (!f.is_string()) fail(index_path, "weight_map entry '" + name + "' is not a string");
-      const std::string fn = f.get<std::string>();
+      const std::string fn = json_field::string(f, index_path, "weight_map[" + nlohmann::json(name).dump() + "]");
       // A shard name is a plain file name next to the index: no path tricks.
       if (fn.empty() || fn.find('/') != std::string::npos || fn.find('\\') != std::string::npos ||
           fn == "." || fn == "..")

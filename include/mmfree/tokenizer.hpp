@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "mmfree/error.hpp"
+#include "mmfree/json_field.hpp"
 
 namespace mmfree {
 
@@ -81,6 +82,7 @@ inline void replace_all(std::string& s, std::string_view from, std::string_view 
 
 class Tokenizer {
  public:
+  static constexpr int64_t kMaxId = 1 << 24;  // token ids above this are refused
   static inline const std::string kSpace = "\xe2\x96\x81";  // "▁"
 
   // From a tokenizer.json; tokenizer_config.json next to it (if any) sets BOS/EOS flags.
@@ -118,28 +120,36 @@ class Tokenizer {
     if (!j.is_object()) fail(where, "not a JSON object");
     if (!j.contains("model") || !j["model"].is_object()) fail(where, "missing 'model'");
     const auto& m = j["model"];
-    if (m.value("type", std::string("BPE")) != "BPE")
+    using namespace json_field;
+    if (string_or(m, "type", "BPE", where, "model.") != "BPE")
       fail(where, "model type " + m["type"].dump() + " is not supported (only BPE)");
     if (!m.contains("vocab") || !m["vocab"].is_object()) fail(where, "model.vocab missing or not an object");
+    // Ids: integers in [0, kMaxId]. (The field's name is built only for the error.)
+    auto id_of = [&](const nlohmann::json& v, const auto& field) -> int64_t {
+      if (v.is_number_unsigned() && v.get<uint64_t>() <= uint64_t(kMaxId)) return int64_t(v.get<uint64_t>());
+      return integer(v, where, field(), 0, kMaxId);
+    };
     int64_t max_id = -1;
-    for (auto& [tok, id] : m["vocab"].items()) {
-      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > (1 << 24))
-        fail(where, "vocab entry '" + tok + "' has an invalid id");
-      max_id = std::max(max_id, id.get<int64_t>());
+    for (auto& item : m["vocab"].items())
+      max_id = std::max(max_id, id_of(item.value(), [&] { return "model.vocab[" + nlohmann::json(item.key()).dump() + "]"; }));
+    const nlohmann::json added = j.contains("added_tokens") ? j["added_tokens"] : nlohmann::json::array();
+    if (!added.is_array()) bad(where, "added_tokens", "must be an array", added);
+    for (size_t i = 0; i < added.size(); ++i) {
+      if (!added[i].is_object()) bad(where, "added_tokens[" + std::to_string(i) + "]", "must be an object", added[i]);
+      if (!added[i].contains("id")) fail(where, "'added_tokens[" + std::to_string(i) + "]' has no id");
+      max_id = std::max(max_id, id_of(added[i]["id"], [&] { return "added_tokens[" + std::to_string(i) + "].id"; }));
     }
-    if (j.contains("added_tokens") && j["added_tokens"].is_array())
-      for (auto& a : j["added_tokens"]) max_id = std::max(max_id, a.value("id", int64_t(-1)));
-    if (max_id > (1 << 24)) fail(where, "token ids too large");
     t.pieces_.assign(size_t(max_id + 1), std::string());
-    t.special_.assign(size_t(max_id + 1), false);
+    t.special_.assign(size_t(max_id + 1), 0);
+    t.byte_of_.assign(size_t(max_id + 1), -1);
     for (auto& [tok, id] : m["vocab"].items()) {
-      t.vocab_[tok] = int32_t(id.get<int64_t>());
-      t.pieces_[size_t(id.get<int64_t>())] = tok;
+      t.vocab_[tok] = int32_t(id.get<uint64_t>());
+      t.pieces_[size_t(id.get<uint64_t>())] = tok;
     }
-    t.byte_fallback_ = m.value("byte_fallback", false) == true;
-    t.fuse_unk_ = m.contains("fuse_unk") && m["fuse_unk"].is_boolean() && m["fuse_unk"].get<bool>();
-    if (m.contains("unk_token") && m["unk_token"].is_string()) {
-      auto it = t.vocab_.find(m["unk_token"].get<std::string>());
+    t.byte_fallback_ = boolean_or(m, "byte_fallback", false, where, "model.");
+    t.fuse_unk_ = boolean_or(m, "fuse_unk", false, where, "model.");
+    if (has(m, "unk_token")) {
+      auto it = t.vocab_.find(string(m["unk_token"], where, "model.unk_token"));
       if (it != t.vocab_.end()) t.unk_id_ = it->second;
     }
     for (int b = 0; b < 256; ++b) {
@@ -147,7 +157,7 @@ class Tokenizer {
       std::snprintf(name, sizeof name, "<0x%02X>", b);
       auto it = t.vocab_.find(name);
       t.byte_ids_[b] = it == t.vocab_.end() ? -1 : it->second;
-      if (it != t.vocab_.end()) t.byte_of_[it->second] = uint8_t(b);
+      if (it != t.vocab_.end()) t.byte_of_[size_t(it->second)] = int16_t(b);
     }
     // Merges: "a b" strings or ["a", "b"] pairs; rank = position.
     if (m.contains("merges") && m["merges"].is_array()) {
@@ -170,23 +180,24 @@ class Tokenizer {
         t.merges_.emplace(pair_key(ia->second, ib->second), Merge{rank++, iab->second});
       }
     }
-    // Added tokens.
-    if (j.contains("added_tokens") && j["added_tokens"].is_array())
-      for (auto& a : j["added_tokens"]) {
-        Added ad;
-        ad.content = a.at("content").get<std::string>();
-        ad.id = int32_t(a.at("id").get<int64_t>());
-        ad.lstrip = a.value("lstrip", false);
-        ad.rstrip = a.value("rstrip", false);
-        ad.single_word = a.value("single_word", false);
-        ad.special = a.value("special", false);
-        if (ad.content.empty()) fail(where, "added token with empty content");
-        if (ad.id < 0) fail(where, "added token '" + ad.content + "' has a negative id");
-        t.pieces_[size_t(ad.id)] = ad.content;
-        t.special_[size_t(ad.id)] = ad.special;
-        t.vocab_.emplace(ad.content, ad.id);
-        t.added_.push_back(ad);
-      }
+    // Added tokens (their ids were checked above).
+    for (size_t i = 0; i < added.size(); ++i) {
+      const auto& a = added[i];
+      const std::string at = "added_tokens[" + std::to_string(i) + "].";
+      Added ad;
+      if (!a.contains("content")) fail(where, "'" + at + "content' is missing");
+      ad.content = string(a["content"], where, at + "content");
+      ad.id = int32_t(a["id"].get<uint64_t>());
+      ad.lstrip = boolean_or(a, "lstrip", false, where, at);
+      ad.rstrip = boolean_or(a, "rstrip", false, where, at);
+      ad.single_word = boolean_or(a, "single_word", false, where, at);
+      ad.special = boolean_or(a, "special", false, where, at);
+      if (ad.content.empty()) fail(where, "added token with empty content");
+      t.pieces_[size_t(ad.id)] = ad.content;
+      t.special_[size_t(ad.id)] = ad.special;
+      t.vocab_.emplace(ad.content, ad.id);
+      t.added_.push_back(ad);
+    }
     // Sort added tokens longest first so the leftmost match is also the longest.
     std::stable_sort(t.added_.begin(), t.added_.end(),
                      [](const Added& x, const Added& y) { return x.content.size() > y.content.size(); });
@@ -194,6 +205,12 @@ class Tokenizer {
     t.parse_pre_tokenizer(j.contains("pre_tokenizer") ? j["pre_tokenizer"] : nlohmann::json());
     t.parse_decoder(j.contains("decoder") ? j["decoder"] : nlohmann::json());
     t.parse_post_processor(j.contains("post_processor") ? j["post_processor"] : nlohmann::json(), cfg);
+    // Each piece's text as the decoder renders it, computed once rather than per decoded token.
+    t.texts_.resize(t.pieces_.size());
+    for (size_t id = 0; id < t.pieces_.size(); ++id) {
+      t.texts_[id] = t.pieces_[id];
+      for (auto& [from, to] : t.decode_replace_) replace_all(t.texts_[id], from, to);
+    }
     return t;
   }
 
@@ -248,9 +265,8 @@ class Tokenizer {
     for (int32_t id : ids) {
       check_id(id);
       if (special_[size_t(id)]) continue;
-      auto b = byte_of_.find(id);
-      if (byte_fallback_decoder_ && b != byte_of_.end()) {
-        bytes.push_back(char(b->second));
+      if (const int b = byte_value(id); b >= 0) {
+        bytes.push_back(char(b));
         continue;
       }
       flush_bytes(bytes, out);
@@ -270,22 +286,15 @@ class Tokenizer {
   bool adds_bos() const { return add_bos_; }
   bool adds_eos() const { return add_eos_; }
   const std::string& piece(int32_t id) const { return check_id(id), pieces_[size_t(id)]; }
-  bool is_special(int32_t id) const { return check_id(id), special_[size_t(id)]; }
+  bool is_special(int32_t id) const { return check_id(id), special_[size_t(id)] != 0; }
   size_t merge_count() const { return merges_.size(); }
   std::string normalizer_kind() const { return metaspace_pre_ ? "metaspace (prepend_scheme " + prepend_scheme_ + ")" : prepend_.empty() ? "none" : "legacy (Prepend + Replace)"; }
   const std::string& source() const { return where_; }
 
   // Text of one token as it appears inside a decoded string (▁ -> space, bytes raw).
-  std::string piece_text(int32_t id) const {
-    std::string s = pieces_[size_t(id)];
-    for (auto& [from, to] : decode_replace_) replace_all(s, from, to);
-    return s;
-  }
+  const std::string& piece_text(int32_t id) const { return texts_[size_t(id)]; }
   // Byte value of a <0xXX> token, or -1.
-  int byte_value(int32_t id) const {
-    auto it = byte_of_.find(id);
-    return byte_fallback_decoder_ && it != byte_of_.end() ? it->second : -1;
-  }
+  int byte_value(int32_t id) const { return check_id(id), byte_fallback_decoder_ ? byte_of_[size_t(id)] : -1; }
   size_t strip_start_count() const { return strip_start_; }
 
   void check_id(int32_t id) const {
@@ -310,15 +319,18 @@ class Tokenizer {
   }
 
   void parse_normalizer(const nlohmann::json& n) {
+    using namespace json_field;
     if (n.is_null()) return;
-    const std::string type = n.value("type", "");
+    if (!n.is_object()) bad(where_, "normalizer", "must be an object", n);
+    const std::string type = string_or(n, "type", "", where_, "normalizer.");
     if (type == "Sequence") {
       for (auto& x : n.at("normalizers")) parse_normalizer(x);
     } else if (type == "Prepend") {
-      prepend_ = n.at("prepend").get<std::string>();
+      prepend_ = string(n.at("prepend"), where_, "normalizer.prepend");
     } else if (type == "Replace") {
       if (!n.at("pattern").contains("String")) fail(where_, "Replace normalizer with a Regex pattern is not supported");
-      replace_.push_back({n["pattern"]["String"].get<std::string>(), n.at("content").get<std::string>()});
+      replace_.push_back({string(n["pattern"]["String"], where_, "normalizer.pattern.String"),
+                          string(n.at("content"), where_, "normalizer.content")});
     } else if (type == "NFC" || type == "NFKC" || type == "NFD" || type == "NFKD" || type == "Lowercase" || type == "Strip" ||
                type == "StripAccents" || type == "Precompiled") {
       fail(where_, "normalizer '" + type + "' is not supported (Llama/Mistral tokenizers use Prepend/Replace or none)");
@@ -327,16 +339,18 @@ class Tokenizer {
     }
   }
   void parse_pre_tokenizer(const nlohmann::json& p) {
+    using namespace json_field;
     if (p.is_null()) return;
-    const std::string type = p.value("type", "");
+    if (!p.is_object()) bad(where_, "pre_tokenizer", "must be an object", p);
+    const std::string type = string_or(p, "type", "", where_, "pre_tokenizer.");
     if (type == "Sequence") {
       for (auto& x : p.at("pretokenizers")) parse_pre_tokenizer(x);
     } else if (type == "Metaspace") {
       metaspace_pre_ = true;
-      metaspace_repl_ = p.value("replacement", kSpace);
-      if (p.contains("prepend_scheme") && p["prepend_scheme"].is_string()) prepend_scheme_ = p["prepend_scheme"].get<std::string>();
-      else prepend_scheme_ = p.value("add_prefix_space", true) ? "always" : "never";
-      metaspace_split_ = p.value("split", true);
+      metaspace_repl_ = string_or(p, "replacement", kSpace, where_, "pre_tokenizer.");
+      if (has(p, "prepend_scheme")) prepend_scheme_ = string(p["prepend_scheme"], where_, "pre_tokenizer.prepend_scheme");
+      else prepend_scheme_ = boolean_or(p, "add_prefix_space", true, where_, "pre_tokenizer.") ? "always" : "never";
+      metaspace_split_ = boolean_or(p, "split", true, where_, "pre_tokenizer.");
       if (prepend_scheme_ != "first" && prepend_scheme_ != "always" && prepend_scheme_ != "never")
         fail(where_, "Metaspace prepend_scheme '" + prepend_scheme_ + "' is unknown");
     } else {
@@ -344,25 +358,28 @@ class Tokenizer {
     }
   }
   void parse_decoder(const nlohmann::json& d) {
+    using namespace json_field;
     if (d.is_null()) return;
-    const std::string type = d.value("type", "");
+    if (!d.is_object()) bad(where_, "decoder", "must be an object", d);
+    const std::string type = string_or(d, "type", "", where_, "decoder.");
     if (type == "Sequence") {
       for (auto& x : d.at("decoders")) parse_decoder(x);
     } else if (type == "Replace") {
       if (!d.at("pattern").contains("String")) fail(where_, "Replace decoder with a Regex pattern is not supported");
-      decode_replace_.push_back({d["pattern"]["String"].get<std::string>(), d.at("content").get<std::string>()});
+      decode_replace_.push_back({string(d["pattern"]["String"], where_, "decoder.pattern.String"),
+                                 string(d.at("content"), where_, "decoder.content")});
     } else if (type == "ByteFallback") {
       byte_fallback_decoder_ = true;
     } else if (type == "Fuse") {
     } else if (type == "Strip") {
-      if (d.value("content", " ") != " ") fail(where_, "Strip decoder with content other than ' ' is not supported");
-      strip_start_ = d.value("start", size_t(0));
+      if (string_or(d, "content", " ", where_, "decoder.") != " ")
+        fail(where_, "Strip decoder with content other than ' ' is not supported");
+      strip_start_ = size_t(integer_or(d, "start", 0, where_, 0, 1 << 20, "decoder."));
     } else if (type == "Metaspace") {
-      const std::string r = d.value("replacement", kSpace);
-      decode_replace_.push_back({r, " "});
-      std::string scheme = d.contains("prepend_scheme") && d["prepend_scheme"].is_string()
-                               ? d["prepend_scheme"].get<std::string>()
-                               : (d.value("add_prefix_space", true) ? "always" : "never");
+      decode_replace_.push_back({string_or(d, "replacement", kSpace, where_, "decoder."), " "});
+      const std::string scheme = has(d, "prepend_scheme")
+                                     ? string(d["prepend_scheme"], where_, "decoder.prepend_scheme")
+                                     : (boolean_or(d, "add_prefix_space", true, where_, "decoder.") ? "always" : "never");
       if (scheme != "never") strip_start_ = 1;
     } else {
       fail(where_, "decoder '" + type + "' is not supported");
@@ -386,12 +403,15 @@ class Tokenizer {
     }
     // Template: special tokens before/after the sequence.
     bool tmpl_bos = false, tmpl_eos = false;
-    if (p.is_object() && p.value("type", "") == "TemplateProcessing" && p.contains("single")) {
+    using namespace json_field;
+    if (p.is_object() && string_or(p, "type", "", where_, "post_processor.") == "TemplateProcessing" && p.contains("single")) {
       bool seen_seq = false;
+      if (!p["single"].is_array()) bad(where_, "post_processor.single", "must be an array", p["single"]);
       for (auto& e : p["single"]) {
+        if (!e.is_object()) bad(where_, "post_processor.single[]", "must be an object", e);
         if (e.contains("Sequence")) seen_seq = true;
         else if (e.contains("SpecialToken")) {
-          const int32_t id = find_id(e["SpecialToken"].value("id", ""));
+          const int32_t id = find_id(string_or(e["SpecialToken"], "id", "", where_, "post_processor.single[].SpecialToken."));
           if (!seen_seq) tmpl_bos = true, bos_id_ = id >= 0 ? id : bos_id_;
           else tmpl_eos = true, eos_id_ = id >= 0 ? id : eos_id_;
         }
@@ -401,8 +421,8 @@ class Tokenizer {
       add_bos_ = true;  // Llama default
     }
     if (cfg.is_object()) {
-      if (cfg.contains("add_bos_token") && cfg["add_bos_token"].is_boolean()) add_bos_ = cfg["add_bos_token"].get<bool>();
-      if (cfg.contains("add_eos_token") && cfg["add_eos_token"].is_boolean()) add_eos_ = cfg["add_eos_token"].get<bool>();
+      add_bos_ = boolean_or(cfg, "add_bos_token", add_bos_, where_ + " (tokenizer_config.json)");
+      add_eos_ = boolean_or(cfg, "add_eos_token", add_eos_, where_ + " (tokenizer_config.json)");
     }
   }
 
@@ -450,7 +470,7 @@ class Tokenizer {
     for (size_t i = 0; i < w.size();) {
       size_t n = utf8::seq_len(w, i);
       if (n == 0) n = 1;  // an invalid byte stands alone (and falls back to its byte token)
-      auto it = vocab_.find(std::string(w.substr(i, n)));
+      auto it = vocab_.find(w.substr(i, n));
       if (it != vocab_.end()) {
         sym.push_back({it->second, 0, 0, uint32_t(n)}), last_unk = false;
       } else if (byte_fallback_ && std::all_of(w.begin() + long(i), w.begin() + long(i + n),
@@ -513,13 +533,18 @@ class Tokenizer {
   }
 
   std::string where_;
-  std::unordered_map<std::string, int32_t> vocab_;
-  std::vector<std::string> pieces_;
-  std::vector<bool> special_;
+  // Looked up by string_view (a piece of the text) without building a string per character.
+  struct PieceHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, int32_t, PieceHash, std::equal_to<>> vocab_;
+  std::vector<std::string> pieces_, texts_;
+  std::vector<uint8_t> special_;
   std::unordered_map<uint64_t, Merge> merges_;
   std::vector<Added> added_;
   int32_t byte_ids_[256];
-  std::unordered_map<int32_t, uint8_t> byte_of_;
+  std::vector<int16_t> byte_of_;  // byte value of each <0xXX> token, -1 for the others
   bool byte_fallback_ = false, fuse_unk_ = false, byte_fallback_decoder_ = false;
   int32_t unk_id_ = -1, bos_id_ = -1, eos_id_ = -1;
   bool add_bos_ = true, add_eos_ = false;

@@ -1,0 +1,143 @@
+// mmfree's fuzz targets as plain functions: the libFuzzer entry points (fuzz_<target>.cpp) call
+// them, and so does the normal test suite (tests/test_fuzz_replay.cpp), which replays the kept
+// corpus (fuzz/corpus/<target>) and every input that ever made a target fail
+// (fuzz/regressions/<target>) through exactly this code, under the sanitizers in CI.
+//
+// A target returns normally for any input: bad input must be an mmfree::Error, never a crash,
+// undefined behaviour or a broken invariant (__builtin_trap).
+#pragma once
+
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <string>
+#include <string_view>
+
+#include "mmfree/mmfree.hpp"
+#include "mmfree/parse.hpp"
+
+namespace mmfree::fuzz {
+
+// The file parsers take paths: inputs go through a memory-backed file, one per process.
+inline std::string as_file(const uint8_t* data, size_t size, const char* suffix) {
+  const std::string path = "/dev/shm/mmfree-fuzz-" + std::to_string(::getpid()) + suffix;
+  FILE* f = std::fopen(path.c_str(), "wb");
+  if (!f) return path;
+  if (size) std::fwrite(data, 1, size, f);
+  std::fclose(f);
+  return path;
+}
+
+inline int safetensors(const uint8_t* data, size_t size) {
+  try {
+    SafetensorsFile f(as_file(data, size, ".safetensors"));
+    for (auto& [name, t] : f.tensors()) {
+      if (t.dtype == DType::F32 || t.dtype == DType::F16 || t.dtype == DType::BF16) (void)t.to_floats(true);
+      if (t.dtype == DType::I32) (void)t.to_int32();
+    }
+  } catch (const Error&) {
+  }
+  return 0;
+}
+
+inline int config(const uint8_t* data, size_t size) {
+  const auto j = nlohmann::json::parse(data, data + size, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return 0;
+  try {
+    Config c = Config::from_json(j, "fuzz");
+    (void)c.input_dim();
+  } catch (const Error&) {
+  }
+  return 0;
+}
+
+inline int tokenizer_load(const uint8_t* data, size_t size) {
+  const auto j = nlohmann::json::parse(data, data + size, nullptr, false);
+  if (j.is_discarded()) return 0;
+  try {
+    Tokenizer t = Tokenizer::from_json(j, nlohmann::json(), "fuzz");
+    const auto ids = t.encode("Hello <s> w\xc3\xb6rld \xff", true);
+    (void)t.decode(ids);
+  } catch (const Error&) {
+  } catch (const nlohmann::json::exception&) {  // from_file maps these to mmfree::Error
+  }
+  return 0;
+}
+
+// Encode and decode arbitrary bytes with the real kjv tokenizer (`tokenizer_json`).
+inline int tokenizer_text(const uint8_t* data, size_t size, const std::string& tokenizer_json) {
+  static const Tokenizer tok = Tokenizer::from_file(tokenizer_json);
+  const std::string text(reinterpret_cast<const char*>(data), size);
+  const auto ids = tok.encode(text);
+  const std::string back = tok.decode(ids);
+  // Valid UTF-8 round-trips exactly, unless it contains special-token text or the metaspace
+  // character U+2581 itself (which decodes to a space, as in the HF library).
+  if (utf8::valid(text) && text.find('<') == std::string::npos && text.find("\xe2\x96\x81") == std::string::npos &&
+      back != text)
+    __builtin_trap();
+  // Ids from raw bytes (in range) decode, in one go and streamed, without failing.
+  std::vector<int32_t> raw;
+  for (size_t i = 0; i + 1 < size; i += 2) raw.push_back(int32_t((data[i] | data[i + 1] << 8) % tok.vocab_size()));
+  (void)tok.decode(raw);
+  IncrementalDecoder d(tok);
+  for (int32_t id : raw) (void)d.push(id);
+  (void)d.finish();
+  return 0;
+}
+
+inline int gguf(const uint8_t* data, size_t size) {
+  const std::string p = as_file(data, size, ".gguf");
+  try {
+    mmfree::gguf::Reader r(p);
+    (void)r.tensors().size();
+  } catch (const Error&) {
+    return 0;
+  }
+  try {  // a readable file: the model loader and a forward pass must cope too
+    // The preferred kernels, named instead of measured: measuring at every load would cost most
+    // of each run (the measurement itself is tested in test_kernels).
+    using kernels::Regime;
+    ModelOptions o;
+    o.kernels = std::string(kernels::incumbent(Regime::Decode, TernaryFormat::TQ2).name) + "," +
+                kernels::incumbent(Regime::Prefill, TernaryFormat::TQ2).name;
+    Model m = load_model(p, o);
+    State s = m.new_state();
+    (void)m.step(0, s);
+  } catch (const Error&) {
+  }
+  return 0;
+}
+
+inline int cli_numbers(const uint8_t* data, size_t size) {
+  const std::string_view s(reinterpret_cast<const char*>(data), size);
+  try {
+    (void)parse_int(s, "-n", -5, 1 << 24);
+  } catch (const Error&) {
+  }
+  try {
+    const double v = parse_double(s, "--top-p", 0, 1);
+    if (!(v >= 0 && v <= 1)) __builtin_trap();
+  } catch (const Error&) {
+  }
+  try {
+    for (int32_t id : parse_id_list(s, "--ids", 4095))
+      if (id < 0 || id > 4095) __builtin_trap();
+  } catch (const Error&) {
+  }
+  return 0;
+}
+
+// Every target by name, as the corpus folders are named (tokenizer_text needs its tokenizer).
+inline std::map<std::string, std::function<int(const uint8_t*, size_t)>> all(const std::string& tokenizer_json) {
+  return {{"fuzz_safetensors", safetensors},
+          {"fuzz_config", config},
+          {"fuzz_tokenizer_load", tokenizer_load},
+          {"fuzz_tokenizer_text", [tokenizer_json](const uint8_t* d, size_t n) { return tokenizer_text(d, n, tokenizer_json); }},
+          {"fuzz_gguf", gguf},
+          {"fuzz_cli_numbers", cli_numbers}};
+}
+
+}  // namespace mmfree::fuzz
