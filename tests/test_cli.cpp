@@ -3,6 +3,8 @@
 
 #include <array>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 
 #include "mmfree/mmfree.hpp"
 #include "test_util.hpp"
@@ -131,7 +133,8 @@ TEST(Cli, PerplexityAndInfo) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out.rfind("perplexity: ", 0), 0u) << r.out;
   EXPECT_NE(r.out.find(" over 1024 tokens\n"), std::string::npos) << r.out;
-  EXPECT_NE(r.err.find("window 4/4"), std::string::npos);
+  EXPECT_NE(r.err.find("perplexity "), std::string::npos) << r.err;  // the progress bar, with the running value
+  EXPECT_NE(r.err.find("100%"), std::string::npos) << r.err;
   r = run_cli("perplexity --model " + kTiny + " --file /nonexistent.txt");
   EXPECT_NE(r.err.find("/nonexistent.txt: cannot open"), std::string::npos) << r.err;
   r = run_cli("info --model " + kTiny);
@@ -175,4 +178,95 @@ TEST(Cli, InvalidUtf8PromptIsHandled) {
   r = run_cli("tokenize --model " + kTiny + " --text 'x\xffy'");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find(" 258 "), std::string::npos) << r.out;  // <0xFF>
+}
+
+TEST(Cli, EveryCommandHasHelp) {
+  for (const char* c : {"generate", "tokenize", "logits", "perplexity", "info", "bench", "convert", "init-random"}) {
+    for (const char* flag : {" --help", " -h"}) {
+      CliRun r = run_cli(std::string(c) + flag);
+      EXPECT_EQ(r.code, 0) << c << flag << ": " << r.err;
+      EXPECT_EQ(r.out.rfind(std::string("usage: mmfree-cli ") + c + " [options]", 0), 0u) << r.out;
+    }
+    CliRun r = run_cli(std::string("help ") + c);
+    EXPECT_EQ(r.out.rfind(std::string("usage: mmfree-cli ") + c, 0), 0u) << r.out;
+  }
+  CliRun r = run_cli("--help");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("perplexity"), std::string::npos) << r.out;
+  r = run_cli("generate --help");
+  EXPECT_NE(r.out.find("-f, --file FILE"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("-t, --threads N"), std::string::npos) << r.out;
+}
+
+// -p and -f give the same prompt; every command defaults to the bundled model.
+TEST(Cli, PromptFromFileAndTheBundledModelByDefault) {
+  TempDir d;
+  {
+    std::ofstream f(d.file("prompt.txt"));
+    f << "In the beginning";
+  }
+  CliRun p = run_cli("generate -p 'In the beginning' -n 12 --temperature 0 --no-stats");
+  CliRun f = run_cli("generate -f " + d.file("prompt.txt") + " -n 12 --temperature 0 --no-stats");
+  ASSERT_EQ(p.code, 0) << p.err;
+  EXPECT_EQ(p.out, f.out);
+  EXPECT_EQ(p.out.rfind("In the beginning", 0), 0u) << p.out;
+  CliRun t = run_cli("tokenize -p 'In the beginning'");
+  ASSERT_EQ(t.code, 0) << t.err;
+  EXPECT_EQ(t.out, "1 1142 333 2693\n");
+  EXPECT_EQ(run_cli("tokenize -f " + d.file("prompt.txt")).out, t.out);
+  CliRun i = run_cli("info");
+  ASSERT_EQ(i.code, 0) << i.err;
+  EXPECT_NE(i.out.find("6 layers, hidden 384"), std::string::npos) << i.out;
+  CliRun e = run_cli("generate -f " + d.file("missing.txt"));
+  EXPECT_NE(e.err.find("missing.txt: cannot open"), std::string::npos) << e.err;
+}
+
+// With no -t, every core this process may use (its affinity, not the machine's count).
+TEST(Cli, ThreadsDefaultToTheAvailableCores) {
+  CliRun r = run_cli("info");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("threads      " + std::to_string(available_cores()) + "\n"), std::string::npos) << r.out;
+  if (std::system("taskset -c 0 true >/dev/null 2>&1") == 0) {
+    TempDir d;
+    const std::string cmd = "taskset -c 0 " + std::string(MMFREE_CLI) + " info >" + d.file("o") + " 2>&1";
+    ASSERT_EQ(std::system(cmd.c_str()), 0);
+    EXPECT_NE(read_file(d.file("o")).find("threads      1\n"), std::string::npos) << read_file(d.file("o"));
+  }
+}
+
+// Interactive mode keeps the recurrent state between turns: two turns give exactly the ids of
+// one greedy run over turn 1, its continuation, and turn 2.
+TEST(Cli, InteractiveTurnsContinueTheState) {
+  TempDir d;
+  {
+    std::ofstream f(d.file("turns.txt"));
+    f << "In the beginning\nAnd God said\n";
+  }
+  const std::string cmd = std::string(MMFREE_CLI) + " generate -i -n 6 --temperature 0 --print-ids --no-stats < " +
+                          d.file("turns.txt") + " >" + d.file("o") + " 2>" + d.file("e");
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << read_file(d.file("e"));
+  std::vector<int32_t> got;
+  {
+    std::istringstream in(read_file(d.file("o")));
+    for (int32_t x; in >> x;) got.push_back(x);
+  }
+  const Tokenizer tok = load_tokenizer(bundled_model());
+  const auto t1 = tok.encode("In the beginning"), t2 = tok.encode("And God said", false);
+  ASSERT_EQ(got.size(), t1.size() + 6 + t2.size() + 6) << read_file(d.file("o"));
+  // The same sequence, greedy, in one run.
+  std::vector<int32_t> ids(got.begin(), got.end() - 6);
+  EXPECT_TRUE(std::equal(t1.begin(), t1.end(), got.begin()));
+  EXPECT_TRUE(std::equal(t2.begin(), t2.end(), got.begin() + long(t1.size()) + 6));
+  Model m = load_model(bundled_model());
+  State st = m.new_state();
+  auto logits = m.prefill_last(ids, st);
+  for (int k = 0; k < 6; ++k) {
+    const int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    EXPECT_EQ(next, got[ids.size() + size_t(k)]) << k;
+    logits = m.step(next, st);
+  }
+  // And the first turn's continuation is the greedy one.
+  State s1 = m.new_state();
+  logits = m.prefill_last(t1, s1);
+  EXPECT_EQ(int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin()), got[t1.size()]);
 }

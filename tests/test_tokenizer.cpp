@@ -20,7 +20,7 @@ std::string ids_str(const std::vector<int32_t>& v) {
 }
 
 void check_goldens(const std::string& tok_path, const std::string& key) {
-  const json g = json::parse(read_file(shared_dir() + "/tokenizer_golden.json"));
+  const json g = json::parse(read_file(data_dir() + "/tokenizer_golden.json"));
   const Tokenizer t = Tokenizer::from_file(tok_path);
   int n = 0;
   for (const auto& c : g.at(key)) {
@@ -62,13 +62,11 @@ json metaspace_tokenizer(const std::string& scheme, bool split) {
 }  // namespace
 
 TEST(Tokenizer, KjvGoldens) {
-  MMFREE_REQUIRE_SHARED();
   check_goldens(kKjvTok, "kjv");
 }
 
 TEST(Tokenizer, MistralGoldens) {
-  MMFREE_REQUIRE_SHARED();
-  check_goldens(shared_dir() + "/mistral-tokenizer.json", "mistral");
+  check_goldens(data_dir() + "/mistral-tokenizer.json", "mistral");
 }
 
 TEST(Tokenizer, OwnCases) {

@@ -15,8 +15,12 @@
 namespace mmfree::test {
 
 inline std::string data_dir() { return MMFREE_TEST_DATA; }
+// The bundled default model: kjv-demo converted to GGUF (its goldens are in data_dir()/kjv-demo).
+inline std::string bundled_model() { return MMFREE_TEST_DATA "/../../models/kjv-demo.gguf"; }
+// The larger fixtures beside a clone (../shared/fixtures): only kjv-demo's Hugging Face weights
+// (27 MB) are used from there, to check the conversion that made the bundled model.
 inline std::string shared_dir() { return MMFREE_SHARED_FIXTURES; }
-inline bool shared_available() { return std::filesystem::exists(shared_dir() + "/kjv-demo/config.json"); }
+inline bool shared_available() { return std::filesystem::exists(shared_dir() + "/kjv-demo/model.safetensors"); }
 
 #define MMFREE_REQUIRE_SHARED()                                                                      \
   do {                                                                                               \

@@ -1,6 +1,7 @@
 // mmfree: generation and evaluation loops on top of Model, Tokenizer and Sampler.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -28,6 +29,10 @@ struct GenerateOptions {
   int64_t max_new_tokens = 128;
   SamplerOptions sampling;
   int32_t eos_id = -1;  // stop when this token is drawn (it is not passed on); -1: never
+  // Called with the fraction of the prompt consumed, after each chunk of prefill_chunk tokens
+  // (chunked prefill gives the same logits as one call: the recurrence is exact across chunks).
+  std::function<void(double)> prefill_progress;
+  int64_t prefill_chunk = 1024;
 };
 
 struct GenerateStats {
@@ -39,20 +44,32 @@ struct GenerateStats {
   }
 };
 
-// Consumes `prompt`, then draws up to max_new_tokens, calling on_token(id) for each; the
-// callback returns false to stop. Time to first token = prefill + first draw.
-inline GenerateStats generate(const Model& model, const std::vector<int32_t>& prompt, const GenerateOptions& opt,
-                              const std::function<bool(int32_t)>& on_token) {
+// Continues from `state`: consumes `prompt` (which may be empty when the state has already
+// consumed tokens and `logits` holds its last output), then draws up to max_new_tokens, calling
+// on_token(id) for each; the callback returns false to stop. With consume_generated, the state
+// has also consumed every token passed to on_token when this returns (so the next call, or a
+// saved state, continues after them); without, the last one is left out, saving one step.
+// Time to first token = prefill + first draw.
+inline GenerateStats generate_from(const Model& model, State& state, std::vector<float>& logits,
+                                   const std::vector<int32_t>& prompt, const GenerateOptions& opt, Sampler& sampler,
+                                   std::vector<int32_t>& history, const std::function<bool(int32_t)>& on_token,
+                                   bool consume_generated = true) {
   using clock = std::chrono::steady_clock;
-  if (prompt.empty()) fail("prompt", "is empty (no tokens to start from)");
+  if (prompt.empty() && logits.empty()) fail("prompt", "is empty (no tokens to start from)");
   if (opt.max_new_tokens < 0) fail("max_new_tokens", "must be >= 0");
   GenerateStats st;
   st.prompt_tokens = int64_t(prompt.size());
-  Sampler sampler(opt.sampling);
-  State state = model.new_state();
-  std::vector<int32_t> history = prompt;
+  history.insert(history.end(), prompt.begin(), prompt.end());
   const auto t0 = clock::now();
-  std::vector<float> logits = model.prefill_last(prompt, state);
+  if (!opt.prefill_progress || int64_t(prompt.size()) <= opt.prefill_chunk) {
+    if (!prompt.empty()) logits = model.prefill_last(prompt, state);
+  } else {
+    for (size_t i = 0; i < prompt.size(); i += size_t(opt.prefill_chunk)) {
+      const size_t n = std::min(prompt.size() - i, size_t(opt.prefill_chunk));
+      logits = model.prefill_last(std::vector<int32_t>(prompt.begin() + i, prompt.begin() + i + n), state);
+      opt.prefill_progress(double(i + n) / double(prompt.size()));
+    }
+  }
   st.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
   auto t_first = clock::now();
   for (int64_t i = 0; i < opt.max_new_tokens; ++i) {
@@ -64,14 +81,26 @@ inline GenerateStats generate(const Model& model, const std::vector<int32_t>& pr
     if (next == opt.eos_id) break;
     history.push_back(next);
     ++st.generated_tokens;
-    if (!on_token(next)) break;
-    if (i + 1 < opt.max_new_tokens) logits = model.step(next, state);
+    const bool go_on = on_token(next);
+    if (consume_generated || (go_on && i + 1 < opt.max_new_tokens)) logits = model.step(next, state);
+    if (!go_on) break;
   }
   st.decode_seconds = std::chrono::duration<double>(clock::now() - t_first).count();
   return st;
 }
 
-// ---- perplexity (SPEC.md protocol) ---------------------------------------------------------
+// From a fresh state: consumes `prompt`, then draws up to max_new_tokens (see generate_from).
+inline GenerateStats generate(const Model& model, const std::vector<int32_t>& prompt, const GenerateOptions& opt,
+                              const std::function<bool(int32_t)>& on_token) {
+  if (prompt.empty()) fail("prompt", "is empty (no tokens to start from)");
+  State state = model.new_state();
+  std::vector<float> logits;
+  std::vector<int32_t> history;
+  Sampler sampler(opt.sampling);
+  return generate_from(model, state, logits, prompt, opt, sampler, history, on_token, /*consume_generated=*/false);
+}
+
+// ---- perplexity (docs/model.md, "Perplexity") ---------------------------------------------------------
 
 struct PerplexityResult {
   double nll = 0;

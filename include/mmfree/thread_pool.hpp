@@ -11,6 +11,9 @@
 #include <thread>
 #include <vector>
 
+#if defined(__linux__)
+#include <sched.h>
+#endif
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define MMFREE_PAUSE() _mm_pause()
@@ -19,6 +22,16 @@
 #endif
 
 namespace mmfree {
+
+// The cores this process may run on (its CPU affinity, as taskset or a container's cpuset
+// set it), which can be fewer than the machine has; at least 1.
+inline int available_cores() {
+#if defined(__linux__)
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
+#endif
+  return int(std::max(1u, std::thread::hardware_concurrency()));
+}
 
 class ThreadPool {
  public:

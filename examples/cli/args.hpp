@@ -1,0 +1,100 @@
+// mmfree-cli: command-line flags, and what every command shares (the model, its options).
+#pragma once
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "mmfree/mmfree.hpp"
+#include "mmfree/parse.hpp"
+
+namespace cli {
+
+using mmfree::fail;
+
+// One command: its name, a one-line summary, its usage, and what runs it.
+struct Args;
+struct Command {
+  const char* name;
+  const char* summary;
+  const char* usage;  // the options, as `mmfree-cli NAME --help` prints them
+  int (*run)(const Args&);
+};
+const std::vector<Command>& commands();  // main.cpp
+std::string usage_of(const Command& c);
+
+// Flags as "--name value" pairs; boolean flags (`switches`) have no value.
+struct Args {
+  const Command* command = nullptr;
+  std::map<std::string, std::string> values;
+  std::map<std::string, bool> switches;
+
+  bool has(const std::string& k) const { return values.count(k) > 0; }
+  bool on(const std::string& k) const { return switches.count(k) > 0; }
+  std::string str(const std::string& k) const {
+    auto it = values.find(k);
+    if (it == values.end()) fail("--" + k, "is required (see mmfree-cli " + std::string(command->name) + " --help)");
+    return it->second;
+  }
+  // Every flag given must be one this command knows.
+  void allow(std::vector<std::string> known, bool model_flags = true) const {
+    if (model_flags) known.insert(known.end(), {"model", "threads", "kernels", "format", "no-huge-pages"});
+    auto check = [&](const std::string& k) {
+      if (std::find(known.begin(), known.end(), k) == known.end())
+        fail("--" + k, "unknown option for '" + std::string(command->name) + "' (see mmfree-cli " + command->name +
+                           " --help)");
+    };
+    for (auto& [k, v] : values) check(k);
+    for (auto& [k, v] : switches) check(k);
+  }
+};
+
+// The bundled model unless --model names another.
+inline std::string model_path(const Args& a) { return a.has("model") ? a.str("model") : std::string(MMFREE_DEFAULT_MODEL); }
+
+// Threads default to every core this process may use, as llama.cpp users expect.
+inline mmfree::ModelOptions model_options(const Args& a) {
+  mmfree::ModelOptions o;
+  const int cores = mmfree::available_cores();
+  o.threads = cores;
+  if (a.has("threads")) o.threads = int(mmfree::parse_int(a.str("threads"), "--threads", 1, 4 * int64_t(cores)));
+  if (a.has("kernels")) o.kernels = a.str("kernels");
+  if (a.has("format")) o.format = mmfree::parse_format(a.str("format"), "--format");
+  if (a.on("no-huge-pages")) o.huge_pages = false;
+  return o;
+}
+
+inline mmfree::Model load(const Args& a) { return mmfree::load_model(model_path(a), model_options(a)); }
+
+// "decode avx512 (...), prefill avx512 (...), chosen by measurement in 21 ms" / "... (forced by --kernels)".
+inline std::string kernel_summary(const mmfree::Model& m) {
+  using mmfree::kernels::Regime;
+  const auto& c = m.kernel_choice();
+  std::string s = std::string("decode ") + describe(c.decode, Regime::Decode) + ", prefill " + describe(c.prefill, Regime::Prefill);
+  char buf[64];
+  if (m.options().kernels.empty()) std::snprintf(buf, sizeof buf, ", chosen by measurement in %.0f ms", c.seconds * 1e3);
+  else std::snprintf(buf, sizeof buf, " (forced by --kernels)");
+  return s + buf;
+}
+
+// A one-line progress bar on stderr, redrawn when the percentage changes.
+inline void progress(const char* what, double frac) {
+  static int last = -1;
+  if (int(frac * 100) == last) return;
+  last = int(frac * 100);
+  const int w = 40, n = int(frac * w);
+  std::fprintf(stderr, "\r%s [%.*s%*s] %3d%%", what, n, "========================================", w - n, "", int(frac * 100));
+  if (frac >= 1) std::fprintf(stderr, "\n"), last = -1;
+}
+
+inline void print_ids(const std::vector<int32_t>& ids) {
+  for (size_t i = 0; i < ids.size(); ++i) std::printf("%s%d", i ? " " : "", ids[i]);
+  std::printf("\n");
+}
+
+// The whole of a file, or an error naming it.
+std::string read_text_file(const std::string& path);
+
+}  // namespace cli

@@ -1,0 +1,111 @@
+// mmfree-cli generate: text from a prompt, once or turn by turn (--interactive).
+#include <iostream>
+#include <optional>
+
+#include "commands.hpp"
+
+namespace cli {
+
+namespace {
+
+mmfree::GenerateOptions generate_options(const Args& a) {
+  mmfree::GenerateOptions g;
+  g.max_new_tokens = a.has("max-new-tokens") ? mmfree::parse_int(a.str("max-new-tokens"), "-n", 0, 1 << 24) : 128;
+  auto& s = g.sampling;
+  if (a.has("temperature")) s.temperature = float(mmfree::parse_double(a.str("temperature"), "--temperature", 0, 100));
+  if (a.has("top-k")) s.top_k = int32_t(mmfree::parse_int(a.str("top-k"), "--top-k", 0, INT32_MAX));
+  if (a.has("top-p")) s.top_p = float(mmfree::parse_double(a.str("top-p"), "--top-p", 1e-9, 1));
+  if (a.has("min-p")) s.min_p = float(mmfree::parse_double(a.str("min-p"), "--min-p", 0, 1));
+  if (a.has("repeat-penalty")) s.repeat_penalty = float(mmfree::parse_double(a.str("repeat-penalty"), "--repeat-penalty", 1e-3, 100));
+  if (a.has("repeat-last-n")) s.repeat_last_n = int32_t(mmfree::parse_int(a.str("repeat-last-n"), "--repeat-last-n", 0, 1 << 20));
+  if (a.has("seed")) s.seed = uint64_t(mmfree::parse_int(a.str("seed"), "--seed", 0, INT64_MAX));
+  s.validate();
+  g.prefill_progress = [](double f) { progress("reading the prompt", f); };
+  return g;
+}
+
+void print_stats(const mmfree::Model& m, const mmfree::GenerateStats& st) {
+  std::fprintf(stderr,
+               "prompt tokens: %lld, prefill %.1f tok/s, decode %.1f tok/s (%lld tokens), time to first token %.1f ms, "
+               "peak memory %.1f MiB, threads %d, kernels: decode %s, prefill %s\n",
+               (long long)st.prompt_tokens, st.prefill_tokens_per_second(), st.decode_tokens_per_second(),
+               (long long)st.generated_tokens, st.time_to_first_token * 1e3, double(mmfree::peak_rss_bytes()) / (1 << 20),
+               m.options().threads, m.kernel_choice().decode.chosen.name, m.kernel_choice().prefill.chosen.name);
+}
+
+}  // namespace
+
+int cmd_generate(const Args& a) {
+  a.allow({"ids", "prompt", "file", "interactive", "max-new-tokens", "temperature", "top-k", "top-p", "min-p",
+           "repeat-penalty", "repeat-last-n", "seed", "print-ids", "no-stats"});
+  const bool interactive = a.on("interactive");
+  const int given = int(a.has("ids")) + int(a.has("prompt")) + int(a.has("file"));
+  if (given > 1 || (given == 0 && !interactive))
+    fail("generate", "give one of -p/--prompt TEXT, -f/--file FILE or --ids 1,5,9 (or -i for interactive)");
+  mmfree::GenerateOptions g = generate_options(a);
+
+  mmfree::Model m = load(a);
+  std::optional<mmfree::Tokenizer> tok;
+  std::string prompt_text;
+  std::vector<int32_t> prompt;
+  if (a.has("prompt") || a.has("file") || interactive) {
+    tok.emplace(mmfree::load_tokenizer(model_path(a)));
+    if (tok->vocab_size() > m.vocab_size()) fail(tok->source(), "has more tokens than the model's vocabulary");
+  }
+  if (a.has("ids")) {
+    prompt = mmfree::parse_id_list(a.str("ids"), "--ids", m.vocab_size() - 1);
+    if (prompt.empty()) fail("--ids", "no token ids given");
+  } else if (a.has("prompt") || a.has("file")) {
+    prompt_text = a.has("prompt") ? a.str("prompt") : read_text_file(a.str("file"));
+    prompt = tok->encode(prompt_text);
+    if (prompt.empty()) fail(a.has("prompt") ? "--prompt" : a.str("file"), "encodes to no tokens (and the tokenizer adds no BOS)");
+  }
+  const bool ids_out = a.on("print-ids") || !tok;
+  g.eos_id = a.on("print-ids") ? -1 : int32_t(m.config().eos_token_id);  // --print-ids: exactly -n tokens
+
+  // One state for the whole run: in interactive mode each turn continues from it.
+  mmfree::State state = m.new_state();
+  std::vector<float> logits;
+  std::vector<int32_t> history;
+  mmfree::Sampler sampler(g.sampling);
+  std::optional<mmfree::IncrementalDecoder> dec;
+  if (tok && !ids_out) dec.emplace(*tok);
+  std::vector<int32_t> printed;  // --print-ids: the ids of this run
+
+  auto turn = [&](const std::vector<int32_t>& ids, const std::string& text) {
+    if (dec) {
+      std::fputs(text.c_str(), stdout);
+      for (int32_t id : ids) dec->push(id);  // the decoder continues the text's spacing
+    }
+    printed.insert(printed.end(), ids.begin(), ids.end());
+    const auto st = mmfree::generate_from(m, state, logits, ids, g, sampler, history, [&](int32_t id) {
+      printed.push_back(id);
+      if (dec) {
+        std::fputs(dec->push(id).c_str(), stdout);
+        std::fflush(stdout);
+      }
+      return true;
+    }, /*consume_generated=*/interactive);
+    if (dec) std::fputs((dec->finish() + "\n").c_str(), stdout);
+    std::fflush(stdout);  // the text ends before the stats line when both go to one terminal or pipe
+    if (!a.on("no-stats")) print_stats(m, st);
+  };
+
+  if (!prompt.empty()) turn(prompt, prompt_text);
+  if (interactive) {
+    // Each line is read as a continuation of everything so far (no BOS after the first turn): the
+    // recurrent state holds the conversation, so a turn costs only its own tokens.
+    std::string line;
+    while (std::fprintf(stderr, "> "), std::getline(std::cin, line)) {
+      if (line.empty()) continue;
+      std::vector<int32_t> ids = tok->encode(line, /*add_special=*/state.position == 0);
+      if (ids.empty()) continue;
+      turn(ids, line);
+    }
+    std::fprintf(stderr, "\n");
+  }
+  if (ids_out) print_ids(printed);
+  return 0;
+}
+
+}  // namespace cli
