@@ -16,3 +16,16 @@ run(${CMAKE_COMMAND} -S ${CONSUMER_DIR} -B ${WORK_DIR}/consumer -DCMAKE_PREFIX_P
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/consumer)
 run(${WORK_DIR}/consumer/consumer ${MODEL_DIR})
 message(STATUS "installed package consumed through find_package(mmfree)")
+
+# The same consumer built without CMake, with the flags pkg-config gives.
+find_program(PKG_CONFIG NAMES pkg-config pkgconf REQUIRED)
+set(ENV{PKG_CONFIG_PATH} "${WORK_DIR}/prefix/share/pkgconfig")
+execute_process(COMMAND ${PKG_CONFIG} --cflags --libs mmfree RESULT_VARIABLE rc OUTPUT_VARIABLE flags
+                ERROR_VARIABLE err OUTPUT_STRIP_TRAILING_WHITESPACE)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "pkg-config --cflags --libs mmfree failed: ${err}")
+endif()
+separate_arguments(flags UNIX_COMMAND "${flags}")
+run(${CXX} -O1 ${CONSUMER_DIR}/main.cpp ${flags} -o ${WORK_DIR}/consumer-pkgconfig)
+run(${WORK_DIR}/consumer-pkgconfig ${MODEL_DIR})
+message(STATUS "installed package consumed through pkg-config (${flags})")

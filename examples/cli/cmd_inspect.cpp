@@ -57,9 +57,29 @@ int cmd_perplexity(const Args& a) {
   return 0;
 }
 
+// info --json: a GGUF file's tensors as the file declares them (name, type, shape, bytes) and the
+// number of values it stores, for comparison with other GGUF readers.
+int info_json(const std::string& path) {
+  if (!mmfree::looks_like_gguf(path)) fail(path, "info --json lists the tensors of GGUF files only");
+  const mmfree::gguf::Reader r(path);
+  nlohmann::json tensors = nlohmann::json::array();
+  uint64_t values = 0, bytes = 0;
+  for (const auto& t : r.tensors()) {
+    uint64_t n = 1;
+    for (uint64_t d : t.dims) n *= d;
+    values += n, bytes += t.nbytes;
+    tensors.push_back({{"name", t.name}, {"type", mmfree::gguf::type_name(t.type)}, {"shape", t.dims}, {"elements", n},
+                       {"bytes", t.nbytes}});
+  }
+  const nlohmann::json out = {{"model", path}, {"parameters", values}, {"tensor_bytes", bytes}, {"tensors", tensors}};
+  std::printf("%s\n", out.dump(1).c_str());
+  return 0;
+}
+
 int cmd_info(const Args& a) {
-  a.allow({});
+  a.allow({"json"});
   const std::string path = model_path(a);
+  if (a.on("json")) return info_json(path);
   mmfree::Model m = load(a);
   const auto& c = m.config();
   const auto& w = m.weights();

@@ -7,8 +7,8 @@
 // layer_norm_rms_epsilon (F64), tie_word_embeddings, context_length, ternary_format};
 // tokenizer.ggml.{model, tokens, token_type, merges, bos/eos/unknown_token_id,
 // add_bos_token, add_eos_token}, tokenizer.huggingface.json (the whole tokenizer.json),
-// mmfree.normalizer. Tensors keep the Hugging Face names; ternary ones are MMFREE_TQ2/TQ1
-// with "<name>.scale" (F32 [1]); norms and model.lower_bounds (raw, F32) are F32;
+// mmfree.normalizer. Tensors keep the Hugging Face names; ternary ones are ggml's TQ2_0/TQ1_0
+// (I8 for rows that are not whole 256-weight blocks) with "<name>.scale" (F32 [1]); norms and model.lower_bounds (raw, F32) are F32;
 // model.embeddings.weight is F16 or BF16.
 #pragma once
 
