@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Refresh the kept corpus (fuzz/corpus/<target>): run a campaign (fuzz/run.sh, SECONDS per target,
 # default 300), then merge what it found with the kept corpus into a minimal set that keeps every
-# edge (libFuzzer -merge=1), capped in size, and replace fuzz/corpus/<target> with it.
+# edge (libFuzzer -merge=1 -use_counters=0: hit counts are not kept apart), of small inputs
+# only, and replace fuzz/corpus/<target> with it.
 #
-#   fuzz/refresh_corpus.sh [SECONDS] [TARGET...]
+#   fuzz/refresh_corpus.sh [SECONDS] [TARGET...]     (SECONDS 0: merge the last campaign's corpus only)
 #
 # CI's short runs start from this corpus, so they begin at the coverage the campaigns reached.
 set -euo pipefail
@@ -12,14 +13,19 @@ secs=${1:-300}
 [ $# -gt 0 ] && shift
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(fuzz_safetensors fuzz_config fuzz_tokenizer_load fuzz_tokenizer_text fuzz_gguf fuzz_cli_numbers)
-bash fuzz/run.sh "$secs" "${targets[@]}" || { echo "a target failed: fix it (and add the input to fuzz/regressions) first"; exit 1; }
+if [ "$secs" != 0 ]; then
+  bash fuzz/run.sh "$secs" "${targets[@]}" || { echo "a target failed: fix it (and add the input to fuzz/regressions) first"; exit 1; }
+fi
 build=build-fuzz
-# Larger inputs are dropped: the kept corpus stays a few hundred KB in all.
-declare -A maxlen=([fuzz_gguf]=16384 [fuzz_safetensors]=8192 [fuzz_tokenizer_text]=1024)
+# Larger inputs are left out (libFuzzer's merge keeps files whole): the kept corpus stays a few
+# hundred KB in all, and the short CI runs grow larger inputs from it again.
+declare -A maxlen=([fuzz_gguf]=4096 [fuzz_safetensors]=1536 [fuzz_config]=512 [fuzz_tokenizer_load]=768 [fuzz_tokenizer_text]=512)
 for t in "${targets[@]}"; do
   out=$build/merged/$t
-  rm -rf "$out" && mkdir -p "$out"
-  $build/fuzz/$t -merge=1 -max_len="${maxlen[$t]:-4096}" "$out" fuzz/corpus/$t $build/corpus/$t > $build/$t.merge.log 2>&1
+  small=$build/small/$t
+  rm -rf "$out" "$small" && mkdir -p "$out" "$small" fuzz/corpus/$t
+  find fuzz/corpus/$t $build/corpus/$t -type f -size -"$((${maxlen[$t]:-4096} + 1))"c -exec cp -t "$small" {} + 2>/dev/null
+  $build/fuzz/$t -merge=1 -use_counters=0 -max_len="${maxlen[$t]:-4096}" "$out" "$small" > $build/$t.merge.log 2>&1
   rm -rf fuzz/corpus/$t && mkdir -p fuzz/corpus/$t && cp "$out"/* fuzz/corpus/$t/
   echo "$t: $(ls fuzz/corpus/$t | wc -l) files, $(du -sk fuzz/corpus/$t | cut -f1) KiB"
 done
