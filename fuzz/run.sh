@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 secs=60
 jobs=${MMFREE_FUZZ_JOBS:-$(nproc)}
 if [ "${1:-}" = "--long" ]; then secs=600; shift; elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then secs=$1; shift; fi
-all=(fuzz_safetensors fuzz_config fuzz_tokenizer_load fuzz_tokenizer_text fuzz_gguf fuzz_cli_numbers)
+all=(fuzz_safetensors fuzz_config fuzz_tokenizer_load fuzz_tokenizer_text fuzz_gguf fuzz_cli_numbers fuzz_server_request)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 
@@ -26,7 +26,7 @@ cmake --build $build -j"$(nproc)" >/dev/null || exit 1
 
 # Seeds: real files of each kind, small enough to mutate quickly.
 seeds=$build/seeds
-rm -rf "$seeds" && mkdir -p "$seeds"/{fuzz_safetensors,fuzz_config,fuzz_tokenizer_load,fuzz_tokenizer_text,fuzz_gguf,fuzz_cli_numbers}
+rm -rf "$seeds" && mkdir -p "$seeds"/{fuzz_safetensors,fuzz_config,fuzz_tokenizer_load,fuzz_tokenizer_text,fuzz_gguf,fuzz_cli_numbers,fuzz_server_request}
 data=tests/data/kjv-tiny
 cp $data/golden.safetensors "$seeds/fuzz_safetensors/"
 $build/examples/mmfree-cli logits --model $data --ids 1,2 --out "$seeds/fuzz_safetensors/small.safetensors" 2>/dev/null
@@ -36,12 +36,18 @@ printf '%s' '{"model":{"type":"BPE","vocab":{"<unk>":0,"<s>":1,"a":2,"b":3,"ab":
 head -c 2000 tests/data/kjv-val.txt > "$seeds/fuzz_tokenizer_text/kjv.txt"
 printf 'na\xc3\xafve caf\xc3\xa9 <s> \xf0\x9f\xa6\x99 \xff' > "$seeds/fuzz_tokenizer_text/mixed.txt"
 $build/examples/mmfree-cli init-random --preset tiny --out "$seeds/fuzz_gguf/tiny.gguf" 2>/dev/null
+s=$seeds/fuzz_server_request
+printf '\x00{"prompt":"In the beginning","max_tokens":16,"temperature":0.7,"top_k":40,"top_p":0.9,"min_p":0.05,"seed":3,"stop":["\\n","LORD"],"stream":true,"stream_options":{"include_usage":true},"return_tokens":true}' > $s/a
+printf '\x00{"prompt":[1,1142,333],"max_tokens":0,"n":1,"echo":false}' > $s/b
+printf '\x01{"content":"In the beginning","add_special":false}' > $s/c
+printf '\x02{"tokens":[1,1142,333,2693]}' > $s/d
+printf '\x03ab|LORD|the\nIn the beginning God created the heaven and the earth. The LORD' > $s/e
 printf '1,5,9' > "$seeds/fuzz_cli_numbers/a"; printf '0.95' > "$seeds/fuzz_cli_numbers/b"; printf -- '-3' > "$seeds/fuzz_cli_numbers/c"
 
 declare -A dict=([fuzz_config]=fuzz/json.dict [fuzz_tokenizer_load]=fuzz/json.dict [fuzz_safetensors]=fuzz/json.dict
-                 [fuzz_gguf]=fuzz/gguf.dict)
+                 [fuzz_gguf]=fuzz/gguf.dict [fuzz_server_request]=fuzz/json.dict)
 # Inputs past these sizes explore nothing new and run slowly (a 64 KiB text costs ~100x a 1 KiB one).
-declare -A maxlen=([fuzz_tokenizer_text]=1024 [fuzz_cli_numbers]=256)
+declare -A maxlen=([fuzz_tokenizer_text]=1024 [fuzz_cli_numbers]=256 [fuzz_server_request]=4096)
 mkdir -p $build/artifacts
 summary=$build/summary.txt
 printf '| target | seconds | runs | coverage (edges) | corpus files | findings |\n| --- | --- | --- | --- | --- | --- |\n' > $summary

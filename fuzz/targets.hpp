@@ -18,6 +18,7 @@
 
 #include "mmfree/mmfree.hpp"
 #include "mmfree/parse.hpp"
+#include "mmfree/server_api.hpp"
 
 namespace mmfree::fuzz {
 
@@ -130,6 +131,54 @@ inline int cli_numbers(const uint8_t* data, size_t size) {
   return 0;
 }
 
+// The server's request handling without sockets (server_api.hpp): the first byte picks the
+// endpoint, the rest is the body. A request is either parsed into values inside every limit,
+// or refused as an ApiError with a 4xx status; stop strings never release text that contains one.
+inline int server_request(const uint8_t* data, size_t size, const std::string& tokenizer_json) {
+  static const Tokenizer tok = Tokenizer::from_file(tokenizer_json);
+  if (size == 0) return 0;
+  const std::string body(reinterpret_cast<const char*>(data) + 1, size - 1);
+  api::Limits lim;
+  lim.max_prompt_tokens = 512;
+  try {
+    switch (data[0] % 4) {
+      case 0: {
+        const api::CompletionRequest r = api::parse_completion(body, tok, tok.vocab_size(), lim, 2);
+        if (r.prompt.empty() || int64_t(r.prompt.size()) > lim.max_prompt_tokens) __builtin_trap();
+        for (int32_t id : r.prompt)
+          if (id < 0 || id >= tok.vocab_size()) __builtin_trap();
+        if (r.gen.max_new_tokens < 0 || r.gen.max_new_tokens > lim.max_tokens) __builtin_trap();
+        r.gen.sampling.validate();
+        break;
+      }
+      case 1: (void)api::tokenize(body, tok); break;
+      case 2: (void)api::detokenize(body, tok); break;
+      case 3: {  // stop strings: the first line holds them ('|'-separated), the rest arrives in pieces
+        const size_t nl = body.find('\n');
+        if (nl == std::string::npos) break;
+        std::vector<std::string> stops;
+        for (size_t i = 0; i <= nl;) {
+          const size_t j = std::min(body.find('|', i), nl);
+          if (j > i) stops.push_back(body.substr(i, j - i));
+          i = j + 1;
+        }
+        api::StopText st(stops);
+        std::string sent;
+        for (size_t i = nl + 1; i < body.size(); i += 3) sent += st.push(body.substr(i, 3));
+        sent += st.finish();
+        for (auto& s : stops)
+          if (sent.find(s) != std::string::npos) __builtin_trap();
+        if (body.compare(nl + 1, sent.size(), sent) != 0) __builtin_trap();  // a prefix of the text
+        if (!st.stopped() && sent.size() != body.size() - nl - 1) __builtin_trap();
+        break;
+      }
+    }
+  } catch (const api::ApiError& e) {
+    if (e.status < 400 || e.status > 499) __builtin_trap();
+  }
+  return 0;
+}
+
 // Every target by name, as the corpus folders are named (tokenizer_text needs its tokenizer).
 inline std::map<std::string, std::function<int(const uint8_t*, size_t)>> all(const std::string& tokenizer_json) {
   return {{"fuzz_safetensors", safetensors},
@@ -137,7 +186,8 @@ inline std::map<std::string, std::function<int(const uint8_t*, size_t)>> all(con
           {"fuzz_tokenizer_load", tokenizer_load},
           {"fuzz_tokenizer_text", [tokenizer_json](const uint8_t* d, size_t n) { return tokenizer_text(d, n, tokenizer_json); }},
           {"fuzz_gguf", gguf},
-          {"fuzz_cli_numbers", cli_numbers}};
+          {"fuzz_cli_numbers", cli_numbers},
+          {"fuzz_server_request", [tokenizer_json](const uint8_t* d, size_t n) { return server_request(d, n, tokenizer_json); }}};
 }
 
 }  // namespace mmfree::fuzz

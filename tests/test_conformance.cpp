@@ -150,3 +150,46 @@ TEST(Conformance, ChunkedPrefillIsExact) {
   const auto g = read_goldens(data_dir() + "/kjv-tiny/golden.safetensors").front();
   EXPECT_EQ(ma.prefill(g.greedy_ids), mb.prefill(g.greedy_ids));
 }
+
+// step_batch: B sequences, each at its own position, decode one token each in one forward
+// pass, bit-identical to B separate step() calls; batches larger than max_batch run in chunks.
+TEST(Conformance, StepBatchEqualsSeparateSteps) {
+  for (std::string dir : {data_dir() + "/kjv-tiny", data_dir() + "/odd-b"}) {
+    for (int threads : {1, 2}) {
+      ModelOptions o = opts(threads);
+      o.max_batch = 5;
+      Model m = load_model(dir, o);
+      const int64_t V = m.vocab_size();
+      for (size_t B : {size_t(1), size_t(3), size_t(13)}) {
+        std::vector<State> batch, single;
+        std::vector<int32_t> ids;
+        for (size_t b = 0; b < B; ++b) {  // sequence b has consumed b tokens already
+          std::vector<int32_t> history;
+          for (size_t k = 0; k < b; ++k) history.push_back(int32_t((7 * b + 3 * k + 1) % size_t(V)));
+          State s = m.new_state();
+          if (!history.empty()) m.prefill_last(history, s);
+          batch.push_back(s), single.push_back(s);
+          ids.push_back(int32_t((11 * b + 5) % size_t(V)));
+        }
+        std::vector<State*> ptrs;
+        for (auto& s : batch) ptrs.push_back(&s);
+        for (int round = 0; round < 3; ++round) {
+          const auto got = m.step_batch(ids, ptrs);
+          ASSERT_EQ(got.size(), B * size_t(V));
+          for (size_t b = 0; b < B; ++b) {
+            const auto want = m.step(ids[b], single[b]);
+            ASSERT_TRUE(std::equal(want.begin(), want.end(), got.begin() + long(b) * V))
+                << dir << " threads " << threads << " B " << B << " sequence " << b << " round " << round;
+            EXPECT_EQ(batch[b].h, single[b].h);
+            EXPECT_EQ(batch[b].position, single[b].position);
+            ids[b] = int32_t(std::max_element(want.begin(), want.end()) - want.begin());
+          }
+        }
+      }
+      State s = m.new_state();
+      std::vector<State*> one = {&s};
+      EXPECT_THROW(m.step_batch(std::vector<int32_t>{1, 2}, one), Error);
+      EXPECT_THROW(m.step_batch(std::vector<int32_t>{int32_t(V)}, one), Error);
+    }
+  }
+}

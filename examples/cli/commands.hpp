@@ -13,5 +13,6 @@ int cmd_info(const Args& a);        // cmd_inspect.cpp
 int cmd_bench(const Args& a);       // cmd_bench.cpp
 int cmd_convert(const Args& a);     // cmd_convert.cpp
 int cmd_init_random(const Args& a); // cmd_convert.cpp
+int cmd_serve(const Args& a);       // cmd_serve.cpp
 
 }  // namespace cli

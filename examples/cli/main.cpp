@@ -30,6 +30,19 @@ const std::vector<Command>& commands() {
        "  --print-ids            print the token ids (prompt and generated) instead of text; exactly -n tokens\n"
        "  --no-stats             no statistics line on stderr\n",
        cmd_generate},
+      {"serve", "an OpenAI-compatible HTTP server that decodes all its requests as one batch",
+       "  --host H               address to listen on (default 127.0.0.1; others need --api-key or --allow-public)\n"
+       "  --port N               port (default 8080; 0: any free port, printed on stderr)\n"
+       "  --parallel N           sequences decoded together, one batched step for all (default 64)\n"
+       "  --queue N              requests waiting for a place; beyond: 503 with Retry-After (default 2x parallel)\n"
+       "  --api-key KEY, --api-key-file F   require Authorization: Bearer KEY\n"
+       "  --allow-public         listen beyond loopback without a key (prints a warning)\n"
+       "  --max-body BYTES       request body limit (default 1 MiB)\n"
+       "  --max-prompt-tokens N  (default 8192)   --max-tokens N  max_tokens ceiling (default 4096)\n"
+       "  --timeout SECONDS      per request (default 600)\n"
+       "  --name NAME            the model id in responses (default: the file name)\n"
+       "  --exit-with-parent     stop when the process that started the server ends\n",
+       cmd_serve},
       {"tokenize", "text to token ids, or ids to text",
        "  -p, --prompt, --text TEXT   text to encode (or -f FILE)\n"
        "  --decode \"1 2 3\"       ids to decode\n"
@@ -112,7 +125,8 @@ Args parse(int argc, char** argv) {
       {"-n", "--max-new-tokens"}, {"-t", bench ? "--threads-list" : "--threads"}, {"-m", "--model"},
       {"-p", bench ? "--prompt-tokens" : "--prompt"}, {"-r", "--repetitions"}, {"-f", "--file"},
       {"-i", "--interactive"}, {"-h", "--help"}};
-  const std::vector<std::string> switches = {"print-ids", "help", "no-stats", "no-bos", "json", "no-huge-pages", "interactive"};
+  const std::vector<std::string> switches = {"print-ids", "help", "no-stats", "no-bos", "json", "no-huge-pages", "interactive",
+                                               "allow-public", "exit-with-parent"};
   for (int i = 2; i < argc; ++i) {
     std::string k = argv[i];
     if (auto it = aliases.find(k); it != aliases.end()) k = it->second;

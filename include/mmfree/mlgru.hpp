@@ -17,6 +17,7 @@ namespace mmfree {
 struct MixerScratch {
   std::vector<float> f, i, g, o;  // [n, D]
   std::vector<float> r;           // [n] rms factors of the input, shared by f, i, g
+  std::vector<float*> states;     // [n] the recurrent state each token advances
   BitLinearScratch fq, iq, gq;    // the three projections' quantised inputs and sums
   void reserve(int64_t n, int64_t d) {
     for (auto* v : {&f, &i, &g, &o})
@@ -60,6 +61,13 @@ struct MLGRU {
   // out: [n, H].
   void forward(const float* x, int64_t n, float* h, float* out, double eps, MixerScratch& s, BitLinearScratch& bs,
                const Exec& ex) const {
+    s.states.assign(size_t(n), h);
+    forward(x, n, s.states.data(), out, eps, s, bs, ex);
+  }
+  // The same with token t's state in hs[t]: n consecutive tokens of one sequence (every hs[t]
+  // the same vector, advanced in order), or n sequences decoding one token each (a batch).
+  void forward(const float* x, int64_t n, float* const* hs, float* out, double eps, MixerScratch& s,
+               BitLinearScratch& bs, const Exec& ex) const {
     const int64_t d = dim();
     s.reserve(n, d);
     // f, i and g read the same x: one rms factor per token, then three quantisations, spread
@@ -83,7 +91,7 @@ struct MLGRU {
       i_proj.dequantize_rows(n, s.iq, s.i.data(), d, c0, c1);
       g_proj.dequantize_rows(n, s.gq, s.g.data(), d, c0, c1);
       for (int64_t t = 0; t < n; ++t)
-        mlgru_step(s.f.data() + t * d + c0, s.i.data() + t * d + c0, lb ? lb + c0 : nullptr, c1 - c0, h + c0,
+        mlgru_step(s.f.data() + t * d + c0, s.i.data() + t * d + c0, lb ? lb + c0 : nullptr, c1 - c0, hs[t] + c0,
                    s.o.data() + t * d + c0);
     });
     ex.for_range(n, 1, [&](int64_t t0, int64_t t1) {

@@ -70,6 +70,7 @@ struct ModelOptions {
 // several threads at once, each with its own State.
 struct ForwardScratch {
   std::vector<float> x, xn, y;  // [n, H]
+  std::vector<float*> h;        // [n] the MLGRU state each token advances, in the current layer
   MixerScratch mixer;
   GluScratch glu;
   BitLinearScratch bl;
@@ -140,6 +141,24 @@ class Model {
     const int32_t one[1] = {id};
     return prefill_last(one, state);
   }
+  // One decoding step of B sequences at once: states[b] consumes ids[b]; returns [B, V] logits,
+  // bit-identical to B calls of step(). Every BitLinear multiplies a [B, K] input, so the
+  // weights are read once for the whole batch instead of B times (the prefill kernels run).
+  std::vector<float> step_batch(std::span<const int32_t> ids, std::span<State* const> states) const {
+    if (ids.size() != states.size())
+      fail("step_batch", std::to_string(ids.size()) + " ids for " + std::to_string(states.size()) + " states");
+    std::vector<float> logits(ids.size() * size_t(vocab_size()));
+    if (ids.empty()) return logits;
+    check_ids(ids);
+    for (State* s : states) check_state(*s);
+    Lease lease(*this);
+    const int64_t V = vocab_size();
+    for (size_t b0 = 0; b0 < ids.size(); b0 += size_t(opt_.max_batch)) {
+      const size_t m = std::min(ids.size() - b0, size_t(opt_.max_batch));
+      forward(ids.data() + b0, int64_t(m), states.data() + b0, logits.data() + int64_t(b0) * V, true, lease.scratch, lease.ex);
+    }
+    return logits;
+  }
 
  private:
   void check_ids(std::span<const int32_t> ids) const {
@@ -147,30 +166,48 @@ class Model {
       if (id < 0 || id >= vocab_size())
         fail("token id " + std::to_string(id), "out of range [0, " + std::to_string(vocab_size()) + ")");
   }
+  void check_state(const State& state) const {
+    if (state.h.size() != size_t(w_.config.num_hidden_layers))
+      fail("State", "does not belong to this model (wrong number of layers)");
+    for (const auto& h : state.h)
+      if (h.size() != size_t(w_.config.input_dim())) fail("State", "does not belong to this model (wrong width)");
+  }
+
+  // The execution context of one forward call: the pool when this caller may drive it (one
+  // caller at a time; the others compute on their own thread), and this thread's scratch.
+  struct Lease {
+    std::unique_lock<std::mutex> lock;
+    Exec ex;
+    ForwardScratch& scratch;
+    explicit Lease(const Model& m) : lock(*m.pool_mutex_, std::try_to_lock), ex(m.exec_), scratch(thread_scratch()) {
+      ex.pool = lock.owns_lock() ? m.pool_.get() : nullptr;
+    }
+    static ForwardScratch& thread_scratch() {
+      static thread_local ForwardScratch s;
+      return s;
+    }
+  };
 
   // Runs the model over ids in chunks of max_batch tokens.
   void run(std::span<const int32_t> ids, State& state, float* logits, bool all_logits) const {
     check_ids(ids);
-    if (state.h.size() != size_t(w_.config.num_hidden_layers))
-      fail("State", "does not belong to this model (wrong number of layers)");
-    // Only one caller at a time may drive the pool; others compute on their own thread.
-    std::unique_lock<std::mutex> lock(*pool_mutex_, std::try_to_lock);
-    Exec ex = exec_;
-    ex.pool = lock.owns_lock() ? pool_.get() : nullptr;
-    static thread_local ForwardScratch scratch;
+    check_state(state);
+    Lease lease(*this);
     const int64_t n = int64_t(ids.size());
     const int64_t V = vocab_size();
+    std::vector<State*> same(size_t(std::min(n, opt_.max_batch)), &state);
     for (int64_t t0 = 0; t0 < n; t0 += opt_.max_batch) {
       const int64_t m = std::min(opt_.max_batch, n - t0);
       const bool last_chunk = t0 + m == n;
       float* out = all_logits ? logits + t0 * V : (last_chunk ? logits : nullptr);
-      forward(ids.data() + t0, m, state, out, all_logits, scratch, ex);
+      forward(ids.data() + t0, m, same.data(), out, all_logits, lease.scratch, lease.ex);
     }
   }
 
-  // The forward pass over m consecutive tokens. Writes logits of all m positions, or of
-  // the last one only, when `logits` is not null.
-  void forward(const int32_t* ids, int64_t m, State& st, float* logits, bool all_logits, ForwardScratch& s,
+  // The forward pass over m tokens; token t advances the recurrent state *sts[t] (the same
+  // State for consecutive tokens of one sequence, or one per sequence in a batch). Writes the
+  // logits of all m tokens, or of the last one only, when `logits` is not null.
+  void forward(const int32_t* ids, int64_t m, State* const* sts, float* logits, bool all_logits, ForwardScratch& s,
                const Exec& ex) const {
     const Config& c = w_.config;
     const int64_t H = c.hidden_size;
@@ -196,7 +233,9 @@ class Model {
       const Block& b = w_.blocks[l];
       // Token mixer: x += mlgru(rmsnorm(x)), carrying this layer's recurrent state.
       residual_norm(l == 0 ? nullptr : y, b.attn_norm.data());
-      b.attn.forward(xn, m, st.h[l].data(), y, c.rms_norm_eps, s.mixer, s.bl, ex);
+      s.h.resize(size_t(m));
+      for (int64_t t = 0; t < m; ++t) s.h[size_t(t)] = sts[t]->h[l].data();
+      b.attn.forward(xn, m, s.h.data(), y, c.rms_norm_eps, s.mixer, s.bl, ex);
       // Channel mixer: x += glu(rmsnorm(x)).
       residual_norm(y, b.mlp_norm.data());
       b.mlp.forward(xn, m, y, s.glu, s.bl, ex);
@@ -204,7 +243,7 @@ class Model {
     ex.for_range(m * H, 4096, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) x[i] += y[i];
     });
-    st.position += m;
+    for (int64_t t = 0; t < m; ++t) ++sts[t]->position;
     if (!logits) return;
 
     const int64_t first = all_logits ? 0 : m - 1;

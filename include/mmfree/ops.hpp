@@ -8,8 +8,11 @@
 
 // Element-wise loops over many channels are compiled for AVX-512 and AVX2 as well as the
 // baseline, chosen at load time by the dynamic linker (GCC/Clang function multiversioning),
-// so the library still needs no -march flag from its users.
-#if defined(__x86_64__) && defined(__linux__) && !defined(__SANITIZE_ADDRESS__)
+// so the library still needs no -march flag from its users. Not with clang: clang 14 emits the
+// resolver of an inline multiversioned function as a strong symbol in every translation unit,
+// so a program of two files that include mmfree fails to link ("multiple definition of
+// ...[clone .resolver]"); there these loops are compiled for the baseline only.
+#if defined(__x86_64__) && defined(__linux__) && !defined(__SANITIZE_ADDRESS__) && !defined(__clang__)
 #define MMFREE_ELEMENTWISE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define MMFREE_ELEMENTWISE_CLONES

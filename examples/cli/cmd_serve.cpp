@@ -1,0 +1,330 @@
+// mmfree-cli serve: an OpenAI-compatible HTTP server (cpp-httplib) over one continuous-batching
+// Scheduler. Request parsing and validation live in mmfree/server_api.hpp (fuzzed without
+// sockets); this file binds them to HTTP: routes, streaming, limits, keys, metrics.
+#include <httplib.h>
+#include <signal.h>
+#include <sys/prctl.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+
+#include "commands.hpp"
+#include "mmfree/scheduler.hpp"
+#include "mmfree/server_api.hpp"
+
+namespace cli {
+
+namespace {
+
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+// One completion request between the HTTP thread that serves it and the scheduler thread that
+// produces its tokens. The scheduler's callbacks only append here and notify.
+struct Job {
+  std::mutex mu;
+  std::condition_variable cv;
+  struct Piece {
+    std::string text;
+    std::vector<int32_t> tokens;
+  };
+  std::deque<Piece> pieces;   // produced, not yet sent (streaming)
+  std::string text;           // everything released so far
+  std::vector<int32_t> tokens;
+  bool done = false;
+  mmfree::Finish finish = mmfree::Finish::Length;
+  std::string error;
+  std::shared_ptr<mmfree::Sequence> seq;
+};
+
+// Constant-time comparison of a presented key with the configured one.
+bool same_key(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  const size_t n = std::max(a.size(), b.size());
+  for (size_t i = 0; i < n; ++i)
+    diff |= static_cast<unsigned char>((i < a.size() ? a[i] : 0) ^ (i < b.size() ? b[i] : 0));
+  return diff == 0;
+}
+
+bool is_loopback(const std::string& host) { return host == "127.0.0.1" || host == "::1" || host == "localhost"; }
+
+void send_json(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(body.dump(), "application/json");
+}
+
+void send_error(httplib::Response& res, int status, const std::string& type, const std::string& msg) {
+  send_json(res, status, mmfree::api::error_body(status, type, msg));
+}
+
+httplib::Server* g_server = nullptr;
+void on_signal(int) {
+  if (g_server) g_server->stop();
+}
+
+}  // namespace
+
+int cmd_serve(const Args& a) {
+  a.allow({"host", "port", "parallel", "queue", "api-key", "api-key-file", "allow-public", "max-body",
+           "max-prompt-tokens", "max-tokens", "timeout", "exit-with-parent", "name"});
+  const std::string host = a.has("host") ? a.str("host") : "127.0.0.1";
+  const int port = a.has("port") ? int(mmfree::parse_int(a.str("port"), "--port", 0, 65535)) : 8080;
+  mmfree::SchedulerOptions so;
+  so.max_active = a.has("parallel") ? mmfree::parse_int(a.str("parallel"), "--parallel", 1, 4096) : 64;
+  so.max_queued = a.has("queue") ? mmfree::parse_int(a.str("queue"), "--queue", 0, 1 << 16) : 2 * so.max_active;
+  mmfree::api::Limits lim;
+  if (a.has("max-prompt-tokens")) lim.max_prompt_tokens = mmfree::parse_int(a.str("max-prompt-tokens"), "--max-prompt-tokens", 1, 1 << 24);
+  if (a.has("max-tokens")) lim.max_tokens = mmfree::parse_int(a.str("max-tokens"), "--max-tokens", 1, 1 << 24);
+  lim.default_max_tokens = std::min(lim.default_max_tokens, lim.max_tokens);
+  const size_t max_body = a.has("max-body") ? size_t(mmfree::parse_int(a.str("max-body"), "--max-body", 64, 1 << 30)) : 1 << 20;
+  const double timeout = a.has("timeout") ? mmfree::parse_double(a.str("timeout"), "--timeout", 0.001, 1e6) : 600;
+  std::string key = a.has("api-key") ? a.str("api-key") : "";
+  if (a.has("api-key-file")) {
+    key = read_text_file(a.str("api-key-file"));
+    while (!key.empty() && (key.back() == '\n' || key.back() == '\r' || key.back() == ' ')) key.pop_back();
+    if (key.empty()) fail(a.str("api-key-file"), "holds no key");
+  }
+  if (!is_loopback(host)) {
+    if (key.empty() && !a.on("allow-public"))
+      fail("--host " + host, "serving beyond this machine needs --api-key KEY (or --allow-public to serve without one)");
+    std::fprintf(stderr, "warning: listening on %s: reachable from other machines%s\n", host.c_str(),
+                 key.empty() ? ", with no API key" : "");
+  }
+  if (a.on("exit-with-parent")) prctl(PR_SET_PDEATHSIG, SIGTERM);  // tests: the server never outlives them
+
+  const std::string path = model_path(a);
+  const mmfree::Model model = load(a);
+  const mmfree::Tokenizer tok = mmfree::load_tokenizer(path);
+  if (tok.vocab_size() > model.vocab_size()) fail(tok.source(), "has more tokens than the model's vocabulary");
+  const std::string name = a.has("name") ? a.str("name") : std::filesystem::path(path).filename().string();
+  const int32_t eos = int32_t(model.config().eos_token_id);
+  mmfree::Scheduler sched(model, so);
+  std::atomic<int64_t> requests{0}, rejected{0}, errors{0};
+  const auto started = std::chrono::steady_clock::now();
+
+  httplib::Server svr;
+  // Every stream holds its connection's thread: enough threads for all active and queued
+  // sequences, plus a few for the short endpoints.
+  const size_t http_threads = size_t(so.max_active + so.max_queued + 8);
+  svr.new_task_queue = [http_threads] { return new httplib::ThreadPool(http_threads); };
+  svr.set_payload_max_length(max_body);
+  svr.set_read_timeout(10, 0);  // a slow sender loses its connection, not a scheduler slot
+  svr.set_write_timeout(10, 0);
+  svr.set_keep_alive_timeout(5);
+  svr.set_pre_routing_handler([&](const httplib::Request& req, httplib::Response& res) {
+    ++requests;
+    if (key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
+    const std::string auth = req.get_header_value("Authorization");
+    const std::string bearer = "Bearer ";
+    if (auth.rfind(bearer, 0) == 0 && same_key(auth.substr(bearer.size()), key))
+      return httplib::Server::HandlerResponse::Unhandled;
+    send_error(res, 401, "authentication_error", "missing or wrong API key (Authorization: Bearer KEY)");
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  // Errors httplib raises itself (413 body too large, 404, 400 bad request line) get JSON too.
+  svr.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    const std::string msg = res.status == 413 ? "request body is larger than the server allows (--max-body)"
+                            : res.status == 404 ? "no such endpoint: " + req.path
+                                                : "bad request";
+    send_error(res, res.status, "invalid_request_error", msg);
+  });
+  svr.set_exception_handler([&](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    ++errors;
+    std::string msg = "internal error";
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      msg = e.what();
+    } catch (...) {
+    }
+    send_error(res, 500, "server_error", msg);
+  });
+  svr.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+    std::fprintf(stderr, "%s %s %d\n", req.method.c_str(), req.path.c_str(), res.status);  // never bodies
+  });
+
+  svr.Get("/health", [](const httplib::Request&, httplib::Response& res) { send_json(res, 200, {{"status", "ok"}}); });
+  svr.Get("/v1/models", [&](const httplib::Request&, httplib::Response& res) {
+    send_json(res, 200, {{"object", "list"}, {"data", {{{"id", name}, {"object", "model"}, {"owned_by", "mmfree"}, {"created", 0}}}}});
+  });
+  svr.Post("/v1/chat/completions", [&](const httplib::Request&, httplib::Response& res) {
+    send_error(res, 400, "invalid_request_error",
+               "model '" + name + "' is a base model with no chat template: use /v1/completions with a text prompt");
+  });
+  auto api_call = [&](httplib::Response& res, const std::function<json()>& f) {
+    try {
+      send_json(res, 200, f());
+    } catch (const mmfree::api::ApiError& e) {
+      ++rejected;
+      send_error(res, e.status, e.type, e.what());
+    }
+  };
+  svr.Post("/tokenize", [&](const httplib::Request& req, httplib::Response& res) {
+    api_call(res, [&] { return mmfree::api::tokenize(req.body, tok); });
+  });
+  svr.Post("/detokenize", [&](const httplib::Request& req, httplib::Response& res) {
+    api_call(res, [&] { return mmfree::api::detokenize(req.body, tok); });
+  });
+  svr.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
+    const auto& st = sched.stats();
+    const double busy = st.busy_seconds.load(), up = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    std::string m;
+    auto metric = [&](const char* n, const char* type, const char* help, double v) {
+      char line[256];
+      std::snprintf(line, sizeof line, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", n, help, n, type, n, v);
+      m += line;
+    };
+    metric("mmfree_http_requests_total", "counter", "HTTP requests received", double(requests.load()));
+    metric("mmfree_http_requests_rejected_total", "counter", "requests refused as invalid (4xx)", double(rejected.load()));
+    metric("mmfree_sequences_total", "counter", "completions started", double(st.sequences.load()));
+    metric("mmfree_prompt_tokens_total", "counter", "prompt tokens read", double(st.prompt_tokens.load()));
+    metric("mmfree_generated_tokens_total", "counter", "tokens generated", double(st.generated_tokens.load()));
+    metric("mmfree_decode_steps_total", "counter", "batched decode steps", double(st.steps.load()));
+    metric("mmfree_decode_batch_tokens_total", "counter", "tokens decoded in batched steps", double(st.batched_tokens.load()));
+    metric("mmfree_busy_seconds_total", "counter", "seconds spent in forward passes", busy);
+    metric("mmfree_generated_tokens_per_second", "gauge", "tokens generated per second of forward passes",
+           busy > 0 ? double(st.generated_tokens.load()) / busy : 0);
+    metric("mmfree_active_sequences", "gauge", "sequences decoding now", double(st.active.load()));
+    metric("mmfree_queued_sequences", "gauge", "sequences waiting for a place", double(st.queued.load()));
+    metric("mmfree_uptime_seconds", "gauge", "seconds since the server started", up);
+    res.set_content(m, "text/plain; version=0.0.4");
+  });
+
+  svr.Post("/v1/completions", [&](const httplib::Request& req, httplib::Response& res) {
+    mmfree::api::CompletionRequest r;
+    try {
+      r = mmfree::api::parse_completion(req.body, tok, model.vocab_size(), lim, eos);
+    } catch (const mmfree::api::ApiError& e) {
+      ++rejected;
+      return send_error(res, e.status, e.type, e.what());
+    }
+    auto job = std::make_shared<Job>();
+    auto seq = std::make_shared<mmfree::Sequence>();
+    seq->prompt = r.prompt;
+    seq->gen = r.gen;
+    seq->deadline = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                          std::chrono::duration<double>(timeout));
+    // Decoder and stop strings run on the scheduler thread; only their output crosses over.
+    auto dec = std::make_shared<mmfree::IncrementalDecoder>(tok);
+    if (r.prompt_was_text)
+      for (int32_t id : r.prompt) dec->push(id);  // continue the prompt's spacing
+    auto stop = std::make_shared<mmfree::api::StopText>(r.stop);
+    seq->on_token = [job, dec, stop](int32_t id) {
+      const std::string out = stop->push(dec->push(id));
+      std::lock_guard<std::mutex> l(job->mu);
+      job->tokens.push_back(id);
+      job->text += out;
+      job->pieces.push_back({out, {id}});
+      job->cv.notify_all();
+      return !stop->stopped();
+    };
+    seq->on_done = [job, dec, stop](mmfree::Finish f, const std::string& msg) {
+      const std::string tail = f == mmfree::Finish::Stop || f == mmfree::Finish::Length ? stop->push(dec->finish()) + stop->finish() : "";
+      std::lock_guard<std::mutex> l(job->mu);
+      if (!tail.empty()) job->text += tail, job->pieces.push_back({tail, {}});
+      job->done = true;
+      job->finish = f;
+      job->error = msg;
+      job->cv.notify_all();
+    };
+    job->seq = seq;
+    try {
+      if (!sched.submit(seq)) {
+        ++rejected;
+        res.set_header("Retry-After", "1");
+        return send_error(res, 503, "server_busy", "the queue is full (" + std::to_string(so.max_queued) + " waiting): retry later");
+      }
+    } catch (const mmfree::Error& e) {
+      ++rejected;
+      return send_error(res, 400, "invalid_request_error", std::string("request: ") + e.what());
+    }
+    const std::string id = "cmpl-" + std::to_string(std::chrono::system_clock::now().time_since_epoch().count());
+    const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+    const int64_t prompt_tokens = int64_t(r.prompt.size());
+    auto finish_reason = [](mmfree::Finish f) { return f == mmfree::Finish::Length ? "length" : "stop"; };
+
+    if (!r.stream) {
+      std::unique_lock<std::mutex> l(job->mu);
+      job->cv.wait(l, [&] { return job->done; });
+      if (job->finish == mmfree::Finish::Timeout) return send_error(res, 504, "timeout", "request timed out (--timeout)");
+      if (job->finish == mmfree::Finish::Error) return send_error(res, 500, "server_error", job->error);
+      json body = {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", name},
+                   {"choices", {mmfree::api::completion_choice(job->text, finish_reason(job->finish))}},
+                   {"usage", mmfree::api::usage(prompt_tokens, int64_t(job->tokens.size()))}};
+      if (r.return_tokens) body["tokens"] = job->tokens;
+      return send_json(res, 200, body);
+    }
+
+    // Server-sent events: one chunk per token, then the finish reason, usage if asked, [DONE].
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [job, r, id, created, name, prompt_tokens, finish_reason](size_t, httplib::DataSink& sink) {
+          auto event = [&](const json& j) {
+            const std::string s = "data: " + j.dump() + "\n\n";
+            return sink.write(s.data(), s.size());
+          };
+          auto chunk = [&](const std::string& text, const char* reason) {
+            return json{{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", name},
+                        {"choices", {mmfree::api::completion_choice(text, reason)}}};
+          };
+          std::unique_lock<std::mutex> l(job->mu);
+          for (;;) {
+            job->cv.wait_for(l, 200ms, [&] { return job->done || !job->pieces.empty(); });
+            while (!job->pieces.empty()) {
+              Job::Piece p = std::move(job->pieces.front());
+              job->pieces.pop_front();
+              json c = chunk(p.text, nullptr);
+              if (r.return_tokens) c["tokens"] = p.tokens;
+              l.unlock();
+              const bool ok = event(c);
+              l.lock();
+              if (!ok) return job->seq->cancelled = true, false;  // the client went away
+            }
+            if (job->done) break;
+            if (!sink.is_writable()) return job->seq->cancelled = true, false;
+          }
+          const mmfree::Finish f = job->finish;
+          const int64_t n = int64_t(job->tokens.size());
+          l.unlock();
+          if (f == mmfree::Finish::Timeout || f == mmfree::Finish::Error)
+            event(mmfree::api::error_body(f == mmfree::Finish::Timeout ? 504 : 500, f == mmfree::Finish::Timeout ? "timeout" : "server_error",
+                                          f == mmfree::Finish::Timeout ? "request timed out (--timeout)" : "generation failed"));
+          else
+            event(chunk("", finish_reason(f)));
+          if (r.include_usage) {
+            json u = chunk("", nullptr);
+            u["choices"] = json::array();
+            u["usage"] = mmfree::api::usage(prompt_tokens, n);
+            event(u);
+          }
+          const std::string done = "data: [DONE]\n\n";
+          sink.write(done.data(), done.size());
+          sink.done();
+          return true;
+        },
+        [job](bool) { job->seq->cancelled = true; });  // ended either way: a cancelled sequence stops
+  });
+
+  int bound = port;
+  if (port == 0) bound = svr.bind_to_any_port(host);
+  else if (!svr.bind_to_port(host, port)) bound = -1;
+  if (bound < 0) fail("--host " + host + " --port " + std::to_string(port), "cannot listen there (in use, or not an address of this machine)");
+  g_server = &svr;
+  signal(SIGINT, on_signal);
+  signal(SIGTERM, on_signal);
+  signal(SIGPIPE, SIG_IGN);
+  std::fprintf(stderr, "mmfree-cli serve: %s on http://%s:%d (parallel %lld, queue %lld, threads %d, kernels %s/%s)\n",
+               name.c_str(), host.c_str(), bound, (long long)so.max_active, (long long)so.max_queued, model.options().threads,
+               model.kernel_choice().decode.chosen.name, model.kernel_choice().prefill.chosen.name);
+  std::fprintf(stderr, "listening on port %d\n", bound);
+  std::fflush(stderr);
+  svr.listen_after_bind();
+  g_server = nullptr;
+  return 0;
+}
+
+}  // namespace cli

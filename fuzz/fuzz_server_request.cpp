@@ -1,0 +1,6 @@
+// libFuzzer entry point; the target itself is in targets.hpp.
+#include "targets.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  return mmfree::fuzz::server_request(data, size, MMFREE_FUZZ_TOKENIZER);
+}

@@ -1,0 +1,236 @@
+// mmfree: continuous batching. One thread decodes every active sequence together: each step
+// feeds one token of every decoding sequence through Model::step_batch, so each BitLinear
+// multiplies a [B, K] input and the weights are read once per step, not B times. New prompts
+// are prefilled a chunk at a time between decode steps, so running streams never wait for a
+// long prompt. A sequence's recurrent state is its whole context (one vector per layer), so
+// admitting or finishing one costs nothing beyond its State.
+//
+// Results do not depend on the company a sequence keeps: step_batch is bit-identical to step,
+// chunked prefill to one-shot prefill, and each sequence samples with its own Sampler (its own
+// seed). The same request gives the same tokens alone or among 64 others, and the same as
+// generate() with the same options.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "mmfree/generate.hpp"
+#include "mmfree/model.hpp"
+#include "mmfree/sampler.hpp"
+
+namespace mmfree {
+
+// Why a sequence ended.
+enum class Finish { Length, Stop, Cancelled, Timeout, Error };
+inline const char* finish_name(Finish f) {
+  switch (f) {
+    case Finish::Length: return "length";
+    case Finish::Stop: return "stop";
+    case Finish::Cancelled: return "cancelled";
+    case Finish::Timeout: return "timeout";
+    case Finish::Error: return "error";
+  }
+  return "?";
+}
+
+// One sequence to run: a prompt, how to sample, and where its tokens go. The callbacks run on
+// the scheduler's thread, so they must be quick (hand the token to another thread).
+struct Sequence {
+  std::vector<int32_t> prompt;
+  GenerateOptions gen;  // max_new_tokens, sampling (with its seed), eos_id
+  // Called with each generated token; returning false ends the sequence (Finish::Stop: e.g. a
+  // stop string was found).
+  std::function<bool(int32_t)> on_token;
+  // Called once at the end, with the reason and the error message (Finish::Error).
+  std::function<void(Finish, const std::string&)> on_done;
+  // Set from any thread (a client that went away); checked before every step.
+  std::atomic<bool> cancelled{false};
+  std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+
+  // Scheduler's own bookkeeping.
+  State state;
+  std::vector<float> logits;
+  std::vector<int32_t> history;
+  std::unique_ptr<Sampler> sampler;
+  size_t prefilled = 0;   // prompt tokens consumed
+  int64_t generated = 0;  // tokens passed to on_token
+  int32_t next = -1;      // the token the next decode step consumes
+};
+
+struct SchedulerOptions {
+  int64_t max_active = 16;     // sequences decoding at once (the batch)
+  int64_t max_queued = 64;     // sequences waiting for a place; submit() refuses beyond
+  int64_t prefill_chunk = 64;  // prompt tokens prefilled between two decode steps
+};
+
+// Counters for /metrics (monotonic, read from any thread).
+struct SchedulerStats {
+  std::atomic<int64_t> sequences{0}, prompt_tokens{0}, generated_tokens{0}, steps{0}, batched_tokens{0};
+  std::atomic<int64_t> active{0}, queued{0};
+  std::atomic<double> busy_seconds{0};  // time spent in forward passes
+};
+
+class Scheduler {
+ public:
+  Scheduler(const Model& model, SchedulerOptions opt) : model_(model), opt_(opt) {
+    if (opt_.max_active < 1 || opt_.max_queued < 0 || opt_.prefill_chunk < 1) fail("Scheduler", "bad options");
+    thread_ = std::thread([this] { loop(); });
+  }
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+  ~Scheduler() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  // Queues a sequence; false when the queue is full (the caller answers 503). Bad input (token
+  // ids out of range, an empty prompt) is refused here with an Error.
+  bool submit(std::shared_ptr<Sequence> s) {
+    if (s->prompt.empty()) fail("prompt", "is empty (no tokens to start from)");
+    for (int32_t id : s->prompt)
+      if (id < 0 || id >= model_.vocab_size())
+        fail("prompt", "token id " + std::to_string(id) + " is out of range [0, " + std::to_string(model_.vocab_size()) + ")");
+    s->gen.sampling.validate();
+    if (s->gen.max_new_tokens < 0) fail("max_tokens", "must be >= 0");
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (int64_t(queue_.size()) >= opt_.max_queued) return false;
+      queue_.push_back(std::move(s));
+      stats_.queued = int64_t(queue_.size());
+    }
+    cv_.notify_all();
+    return true;
+  }
+
+  const SchedulerStats& stats() const { return stats_; }
+  const SchedulerOptions& options() const { return opt_; }
+
+ private:
+  using clock = std::chrono::steady_clock;
+
+  void loop() {
+    std::vector<std::shared_ptr<Sequence>> active;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> l(mu_);
+        cv_.wait(l, [&] { return stop_ || !active.empty() || !queue_.empty(); });
+        if (stop_) break;
+        while (int64_t(active.size()) < opt_.max_active && !queue_.empty()) {
+          active.push_back(std::move(queue_.front()));
+          queue_.pop_front();
+          start(*active.back());
+        }
+        stats_.queued = int64_t(queue_.size());
+      }
+      stats_.active = int64_t(active.size());
+      try {
+        step(active);
+      } catch (const std::exception& e) {  // not expected: inputs were checked at submit
+        for (auto& s : active) end(*s, Finish::Error, e.what());
+      }
+      std::erase_if(active, [](const std::shared_ptr<Sequence>& s) { return s->on_done == nullptr; });
+      stats_.active = int64_t(active.size());
+    }
+    for (auto& s : active) end(*s, Finish::Cancelled, "server stopping");
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto& s : queue_) end(*s, Finish::Cancelled, "server stopping");
+  }
+
+  void start(Sequence& s) {
+    s.state = model_.new_state();
+    s.sampler = std::make_unique<Sampler>(s.gen.sampling);
+    s.history.clear();
+    ++stats_.sequences;
+  }
+
+  // Ends a sequence: on_done is called once and cleared (which marks it for removal).
+  static void end(Sequence& s, Finish f, const std::string& msg = "") {
+    if (!s.on_done) return;
+    auto done = std::move(s.on_done);
+    s.on_done = nullptr;
+    done(f, msg);
+  }
+
+  // Draws the next token of s from s.logits; false when s ended.
+  bool draw(Sequence& s) {
+    if (s.generated >= s.gen.max_new_tokens) return end(s, Finish::Length), false;
+    const int32_t next = s.sampler->sample(s.logits, s.history);
+    if (next == s.gen.eos_id) return end(s, Finish::Stop), false;
+    s.history.push_back(next);
+    ++s.generated;
+    ++stats_.generated_tokens;
+    if (!s.on_token(next)) return end(s, Finish::Stop), false;
+    if (s.generated >= s.gen.max_new_tokens) return end(s, Finish::Length), false;
+    s.next = next;
+    return true;
+  }
+
+  // One scheduler step: one prefill chunk (for the first sequence still reading its prompt),
+  // then one decode step for every sequence that has a token to consume.
+  void step(std::vector<std::shared_ptr<Sequence>>& active) {
+    const auto now = clock::now();
+    for (auto& s : active) {
+      if (s->cancelled.load(std::memory_order_relaxed)) end(*s, Finish::Cancelled);
+      else if (now > s->deadline) end(*s, Finish::Timeout, "request timed out");
+    }
+    for (auto& s : active) {
+      if (!s->on_done || s->prefilled >= s->prompt.size()) continue;
+      const size_t n = std::min(s->prompt.size() - s->prefilled, size_t(opt_.prefill_chunk));
+      const auto t0 = clock::now();
+      s->logits = model_.prefill_last(std::span<const int32_t>(s->prompt.data() + s->prefilled, n), s->state);
+      add_busy(t0);
+      s->history.insert(s->history.end(), s->prompt.begin() + long(s->prefilled), s->prompt.begin() + long(s->prefilled + n));
+      s->prefilled += n;
+      stats_.prompt_tokens += int64_t(n);
+      if (s->prefilled == s->prompt.size()) draw(*s);
+      break;  // one chunk per step: decoding streams keep their pace
+    }
+    std::vector<Sequence*> batch;
+    for (auto& s : active)
+      if (s->on_done && s->prefilled == s->prompt.size() && s->next >= 0) batch.push_back(s.get());
+    if (batch.empty()) return;
+    std::vector<int32_t> ids;
+    std::vector<State*> states;
+    for (Sequence* s : batch) ids.push_back(s->next), states.push_back(&s->state), s->next = -1;
+    const auto t0 = clock::now();
+    const std::vector<float> logits = model_.step_batch(ids, states);
+    add_busy(t0);
+    ++stats_.steps;
+    stats_.batched_tokens += int64_t(batch.size());
+    const size_t V = size_t(model_.vocab_size());
+    for (size_t b = 0; b < batch.size(); ++b) {
+      batch[b]->logits.assign(logits.begin() + long(b * V), logits.begin() + long((b + 1) * V));
+      draw(*batch[b]);
+    }
+  }
+
+  void add_busy(clock::time_point t0) {
+    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    double cur = stats_.busy_seconds.load();
+    while (!stats_.busy_seconds.compare_exchange_weak(cur, cur + dt)) {
+    }
+  }
+
+  const Model& model_;
+  SchedulerOptions opt_;
+  SchedulerStats stats_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Sequence>> queue_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace mmfree

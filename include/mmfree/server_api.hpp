@@ -1,0 +1,238 @@
+// mmfree: the OpenAI-compatible HTTP API, without the HTTP: parsing and validating request
+// bodies, stop strings over streamed text, and the response documents. mmfree-cli serve
+// (examples/cli/cmd_serve.cpp) binds these to sockets; the fuzz target drives them directly.
+//
+// Conventions follow OpenAI's /v1/completions and llama-server's extensions (`top_k`, `min_p`,
+// `return_tokens`, /tokenize, /detokenize).
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "mmfree/error.hpp"
+#include "mmfree/generate.hpp"
+#include "mmfree/json_field.hpp"
+#include "mmfree/tokenizer.hpp"
+
+namespace mmfree::api {
+
+// A request the server refuses: the HTTP status and an OpenAI-style error body.
+struct ApiError : Error {
+  int status;
+  std::string type;
+  ApiError(int st, std::string ty, const std::string& msg) : Error(msg), status(st), type(std::move(ty)) {}
+};
+
+inline nlohmann::json error_body(int status, const std::string& type, const std::string& message) {
+  return {{"error", {{"message", message}, {"type", type}, {"code", status}}}};
+}
+
+// What a client may ask for, at most.
+struct Limits {
+  int64_t max_prompt_tokens = 8192;
+  int64_t max_tokens = 4096;       // max_tokens ceiling
+  int64_t default_max_tokens = 16;  // OpenAI's default
+  int64_t max_stop_strings = 4;
+  int64_t max_stop_length = 256;
+};
+
+struct CompletionRequest {
+  std::vector<int32_t> prompt;
+  bool prompt_was_text = false;
+  GenerateOptions gen;
+  std::vector<std::string> stop;
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage
+  bool return_tokens = false;
+  std::string model;
+};
+
+namespace detail {
+// Every json_field error is the client's: 400, naming the field.
+template <class F>
+auto field(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const ApiError&) {
+    throw;
+  } catch (const Error& e) {
+    throw ApiError(400, "invalid_request_error", e.what());
+  }
+}
+}  // namespace detail
+
+// Parses the body of POST /v1/completions. Fields OpenAI defines that change results and that
+// mmfree does not implement (n > 1, best_of, logprobs, echo, suffix, logit_bias) are refused,
+// never silently ignored.
+inline CompletionRequest parse_completion(const std::string& body, const Tokenizer& tok, int64_t vocab_size,
+                                          const Limits& lim, int32_t eos_id) {
+  namespace jf = json_field;
+  const std::string w = "request";
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(body);
+  } catch (const std::exception& e) {
+    throw ApiError(400, "invalid_request_error", std::string("request: body is not valid JSON (") + e.what() + ")");
+  }
+  if (!j.is_object()) throw ApiError(400, "invalid_request_error", "request: body must be a JSON object");
+  return detail::field([&] {
+    CompletionRequest r;
+    if (!jf::has(j, "prompt")) fail(w, "'prompt' is required");
+    const auto& p = j["prompt"];
+    const nlohmann::json* text = nullptr;
+    if (p.is_string()) text = &p;
+    else if (p.is_array() && p.size() == 1 && p[0].is_string()) text = &p[0];
+    if (text) {
+      const std::string s = text->get<std::string>();
+      if (int64_t(s.size()) > 16 * lim.max_prompt_tokens) fail(w, "'prompt' is longer than the server allows");
+      r.prompt = tok.encode(s);
+      r.prompt_was_text = true;
+    } else if (p.is_array()) {
+      if (p.empty()) fail(w, "'prompt' is an empty array");
+      if (int64_t(p.size()) > lim.max_prompt_tokens) fail(w, "'prompt' has more than " + std::to_string(lim.max_prompt_tokens) + " tokens");
+      if (!p[0].is_number()) fail(w, "'prompt' arrays must hold token ids (several prompts in one request are not supported)");
+      for (size_t i = 0; i < p.size(); ++i)
+        r.prompt.push_back(int32_t(jf::integer(p[i], w, "prompt[" + std::to_string(i) + "]", 0, vocab_size - 1)));
+    } else {
+      jf::bad(w, "prompt", "must be a string or an array of token ids", p);
+    }
+    if (r.prompt.empty()) fail(w, "'prompt' encodes to no tokens");
+    if (int64_t(r.prompt.size()) > lim.max_prompt_tokens)
+      fail(w, "'prompt' has " + std::to_string(r.prompt.size()) + " tokens, more than the " +
+                  std::to_string(lim.max_prompt_tokens) + " the server allows");
+    r.gen.max_new_tokens = jf::integer_or(j, "max_tokens", lim.default_max_tokens, w, 0, lim.max_tokens);
+    auto& s = r.gen.sampling;
+    s.temperature = float(jf::number_or(j, "temperature", 1.0, w, 0, 2));  // OpenAI's range and default
+    s.top_p = float(jf::number_or(j, "top_p", 1.0, w, 1e-9, 1));
+    s.top_k = int32_t(jf::integer_or(j, "top_k", 0, w, 0, vocab_size));
+    s.min_p = float(jf::number_or(j, "min_p", 0.0, w, 0, 1));
+    s.repeat_penalty = float(jf::number_or(j, "repeat_penalty", 1.0, w, 1e-3, 100));
+    s.repeat_last_n = int32_t(jf::integer_or(j, "repeat_last_n", 64, w, 0, 1 << 20));
+    // Without a seed each request draws its own (std::random_device); with one, the same text.
+    s.seed = jf::has(j, "seed") ? uint64_t(jf::integer(j["seed"], w, "seed", INT64_MIN, INT64_MAX))
+                                : (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
+    r.gen.eos_id = eos_id;
+    if (jf::has(j, "stop")) {
+      const auto& st = j["stop"];
+      if (st.is_string()) r.stop.push_back(st.get<std::string>());
+      else if (st.is_array()) {
+        if (int64_t(st.size()) > lim.max_stop_strings) fail(w, "'stop' has more than " + std::to_string(lim.max_stop_strings) + " strings");
+        for (size_t i = 0; i < st.size(); ++i) r.stop.push_back(jf::string(st[i], w, "stop[" + std::to_string(i) + "]"));
+      } else jf::bad(w, "stop", "must be a string or an array of strings", st);
+      for (auto& x : r.stop) {
+        if (x.empty()) fail(w, "'stop' strings must not be empty");
+        if (int64_t(x.size()) > lim.max_stop_length) fail(w, "'stop' strings are limited to " + std::to_string(lim.max_stop_length) + " bytes");
+      }
+    }
+    r.stream = jf::boolean_or(j, "stream", false, w);
+    if (jf::has(j, "stream_options")) {
+      if (!j["stream_options"].is_object()) jf::bad(w, "stream_options", "must be an object", j["stream_options"]);
+      r.include_usage = jf::boolean_or(j["stream_options"], "include_usage", false, w, "stream_options.");
+    }
+    r.return_tokens = jf::boolean_or(j, "return_tokens", false, w);
+    r.model = jf::string_or(j, "model", "", w);
+    if (jf::integer_or(j, "n", 1, w, 1, 1 << 20) != 1) fail(w, "'n' other than 1 is not supported");
+    if (jf::integer_or(j, "best_of", 1, w, 1, 1 << 20) != 1) fail(w, "'best_of' other than 1 is not supported");
+    if (jf::has(j, "logprobs")) fail(w, "'logprobs' is not supported");
+    if (jf::boolean_or(j, "echo", false, w)) fail(w, "'echo' is not supported");
+    if (jf::has(j, "suffix")) fail(w, "'suffix' is not supported (base models have no infill)");
+    if (jf::has(j, "logit_bias") && !(j["logit_bias"].is_object() && j["logit_bias"].empty()))
+      fail(w, "'logit_bias' is not supported");
+    if (jf::number_or(j, "presence_penalty", 0, w, -2, 2) != 0 || jf::number_or(j, "frequency_penalty", 0, w, -2, 2) != 0)
+      fail(w, "'presence_penalty' and 'frequency_penalty' are not supported (use repeat_penalty)");
+    return r;
+  });
+}
+
+// POST /tokenize {"content": TEXT, "add_special": true} and POST /detokenize {"tokens": [ids]}.
+inline nlohmann::json tokenize(const std::string& body, const Tokenizer& tok) {
+  namespace jf = json_field;
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(body);
+  } catch (const std::exception&) {
+    throw ApiError(400, "invalid_request_error", "request: body is not valid JSON");
+  }
+  if (!j.is_object()) throw ApiError(400, "invalid_request_error", "request: body must be a JSON object");
+  return detail::field([&] {
+    if (!jf::has(j, "content")) fail("request", "'content' is required");
+    const std::string text = jf::string(j["content"], "request", "content");
+    return nlohmann::json{{"tokens", tok.encode(text, jf::boolean_or(j, "add_special", true, "request"))}};
+  });
+}
+inline nlohmann::json detokenize(const std::string& body, const Tokenizer& tok) {
+  namespace jf = json_field;
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(body);
+  } catch (const std::exception&) {
+    throw ApiError(400, "invalid_request_error", "request: body is not valid JSON");
+  }
+  if (!j.is_object()) throw ApiError(400, "invalid_request_error", "request: body must be a JSON object");
+  return detail::field([&] {
+    if (!jf::has(j, "tokens") || !j["tokens"].is_array()) fail("request", "'tokens' must be an array of token ids");
+    std::vector<int32_t> ids;
+    for (size_t i = 0; i < j["tokens"].size(); ++i)
+      ids.push_back(int32_t(jf::integer(j["tokens"][i], "request", "tokens[" + std::to_string(i) + "]", 0, tok.vocab_size() - 1)));
+    return nlohmann::json{{"content", tok.decode(ids)}};
+  });
+}
+
+// Generated text with stop strings: text is released only once it cannot be the start of a
+// stop string, and everything from the first stop string on is never released.
+class StopText {
+ public:
+  explicit StopText(std::vector<std::string> stops) : stops_(std::move(stops)) {}
+  // Appends decoded text; returns what may be sent now. stopped() turns true at a stop string.
+  std::string push(const std::string& piece) {
+    if (stopped_) return "";
+    text_ += piece;
+    size_t cut = text_.size();
+    for (auto& s : stops_) {
+      // Released text never holds the start of a stop string, so one cannot begin before sent_.
+      const size_t at = text_.find(s, sent_);
+      if (at != std::string::npos && at < cut) cut = at, stopped_ = true;
+    }
+    if (!stopped_)  // hold back a tail that may begin a stop string
+      for (auto& s : stops_)
+        for (size_t k = std::min(s.size() - 1, text_.size()); k > 0; --k)
+          if (text_.compare(text_.size() - k, k, s, 0, k) == 0) {
+            cut = std::min(cut, text_.size() - k);
+            break;
+          }
+    std::string out = cut > sent_ ? text_.substr(sent_, cut - sent_) : "";
+    sent_ = std::max(sent_, cut);
+    if (stopped_) text_.resize(cut);
+    return out;
+  }
+  // At the end: whatever was held back (no stop string completed).
+  std::string finish() {
+    if (stopped_ || sent_ >= text_.size()) return "";
+    std::string out = text_.substr(sent_);
+    sent_ = text_.size();
+    return out;
+  }
+  bool stopped() const { return stopped_; }
+  const std::string& text() const { return text_; }
+
+ private:
+  std::vector<std::string> stops_;
+  std::string text_;
+  size_t sent_ = 0;
+  bool stopped_ = false;
+};
+
+inline nlohmann::json completion_choice(const std::string& text, const char* finish_reason) {
+  return {{"text", text}, {"index", 0}, {"logprobs", nullptr},
+          {"finish_reason", finish_reason ? nlohmann::json(finish_reason) : nlohmann::json(nullptr)}};
+}
+
+inline nlohmann::json usage(int64_t prompt, int64_t completion) {
+  return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
+}
+
+}  // namespace mmfree::api
