@@ -193,3 +193,33 @@ TEST(Conformance, StepBatchEqualsSeparateSteps) {
     }
   }
 }
+
+// forward_tokens: prompts being read (several tokens of one sequence) and decoding sequences
+// (one token each) in one forward pass, the logits of chosen rows only: bit-identical to each
+// sequence alone.
+TEST(Conformance, MixedPrefillAndDecodeBatchEqualsAlone) {
+  ModelOptions o = opts(2);
+  o.max_batch = 7;  // chunks that split sequences
+  Model m = load_model(data_dir() + "/kjv-tiny", o);
+  const int64_t V = m.vocab_size();
+  State a = m.new_state(), b = m.new_state(), c = m.new_state();
+  m.prefill_last(std::vector<int32_t>{1, 1142, 333}, b);  // b is decoding
+  State a1 = a, b1 = b, c1 = c;
+  // a reads 5 prompt tokens, b decodes one, c reads 6: [a a b a a a c c c c c c]
+  const std::vector<int32_t> ids = {1, 1142, 2693, 333, 2693, 464, 1, 500, 600, 700, 800, 900};
+  std::vector<State*> st = {&a, &a, &b, &a, &a, &a, &c, &c, &c, &c, &c, &c};
+  const std::vector<int64_t> rows = {2, 5, 11};  // b's token, a's last, c's last
+  const auto got = m.forward_tokens(ids, st, rows);
+  ASSERT_EQ(got.size(), 3 * size_t(V));
+  const auto la = m.prefill_last(std::vector<int32_t>{1, 1142, 333, 2693, 464}, a1);
+  const auto lb = m.step(2693, b1);
+  const auto lc = m.prefill_last(std::vector<int32_t>{1, 500, 600, 700, 800, 900}, c1);
+  EXPECT_TRUE(std::equal(lb.begin(), lb.end(), got.begin()));
+  EXPECT_TRUE(std::equal(la.begin(), la.end(), got.begin() + V));
+  EXPECT_TRUE(std::equal(lc.begin(), lc.end(), got.begin() + 2 * V));
+  EXPECT_EQ(a.h, a1.h);
+  EXPECT_EQ(b.h, b1.h);
+  EXPECT_EQ(c.h, c1.h);
+  EXPECT_EQ(a.position, 5);
+  EXPECT_THROW(m.forward_tokens(ids, st, std::vector<int64_t>{5, 2}), Error);
+}

@@ -131,8 +131,8 @@ class Model {
   }
   // Consume `ids` and return only the logits of the last position ([V]).
   std::vector<float> prefill_last(std::span<const int32_t> ids, State& state) const {
-    std::vector<float> logits(static_cast<size_t>(vocab_size()));
     if (ids.empty()) fail("prefill", "no tokens given");
+    std::vector<float> logits(static_cast<size_t>(vocab_size()));
     run(ids, state, logits.data(), /*all_logits=*/false);
     return logits;
   }
@@ -143,19 +143,38 @@ class Model {
   }
   // One decoding step of B sequences at once: states[b] consumes ids[b]; returns [B, V] logits,
   // bit-identical to B calls of step(). Every BitLinear multiplies a [B, K] input, so the
-  // weights are read once for the whole batch instead of B times (the prefill kernels run).
+  // weights are read once for the whole batch instead of B times.
   std::vector<float> step_batch(std::span<const int32_t> ids, std::span<State* const> states) const {
+    std::vector<int64_t> rows(ids.size());
+    for (size_t i = 0; i < rows.size(); ++i) rows[i] = int64_t(i);
+    return forward_tokens(ids, states, rows);
+  }
+  // The general batch: token t advances *states[t]. Tokens of one sequence must come in order
+  // (and may be many: a prompt being read); tokens of different sequences may mix. Returns the
+  // logits of the tokens listed in `logit_rows` (ascending), [R, V]. Bit-identical to feeding
+  // each sequence its tokens alone (prefill/step): every operation but the recurrence is per
+  // token, and the recurrence runs in token order for each state.
+  std::vector<float> forward_tokens(std::span<const int32_t> ids, std::span<State* const> states,
+                                    std::span<const int64_t> logit_rows) const {
     if (ids.size() != states.size())
-      fail("step_batch", std::to_string(ids.size()) + " ids for " + std::to_string(states.size()) + " states");
-    std::vector<float> logits(ids.size() * size_t(vocab_size()));
+      fail("forward_tokens", std::to_string(ids.size()) + " ids for " + std::to_string(states.size()) + " states");
+    for (size_t i = 0; i < logit_rows.size(); ++i)
+      if (logit_rows[i] < 0 || logit_rows[i] >= int64_t(ids.size()) || (i && logit_rows[i] <= logit_rows[i - 1]))
+        fail("forward_tokens", "logit rows must be ascending token indices");
+    const int64_t V = vocab_size();
+    std::vector<float> logits(logit_rows.size() * size_t(V));
     if (ids.empty()) return logits;
     check_ids(ids);
     for (State* s : states) check_state(*s);
     Lease lease(*this);
-    const int64_t V = vocab_size();
-    for (size_t b0 = 0; b0 < ids.size(); b0 += size_t(opt_.max_batch)) {
-      const size_t m = std::min(ids.size() - b0, size_t(opt_.max_batch));
-      forward(ids.data() + b0, int64_t(m), states.data() + b0, logits.data() + int64_t(b0) * V, true, lease.scratch, lease.ex);
+    size_t r = 0;
+    for (size_t t0 = 0; t0 < ids.size(); t0 += size_t(opt_.max_batch)) {
+      const size_t m = std::min(ids.size() - t0, size_t(opt_.max_batch));
+      std::vector<int64_t> local;  // this chunk's logit rows
+      const size_t r_first = r;
+      for (; r < logit_rows.size() && logit_rows[r] < int64_t(t0 + m); ++r) local.push_back(logit_rows[r] - int64_t(t0));
+      forward(ids.data() + t0, int64_t(m), states.data() + t0, logits.data() + r_first * size_t(V), local, lease.scratch,
+              lease.ex);
     }
     return logits;
   }
@@ -196,19 +215,23 @@ class Model {
     const int64_t n = int64_t(ids.size());
     const int64_t V = vocab_size();
     std::vector<State*> same(size_t(std::min(n, opt_.max_batch)), &state);
+    std::vector<int64_t> rows;
     for (int64_t t0 = 0; t0 < n; t0 += opt_.max_batch) {
       const int64_t m = std::min(opt_.max_batch, n - t0);
-      const bool last_chunk = t0 + m == n;
-      float* out = all_logits ? logits + t0 * V : (last_chunk ? logits : nullptr);
-      forward(ids.data() + t0, m, same.data(), out, all_logits, lease.scratch, lease.ex);
+      rows.clear();
+      if (all_logits)
+        for (int64_t t = 0; t < m; ++t) rows.push_back(t);
+      else if (t0 + m == n)
+        rows.push_back(m - 1);
+      forward(ids.data() + t0, m, same.data(), all_logits ? logits + t0 * V : logits, rows, lease.scratch, lease.ex);
     }
   }
 
   // The forward pass over m tokens; token t advances the recurrent state *sts[t] (the same
   // State for consecutive tokens of one sequence, or one per sequence in a batch). Writes the
-  // logits of all m tokens, or of the last one only, when `logits` is not null.
-  void forward(const int32_t* ids, int64_t m, State* const* sts, float* logits, bool all_logits, ForwardScratch& s,
-               const Exec& ex) const {
+  // logits of the tokens in `logit_rows` (ascending), one row of `logits` each.
+  void forward(const int32_t* ids, int64_t m, State* const* sts, float* logits, std::span<const int64_t> logit_rows,
+               ForwardScratch& s, const Exec& ex) const {
     const Config& c = w_.config;
     const int64_t H = c.hidden_size;
     s.reserve(m, H);
@@ -240,15 +263,17 @@ class Model {
       residual_norm(y, b.mlp_norm.data());
       b.mlp.forward(xn, m, y, s.glu, s.bl, ex);
     }
-    ex.for_range(m * H, 4096, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) x[i] += y[i];
-    });
     for (int64_t t = 0; t < m; ++t) ++sts[t]->position;
-    if (!logits) return;
+    if (logit_rows.empty()) return;  // a prompt chunk whose logits nobody reads
 
-    const int64_t first = all_logits ? 0 : m - 1;
-    const int64_t rows = m - first;
-    for (int64_t t = first; t < m; ++t) ex.rmsnorm(x + t * H, w_.final_norm.data(), H, c.rms_norm_eps, xn + (t - first) * H);
+    // logits = lm_head(rmsnorm(x + y)) for the rows asked for: the last residual add only there.
+    const int64_t rows = int64_t(logit_rows.size());
+    for (int64_t r = 0; r < rows; ++r) {
+      float* xr = x + logit_rows[size_t(r)] * H;
+      const float* yr = y + logit_rows[size_t(r)] * H;
+      for (int64_t i = 0; i < H; ++i) xr[i] += yr[i];
+      ex.rmsnorm(xr, w_.final_norm.data(), H, c.rms_norm_eps, xn + r * H);
+    }
     w_.lm_head.forward(xn, rows, logits, s.bl, ex);
   }
 

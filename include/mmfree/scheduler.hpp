@@ -1,12 +1,12 @@
 // mmfree: continuous batching. One thread decodes every active sequence together: each step
-// feeds one token of every decoding sequence through Model::step_batch, so each BitLinear
-// multiplies a [B, K] input and the weights are read once per step, not B times. New prompts
-// are prefilled a chunk at a time between decode steps, so running streams never wait for a
-// long prompt. A sequence's recurrent state is its whole context (one vector per layer), so
+// feeds one token of every decoding sequence, and a bounded chunk of the prompts being read,
+// through one Model::forward_tokens call, so each BitLinear multiplies a [B, K] input and the
+// weights are read once per step, not B times. A long prompt is read a chunk per step, so
+// running streams never wait for it. A sequence's recurrent state is its whole context (one vector per layer), so
 // admitting or finishing one costs nothing beyond its State.
 //
-// Results do not depend on the company a sequence keeps: step_batch is bit-identical to step,
-// chunked prefill to one-shot prefill, and each sequence samples with its own Sampler (its own
+// Results do not depend on the company a sequence keeps: forward_tokens is bit-identical to
+// each sequence's own prefill and step calls, and each sequence samples with its own Sampler (its own
 // seed). The same request gives the same tokens alone or among 64 others, and the same as
 // generate() with the same options.
 #pragma once
@@ -68,7 +68,7 @@ struct Sequence {
 struct SchedulerOptions {
   int64_t max_active = 16;     // sequences decoding at once (the batch)
   int64_t max_queued = 64;     // sequences waiting for a place; submit() refuses beyond
-  int64_t prefill_chunk = 64;  // prompt tokens prefilled between two decode steps
+  int64_t prefill_chunk = 32;  // prompt tokens read per step, beside the decoding tokens
 };
 
 // Counters for /metrics (monotonic, read from any thread).
@@ -177,42 +177,50 @@ class Scheduler {
     return true;
   }
 
-  // One scheduler step: one prefill chunk (for the first sequence still reading its prompt),
-  // then one decode step for every sequence that has a token to consume.
+  // One scheduler step, one forward pass: the next token of every decoding sequence, plus up
+  // to prefill_chunk prompt tokens of sequences still reading their prompts (oldest first). A
+  // long prompt is read over several steps, so running streams keep their pace.
   void step(std::vector<std::shared_ptr<Sequence>>& active) {
     const auto now = clock::now();
     for (auto& s : active) {
       if (s->cancelled.load(std::memory_order_relaxed)) end(*s, Finish::Cancelled);
       else if (now > s->deadline) end(*s, Finish::Timeout, "request timed out");
     }
-    for (auto& s : active) {
-      if (!s->on_done || s->prefilled >= s->prompt.size()) continue;
-      const size_t n = std::min(s->prompt.size() - s->prefilled, size_t(opt_.prefill_chunk));
-      const auto t0 = clock::now();
-      s->logits = model_.prefill_last(std::span<const int32_t>(s->prompt.data() + s->prefilled, n), s->state);
-      add_busy(t0);
-      s->history.insert(s->history.end(), s->prompt.begin() + long(s->prefilled), s->prompt.begin() + long(s->prefilled + n));
-      s->prefilled += n;
-      stats_.prompt_tokens += int64_t(n);
-      if (s->prefilled == s->prompt.size()) draw(*s);
-      break;  // one chunk per step: decoding streams keep their pace
-    }
-    std::vector<Sequence*> batch;
-    for (auto& s : active)
-      if (s->on_done && s->prefilled == s->prompt.size() && s->next >= 0) batch.push_back(s.get());
-    if (batch.empty()) return;
     std::vector<int32_t> ids;
     std::vector<State*> states;
-    for (Sequence* s : batch) ids.push_back(s->next), states.push_back(&s->state), s->next = -1;
+    std::vector<int64_t> rows;      // tokens whose logits are drawn from
+    std::vector<Sequence*> owners;  // ... and whose sequence draws
+    int64_t decoding = 0;
+    for (auto& s : active)
+      if (s->on_done && s->prefilled == s->prompt.size() && s->next >= 0) {
+        rows.push_back(int64_t(ids.size()));
+        owners.push_back(s.get());
+        ids.push_back(s->next), states.push_back(&s->state), s->next = -1;
+        ++decoding;
+      }
+    int64_t budget = opt_.prefill_chunk;
+    for (auto& s : active) {
+      if (budget == 0) break;
+      if (!s->on_done || s->prefilled >= s->prompt.size()) continue;
+      const size_t n = std::min(s->prompt.size() - s->prefilled, size_t(budget));
+      for (size_t k = 0; k < n; ++k) ids.push_back(s->prompt[s->prefilled + k]), states.push_back(&s->state);
+      s->history.insert(s->history.end(), s->prompt.begin() + long(s->prefilled), s->prompt.begin() + long(s->prefilled + n));
+      s->prefilled += n;
+      budget -= int64_t(n);
+      stats_.prompt_tokens += int64_t(n);
+      if (s->prefilled == s->prompt.size()) rows.push_back(int64_t(ids.size()) - 1), owners.push_back(s.get());
+    }
+    if (ids.empty()) return;
+    // forward_tokens wants ascending rows: decode rows come first, prompt ends after them.
     const auto t0 = clock::now();
-    const std::vector<float> logits = model_.step_batch(ids, states);
+    const std::vector<float> logits = model_.forward_tokens(ids, states, rows);
     add_busy(t0);
     ++stats_.steps;
-    stats_.batched_tokens += int64_t(batch.size());
+    stats_.batched_tokens += decoding;
     const size_t V = size_t(model_.vocab_size());
-    for (size_t b = 0; b < batch.size(); ++b) {
-      batch[b]->logits.assign(logits.begin() + long(b * V), logits.begin() + long((b + 1) * V));
-      draw(*batch[b]);
+    for (size_t r = 0; r < rows.size(); ++r) {
+      owners[r]->logits.assign(logits.begin() + long(r * V), logits.begin() + long((r + 1) * V));
+      draw(*owners[r]);
     }
   }
 

@@ -1,0 +1,116 @@
+// Load generator for `mmfree-cli serve`: N concurrent streaming clients, each asking for the same
+// number of greedy tokens from its own prompt. For every N it starts a fresh server (so its peak
+// RSS is that of N streams), and reports aggregate decode tokens/s, per-stream tokens/s, time to
+// first token (p50, p99) and the server's peak resident memory. Also the batched kernel's
+// ceiling measured in the same run: prefill tokens/s of the same model (`mmfree-cli bench`),
+// which is what decoding B streams at once can approach as B grows.
+//
+//   node bench/serve_load.mjs --cli build/examples/mmfree-cli --model M.gguf [--streams 1,4,16,64]
+//        [--tokens 64] [--threads 2] [--json out.json] [--svg out.svg]
+import { spawn, execFileSync } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
+import os from "node:os";
+
+const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith("--") ? [...acc, [a.slice(2), all[i + 1]]] : acc), []));
+const cli = args.cli, model = args.model;
+const streams = (args.streams ?? "1,4,16,64").split(",").map(Number);
+const tokens = Number(args.tokens ?? 64), threads = args.threads ?? "2";
+if (!cli || !model) throw new Error("usage: --cli MMFREE_CLI --model MODEL");
+
+function serve(parallel) {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(cli, ["serve", "--model", model, "--port", "0", "--exit-with-parent", "-t", threads, "--parallel", String(parallel),
+                             "--max-tokens", "100000"], { stdio: ["ignore", "ignore", "pipe"] });
+    let err = "";
+    proc.stderr.on("data", (d) => {
+      err += d;
+      const m = /listening on port (\d+)/.exec(err);
+      if (m) resolve({ url: `http://127.0.0.1:${m[1]}`, proc, log: () => err });
+    });
+    proc.on("exit", (code) => reject(new Error(`server exited (${code}): ${err}`)));
+  });
+}
+
+function peakRss(pid) {
+  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+// One streaming client: returns { ttft, first, last, n } (times in ms from its start).
+async function stream(url, i) {
+  const t0 = performance.now();
+  const body = { prompt: [1, 100 + (i * 37) % 3000, 200 + (i * 101) % 3000, 300 + (i * 7) % 3000], max_tokens: tokens, temperature: 0, stream: true, return_tokens: true };
+  const r = await fetch(`${url}/v1/completions`, { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } });
+  if (r.status !== 200) throw new Error(`status ${r.status}: ${await r.text()}`);
+  const dec = new TextDecoder();
+  let buf = "", n = 0, first = 0, last = 0;
+  for await (const chunk of r.body) {
+    buf += dec.decode(chunk, { stream: true });
+    let k;
+    while ((k = buf.indexOf("\n\n")) >= 0) {
+      const ev = buf.slice(0, k);
+      buf = buf.slice(k + 2);
+      if (!ev.startsWith("data: ") || ev === "data: [DONE]") continue;
+      const j = JSON.parse(ev.slice(6));
+      if (j.tokens?.length) {
+        const t = performance.now() - t0;
+        if (!n) first = t;
+        last = t;
+        n += j.tokens.length;
+      }
+    }
+  }
+  return { ttft: first, first, last, n, t0 };
+}
+
+const pct = (v, p) => { const s = [...v].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor(p * s.length))]; };
+
+// The batched kernel's ceiling, same model, same threads, this run.
+const b = JSON.parse(execFileSync(cli, ["bench", "--model", model, "-p", "256", "-n", "16", "-r", "2", "-t", threads, "--json"], { encoding: "utf8" }))[0];
+const rows = [];
+for (const N of streams) {
+  const s = await serve(Math.max(N, 1));
+  try {
+    await stream(s.url, 0);  // warm-up (page cache, first touch of the scratch)
+    const w0 = performance.now();
+    const res = await Promise.all(Array.from({ length: N }, (_, i) => stream(s.url, i + 1)));
+    const wall = (performance.now() - w0) / 1000;
+    const total = res.reduce((a, r) => a + r.n, 0);
+    // Decode rate: tokens after each stream's first, over the span from the first first-token to the last token.
+    const startAbs = Math.min(...res.map((r) => r.t0 - w0 + r.first)), endAbs = Math.max(...res.map((r) => r.t0 - w0 + r.last));
+    const aggregate = (total - N) / ((endAbs - startAbs) / 1000);
+    const perStream = res.map((r) => (r.n - 1) / ((r.last - r.first) / 1000));
+    rows.push({ streams: N, tokens_per_stream: tokens, aggregate_tps: aggregate, per_stream_tps_p50: pct(perStream, 0.5),
+                ttft_ms_p50: pct(res.map((r) => r.ttft), 0.5), ttft_ms_p99: pct(res.map((r) => r.ttft), 0.99),
+                wall_s: wall, peak_rss_mib: peakRss(s.proc.pid) });
+  } finally {
+    s.proc.kill("SIGTERM");
+  }
+}
+const one = rows.find((r) => r.streams === 1)?.aggregate_tps;
+const cpu = (/^model name\s*:\s*(.*)$/m.exec(readFileSync("/proc/cpuinfo", "utf8")) ?? [, "?"])[1];
+console.log(`CPU: ${cpu}, ${os.cpus().length} CPUs; model ${model} (${b.desc}); ${threads} threads; ${tokens} greedy tokens per stream; ` +
+            `kernels ${b.decode_kernel}/${b.prefill_kernel}. Batched kernel ceiling (prefill of 256 tokens, same run): ${b.prefill_tps.toFixed(1)} tok/s; one stream alone (bench): ${b.decode_tps.toFixed(1)} tok/s.`);
+console.log("| streams | aggregate decode tok/s | x one stream | % of batched ceiling | per-stream tok/s (p50) | TTFT p50 | TTFT p99 | server peak RSS |");
+console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
+for (const r of rows)
+  console.log(`| ${r.streams} | ${r.aggregate_tps.toFixed(1)} | ${one ? (r.aggregate_tps / one).toFixed(2) : "-"} | ${(100 * r.aggregate_tps / b.prefill_tps).toFixed(0)}% | ` +
+              `${r.per_stream_tps_p50.toFixed(1)} | ${r.ttft_ms_p50.toFixed(0)} ms | ${r.ttft_ms_p99.toFixed(0)} ms | ${r.peak_rss_mib.toFixed(0)} MiB |`);
+if (args.json) writeFileSync(args.json, JSON.stringify({ cpu, model, threads, tokens, bench: b, rows }, null, 1));
+if (args.svg) {  // aggregate tokens/s per stream count, with the batched ceiling as a line
+  const W = 520, H = 260, L = 60, B = 40, max = Math.max(b.prefill_tps, ...rows.map((r) => r.aggregate_tps)) * 1.1;
+  const bw = (W - L - 20) / rows.length;
+  const y = (v) => H - B - (v / max) * (H - B - 20);
+  let svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`;
+  svg += `<text x="${L}" y="14">aggregate decode tokens/s (${cpu}, ${threads} threads)</text>`;
+  rows.forEach((r, i) => {
+    const x = L + i * bw + 8;
+    svg += `<rect x="${x}" y="${y(r.aggregate_tps)}" width="${bw - 16}" height="${H - B - y(r.aggregate_tps)}" fill="#4a7"/>`;
+    svg += `<text x="${x + (bw - 16) / 2}" y="${y(r.aggregate_tps) - 4}" text-anchor="middle">${r.aggregate_tps.toFixed(0)}</text>`;
+    svg += `<text x="${x + (bw - 16) / 2}" y="${H - B + 16}" text-anchor="middle">${r.streams} stream${r.streams > 1 ? "s" : ""}</text>`;
+  });
+  svg += `<line x1="${L}" x2="${W - 10}" y1="${y(b.prefill_tps)}" y2="${y(b.prefill_tps)}" stroke="#c33" stroke-dasharray="4"/>`;
+  svg += `<text x="${W - 12}" y="${y(b.prefill_tps) - 4}" text-anchor="end" fill="#c33">batched ceiling ${b.prefill_tps.toFixed(0)}</text>`;
+  svg += `<line x1="${L}" x2="${L}" y1="20" y2="${H - B}" stroke="#000"/><line x1="${L}" x2="${W - 10}" y1="${H - B}" y2="${H - B}" stroke="#000"/></svg>\n`;
+  writeFileSync(args.svg, svg);
+}

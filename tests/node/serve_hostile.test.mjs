@@ -1,0 +1,144 @@
+// Hostile clients against `mmfree-cli serve`: 200 malformed or abusive requests of many kinds
+// (bad JSON, wrong types, huge bodies, huge max_tokens, ids out of range, slow senders,
+// disconnects in mid-stream, floods beyond the queue) while a well-behaved client keeps being
+// served with exactly its results. Every bad request gets its error, the server stays healthy,
+// and its resident memory stays flat. Run by CTest: node --test serve_hostile.test.mjs
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import net from "node:net";
+
+const cli = process.env.MMFREE_CLI;
+if (!cli) throw new Error("set MMFREE_CLI to the mmfree-cli binary");
+
+function serve(args) {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(cli, ["serve", "--port", "0", "--exit-with-parent", "-t", "2", ...args], { stdio: ["ignore", "ignore", "pipe"] });
+    let err = "";
+    proc.stderr.on("data", (d) => {
+      err += d;
+      const m = /listening on port (\d+)/.exec(err);
+      if (m) resolve({ url: `http://127.0.0.1:${m[1]}`, port: Number(m[1]), proc });
+    });
+    proc.on("exit", (code) => reject(new Error(`server exited (${code}): ${err}`)));
+  });
+}
+const rss = (pid) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))[1]) / 1024;
+
+async function post(url, body, signal) {
+  const r = await fetch(`${url}/v1/completions`, { method: "POST", body, signal, headers: { "Content-Type": "application/json" } });
+  const text = await r.text();
+  let json;
+  try { json = JSON.parse(text); } catch {}
+  return { status: r.status, json, text, headers: r.headers };
+}
+
+// A request whose body stalls (a byte, then silence longer than the server's 10 s read
+// timeout): the server drops the connection.
+function slowSender(port) {
+  return new Promise((resolve) => {
+    const s = net.connect(port, "127.0.0.1");
+    const body = JSON.stringify({ prompt: "x", max_tokens: 4 });
+    s.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
+    let i = 0;
+    const timer = setInterval(() => { if (i < body.length) s.write(body[i++]); }, 12000);
+    let reply = "";
+    s.on("data", (d) => (reply += d));
+    s.on("close", () => { clearInterval(timer); resolve(reply); });
+    s.on("error", () => {});
+  });
+}
+
+test("200 hostile requests: each gets its error, a good client is served exactly, memory stays flat", { timeout: 240000 }, async () => {
+  const s = await serve(["--parallel", "4", "--queue", "4", "--max-body", "65536", "--max-tokens", "256"]);
+  try {
+    const good = { prompt: "In the beginning", max_tokens: 24, temperature: 0 };
+    const expected = (await post(s.url, JSON.stringify(good))).json.choices[0].text;
+    const rss0 = rss(s.proc.pid);
+
+    // 1. Malformed bodies and fields: 4xx naming the problem.
+    const bad = [
+      ["{", 400, "not valid JSON"], ["", 400, "not valid JSON"], ["null", 400, "JSON object"], ["\"x\"", 400, "JSON object"],
+      [JSON.stringify({ prompt: "x", max_tokens: 10 ** 9 }), 400, "'max_tokens' is out of range"],
+      [JSON.stringify({ prompt: "x", max_tokens: 1.5 }), 400, "'max_tokens' must be an integer"],
+      [JSON.stringify({ prompt: [1, -1] }), 400, "'prompt[1]' is out of range"],
+      [JSON.stringify({ prompt: [1, 1e300] }), 400, "'prompt[1]' must be an integer"],
+      [JSON.stringify({ prompt: ["a", "b"] }), 400, "must hold token ids"],
+      [JSON.stringify({ prompt: [] }), 400, "empty array"],
+      [JSON.stringify({ prompt: "x", temperature: "hot" }), 400, "'temperature' must be a number"],
+      [JSON.stringify({ prompt: "x", seed: 1.5 }), 400, "'seed' must be an integer"],
+      [JSON.stringify({ prompt: "x", stop: "" }), 400, "must not be empty"],
+      [JSON.stringify({ prompt: "x", stop: ["a", "b", "c", "d", "e"] }), 400, "'stop' has more than"],
+      [JSON.stringify({ prompt: "x", logprobs: 3 }), 400, "'logprobs' is not supported"],
+      [JSON.stringify({ prompt: "x", stream_options: 3 }), 400, "'stream_options' must be an object"],
+      [JSON.stringify({ prompt: "x".repeat(70000) }), 413, "larger than the server allows"],
+      [JSON.stringify({ prompt: Array(9000).fill(5) }), 400, "more than 8192 tokens"],
+    ];
+    const jobs = [];
+    for (let k = 0; k < 8; k++)
+      for (const [body, status, msg] of bad)
+        jobs.push(post(s.url, body).then((r) => {
+          assert.equal(r.status, status, `${body.slice(0, 50)}: ${r.text.slice(0, 150)}`);
+          assert.ok(r.json?.error?.message?.includes(msg), `${body.slice(0, 50)}: ${r.text.slice(0, 150)}`);
+        }));
+    // 2. Disconnects in mid-stream: 20 clients go away after their first chunk.
+    for (let k = 0; k < 20; k++)
+      jobs.push((async () => {
+        const ac = new AbortController();
+        const r = await fetch(`${s.url}/v1/completions`, { method: "POST", signal: ac.signal,
+          body: JSON.stringify({ prompt: "And God said", max_tokens: 200, stream: true, temperature: 0.9, seed: k }) });
+        if (r.status === 503) return;  // the flood below may fill the queue first
+        const reader = r.body.getReader();
+        await reader.read();
+        ac.abort();
+      })().catch((e) => assert.equal(e.name, "AbortError")));
+    // 3. A flood beyond the queue: 30 long requests at once; those beyond parallel + queue get 503.
+    let busy = 0, served = 0;
+    for (let k = 0; k < 30; k++)
+      jobs.push(post(s.url, JSON.stringify({ prompt: "Blessed are", max_tokens: 256, temperature: 0 })).then((r) => {
+        if (r.status === 503) {
+          busy++;
+          assert.equal(r.headers.get("retry-after"), "1");
+          assert.match(r.json.error.message, /queue is full/);
+        } else {
+          assert.equal(r.status, 200, r.text);
+          served++;
+        }
+      }));
+    // 4. Slow senders: dropped at the read timeout without holding anyone up.
+    const slow = Array.from({ length: 6 }, () => slowSender(s.port));
+    // 5. The good client, meanwhile, gets exactly its text (retrying while the flood fills the queue).
+    const goodRuns = Array.from({ length: 6 }, async () => {
+      for (;;) {
+        const r = await post(s.url, JSON.stringify(good));
+        if (r.status === 503) { await new Promise((ok) => setTimeout(ok, 200)); continue; }
+        assert.equal(r.status, 200);
+        return r.json.choices[0].text;
+      }
+    });
+    await Promise.all(jobs);
+    assert.equal(jobs.length, 8 * bad.length + 20 + 30);  // 194, plus 6 slow senders: 200
+    assert.ok(busy > 0, "the flood never filled the queue");
+    assert.ok(served >= 8, `${served} of the flood served`);
+    for (const t of await Promise.all(goodRuns)) assert.equal(t, expected);
+    for (const reply of await Promise.all(slow)) assert.ok(!reply.includes("200 OK"), reply);
+
+    // Cancelled streams left nothing running; the server is healthy and serves as before.
+    let active;
+    for (let i = 0; i < 50; i++) {
+      const m = await (await fetch(`${s.url}/metrics`)).text();
+      active = Number(/^mmfree_active_sequences (\S+)$/m.exec(m)[1]);
+      if (active === 0) break;
+      await new Promise((ok) => setTimeout(ok, 100));
+    }
+    assert.equal(active, 0);
+    assert.equal((await fetch(`${s.url}/health`)).status, 200);
+    assert.equal((await post(s.url, JSON.stringify(good))).json.choices[0].text, expected);
+    const rss1 = rss(s.proc.pid);
+    console.log(`server RSS ${rss0.toFixed(0)} MiB before, ${rss1.toFixed(0)} MiB after; ${busy} of the flood got 503`);
+    assert.ok(rss1 < rss0 * 1.2 + 16, `RSS grew from ${rss0} to ${rss1} MiB`);
+  } finally {
+    s.proc.kill("SIGTERM");
+  }
+});
