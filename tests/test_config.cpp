@@ -1,8 +1,10 @@
 #include <gtest/gtest.h>
 
 #include "mmfree/config.hpp"
+#include "test_util.hpp"
 
 using namespace mmfree;
+using mmfree::test::error_of;
 using nlohmann::json;
 
 TEST(Config, DefaultsAndDerivedIntermediate) {
@@ -24,12 +26,7 @@ TEST(Config, DefaultsAndDerivedIntermediate) {
 
 TEST(Config, RefusesBadValues) {
   auto err = [](json j) -> std::string {
-    try {
-      Config::from_json(j, "my/config.json");
-    } catch (const Error& e) {
-      return e.what();
-    }
-    return "";
+    return error_of([&] { Config::from_json(j, "my/config.json"); });
   };
   EXPECT_EQ(err(json{{"use_short_conv", true}}).rfind("my/config.json: use_short_conv", 0), 0u);
   EXPECT_NE(err(json{{"attn_mode", "chunk"}}).find("unsupported attn_mode \"chunk\""), std::string::npos);

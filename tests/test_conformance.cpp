@@ -36,7 +36,7 @@ std::vector<Golden> read_goldens(const std::string& path) {
 
 int32_t argmax(const float* v, int64_t n) { return int32_t(std::max_element(v, v + n) - v); }
 
-// Greedy decoding must equal the reference's, except after a near-tie (SPEC): where the
+// Greedy decoding must equal the reference's, except after a near-tie (docs/model.md): where the
 // two disagree, the reference's top two logits (estimated by our logits on the
 // reference's own sequence) must differ by less than 2e-3 * max|logit|.
 void check_greedy(const Model& m, const Golden& g, const std::string& label) {

@@ -11,16 +11,6 @@ using namespace mmfree::test;
 
 namespace {
 
-template <class F>
-std::string error_of(F fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 void expect_same_logits(const std::string& dir, TernaryFormat f, std::optional<DType> emb = {}) {
   TempDir d;
   const std::string out = d.file("m.gguf");

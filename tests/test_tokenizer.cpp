@@ -163,12 +163,7 @@ TEST(Tokenizer, BadFilesAreRefused) {
   TempDir d;
   auto err = [&](const std::string& content) -> std::string {
     write_file(d.file("tokenizer.json"), content);
-    try {
-      Tokenizer::from_file(d.file("tokenizer.json"));
-    } catch (const Error& e) {
-      return e.what();
-    }
-    return "";
+    return error_of([&] { Tokenizer::from_file(d.file("tokenizer.json")); });
   };
   const std::string p = d.file("tokenizer.json");
   EXPECT_NE(err("").find(p + ": not valid JSON"), std::string::npos);

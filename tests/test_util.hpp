@@ -12,7 +12,20 @@
 #include <string>
 #include <vector>
 
+#include "mmfree/error.hpp"
+
 namespace mmfree::test {
+
+// The message of the mmfree::Error that fn() throws; "" when it throws none.
+template <class F>
+std::string error_of(F fn) {
+  try {
+    fn();
+  } catch (const ::mmfree::Error& e) {
+    return e.what();
+  }
+  return "";
+}
 
 inline std::string data_dir() { return MMFREE_TEST_DATA; }
 // The bundled default model: kjv-demo converted to GGUF (its goldens are in data_dir()/kjv-demo).
@@ -77,7 +90,7 @@ struct Agreement {
   double max_kl = 0, mean_kl = 0, max_rel = 0, top1 = 0;
 };
 
-// Agreement statistics of [T, V] logits, as SPEC.md defines them.
+// Agreement statistics of [T, V] logits, as docs/model.md defines them.
 inline Agreement agreement(const std::vector<float>& ref, const std::vector<float>& ours, size_t T, size_t V) {
   Agreement a;
   size_t same = 0;

@@ -26,13 +26,14 @@ struct MixerScratch {
   }
 };
 
-// One time step of the recurrence for channels [0, d). f_pre, i_pre are BitLinear
-// outputs; on return h is h_t and o holds silu(h_t). lb may be null (no lower bound).
+// One time step of the recurrence for one channel (lb = 0: no lower bound).
 [[gnu::always_inline]] inline void mlgru_step_one(float f_pre, float i_pre, float lb, float& h, float& o) {
   const float f = lb + (1.0f - lb) * sigmoid(f_pre);
   h = f * h + silu(i_pre) * (1.0f - f);
   o = silu(h);
 }
+// One time step of the recurrence for channels [0, d). f_pre, i_pre are BitLinear
+// outputs; on return h is h_t and o holds silu(h_t). lb may be null (no lower bound).
 // (Two loops rather than a template: clang cannot multiversion function templates.)
 MMFREE_ELEMENTWISE_CLONES inline void mlgru_step(const float* __restrict f_pre, const float* __restrict i_pre,
                                                  const float* __restrict lb, int64_t d, float* __restrict h,

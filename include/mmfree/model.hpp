@@ -1,6 +1,6 @@
 // mmfree: the MatMul-free language model (HGRNBit): weights, state and the forward pass.
 //
-// The forward pass (Model::forward) reads top to bottom like SPEC.md:
+// The forward pass (Model::forward) reads top to bottom like docs/model.md:
 //   h = embed(ids); for each block: h += mlgru(norm(h)); h += glu(norm(h));
 //   logits = lm_head(norm(h)).
 #pragma once

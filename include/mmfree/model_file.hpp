@@ -188,10 +188,10 @@ class GgufLoader {
   gguf::Reader r_;
 };
 
-// Loads a model from a Hugging Face checkpoint directory or a .gguf file.
+// A .gguf name, or the GGUF magic at the start of a regular file.
 inline bool looks_like_gguf(const std::string& path) {
   std::error_code ec;
-  const bool named = path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0;
+  const bool named = path.ends_with(".gguf");
   return is_gguf_file(path) || (named && !std::filesystem::is_directory(path, ec));
 }
 
@@ -421,7 +421,7 @@ inline void write_random_gguf(const Config& c, const std::string& out, TernaryFo
   for (size_t i = 0; i < decls.size(); ++i) {
     const auto& d = decls[i];
     const uint64_t numel = [&] { uint64_t n = 1; for (auto x : d.dims) n *= x; return n; }();
-    if (is_ternary_file_type(d.type) && d.name.size() > 7 && d.name.compare(d.name.size() - 7, 7, ".weight") == 0) {
+    if (is_ternary_file_type(d.type) && d.name.ends_with(".weight")) {
       const int64_t cols = int64_t(d.dims[0]), rows = int64_t(d.dims[1]);
       const auto type = TernaryFileType(d.type);
       std::vector<uint8_t> digits(static_cast<size_t>(cols)), row(static_cast<size_t>(file_row_bytes(type, cols)));
@@ -435,7 +435,7 @@ inline void write_random_gguf(const Config& c, const std::string& out, TernaryFo
         wr.append(row.data(), row.size());
       }
       wr.end_tensor();
-    } else if (d.name.size() > 13 && d.name.compare(d.name.size() - 13, 13, ".weight.scale") == 0) {
+    } else if (d.name.ends_with(".weight.scale")) {
       // A plausible absmean scale: keeps activations in range for long random runs.
       const auto& wd = decls[i - 1].dims;
       const float s = 1.0f / std::sqrt(float(wd[0]));
@@ -483,7 +483,7 @@ inline void write_random_hf(const Config& c, const std::string& dir, uint64_t se
   // Same tensors as the GGUF layout, with HF shapes [out, in]; scales are not stored.
   std::vector<std::pair<std::string, std::vector<int64_t>>> ts;
   for (auto& d : detail::tensor_decls(c, TernaryFormat::TQ2, gguf::BF16)) {
-    if (d.name.size() > 13 && d.name.compare(d.name.size() - 13, 13, ".weight.scale") == 0) continue;
+    if (d.name.ends_with(".weight.scale")) continue;
     std::vector<int64_t> shape(d.dims.rbegin(), d.dims.rend());
     ts.push_back({d.name, shape});
   }

@@ -82,9 +82,8 @@ MMFREE_TARGET_AVX512_Q inline float rmsnorm_quantize(const float* x, const float
 
 namespace avx2 {
 
-#define MMFREE_TARGET_AVX2_Q __attribute__((target("avx2,fma")))
 
-MMFREE_TARGET_AVX2_Q inline double sum_squares(const float* x, int64_t n) {
+MMFREE_TARGET_AVX2 inline double sum_squares(const float* x, int64_t n) {
   __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();  // lanes 0-3 and 4-7
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -104,7 +103,7 @@ MMFREE_TARGET_AVX2_Q inline double sum_squares(const float* x, int64_t n) {
   return _mm_cvtsd_f64(b) + _mm_cvtsd_f64(_mm_unpackhi_pd(b, b));
 }
 
-MMFREE_TARGET_AVX2_Q inline float scale_quantize(const float* x, float rs, const float* w, int64_t n, float* tmp,
+MMFREE_TARGET_AVX2 inline float scale_quantize(const float* x, float rs, const float* w, int64_t n, float* tmp,
                                                  int8_t* q, int64_t n_padded) {
   const __m256 r = _mm256_set1_ps(rs);
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
@@ -142,7 +141,7 @@ MMFREE_TARGET_AVX2_Q inline float scale_quantize(const float* x, float rs, const
   return s;
 }
 
-MMFREE_TARGET_AVX2_Q inline float rmsnorm_quantize(const float* x, const float* w, int64_t n, float* tmp, int8_t* q,
+MMFREE_TARGET_AVX2 inline float rmsnorm_quantize(const float* x, const float* w, int64_t n, float* tmp, int8_t* q,
                                                    int64_t n_padded) {
   return scale_quantize(x, rms_factor(sum_squares(x, n), n, kBitLinearEps), w, n, tmp, q, n_padded);
 }

@@ -24,17 +24,16 @@
 
 MMFREE_SIMD_WARNINGS_PUSH
 
-#define MMFREE_TARGET_REPACK __attribute__((target("avx2,fma")))
 
 namespace mmfree::kernels::repack_avx2 {
 
 // 2-bit fields holding 3 anywhere in v (then the scalar codec names the block).
-MMFREE_TARGET_REPACK inline bool any_digit3(__m256i v) {
+MMFREE_TARGET_AVX2 inline bool any_digit3(__m256i v) {
   return !_mm256_testz_si256(_mm256_and_si256(v, _mm256_srli_epi16(v, 1)), _mm256_set1_epi8(0x55));
 }
 
 // TQ2_0 / type 1024 rows: 32 stored bytes -> 4 planes of 32 consecutive digits.
-MMFREE_TARGET_REPACK inline void tq2_planes(__m256i v, uint8_t* d, int64_t stride) {
+MMFREE_TARGET_AVX2 inline void tq2_planes(__m256i v, uint8_t* d, int64_t stride) {
   const __m256i m3 = _mm256_set1_epi8(3);
   _mm256_storeu_si256((__m256i*)d, _mm256_and_si256(v, m3));
   _mm256_storeu_si256((__m256i*)(d + stride), _mm256_and_si256(_mm256_srli_epi16(v, 2), m3));
@@ -42,25 +41,25 @@ MMFREE_TARGET_REPACK inline void tq2_planes(__m256i v, uint8_t* d, int64_t strid
   _mm256_storeu_si256((__m256i*)(d + 3 * stride), _mm256_and_si256(_mm256_srli_epi16(v, 6), m3));
 }
 // ceil(v * 256 / 243) bytes: digit n is ((q * 3^n mod 256) * 3) >> 8 = [m >= 86] + [m >= 171].
-MMFREE_TARGET_REPACK inline __m256i tq1q_digit(__m256i m) {
+MMFREE_TARGET_AVX2 inline __m256i tq1q_digit(__m256i m) {
   const __m256i ge86 = _mm256_cmpeq_epi8(_mm256_max_epu8(m, _mm256_set1_epi8(86)), m);
   const __m256i ge171 = _mm256_cmpeq_epi8(_mm256_max_epu8(m, _mm256_set1_epi8(char(171))), m);
   return _mm256_sub_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), ge86), ge171);
 }
 // 32 stored bytes -> `planes` planes of 32 consecutive digits (the first most significant).
-MMFREE_TARGET_REPACK inline void tq1q_planes(__m256i m, int planes, uint8_t* d, int64_t stride) {
+MMFREE_TARGET_AVX2 inline void tq1q_planes(__m256i m, int planes, uint8_t* d, int64_t stride) {
   for (int n = 0; n < planes; ++n) {
     _mm256_storeu_si256((__m256i*)(d + n * stride), tq1q_digit(m));
     m = _mm256_add_epi8(_mm256_add_epi8(m, m), m);
   }
 }
-MMFREE_TARGET_REPACK inline __m256i load16(const uint8_t* p) {
+MMFREE_TARGET_AVX2 inline __m256i load16(const uint8_t* p) {
   return _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i*)p));
 }
 
 // Decodes a stored row into digits, as decode_file_row does; false: use the scalar codec
 // (another type, or an error to report).
-MMFREE_TARGET_REPACK inline bool decode_row(TernaryFileType t, const uint8_t* src, int64_t cols, uint8_t* d) {
+MMFREE_TARGET_AVX2 inline bool decode_row(TernaryFileType t, const uint8_t* src, int64_t cols, uint8_t* d) {
   uint16_t scale;
   switch (t) {
     case TernaryFileType::TQ2_0:
@@ -105,7 +104,7 @@ MMFREE_TARGET_REPACK inline bool decode_row(TernaryFileType t, const uint8_t* sr
 }
 
 // 8 x 8 transpose of 4-byte words: out[k] lane i = word k of in[i].
-MMFREE_TARGET_REPACK inline void transpose8(const __m256i in[8], __m256i out[8]) {
+MMFREE_TARGET_AVX2 inline void transpose8(const __m256i in[8], __m256i out[8]) {
   __m256i a[8], b[8];
   #pragma GCC unroll 4
   for (int i = 0; i < 4; ++i) {
@@ -130,7 +129,7 @@ MMFREE_TARGET_REPACK inline void transpose8(const __m256i in[8], __m256i out[8])
 // or 8 of 5 (TQ1). A chunk's word p is weighted by 4^p (TQ2: the bit pair 2p) or 3^(4 - p) (TQ1:
 // a base-3 digit); every byte stays below 256, so 16-bit multiplies never carry between bytes.
 template <int WPC>
-MMFREE_TARGET_REPACK inline void encode40(const uint8_t* const r[8], int64_t k0, uint8_t* strip, int64_t c0, int h) {
+MMFREE_TARGET_AVX2 inline void encode40(const uint8_t* const r[8], int64_t k0, uint8_t* strip, int64_t c0, int h) {
   constexpr int kChunks = 40 / WPC;
   __m256i acc[kChunks];
   #pragma GCC unroll 10
@@ -154,7 +153,7 @@ MMFREE_TARGET_REPACK inline void encode40(const uint8_t* const r[8], int64_t k0,
 
 // Encodes rows of digits r[0..7] (rows 8h .. 8h+7 of a strip) into bytes 32h .. 32h+31 of every
 // chunk, as encode_row does.
-MMFREE_TARGET_REPACK inline void encode_half(TernaryFormat f, const uint8_t* const r[8], int64_t chunks, uint8_t* strip,
+MMFREE_TARGET_AVX2 inline void encode_half(TernaryFormat f, const uint8_t* const r[8], int64_t chunks, uint8_t* strip,
                                              int h) {
   const int wpc = f == TernaryFormat::TQ2 ? 4 : 5, step = 40 / wpc;
   int64_t c = 0;

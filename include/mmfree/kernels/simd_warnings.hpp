@@ -1,4 +1,5 @@
-// mmfree: the warnings every SIMD kernel header silences, in one place.
+// mmfree: what every SIMD kernel header shares: the warnings it silences, and the target
+// attribute of the AVX2 code (the kernels, the quantiser and the repacker).
 //
 // GCC 12 warns inside its own intrinsic headers (reduce_add, zext, unpack: "may be used
 // uninitialized") and about the vector ABI of target-attributed functions (-Wpsabi); both
@@ -19,3 +20,6 @@
   MMFREE_SIMD_MAYBE_UNINITIALIZED
 
 #define MMFREE_SIMD_WARNINGS_POP _Pragma("GCC diagnostic pop")
+
+// Functions compiled for AVX2 + FMA inside a baseline build (runtime dispatch picks them).
+#define MMFREE_TARGET_AVX2 __attribute__((target("avx2,fma")))

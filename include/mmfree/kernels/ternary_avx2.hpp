@@ -19,8 +19,6 @@
 
 MMFREE_SIMD_WARNINGS_PUSH
 
-#define MMFREE_TARGET_AVX2 __attribute__((target("avx2,fma")))
-
 namespace mmfree::kernels::avx2 {
 
 MMFREE_TARGET_AVX2 inline int32_t hsum(__m256i v) {
