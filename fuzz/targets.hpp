@@ -12,7 +12,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <filesystem>
 #include <map>
+#include <sstream>
 #include <string>
 #include <string_view>
 
@@ -179,6 +181,27 @@ inline int server_request(const uint8_t* data, size_t size, const std::string& t
   return 0;
 }
 
+// State files (state_file.hpp) for the kjv-tiny model in `model_dir`: refused as an Error, or
+// read into a State of the model's shape with finite values that writes back byte for byte.
+inline int state_file(const uint8_t* data, size_t size, const std::string& model_dir) {
+  static const Model m = [&] {
+    ModelOptions o;
+    o.kernels = "scalar";  // nothing is measured at load: state files do not run the model
+    return load_model(model_dir, o);
+  }();
+  const std::string bytes(reinterpret_cast<const char*>(data), size);
+  std::istringstream in(bytes);
+  try {
+    const State s = read_state(m, in, "fuzz.state");
+    if (s.h.size() != size_t(m.config().num_hidden_layers) || s.position < 0) __builtin_trap();
+    std::ostringstream out;
+    write_state(m, s, out);
+    if (out.str() != bytes) __builtin_trap();
+  } catch (const Error&) {
+  }
+  return 0;
+}
+
 // Every target by name, as the corpus folders are named (tokenizer_text needs its tokenizer).
 inline std::map<std::string, std::function<int(const uint8_t*, size_t)>> all(const std::string& tokenizer_json) {
   return {{"fuzz_safetensors", safetensors},
@@ -187,7 +210,10 @@ inline std::map<std::string, std::function<int(const uint8_t*, size_t)>> all(con
           {"fuzz_tokenizer_text", [tokenizer_json](const uint8_t* d, size_t n) { return tokenizer_text(d, n, tokenizer_json); }},
           {"fuzz_gguf", gguf},
           {"fuzz_cli_numbers", cli_numbers},
-          {"fuzz_server_request", [tokenizer_json](const uint8_t* d, size_t n) { return server_request(d, n, tokenizer_json); }}};
+          {"fuzz_server_request", [tokenizer_json](const uint8_t* d, size_t n) { return server_request(d, n, tokenizer_json); }},
+          {"fuzz_state_file", [tokenizer_json](const uint8_t* d, size_t n) {
+             return state_file(d, n, std::filesystem::path(tokenizer_json).parent_path().string());
+           }}};
 }
 
 }  // namespace mmfree::fuzz

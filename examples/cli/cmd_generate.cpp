@@ -36,11 +36,11 @@ void print_stats(const mmfree::Model& m, const mmfree::GenerateStats& st) {
 }  // namespace
 
 int cmd_generate(const Args& a) {
-  a.allow({"ids", "prompt", "file", "interactive", "max-new-tokens", "temperature", "top-k", "top-p", "min-p",
+  a.allow({"ids", "prompt", "file", "interactive", "save-state", "load-state", "max-new-tokens", "temperature", "top-k", "top-p", "min-p",
            "repeat-penalty", "repeat-last-n", "seed", "print-ids", "no-stats"});
   const bool interactive = a.on("interactive");
   const int given = int(a.has("ids")) + int(a.has("prompt")) + int(a.has("file"));
-  if (given > 1 || (given == 0 && !interactive))
+  if (given > 1 || (given == 0 && !interactive && !a.has("load-state")))
     fail("generate", "give one of -p/--prompt TEXT, -f/--file FILE or --ids 1,5,9 (or -i for interactive)");
   mmfree::GenerateOptions g = generate_options(a);
 
@@ -57,15 +57,18 @@ int cmd_generate(const Args& a) {
     if (prompt.empty()) fail("--ids", "no token ids given");
   } else if (a.has("prompt") || a.has("file")) {
     prompt_text = a.has("prompt") ? a.str("prompt") : read_text_file(a.str("file"));
-    prompt = tok->encode(prompt_text);
+    prompt = tok->encode(prompt_text, /*add_special=*/!a.has("load-state"));  // a loaded state continues: no BOS
     if (prompt.empty()) fail(a.has("prompt") ? "--prompt" : a.str("file"), "encodes to no tokens (and the tokenizer adds no BOS)");
   }
   const bool ids_out = a.on("print-ids") || !tok;
   g.eos_id = a.on("print-ids") ? -1 : int32_t(m.config().eos_token_id);  // --print-ids: exactly -n tokens
 
   // One state for the whole run: in interactive mode each turn continues from it.
-  mmfree::State state = m.new_state();
+  // --load-state: continue a saved sequence (its prompt, if any, is read after the state).
+  mmfree::State state = a.has("load-state") ? mmfree::load_state(m, a.str("load-state")) : m.new_state();
   std::vector<float> logits;
+  if (a.has("load-state") && prompt.empty() && !interactive)
+    fail("--load-state", "give the text or ids to continue with (-p, -f or --ids)");
   std::vector<int32_t> history;
   mmfree::Sampler sampler(g.sampling);
   std::optional<mmfree::IncrementalDecoder> dec;
@@ -85,7 +88,7 @@ int cmd_generate(const Args& a) {
         std::fflush(stdout);
       }
       return true;
-    }, /*consume_generated=*/interactive);
+    }, /*consume_generated=*/interactive || a.has("save-state"));
     if (dec) std::fputs((dec->finish() + "\n").c_str(), stdout);
     std::fflush(stdout);  // the text ends before the stats line when both go to one terminal or pipe
     if (!a.on("no-stats")) print_stats(m, st);
@@ -105,6 +108,8 @@ int cmd_generate(const Args& a) {
     std::fprintf(stderr, "\n");
   }
   if (ids_out) print_ids(printed);
+  // Every token this run printed has been consumed: a later --load-state continues after them.
+  if (a.has("save-state")) mmfree::save_state(m, state, a.str("save-state"));
   return 0;
 }
 

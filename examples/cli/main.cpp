@@ -24,6 +24,8 @@ const std::vector<Command>& commands() {
        "  -f, --file FILE        read the prompt from FILE\n"
        "  -i, --interactive      after the prompt, read a line at a time from stdin and continue from the\n"
        "                         state so far: each turn reads only its new text\n"
+       "  --save-state F         save the state after every token printed (prompt and generated)\n"
+       "  --load-state F         start from a saved state, then read the prompt (no BOS) and continue\n"
        "  -n, --max-new-tokens N tokens to generate (per turn; default 128)\n"
        "  --temperature T --top-k K --top-p P --min-p P --repeat-penalty R --repeat-last-n N --seed S\n"
        "                         sampling (temperature 0: greedy)\n"

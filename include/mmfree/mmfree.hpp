@@ -8,6 +8,7 @@
 #include "mmfree/load_hf.hpp"
 #include "mmfree/gguf.hpp"
 #include "mmfree/model_file.hpp"
+#include "mmfree/state_file.hpp"
 #include "mmfree/mlgru.hpp"
 #include "mmfree/model.hpp"
 #include "mmfree/safetensors.hpp"
