@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <set>
 
 #include "commands.hpp"
 #include "mmfree/scheduler.hpp"
@@ -34,6 +35,7 @@ struct Job {
   std::string text;           // everything released so far
   std::vector<int32_t> tokens;
   bool done = false;
+  mmfree::State final_state;  // sessions: the state after every token returned
   mmfree::Finish finish = mmfree::Finish::Length;
   std::string error;
   std::shared_ptr<mmfree::Sequence> seq;
@@ -47,6 +49,47 @@ bool same_key(const std::string& a, const std::string& b) {
     diff |= static_cast<unsigned char>((i < a.size() ? a[i] : 0) ^ (i < b.size() ? b[i] : 0));
   return diff == 0;
 }
+
+// Sessions (the "session" extension): a conversation's state, kept between requests, in memory
+// and, with --state-dir, on disk (written atomically when each request ends), so a session
+// survives a restart or kill -9 at its last completed request.
+class Sessions {
+ public:
+  Sessions(const mmfree::Model& m, std::string dir) : model_(m), dir_(std::move(dir)) {
+    if (!dir_.empty()) std::filesystem::create_directories(dir_);
+  }
+  // Takes the session for one request: its state (new if unknown), or nullopt when another
+  // request holds it.
+  std::optional<mmfree::State> acquire(const std::string& id) {
+    std::lock_guard<std::mutex> l(mu_);
+    if (busy_.count(id)) return std::nullopt;
+    mmfree::State s;
+    if (auto it = states_.find(id); it != states_.end()) s = it->second;
+    else if (!dir_.empty() && std::filesystem::exists(file(id))) s = mmfree::load_state(model_, file(id));
+    else s = model_.new_state();
+    busy_.insert(id);
+    return s;
+  }
+  // Ends the request's hold; with a state, the session continues from it from now on.
+  void release(const std::string& id, const mmfree::State* s) {
+    if (s && !dir_.empty()) mmfree::save_state(model_, *s, file(id));
+    std::lock_guard<std::mutex> l(mu_);
+    if (s) states_[id] = *s;
+    busy_.erase(id);
+  }
+  size_t size() {
+    std::lock_guard<std::mutex> l(mu_);
+    return states_.size();
+  }
+
+ private:
+  std::string file(const std::string& id) const { return dir_ + "/" + id + ".state"; }
+  const mmfree::Model& model_;
+  std::string dir_;
+  std::mutex mu_;
+  std::map<std::string, mmfree::State> states_;
+  std::set<std::string> busy_;
+};
 
 bool is_loopback(const std::string& host) { return host == "127.0.0.1" || host == "::1" || host == "localhost"; }
 
@@ -67,7 +110,7 @@ void on_signal(int) {
 }  // namespace
 
 int cmd_serve(const Args& a) {
-  a.allow({"host", "port", "parallel", "queue", "api-key", "api-key-file", "allow-public", "max-body",
+  a.allow({"host", "port", "parallel", "queue", "api-key", "api-key-file", "allow-public", "max-body", "state-dir",
            "max-prompt-tokens", "max-tokens", "timeout", "exit-with-parent", "name"});
   const std::string host = a.has("host") ? a.str("host") : "127.0.0.1";
   const int port = a.has("port") ? int(mmfree::parse_int(a.str("port"), "--port", 0, 65535)) : 8080;
@@ -100,6 +143,7 @@ int cmd_serve(const Args& a) {
   if (tok.vocab_size() > model.vocab_size()) fail(tok.source(), "has more tokens than the model's vocabulary");
   const std::string name = a.has("name") ? a.str("name") : std::filesystem::path(path).filename().string();
   const int32_t eos = int32_t(model.config().eos_token_id);
+  Sessions sessions(model, a.has("state-dir") ? a.str("state-dir") : "");
   mmfree::Scheduler sched(model, so);
   std::atomic<int64_t> requests{0}, rejected{0}, errors{0};
   const auto started = std::chrono::steady_clock::now();
@@ -203,6 +247,28 @@ int cmd_serve(const Args& a) {
     }
     auto job = std::make_shared<Job>();
     auto seq = std::make_shared<mmfree::Sequence>();
+    // A session: continue its state (409 while another request holds it); a text prompt that
+    // continues one is encoded without BOS.
+    std::shared_ptr<std::string> session;
+    if (!r.session.empty()) {
+      std::optional<mmfree::State> st;
+      try {
+        st = sessions.acquire(r.session);
+      } catch (const mmfree::Error& e) {
+        return send_error(res, 500, "server_error", std::string("session '") + r.session + "': " + e.what());
+      }
+      if (!st) return send_error(res, 409, "conflict", "session '" + r.session + "' is in use by another request");
+      session = std::shared_ptr<std::string>(new std::string(r.session), [&sessions](std::string* id) {
+        if (!id->empty()) sessions.release(*id, nullptr);  // without a state: the session stays where it was
+        delete id;
+      });
+      if (st->position > 0 && r.prompt_was_text) {
+        r.prompt = tok.encode(r.prompt_text, /*add_special=*/false);
+        if (r.prompt.empty()) return send_error(res, 400, "invalid_request_error", "request: 'prompt' encodes to no tokens");
+      }
+      seq->state = std::move(*st);
+      seq->continue_state = seq->keep_state = true;
+    }
     seq->prompt = r.prompt;
     seq->gen = r.gen;
     seq->deadline = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
@@ -221,10 +287,12 @@ int cmd_serve(const Args& a) {
       job->cv.notify_all();
       return !stop->stopped();
     };
-    seq->on_done = [job, dec, stop](mmfree::Finish f, const std::string& msg) {
+    mmfree::Sequence* raw_seq = seq.get();  // alive while the scheduler calls on_done
+    seq->on_done = [job, dec, stop, raw_seq](mmfree::Finish f, const std::string& msg) {
       const std::string tail = f == mmfree::Finish::Stop || f == mmfree::Finish::Length ? stop->push(dec->finish()) + stop->finish() : "";
       std::lock_guard<std::mutex> l(job->mu);
       if (!tail.empty()) job->text += tail, job->pieces.push_back({tail, {}});
+      if (raw_seq->keep_state && (f == mmfree::Finish::Length || f == mmfree::Finish::Stop)) job->final_state = raw_seq->state;
       job->done = true;
       job->finish = f;
       job->error = msg;
@@ -249,12 +317,19 @@ int cmd_serve(const Args& a) {
     if (!r.stream) {
       std::unique_lock<std::mutex> l(job->mu);
       job->cv.wait(l, [&] { return job->done; });
+      int64_t position = -1;
+      if (session && (job->finish == mmfree::Finish::Length || job->finish == mmfree::Finish::Stop)) {
+        sessions.release(*session, &job->final_state);
+        *session = "";  // released
+        position = job->final_state.position;
+      }
       if (job->finish == mmfree::Finish::Timeout) return send_error(res, 504, "timeout", "request timed out (--timeout)");
       if (job->finish == mmfree::Finish::Error) return send_error(res, 500, "server_error", job->error);
       json body = {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", name},
                    {"choices", {mmfree::api::completion_choice(job->text, finish_reason(job->finish))}},
                    {"usage", mmfree::api::usage(prompt_tokens, int64_t(job->tokens.size()))}};
       if (r.return_tokens) body["tokens"] = job->tokens;
+      if (position >= 0) body["session_position"] = position;
       return send_json(res, 200, body);
     }
 
@@ -262,7 +337,7 @@ int cmd_serve(const Args& a) {
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [job, r, id, created, name, prompt_tokens, finish_reason](size_t, httplib::DataSink& sink) {
+        [job, r, id, created, name, prompt_tokens, finish_reason, session, &sessions](size_t, httplib::DataSink& sink) {
           auto event = [&](const json& j) {
             const std::string s = "data: " + j.dump() + "\n\n";
             return sink.write(s.data(), s.size());
@@ -290,11 +365,20 @@ int cmd_serve(const Args& a) {
           const mmfree::Finish f = job->finish;
           const int64_t n = int64_t(job->tokens.size());
           l.unlock();
+          int64_t position = -1;
+          if (session && !session->empty() && (f == mmfree::Finish::Length || f == mmfree::Finish::Stop)) {
+            sessions.release(*session, &job->final_state);  // persisted before the client hears "done"
+            *session = "";
+            position = job->final_state.position;
+          }
           if (f == mmfree::Finish::Timeout || f == mmfree::Finish::Error)
             event(mmfree::api::error_body(f == mmfree::Finish::Timeout ? 504 : 500, f == mmfree::Finish::Timeout ? "timeout" : "server_error",
                                           f == mmfree::Finish::Timeout ? "request timed out (--timeout)" : "generation failed"));
-          else
-            event(chunk("", finish_reason(f)));
+          else {
+            json c = chunk("", finish_reason(f));
+            if (position >= 0) c["session_position"] = position;
+            event(c);
+          }
           if (r.include_usage) {
             json u = chunk("", nullptr);
             u["choices"] = json::array();

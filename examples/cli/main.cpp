@@ -43,6 +43,8 @@ const std::vector<Command>& commands() {
        "  --max-prompt-tokens N  (default 8192)   --max-tokens N  max_tokens ceiling (default 4096)\n"
        "  --timeout SECONDS      per request (default 600)\n"
        "  --name NAME            the model id in responses (default: the file name)\n"
+       "  --state-dir DIR        sessions (\"session\": ID) are also kept in DIR, written atomically when\n"
+       "                         each request ends: they survive a restart, even kill -9\n"
        "  --exit-with-parent     stop when the process that started the server ends\n",
        cmd_serve},
       {"tokenize", "text to token ids, or ids to text",

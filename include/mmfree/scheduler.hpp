@@ -18,6 +18,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -54,8 +55,13 @@ struct Sequence {
   // Set from any thread (a client that went away); checked before every step.
   std::atomic<bool> cancelled{false};
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+  // Sessions: start from `state` as given (a conversation so far) instead of a new one, and
+  // before ending consume the last token too, so that on_done sees a state that has read every
+  // token passed to on_token (EOS, never passed on, is not read).
+  bool continue_state = false;
+  bool keep_state = false;
 
-  // Scheduler's own bookkeeping.
+  // The recurrent state; the scheduler's own bookkeeping below.
   State state;
   std::vector<float> logits;
   std::vector<int32_t> history;
@@ -63,6 +69,7 @@ struct Sequence {
   size_t prefilled = 0;   // prompt tokens consumed
   int64_t generated = 0;  // tokens passed to on_token
   int32_t next = -1;      // the token the next decode step consumes
+  std::optional<Finish> ending;  // keep_state: ends once `next` is consumed
 };
 
 struct SchedulerOptions {
@@ -149,7 +156,7 @@ class Scheduler {
   }
 
   void start(Sequence& s) {
-    s.state = model_.new_state();
+    if (!s.continue_state) s.state = model_.new_state();
     s.sampler = std::make_unique<Sampler>(s.gen.sampling);
     s.history.clear();
     ++stats_.sequences;
@@ -171,9 +178,12 @@ class Scheduler {
     s.history.push_back(next);
     ++s.generated;
     ++stats_.generated_tokens;
-    if (!s.on_token(next)) return end(s, Finish::Stop), false;
-    if (s.generated >= s.gen.max_new_tokens) return end(s, Finish::Length), false;
+    std::optional<Finish> f;
+    if (!s.on_token(next)) f = Finish::Stop;
+    else if (s.generated >= s.gen.max_new_tokens) f = Finish::Length;
+    if (f && !s.keep_state) return end(s, *f), false;
     s.next = next;
+    s.ending = f;
     return true;
   }
 
@@ -219,6 +229,10 @@ class Scheduler {
     stats_.batched_tokens += decoding;
     const size_t V = size_t(model_.vocab_size());
     for (size_t r = 0; r < rows.size(); ++r) {
+      if (owners[r]->ending) {  // its last token is read: done
+        end(*owners[r], *owners[r]->ending);
+        continue;
+      }
       owners[r]->logits.assign(logits.begin() + long(r * V), logits.begin() + long((r + 1) * V));
       draw(*owners[r]);
     }

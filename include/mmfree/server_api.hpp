@@ -6,6 +6,7 @@
 // `return_tokens`, /tokenize, /detokenize).
 #pragma once
 
+#include <cctype>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -43,12 +44,14 @@ struct Limits {
 struct CompletionRequest {
   std::vector<int32_t> prompt;
   bool prompt_was_text = false;
+  std::string prompt_text;  // when the prompt was text
   GenerateOptions gen;
   std::vector<std::string> stop;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool return_tokens = false;
   std::string model;
+  std::string session;  // extension: continue (or begin) the named session's state
 };
 
 namespace detail {
@@ -89,8 +92,9 @@ inline CompletionRequest parse_completion(const std::string& body, const Tokeniz
     if (text) {
       const std::string s = text->get<std::string>();
       if (int64_t(s.size()) > 16 * lim.max_prompt_tokens) fail(w, "'prompt' is longer than the server allows");
-      r.prompt = tok.encode(s);
+      r.prompt = tok.encode(s);  // with BOS: a continued session's text is encoded again without
       r.prompt_was_text = true;
+      r.prompt_text = s;
     } else if (p.is_array()) {
       if (p.empty()) fail(w, "'prompt' is an empty array");
       if (int64_t(p.size()) > lim.max_prompt_tokens) fail(w, "'prompt' has more than " + std::to_string(lim.max_prompt_tokens) + " tokens");
@@ -134,6 +138,14 @@ inline CompletionRequest parse_completion(const std::string& body, const Tokeniz
       r.include_usage = jf::boolean_or(j["stream_options"], "include_usage", false, w, "stream_options.");
     }
     r.return_tokens = jf::boolean_or(j, "return_tokens", false, w);
+    r.session = jf::string_or(j, "session", "", w);
+    if (jf::has(j, "session")) {
+      if (r.session.empty() || r.session.size() > 128) fail(w, "'session' must be 1 to 128 characters");
+      for (char ch : r.session)
+        if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '_' && ch != '.')
+          fail(w, "'session' may hold only letters, digits, '-', '_' and '.'");
+      if (r.session[0] == '.') fail(w, "'session' must not start with '.'");
+    }
     r.model = jf::string_or(j, "model", "", w);
     if (jf::integer_or(j, "n", 1, w, 1, 1 << 20) != 1) fail(w, "'n' other than 1 is not supported");
     if (jf::integer_or(j, "best_of", 1, w, 1, 1 << 20) != 1) fail(w, "'best_of' other than 1 is not supported");

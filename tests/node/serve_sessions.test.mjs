@@ -1,0 +1,84 @@
+// Sessions on `mmfree-cli serve` ("session": ID): a conversation continues from its saved state
+// without re-reading it, survives kill -9 with --state-dir, and is never used by two requests at
+// once. Run by CTest: node --test serve_sessions.test.mjs (MMFREE_CLI in the environment).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const cli = process.env.MMFREE_CLI;
+if (!cli) throw new Error("set MMFREE_CLI to the mmfree-cli binary");
+
+function serve(args) {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(cli, ["serve", "--port", "0", "--exit-with-parent", "-t", "2", ...args], { stdio: ["ignore", "ignore", "pipe"] });
+    let err = "";
+    proc.stderr.on("data", (d) => {
+      err += d;
+      const m = /listening on port (\d+)/.exec(err);
+      if (m) resolve({ url: `http://127.0.0.1:${m[1]}`, proc });
+    });
+    proc.on("exit", (code) => reject(new Error(`server exited (${code}): ${err}`)));
+  });
+}
+const kill9 = (s) => new Promise((ok) => { s.proc.removeAllListeners("exit"); s.proc.on("exit", ok); s.proc.kill("SIGKILL"); });
+
+async function complete(url, body) {
+  const r = await fetch(`${url}/v1/completions`, { method: "POST", body: JSON.stringify({ temperature: 0, return_tokens: true, ...body }) });
+  const json = await r.json();
+  return { status: r.status, json };
+}
+
+test("a session continues exactly after kill -9 and a restart on the same --state-dir", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "mmfree-sessions-"));
+  try {
+    const A = [1, 1142, 333], B = [2693, 464];
+    let s = await serve(["--state-dir", dir]);
+    const r1 = await complete(s.url, { prompt: A, max_tokens: 8, session: "conv-1" });
+    assert.equal(r1.status, 200);
+    assert.equal(r1.json.session_position, A.length + 8);
+    assert.deepEqual(readdirSync(dir), ["conv-1.state"]);  // no temporary files left
+    await kill9(s);
+    s = await serve(["--state-dir", dir]);
+    try {
+      const r2 = await complete(s.url, { prompt: B, max_tokens: 8, session: "conv-1" });
+      assert.equal(r2.status, 200);
+      assert.equal(r2.json.session_position, A.length + 8 + B.length + 8);
+      // The same as one uninterrupted greedy run over A, its 8 tokens, and B.
+      const whole = await complete(s.url, { prompt: [...A, ...r1.json.tokens, ...B], max_tokens: 8 });
+      assert.deepEqual(r2.json.tokens, whole.json.tokens);
+      // Streamed continuation of the same session continues where r2 ended.
+      const r3 = await complete(s.url, { prompt: [5], max_tokens: 4, session: "conv-1" });
+      const ref = await complete(s.url, { prompt: [...A, ...r1.json.tokens, ...B, ...r2.json.tokens, 5], max_tokens: 4 });
+      assert.deepEqual(r3.json.tokens, ref.json.tokens);
+    } finally {
+      s.proc.kill("SIGTERM");
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("text sessions continue without BOS; two requests on one session: the second gets 409", async () => {
+  const s = await serve([]);
+  try {
+    const t1 = await complete(s.url, { prompt: "In the beginning", max_tokens: 6, session: "t" });
+    const t2 = await complete(s.url, { prompt: "And God said", max_tokens: 6, session: "t" });
+    const tok = async (content, add_special) =>
+      (await (await fetch(`${s.url}/tokenize`, { method: "POST", body: JSON.stringify({ content, add_special }) })).json()).tokens;
+    const ids = [...(await tok("In the beginning", true)), ...t1.json.tokens, ...(await tok("And God said", false))];
+    const ref = await complete(s.url, { prompt: ids, max_tokens: 6 });
+    assert.deepEqual(t2.json.tokens, ref.json.tokens);
+    assert.equal(t2.json.session_position, ids.length + 6);
+    // Two at once: one is served, the other refused (the state is never interleaved).
+    const both = await Promise.all([0, 1].map(() => complete(s.url, { prompt: [5], max_tokens: 200, session: "busy" })));
+    assert.deepEqual(both.map((r) => r.status).sort(), [200, 409]);
+    assert.match(both.find((r) => r.status === 409).json.error.message, /in use by another request/);
+    for (const bad of ["", "../x", "a/b", "x".repeat(200), ".hidden", 5])
+      assert.equal((await complete(s.url, { prompt: [5], max_tokens: 1, session: bad })).status, 400, String(bad));
+  } finally {
+    s.proc.kill("SIGTERM");
+  }
+});
