@@ -7,8 +7,10 @@
 
 #include "mmfree/file_ternary.hpp"
 #include "mmfree/ternary_format.hpp"
+#include "test_util.hpp"
 
 using namespace mmfree;
+using mmfree::test::error_of;
 using ::testing::HasSubstr;
 
 namespace {
@@ -22,14 +24,6 @@ std::vector<int8_t> random_ternary(std::mt19937& rng, size_t n) {
 
 const TernaryFormat kFormats[] = {TernaryFormat::TQ2, TernaryFormat::TQ1};
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 }  // namespace
 

@@ -15,14 +15,6 @@ using ::testing::HasSubstr;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 nlohmann::json parse(const std::string& s) { return nlohmann::json::parse(s); }
 

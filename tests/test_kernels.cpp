@@ -12,8 +12,10 @@
 #include "mmfree/kernels/dispatch.hpp"
 #include "mmfree/ternary_format.hpp"
 #include "mmfree/thread_pool.hpp"
+#include "test_util.hpp"
 
 using namespace mmfree;
+using mmfree::test::error_of;
 using ::testing::HasSubstr;
 
 namespace {
@@ -60,14 +62,6 @@ void expect_kernels_match_scalar(std::mt19937& rng, TernaryFormat f, int64_t row
     }
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 }  // namespace
 

@@ -66,6 +66,17 @@ auto field(F&& f) -> decltype(f()) {
     throw ApiError(400, "invalid_request_error", e.what());
   }
 }
+// A request body: a JSON object, or a 400.
+inline nlohmann::json parse_object(const std::string& body) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(body);
+  } catch (const std::exception& e) {
+    throw ApiError(400, "invalid_request_error", std::string("request: body is not valid JSON (") + e.what() + ")");
+  }
+  if (!j.is_object()) throw ApiError(400, "invalid_request_error", "request: body must be a JSON object");
+  return j;
+}
 }  // namespace detail
 
 // Parses the body of POST /v1/completions. Fields OpenAI defines that change results and that
@@ -75,13 +86,7 @@ inline CompletionRequest parse_completion(const std::string& body, const Tokeniz
                                           const Limits& lim, int32_t eos_id) {
   namespace jf = json_field;
   const std::string w = "request";
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(body);
-  } catch (const std::exception& e) {
-    throw ApiError(400, "invalid_request_error", std::string("request: body is not valid JSON (") + e.what() + ")");
-  }
-  if (!j.is_object()) throw ApiError(400, "invalid_request_error", "request: body must be a JSON object");
+  const nlohmann::json j = detail::parse_object(body);
   return detail::field([&] {
     CompletionRequest r;
     if (!jf::has(j, "prompt")) fail(w, "'prompt' is required");
@@ -163,13 +168,7 @@ inline CompletionRequest parse_completion(const std::string& body, const Tokeniz
 // POST /tokenize {"content": TEXT, "add_special": true} and POST /detokenize {"tokens": [ids]}.
 inline nlohmann::json tokenize(const std::string& body, const Tokenizer& tok) {
   namespace jf = json_field;
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(body);
-  } catch (const std::exception&) {
-    throw ApiError(400, "invalid_request_error", "request: body is not valid JSON");
-  }
-  if (!j.is_object()) throw ApiError(400, "invalid_request_error", "request: body must be a JSON object");
+  const nlohmann::json j = detail::parse_object(body);
   return detail::field([&] {
     if (!jf::has(j, "content")) fail("request", "'content' is required");
     const std::string text = jf::string(j["content"], "request", "content");
@@ -178,13 +177,7 @@ inline nlohmann::json tokenize(const std::string& body, const Tokenizer& tok) {
 }
 inline nlohmann::json detokenize(const std::string& body, const Tokenizer& tok) {
   namespace jf = json_field;
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(body);
-  } catch (const std::exception&) {
-    throw ApiError(400, "invalid_request_error", "request: body is not valid JSON");
-  }
-  if (!j.is_object()) throw ApiError(400, "invalid_request_error", "request: body must be a JSON object");
+  const nlohmann::json j = detail::parse_object(body);
   return detail::field([&] {
     if (!jf::has(j, "tokens") || !j["tokens"].is_array()) fail("request", "'tokens' must be an array of token ids");
     std::vector<int32_t> ids;

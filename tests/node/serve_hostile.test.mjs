@@ -5,25 +5,11 @@
 // and its resident memory stays flat. Run by CTest: node --test serve_hostile.test.mjs
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import net from "node:net";
 
-const cli = process.env.MMFREE_CLI;
-if (!cli) throw new Error("set MMFREE_CLI to the mmfree-cli binary");
+import { cli, serve } from "./serve_helper.mjs";
 
-function serve(args) {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(cli, ["serve", "--port", "0", "--exit-with-parent", "-t", "2", ...args], { stdio: ["ignore", "ignore", "pipe"] });
-    let err = "";
-    proc.stderr.on("data", (d) => {
-      err += d;
-      const m = /listening on port (\d+)/.exec(err);
-      if (m) resolve({ url: `http://127.0.0.1:${m[1]}`, port: Number(m[1]), proc });
-    });
-    proc.on("exit", (code) => reject(new Error(`server exited (${code}): ${err}`)));
-  });
-}
 const rss = (pid) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))[1]) / 1024;
 
 async function post(url, body, signal) {

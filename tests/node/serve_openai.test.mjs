@@ -2,28 +2,15 @@
 // port). Run by CTest: node --test serve_openai.test.mjs MMFREE_CLI
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 
-const cli = process.env.MMFREE_CLI;
-if (!cli) throw new Error("set MMFREE_CLI to the mmfree-cli binary");
+import { cli, serve } from "./serve_helper.mjs";
 const { default: OpenAI } = await import("openai").catch(() => {
   console.error("the openai package is not installed: run scripts/setup.sh (or npm ci in tests/node)");
   process.exit(1);
 });
 
 // Starts a server; resolves with { url, proc } once it prints its port.
-function serve(args = []) {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(cli, ["serve", "--port", "0", "--exit-with-parent", "-t", "2", ...args], { stdio: ["ignore", "ignore", "pipe"] });
-    let err = "";
-    proc.stderr.on("data", (d) => {
-      err += d;
-      const m = /listening on port (\d+)/.exec(err);
-      if (m) resolve({ url: `http://127.0.0.1:${m[1]}`, proc });
-    });
-    proc.on("exit", (code) => reject(new Error(`server exited (${code}): ${err}`)));
-  });
-}
 
 let server, client;
 before(async () => {

@@ -3,26 +3,12 @@
 // once. Run by CTest: node --test serve_sessions.test.mjs (MMFREE_CLI in the environment).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-const cli = process.env.MMFREE_CLI;
-if (!cli) throw new Error("set MMFREE_CLI to the mmfree-cli binary");
+import { cli, serve } from "./serve_helper.mjs";
 
-function serve(args) {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(cli, ["serve", "--port", "0", "--exit-with-parent", "-t", "2", ...args], { stdio: ["ignore", "ignore", "pipe"] });
-    let err = "";
-    proc.stderr.on("data", (d) => {
-      err += d;
-      const m = /listening on port (\d+)/.exec(err);
-      if (m) resolve({ url: `http://127.0.0.1:${m[1]}`, proc });
-    });
-    proc.on("exit", (code) => reject(new Error(`server exited (${code}): ${err}`)));
-  });
-}
 const kill9 = (s) => new Promise((ok) => { s.proc.removeAllListeners("exit"); s.proc.on("exit", ok); s.proc.kill("SIGKILL"); });
 
 async function complete(url, body) {
