@@ -87,6 +87,27 @@ for (const N of streams) {
     s.proc.kill("SIGTERM");
   }
 }
+// Sessions: continuing a 2,000-token conversation (16 new tokens) against re-sending all of it.
+let session;
+{
+  const s = await serve(4);
+  try {
+    const ttft = async (body) => {
+      const t0 = performance.now();
+      const r = await fetch(`${s.url}/v1/completions`, { method: "POST", body: JSON.stringify({ max_tokens: 1, temperature: 0, ...body }) });
+      await r.json();
+      return performance.now() - t0;
+    };
+    const history = Array.from({ length: 2000 }, (_, i) => 1 + ((i * 7919) % 3000));
+    const fresh = Array.from({ length: 16 }, (_, i) => 5 + i);
+    await ttft({ prompt: history, session: "bench" });  // the conversation so far (2,000 tokens + 1)
+    const resend = await ttft({ prompt: [...history, 6, ...fresh] });
+    const cont = await ttft({ prompt: fresh, session: "bench" });
+    session = { resend_ms: resend, continue_ms: cont };
+  } finally {
+    s.proc.kill("SIGTERM");
+  }
+}
 const one = rows.find((r) => r.streams === 1)?.aggregate_tps;
 const cpu = (/^model name\s*:\s*(.*)$/m.exec(readFileSync("/proc/cpuinfo", "utf8")) ?? [, "?"])[1];
 console.log(`CPU: ${cpu}, ${os.cpus().length} CPUs; model ${model} (${b.desc}); ${threads} threads; ${tokens} greedy tokens per stream; ` +
@@ -96,7 +117,9 @@ console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
 for (const r of rows)
   console.log(`| ${r.streams} | ${r.aggregate_tps.toFixed(1)} | ${one ? (r.aggregate_tps / one).toFixed(2) : "-"} | ${(100 * r.aggregate_tps / b.prefill_tps).toFixed(0)}% | ` +
               `${r.per_stream_tps_p50.toFixed(1)} | ${r.ttft_ms_p50.toFixed(0)} ms | ${r.ttft_ms_p99.toFixed(0)} ms | ${r.peak_rss_mib.toFixed(0)} MiB |`);
-if (args.json) writeFileSync(args.json, JSON.stringify({ cpu, model, threads, tokens, bench: b, rows }, null, 1));
+console.log(`Continuing a 2,000-token session with 16 new tokens: time to first token ${session.continue_ms.toFixed(0)} ms, ` +
+            `against ${session.resend_ms.toFixed(0)} ms re-sending the whole conversation (${(session.continue_ms / session.resend_ms).toFixed(3)}x).`);
+if (args.json) writeFileSync(args.json, JSON.stringify({ cpu, model, threads, tokens, bench: b, rows, session }, null, 1));
 if (args.svg) {  // aggregate tokens/s per stream count, with the batched ceiling as a line
   const W = 520, H = 260, L = 60, B = 40, max = Math.max(b.prefill_tps, ...rows.map((r) => r.aggregate_tps)) * 1.1;
   const bw = (W - L - 20) / rows.length;

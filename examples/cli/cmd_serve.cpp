@@ -157,6 +157,7 @@ int cmd_serve(const Args& a) {
   svr.set_read_timeout(10, 0);  // a slow sender loses its connection, not a scheduler slot
   svr.set_write_timeout(10, 0);
   svr.set_keep_alive_timeout(5);
+  svr.set_tcp_nodelay(true);  // each streamed token leaves at once (Nagle would hold it for an ACK)
   svr.set_pre_routing_handler([&](const httplib::Request& req, httplib::Response& res) {
     ++requests;
     if (key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
