@@ -4,6 +4,9 @@
 #include <httplib.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -159,6 +162,10 @@ int cmd_serve(const Args& a) {
   svr.set_keep_alive_timeout(5);
   svr.set_tcp_nodelay(true);  // each streamed token leaves at once (Nagle would hold it for an ACK)
   svr.set_pre_routing_handler([&](const httplib::Request& req, httplib::Response& res) {
+    // HTTP threads yield to the model's: a forward pass is hundreds of fork-join sections, and a
+    // pool thread kept waiting for a core by a thread writing a token stalls every section.
+    static thread_local const bool lowered = setpriority(PRIO_PROCESS, id_t(syscall(SYS_gettid)), 10) == 0;
+    (void)lowered;
     ++requests;
     if (key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
     const std::string auth = req.get_header_value("Authorization");
