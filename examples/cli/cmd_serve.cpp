@@ -58,8 +58,12 @@ bool same_key(const std::string& a, const std::string& b) {
 // survives a restart or kill -9 at its last completed request.
 class Sessions {
  public:
-  Sessions(const mmfree::Model& m, std::string dir) : model_(m), dir_(std::move(dir)) {
+  // cap_bytes: states kept in memory at most (0: no cap); beyond it the least recently used are
+  // dropped from memory (they are on disk: a cap needs a directory) and read back on use.
+  Sessions(const mmfree::Model& m, std::string dir, size_t cap_bytes) : model_(m), dir_(std::move(dir)), cap_(cap_bytes) {
+    if (cap_ && dir_.empty()) fail("--sessions-memory", "needs --state-dir (sessions beyond the cap wait on disk)");
     if (!dir_.empty()) std::filesystem::create_directories(dir_);
+    state_bytes_ = size_t(m.config().num_hidden_layers * m.config().input_dim()) * sizeof(float) + 256;
   }
   // Takes the session for one request: its state (new if unknown), or nullopt when another
   // request holds it.
@@ -67,7 +71,7 @@ class Sessions {
     std::lock_guard<std::mutex> l(mu_);
     if (busy_.count(id)) return std::nullopt;
     mmfree::State s;
-    if (auto it = states_.find(id); it != states_.end()) s = it->second;
+    if (auto it = states_.find(id); it != states_.end()) s = it->second.state;
     else if (!dir_.empty() && std::filesystem::exists(file(id))) s = mmfree::load_state(model_, file(id));
     else s = model_.new_state();
     busy_.insert(id);
@@ -77,12 +81,25 @@ class Sessions {
   void release(const std::string& id, const mmfree::State* s) {
     if (s && !dir_.empty()) mmfree::save_state(model_, *s, file(id));
     std::lock_guard<std::mutex> l(mu_);
-    if (s) states_[id] = *s;
+    if (s) states_[id] = {*s, ++clock_};
     busy_.erase(id);
+    if (cap_)  // evict the least recently used (not busy) until under the cap
+      while (states_.size() * state_bytes_ > cap_) {
+        auto victim = states_.end();
+        for (auto it = states_.begin(); it != states_.end(); ++it)
+          if (!busy_.count(it->first) && (victim == states_.end() || it->second.used < victim->second.used)) victim = it;
+        if (victim == states_.end()) break;
+        states_.erase(victim);
+        ++evicted_;
+      }
   }
-  size_t size() {
+  size_t in_memory() {
     std::lock_guard<std::mutex> l(mu_);
     return states_.size();
+  }
+  size_t evicted() {
+    std::lock_guard<std::mutex> l(mu_);
+    return evicted_;
   }
 
  private:
@@ -90,7 +107,13 @@ class Sessions {
   const mmfree::Model& model_;
   std::string dir_;
   std::mutex mu_;
-  std::map<std::string, mmfree::State> states_;
+  struct Kept {
+    mmfree::State state;
+    uint64_t used = 0;  // release order: the smallest is the least recently used
+  };
+  size_t cap_ = 0, state_bytes_ = 0, evicted_ = 0;
+  uint64_t clock_ = 0;
+  std::map<std::string, Kept> states_;
   std::set<std::string> busy_;
 };
 
@@ -113,7 +136,7 @@ void on_signal(int) {
 }  // namespace
 
 int cmd_serve(const Args& a) {
-  a.allow({"host", "port", "parallel", "queue", "api-key", "api-key-file", "allow-public", "max-body", "state-dir",
+  a.allow({"host", "port", "parallel", "queue", "api-key", "api-key-file", "allow-public", "max-body", "state-dir", "sessions-memory",
            "max-prompt-tokens", "max-tokens", "timeout", "exit-with-parent", "name"});
   const std::string host = a.has("host") ? a.str("host") : "127.0.0.1";
   const int port = a.has("port") ? int(mmfree::parse_int(a.str("port"), "--port", 0, 65535)) : 8080;
@@ -146,7 +169,9 @@ int cmd_serve(const Args& a) {
   if (tok.vocab_size() > model.vocab_size()) fail(tok.source(), "has more tokens than the model's vocabulary");
   const std::string name = a.has("name") ? a.str("name") : std::filesystem::path(path).filename().string();
   const int32_t eos = int32_t(model.config().eos_token_id);
-  Sessions sessions(model, a.has("state-dir") ? a.str("state-dir") : "");
+  const size_t sessions_cap =
+      a.has("sessions-memory") ? size_t(mmfree::parse_int(a.str("sessions-memory"), "--sessions-memory", 1, 1 << 24)) << 20 : 0;
+  Sessions sessions(model, a.has("state-dir") ? a.str("state-dir") : "", sessions_cap);
   mmfree::Scheduler sched(model, so);
   std::atomic<int64_t> requests{0}, rejected{0}, errors{0};
   const auto started = std::chrono::steady_clock::now();
@@ -242,6 +267,8 @@ int cmd_serve(const Args& a) {
     metric("mmfree_active_sequences", "gauge", "sequences decoding now", double(st.active.load()));
     metric("mmfree_queued_sequences", "gauge", "sequences waiting for a place", double(st.queued.load()));
     metric("mmfree_uptime_seconds", "gauge", "seconds since the server started", up);
+    metric("mmfree_sessions_in_memory", "gauge", "session states held in memory", double(sessions.in_memory()));
+    metric("mmfree_sessions_evicted_total", "counter", "session states dropped from memory (kept on disk)", double(sessions.evicted()));
     res.set_content(m, "text/plain; version=0.0.4");
   });
 

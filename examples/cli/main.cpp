@@ -45,6 +45,8 @@ const std::vector<Command>& commands() {
        "  --name NAME            the model id in responses (default: the file name)\n"
        "  --state-dir DIR        sessions (\"session\": ID) are also kept in DIR, written atomically when\n"
        "                         each request ends: they survive a restart, even kill -9\n"
+       "  --sessions-memory MB   keep at most MB of session states in memory, the least recently used\n"
+       "                         on disk only (needs --state-dir)\n"
        "  --exit-with-parent     stop when the process that started the server ends\n",
        cmd_serve},
       {"tokenize", "text to token ids, or ids to text",

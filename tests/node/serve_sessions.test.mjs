@@ -68,3 +68,34 @@ test("text sessions continue without BOS; two requests on one session: the secon
     s.proc.kill("SIGTERM");
   }
 });
+
+test("with --sessions-memory, 2,000 sessions work: the least recently used wait on disk and continue exactly", { timeout: 240000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "mmfree-sessions-"));
+  const s = await serve(["--state-dir", dir, "--sessions-memory", "1"]);
+  try {
+    const N = 2000, first = new Map();
+    for (let k = 0; k < N; k += 16)
+      await Promise.all(Array.from({ length: 16 }, async (_, j) => {
+        const id = `s${k + j}`;
+        const r = await complete(s.url, { prompt: [1, 1 + ((k + j) * 37) % 4000], max_tokens: 1, session: id });
+        assert.equal(r.status, 200);
+        first.set(id, r.json.tokens);
+      }));
+    const m = await (await fetch(`${s.url}/metrics`)).text();
+    const inMemory = Number(/^mmfree_sessions_in_memory (\S+)$/m.exec(m)[1]);
+    const evicted = Number(/^mmfree_sessions_evicted_total (\S+)$/m.exec(m)[1]);
+    assert.ok(inMemory <= 120 && inMemory > 50, `${inMemory} in memory`);  // 1 MiB of 9 KB states
+    assert.ok(evicted >= N - 120, `${evicted} evicted`);
+    assert.equal(readdirSync(dir).length, N);
+    for (const k of [0, 1, 7, 500, 1999]) {  // the oldest are on disk only
+      const id = `s${k}`;
+      const r = await complete(s.url, { prompt: [5], max_tokens: 3, session: id });
+      const ref = await complete(s.url, { prompt: [1, 1 + (k * 37) % 4000, ...first.get(id), 5], max_tokens: 3 });
+      assert.deepEqual(r.json.tokens, ref.json.tokens, id);
+      assert.equal(r.json.session_position, 2 + 1 + 1 + 3);
+    }
+  } finally {
+    s.proc.kill("SIGTERM");
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
