@@ -62,7 +62,15 @@ class Sessions {
   // dropped from memory (they are on disk: a cap needs a directory) and read back on use.
   Sessions(const mmfree::Model& m, std::string dir, size_t cap_bytes) : model_(m), dir_(std::move(dir)), cap_(cap_bytes) {
     if (cap_ && dir_.empty()) fail("--sessions-memory", "needs --state-dir (sessions beyond the cap wait on disk)");
-    if (!dir_.empty()) std::filesystem::create_directories(dir_);
+    if (!dir_.empty()) {
+      std::filesystem::create_directories(dir_);
+      // A process killed while writing leaves its temporary file (".ID.state.tmp.PID"); the state
+      // it was replacing is intact. Remove them.
+      for (const auto& e : std::filesystem::directory_iterator(dir_)) {
+        const std::string f = e.path().filename().string();
+        if (f.starts_with(".") && f.find(".state.tmp.") != std::string::npos) std::filesystem::remove(e.path());
+      }
+    }
     state_bytes_ = size_t(m.config().num_hidden_layers * m.config().input_dim()) * sizeof(float) + 256;
   }
   // Takes the session for one request: its state (new if unknown), or nullopt when another

@@ -99,3 +99,95 @@ test("with --sessions-memory, 2,000 sessions work: the least recently used wait 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+// One streamed request on a session: the tokens received, and the position the server reported
+// at the end (undefined when the stream broke off).
+async function streamed(url, session, prompt, n) {
+  const tokens = [];
+  let position;
+  try {
+    const r = await fetch(`${url}/v1/completions`, { method: "POST",
+      body: JSON.stringify({ prompt, max_tokens: n, temperature: 0, stream: true, return_tokens: true, session }) });
+    if (r.status !== 200) return { tokens, status: r.status };
+    const text = await r.text();
+    for (const ev of text.split("\n\n")) {
+      if (!ev.startsWith("data: {")) continue;
+      const j = JSON.parse(ev.slice(6));
+      if (j.tokens) tokens.push(...j.tokens);
+      if (j.session_position !== undefined) position = j.session_position;
+    }
+  } catch {}
+  return { tokens, position };
+}
+
+test("kill -9 at random moments during 50 streamed requests over 10 sessions: every session continues from its last persisted point", { timeout: 240000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "mmfree-crash-"));
+  let s = await serve(["--state-dir", dir]);
+  try {
+    const K = 10;
+    const hist = Array.from({ length: K }, () => []);  // what each session has read, as far as we know
+    const pending = Array(K).fill(null);                // a request cut off by a kill: persisted or not
+    const greedy = async (ids, n) => (await complete(s.url, { prompt: ids, max_tokens: n })).json.tokens ?? [];
+    let requests = 0, kills = 0, round = 0, cut = 0, persisted = 0;
+    while (requests < 50) {
+      round++;
+      const kill = round % 2 === 0;  // every other wave is cut off by kill -9 at a random moment
+      const wave = Array.from({ length: K }, async (_, k) => {
+        const prompt = [1 + ((round * 31 + k * 17) % 4000)], n = 6 + ((round + k) % 7);
+        const r = await streamed(s.url, `c${k}`, prompt, n);
+        return { k, prompt, n, r };
+      });
+      if (kill) setTimeout(() => s.proc.kill("SIGKILL"), 5 + Math.floor(Math.random() * 60));
+      const results = await Promise.all(wave);
+      requests += K;
+      if (kill) {
+        await new Promise((ok) => (s.proc.exitCode !== null || s.proc.signalCode !== null ? ok() : s.proc.on("exit", ok)));
+        kills++;
+        s = await serve(["--state-dir", dir]);
+      }
+      for (const { k, prompt, n, r } of results) {
+        // The session's position before this request: resolve an earlier cut-off request first.
+        if (r.position === undefined) {
+          cut++;
+          if (pending[k] === null) pending[k] = { prompt, n };  // else: still unknown, an older one pending
+          else pending[k] = { prompt, n, after: pending[k] };
+          continue;
+        }
+        let base = hist[k];
+        // Unknown requests before this one: each either persisted or not; the position decides.
+        const chain = [];
+        for (let p = pending[k]; p; p = p.after) chain.unshift(p);
+        const options = [[...base]];
+        for (const p of chain) {
+          const next = [];
+          for (const h of options) {
+            next.push(h);
+            const t = await greedy([...h, ...p.prompt], p.n);
+            next.push([...h, ...p.prompt, ...t]);
+          }
+          options.splice(0, options.length, ...next);
+        }
+        const before = r.position - prompt.length - r.tokens.length;
+        const h = options.find((o) => o.length === before);
+        assert.ok(h, `session c${k}: position ${r.position} matches no persisted point`);
+        persisted += chain.length ? (h.length > base.length ? 1 : 0) : 0;
+        assert.deepEqual(r.tokens, await greedy([...h, ...prompt], n), `session c${k} after ${kills} kills`);
+        hist[k] = [...h, ...prompt, ...r.tokens];
+        pending[k] = null;
+      }
+    }
+    // Every state file is whole: each session continues once more, exactly.
+    for (let k = 0; k < K; k++) {
+      const r = await streamed(s.url, `c${k}`, [5], 4);
+      assert.ok(r.position !== undefined, `session c${k} did not continue`);
+      const before = r.position - 1 - r.tokens.length;
+      if (pending[k] === null) assert.equal(before, hist[k].length);
+    }
+    console.log(`${kills} kills, ${cut} streams cut off (${persisted} of them had been persisted before the kill)`);
+    assert.ok(kills >= 2);
+    assert.ok(readdirSync(dir).every((f) => f.endsWith(".state")), readdirSync(dir).join(" "));
+  } finally {
+    s.proc.kill("SIGTERM");
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
