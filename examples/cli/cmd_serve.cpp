@@ -1,6 +1,7 @@
 // mmfree-cli serve: an OpenAI-compatible HTTP server (cpp-httplib) over one continuous-batching
 // Scheduler. Request parsing and validation live in mmfree/server_api.hpp (fuzzed without
 // sockets); this file binds them to HTTP: routes, streaming, limits, keys, metrics.
+#include <hiredis/hiredis.h>
 #include <httplib.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -13,6 +14,7 @@
 #include <deque>
 #include <mutex>
 #include <set>
+#include <sstream>
 
 #include "commands.hpp"
 #include "mmfree/scheduler.hpp"
@@ -53,6 +55,70 @@ bool same_key(const std::string& a, const std::string& b) {
   return diff == 0;
 }
 
+// Session states shared by several servers (replicas behind a load balancer) through Redis:
+// "mmfree:session:ID" holds the state file's bytes, "mmfree:lock:ID" marks the session busy (SET
+// NX with an expiry, so a crashed replica's lock runs out), released only by its owner.
+class RedisStore {
+ public:
+  explicit RedisStore(const std::string& url) : url_(url) {
+    const std::string scheme = "redis://";
+    if (!url.starts_with(scheme)) fail("--session-store " + url, "expected redis://HOST:PORT");
+    const std::string hp = url.substr(scheme.size());
+    const size_t colon = hp.rfind(':');
+    const std::string host = colon == std::string::npos ? hp : hp.substr(0, colon);
+    const int port = colon == std::string::npos ? 6379 : int(mmfree::parse_int(hp.substr(colon + 1), "--session-store port", 1, 65535));
+    const timeval tv{5, 0};
+    c_ = redisConnectWithTimeout(host.c_str(), port, tv);
+    if (!c_ || c_->err) fail("--session-store " + url, std::string("cannot connect: ") + (c_ ? c_->errstr : "out of memory"));
+    redisSetTimeout(c_, tv);
+    token_ = std::to_string(::getpid()) + "-" + std::to_string(std::chrono::steady_clock::now().time_since_epoch().count());
+  }
+  ~RedisStore() {
+    if (c_) redisFree(c_);
+  }
+  std::optional<std::string> get(const std::string& id) {
+    Reply r = command({"GET", "mmfree:session:" + id});
+    if (r->type == REDIS_REPLY_NIL) return std::nullopt;
+    if (r->type != REDIS_REPLY_STRING) fail(url_, "unexpected reply to GET");
+    return std::string(r->str, r->len);
+  }
+  void set(const std::string& id, const std::string& bytes) { check(command({"SET", "mmfree:session:" + id, bytes}), "SET"); }
+  bool lock(const std::string& id, int64_t ttl_ms) {
+    Reply r = command({"SET", "mmfree:lock:" + id, token_, "NX", "PX", std::to_string(ttl_ms)});
+    return r->type == REDIS_REPLY_STATUS;  // OK; nil when another holds it
+  }
+  void unlock(const std::string& id) {  // only our own lock
+    command({"EVAL", "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end", "1",
+             "mmfree:lock:" + id, token_});
+  }
+
+ private:
+  struct Free {
+    void operator()(redisReply* r) const { freeReplyObject(r); }
+  };
+  using Reply = std::unique_ptr<redisReply, Free>;
+  Reply command(const std::vector<std::string>& args) {
+    std::vector<const char*> argv;
+    std::vector<size_t> lens;
+    for (auto& a : args) argv.push_back(a.data()), lens.push_back(a.size());
+    std::lock_guard<std::mutex> l(mu_);  // one connection, one command at a time
+    auto* r = static_cast<redisReply*>(redisCommandArgv(c_, int(argv.size()), argv.data(), lens.data()));
+    if (!r) fail(url_, std::string("connection lost: ") + c_->errstr);
+    if (r->type == REDIS_REPLY_ERROR) {
+      const std::string e(r->str, r->len);
+      freeReplyObject(r);
+      fail(url_, e);
+    }
+    return Reply(r);
+  }
+  void check(const Reply& r, const char* what) {
+    if (r->type != REDIS_REPLY_STATUS) fail(url_, std::string("unexpected reply to ") + what);
+  }
+  std::string url_, token_;
+  redisContext* c_ = nullptr;
+  std::mutex mu_;
+};
+
 // Sessions (the "session" extension): a conversation's state, kept between requests, in memory
 // and, with --state-dir, on disk (written atomically when each request ends), so a session
 // survives a restart or kill -9 at its last completed request.
@@ -60,7 +126,12 @@ class Sessions {
  public:
   // cap_bytes: states kept in memory at most (0: no cap); beyond it the least recently used are
   // dropped from memory (they are on disk: a cap needs a directory) and read back on use.
-  Sessions(const mmfree::Model& m, std::string dir, size_t cap_bytes) : model_(m), dir_(std::move(dir)), cap_(cap_bytes) {
+  Sessions(const mmfree::Model& m, std::string dir, size_t cap_bytes, const std::string& store, int64_t lock_ms)
+      : model_(m), dir_(std::move(dir)), cap_(cap_bytes), lock_ms_(lock_ms) {
+    if (!store.empty()) {
+      if (!dir_.empty() || cap_) fail("--session-store", "replaces --state-dir and --sessions-memory: give one or the other");
+      redis_ = std::make_unique<RedisStore>(store);
+    }
     if (cap_ && dir_.empty()) fail("--sessions-memory", "needs --state-dir (sessions beyond the cap wait on disk)");
     if (!dir_.empty()) {
       std::filesystem::create_directories(dir_);
@@ -76,6 +147,18 @@ class Sessions {
   // Takes the session for one request: its state (new if unknown), or nullopt when another
   // request holds it.
   std::optional<mmfree::State> acquire(const std::string& id) {
+    if (redis_) {  // shared by replicas: the state is always Redis's, never a local copy
+      if (!redis_->lock(id, lock_ms_)) return std::nullopt;
+      try {
+        const auto bytes = redis_->get(id);
+        if (!bytes) return model_.new_state();
+        std::istringstream in(*bytes);
+        return mmfree::read_state(model_, in, "session '" + id + "' in Redis");
+      } catch (...) {
+        redis_->unlock(id);
+        throw;
+      }
+    }
     std::lock_guard<std::mutex> l(mu_);
     if (busy_.count(id)) return std::nullopt;
     mmfree::State s;
@@ -87,6 +170,24 @@ class Sessions {
   }
   // Ends the request's hold; with a state, the session continues from it from now on.
   void release(const std::string& id, const mmfree::State* s) {
+    if (redis_) {
+      struct Unlock {
+        RedisStore* r;
+        const std::string& id;
+        ~Unlock() {
+          try {
+            r->unlock(id);
+          } catch (...) {  // the lock expires by itself
+          }
+        }
+      } unlock{redis_.get(), id};
+      if (s) {
+        std::ostringstream out;
+        mmfree::write_state(model_, *s, out);
+        redis_->set(id, out.str());
+      }
+      return;
+    }
     if (s && !dir_.empty()) mmfree::save_state(model_, *s, file(id));
     std::lock_guard<std::mutex> l(mu_);
     if (s) states_[id] = {*s, ++clock_};
@@ -120,6 +221,8 @@ class Sessions {
     uint64_t used = 0;  // release order: the smallest is the least recently used
   };
   size_t cap_ = 0, state_bytes_ = 0, evicted_ = 0;
+  int64_t lock_ms_ = 0;
+  std::unique_ptr<RedisStore> redis_;
   uint64_t clock_ = 0;
   std::map<std::string, Kept> states_;
   std::set<std::string> busy_;
@@ -145,6 +248,7 @@ void on_signal(int) {
 
 int cmd_serve(const Args& a) {
   a.allow({"host", "port", "parallel", "queue", "api-key", "api-key-file", "allow-public", "max-body", "state-dir", "sessions-memory",
+           "session-store",
            "max-prompt-tokens", "max-tokens", "timeout", "exit-with-parent", "name"});
   const std::string host = a.has("host") ? a.str("host") : "127.0.0.1";
   const int port = a.has("port") ? int(mmfree::parse_int(a.str("port"), "--port", 0, 65535)) : 8080;
@@ -179,7 +283,8 @@ int cmd_serve(const Args& a) {
   const int32_t eos = int32_t(model.config().eos_token_id);
   const size_t sessions_cap =
       a.has("sessions-memory") ? size_t(mmfree::parse_int(a.str("sessions-memory"), "--sessions-memory", 1, 1 << 24)) << 20 : 0;
-  Sessions sessions(model, a.has("state-dir") ? a.str("state-dir") : "", sessions_cap);
+  Sessions sessions(model, a.has("state-dir") ? a.str("state-dir") : "", sessions_cap,
+                    a.has("session-store") ? a.str("session-store") : "", int64_t((timeout + 60) * 1000));
   mmfree::Scheduler sched(model, so);
   std::atomic<int64_t> requests{0}, rejected{0}, errors{0};
   const auto started = std::chrono::steady_clock::now();

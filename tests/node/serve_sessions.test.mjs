@@ -4,6 +4,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { spawn } from "node:child_process";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -188,6 +190,47 @@ test("kill -9 at random moments during 50 streamed requests over 10 sessions: ev
     assert.ok(readdirSync(dir).every((f) => f.endsWith(".state")), readdirSync(dir).join(" "));
   } finally {
     s.proc.kill("SIGTERM");
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// A free TCP port on 127.0.0.1 (for redis-server, which cannot pick one itself).
+const freePort = () => new Promise((ok) => {
+  const srv = net.createServer().listen(0, "127.0.0.1", () => { const p = srv.address().port; srv.close(() => ok(p)); });
+});
+
+test("two replicas sharing Redis: a session begun on one continues on the other with identical ids", { timeout: 120000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "mmfree-redis-"));
+  const port = await freePort();
+  const redis = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir],
+                      { stdio: ["ignore", "pipe", "pipe"] });
+  try {
+    await new Promise((ok, fail) => {
+      let out = "";
+      redis.stdout.on("data", (d) => { out += d; if (/Ready to accept connections/.test(out)) ok(); });
+      redis.on("exit", (c) => fail(new Error(`redis-server exited (${c}): ${out}`)));
+    });
+    const store = ["--session-store", `redis://127.0.0.1:${port}`];
+    const [a, b] = await Promise.all([serve(store), serve(store)]);
+    try {
+      const A = [1, 1142, 333], B = [2693, 464], C = [5];
+      const r1 = await complete(a.url, { prompt: A, max_tokens: 8, session: "shared" });
+      const r2 = await complete(b.url, { prompt: B, max_tokens: 8, session: "shared" });
+      const r3 = await complete(a.url, { prompt: C, max_tokens: 5, session: "shared" });
+      assert.equal(r3.json.session_position, A.length + 8 + B.length + 8 + C.length + 5);
+      const whole = await complete(b.url, { prompt: [...A, ...r1.json.tokens, ...B], max_tokens: 8 });
+      assert.deepEqual(r2.json.tokens, whole.json.tokens);
+      const whole3 = await complete(a.url, { prompt: [...A, ...r1.json.tokens, ...B, ...r2.json.tokens, ...C], max_tokens: 5 });
+      assert.deepEqual(r3.json.tokens, whole3.json.tokens);
+      // One session, two replicas at once: one is served, the other gets 409.
+      const both = await Promise.all([a, b].map((s) => complete(s.url, { prompt: [5], max_tokens: 200, session: "race" })));
+      assert.deepEqual(both.map((r) => r.status).sort(), [200, 409]);
+    } finally {
+      a.proc.kill("SIGTERM");
+      b.proc.kill("SIGTERM");
+    }
+  } finally {
+    redis.kill("SIGTERM");
     rmSync(dir, { recursive: true, force: true });
   }
 });
