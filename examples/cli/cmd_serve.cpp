@@ -41,6 +41,7 @@ struct Job {
   std::vector<int32_t> tokens;
   bool done = false;
   mmfree::State final_state;  // sessions: the state after every token returned
+  std::optional<mmfree::State> snapshot;  // sessions, --persist-every: a mid-stream state to persist
   mmfree::Finish finish = mmfree::Finish::Length;
   std::string error;
   std::shared_ptr<mmfree::Sequence> seq;
@@ -168,6 +169,18 @@ class Sessions {
     busy_.insert(id);
     return s;
   }
+  // Persists a state of a session still held by a request (a mid-stream snapshot).
+  void persist(const std::string& id, const mmfree::State& s) {
+    if (redis_) {
+      std::ostringstream out;
+      mmfree::write_state(model_, s, out);
+      redis_->set(id, out.str());
+      return;
+    }
+    if (!dir_.empty()) mmfree::save_state(model_, s, file(id));
+    std::lock_guard<std::mutex> l(mu_);  // memory and disk agree, whatever happens next
+    states_[id] = {s, ++clock_};
+  }
   // Ends the request's hold; with a state, the session continues from it from now on.
   void release(const std::string& id, const mmfree::State* s) {
     if (redis_) {
@@ -248,7 +261,7 @@ void on_signal(int) {
 
 int cmd_serve(const Args& a) {
   a.allow({"host", "port", "parallel", "queue", "api-key", "api-key-file", "allow-public", "max-body", "state-dir", "sessions-memory",
-           "session-store",
+           "session-store", "persist-every",
            "max-prompt-tokens", "max-tokens", "timeout", "exit-with-parent", "name"});
   const std::string host = a.has("host") ? a.str("host") : "127.0.0.1";
   const int port = a.has("port") ? int(mmfree::parse_int(a.str("port"), "--port", 0, 65535)) : 8080;
@@ -281,6 +294,7 @@ int cmd_serve(const Args& a) {
   if (tok.vocab_size() > model.vocab_size()) fail(tok.source(), "has more tokens than the model's vocabulary");
   const std::string name = a.has("name") ? a.str("name") : std::filesystem::path(path).filename().string();
   const int32_t eos = int32_t(model.config().eos_token_id);
+  const int64_t persist_every = a.has("persist-every") ? mmfree::parse_int(a.str("persist-every"), "--persist-every", 1, 1 << 20) : 0;
   const size_t sessions_cap =
       a.has("sessions-memory") ? size_t(mmfree::parse_int(a.str("sessions-memory"), "--sessions-memory", 1, 1 << 24)) << 20 : 0;
   Sessions sessions(model, a.has("state-dir") ? a.str("state-dir") : "", sessions_cap,
@@ -416,6 +430,14 @@ int cmd_serve(const Args& a) {
       }
       seq->state = std::move(*st);
       seq->continue_state = seq->keep_state = true;
+      if (persist_every > 0 && r.stream) {
+        seq->snapshot_every = persist_every;
+        seq->on_snapshot = [job](const mmfree::State& st) {
+          std::lock_guard<std::mutex> l(job->mu);
+          job->snapshot = st;  // the stream's thread writes it
+          job->cv.notify_all();
+        };
+      }
     }
     seq->prompt = r.prompt;
     seq->gen = r.gen;
@@ -497,6 +519,13 @@ int cmd_serve(const Args& a) {
           std::unique_lock<std::mutex> l(job->mu);
           for (;;) {
             job->cv.wait_for(l, 200ms, [&] { return job->done || !job->pieces.empty(); });
+            if (job->snapshot && session && !session->empty()) {
+              const mmfree::State st = std::move(*job->snapshot);
+              job->snapshot.reset();
+              l.unlock();
+              sessions.persist(*session, st);
+              l.lock();
+            }
             while (!job->pieces.empty()) {
               Job::Piece p = std::move(job->pieces.front());
               job->pieces.pop_front();

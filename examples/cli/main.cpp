@@ -48,6 +48,7 @@ const std::vector<Command>& commands() {
        "  --sessions-memory MB   keep at most MB of session states in memory, the least recently used\n"
        "                         on disk only (needs --state-dir)\n"
        "  --session-store redis://HOST:PORT   sessions in Redis instead, shared by every replica using it\n"
+       "  --persist-every N      while streaming, also persist a session's state every N tokens\n"
        "  --exit-with-parent     stop when the process that started the server ends\n",
        cmd_serve},
       {"tokenize", "text to token ids, or ids to text",

@@ -60,6 +60,10 @@ struct Sequence {
   // token passed to on_token (EOS, never passed on, is not read).
   bool continue_state = false;
   bool keep_state = false;
+  // While generating, every `snapshot_every` tokens (0: never): on_snapshot gets the state as it
+  // is once it has read every token passed to on_token so far (for persisting in mid-stream).
+  int64_t snapshot_every = 0;
+  std::function<void(const State&)> on_snapshot;
 
   // The recurrent state; the scheduler's own bookkeeping below.
   State state;
@@ -233,8 +237,12 @@ class Scheduler {
         end(*owners[r], *owners[r]->ending);
         continue;
       }
-      owners[r]->logits.assign(logits.begin() + long(r * V), logits.begin() + long((r + 1) * V));
-      draw(*owners[r]);
+      Sequence& s = *owners[r];
+      if (s.snapshot_every > 0 && s.on_snapshot && s.generated > 0 && s.generated % s.snapshot_every == 0 &&
+          s.prefilled == s.prompt.size() && r < size_t(decoding))
+        s.on_snapshot(s.state);  // it has read every token passed on so far
+      s.logits.assign(logits.begin() + long(r * V), logits.begin() + long((r + 1) * V));
+      draw(s);
     }
   }
 

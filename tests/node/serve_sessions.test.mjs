@@ -234,3 +234,33 @@ test("two replicas sharing Redis: a session begun on one continues on the other 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("--persist-every: a stream killed in mid-flight continues from its last persisted token", { timeout: 120000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "mmfree-midstream-"));
+  let s = await serve(["--state-dir", dir, "--persist-every", "4"]);
+  try {
+    const A = [1, 1142, 333];
+    const got = [];
+    const r = await fetch(`${s.url}/v1/completions`, { method: "POST",
+      body: JSON.stringify({ prompt: A, max_tokens: 4000, temperature: 0, stream: true, return_tokens: true, session: "m" }) });
+    const dec = new TextDecoder();
+    let buf = "";
+    for await (const chunk of r.body) {
+      buf += dec.decode(chunk, { stream: true });
+      for (const m of buf.matchAll(/"tokens":\[([0-9,]*)\]/g)) if (m[1]) got.push(...m[1].split(",").map(Number));
+      buf = buf.slice(buf.lastIndexOf("\n\n") + 2);
+      if (got.length >= 40) break;
+    }
+    await new Promise((ok) => { s.proc.removeAllListeners("exit"); s.proc.on("exit", ok); s.proc.kill("SIGKILL"); });
+    s = await serve(["--state-dir", dir]);
+    const c = await complete(s.url, { prompt: [5], max_tokens: 6, session: "m" });
+    const k = c.json.session_position - 1 - 6 - A.length;  // tokens of the killed stream the state had read
+    assert.ok(k >= 4 && k % 4 === 0, `persisted after ${k} tokens`);
+    const ref = await complete(s.url, { prompt: [...A, ...(await complete(s.url, { prompt: A, max_tokens: k })).json.tokens, 5], max_tokens: 6 });
+    assert.deepEqual(c.json.tokens, ref.json.tokens);
+    console.log(`killed after ${got.length} tokens received; the session continued from token ${k}`);
+  } finally {
+    s.proc.kill("SIGTERM");
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
