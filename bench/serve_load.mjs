@@ -6,7 +6,7 @@
 // which is what decoding B streams at once can approach as B grows.
 //
 //   node bench/serve_load.mjs --cli build/examples/mmfree-cli --model M.gguf [--streams 1,4,16,64]
-//        [--tokens 64] [--threads 2] [--json out.json] [--svg out.svg]
+//        [--tokens 64] [--threads 2] [--idle-sessions N] [--json out.json] [--svg out.svg]
 import { spawn, execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -108,6 +108,23 @@ let session;
     s.proc.kill("SIGTERM");
   }
 }
+// Idle sessions: resident memory added by N sessions that have each read a few tokens.
+let idle;
+if (args["idle-sessions"]) {
+  const N = Number(args["idle-sessions"]);
+  const s = await serve(16);
+  try {
+    const rssNow = () => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${s.proc.pid}/status`, "utf8"))[1]) / 1024;
+    const warm = async (id) => (await fetch(`${s.url}/v1/completions`, { method: "POST",
+      body: JSON.stringify({ prompt: [1, 2 + (id % 1000)], max_tokens: 1, temperature: 0, session: `idle-${id}` }) })).json();
+    await warm(-1);
+    const before = rssNow();
+    for (let k = 0; k < N; k += 16) await Promise.all(Array.from({ length: Math.min(16, N - k) }, (_, j) => warm(k + j)));
+    idle = { sessions: N, rss_before_mib: before, rss_after_mib: rssNow() };
+  } finally {
+    s.proc.kill("SIGTERM");
+  }
+}
 const one = rows.find((r) => r.streams === 1)?.aggregate_tps;
 const cpu = (/^model name\s*:\s*(.*)$/m.exec(readFileSync("/proc/cpuinfo", "utf8")) ?? [, "?"])[1];
 console.log(`CPU: ${cpu}, ${os.cpus().length} CPUs; model ${model} (${b.desc}); ${threads} threads; ${tokens} greedy tokens per stream; ` +
@@ -119,7 +136,9 @@ for (const r of rows)
               `${r.per_stream_tps_p50.toFixed(1)} | ${r.ttft_ms_p50.toFixed(0)} ms | ${r.ttft_ms_p99.toFixed(0)} ms | ${r.peak_rss_mib.toFixed(0)} MiB |`);
 console.log(`Continuing a 2,000-token session with 16 new tokens: time to first token ${session.continue_ms.toFixed(0)} ms, ` +
             `against ${session.resend_ms.toFixed(0)} ms re-sending the whole conversation (${(session.continue_ms / session.resend_ms).toFixed(3)}x).`);
-if (args.json) writeFileSync(args.json, JSON.stringify({ cpu, model, threads, tokens, bench: b, rows, session }, null, 1));
+if (idle) console.log(`${idle.sessions} idle sessions: server RSS ${idle.rss_before_mib.toFixed(0)} MiB -> ${idle.rss_after_mib.toFixed(0)} MiB ` +
+                      `(+${(idle.rss_after_mib - idle.rss_before_mib).toFixed(0)} MiB).`);
+if (args.json) writeFileSync(args.json, JSON.stringify({ cpu, model, threads, tokens, bench: b, rows, session, idle }, null, 1));
 if (args.svg) {  // aggregate tokens/s per stream count, with the batched ceiling as a line
   const W = 520, H = 260, L = 60, B = 40, max = Math.max(b.prefill_tps, ...rows.map((r) => r.aggregate_tps)) * 1.1;
   const bw = (W - L - 20) / rows.length;
