@@ -34,6 +34,17 @@ module ternary_acc #(
   localparam integer LOG = $clog2(LANES);
   localparam integer SUM_W = 9 + LOG;  // |x| <= 128 per lane: 9 bits signed, +1 bit per tree level
 
+  // ---- parameter checks, at elaboration: instantiating an undefined module stops every tool
+  // (yosys, Verilator) with the module's name as the message.
+  generate
+    if (BYTES < 1 || BYTES > 64 || (64 % BYTES) != 0 || (BYTES & (BYTES - 1)) != 0) begin : bad_bytes
+      BYTES_must_be_a_power_of_two_that_divides_64 check();
+    end
+    if (ACC_W < SUM_W + 1 || ACC_W > 64) begin : bad_acc_w
+      ACC_W_must_hold_a_beat_sum_and_at_most_64_bits check();
+    end
+  endgenerate
+
   // ---- lane terms: sign selection ---------------------------------------------------------
   // Heap-ordered adder tree: leaves at LANES-1 ..., node[0] is the sum.
   wire signed [SUM_W-1:0] node [0:2*LANES-2] /* verilator split_var */;
@@ -45,6 +56,8 @@ module ternary_acc #(
       wire [1:0] d = in_w[8*I + 2*K +: 2];
       wire signed [7:0] x = in_x[8*g +: 8];
       wire signed [SUM_W-1:0] xs = {{(SUM_W-8){x[7]}}, x};
+      // d = 2: +x, d = 0: -x, d = 1: 0. The unused value 3 (never written by the library, refused
+      // in files) also contributes 0: defined, and the cheapest selection.
       assign node[LANES-1+g] = (d == 2'd2) ? xs : (d == 2'd0) ? -xs : {SUM_W{1'b0}};
     end
     for (g = 0; g < LANES - 1; g = g + 1) begin : tree
