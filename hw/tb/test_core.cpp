@@ -6,6 +6,7 @@
 
 #include "Vcore16.h"
 #include "Vcore64.h"
+#include "Vcore256.h"
 #include "mmfree/mmfree.hpp"
 #include "verilated.h"
 
@@ -143,6 +144,7 @@ void random_rows(int total_rows, double p_in, double p_out) {
 
 TEST(HwCore, RandomRowsWithBackPressure16Lanes) { random_rows<Vcore16, 4>(10000, 0.7, 0.6); }
 TEST(HwCore, RandomRowsWithBackPressure64Lanes) { random_rows<Vcore64, 16>(10000, 0.8, 0.5); }
+TEST(HwCore, RandomRowsWithBackPressure256Lanes) { random_rows<Vcore256, 64>(2000, 0.8, 0.5); }
 
 // Extreme values: all-(-128) activations against all-(-1) and all-(+1) rows, long rows.
 TEST(HwCore, ExtremesAndLongRows) {
