@@ -15,7 +15,7 @@ if [ "$(id -u)" -ne 0 ]; then
   sudo="sudo"
 fi
 pkgs=(build-essential cmake g++ pkgconf nlohmann-json3-dev libeigen3-dev libgtest-dev libgmock-dev
-      libbenchmark-dev libcpp-httplib-dev libhiredis-dev redis-server verilator yosys)
+      libbenchmark-dev libcpp-httplib-dev libhiredis-dev redis-server verilator yosys nextpnr-ice40)
 [ "${1:-}" = "--all" ] && pkgs+=(clang libclang-rt-dev g++-aarch64-linux-gnu qemu-user)
 # Node: the machine's own if it has one (Debian's npm package conflicts with NodeSource's nodejs).
 command -v node >/dev/null && command -v npm >/dev/null || pkgs+=(nodejs npm)
