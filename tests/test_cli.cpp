@@ -181,7 +181,7 @@ TEST(Cli, InvalidUtf8PromptIsHandled) {
 }
 
 TEST(Cli, EveryCommandHasHelp) {
-  for (const char* c : {"generate", "tokenize", "logits", "perplexity", "info", "bench", "convert", "init-random"}) {
+  for (const char* c : {"generate", "serve", "tokenize", "logits", "perplexity", "info", "bench", "convert", "init-random"}) {
     for (const char* flag : {" --help", " -h"}) {
       CliRun r = run_cli(std::string(c) + flag);
       EXPECT_EQ(r.code, 0) << c << flag << ": " << r.err;
