@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-300}
 [ $# -gt 0 ] && shift
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(fuzz_safetensors fuzz_config fuzz_tokenizer_load fuzz_tokenizer_text fuzz_gguf fuzz_cli_numbers fuzz_server_request)
+[ ${#targets[@]} -eq 0 ] && targets=(fuzz_safetensors fuzz_config fuzz_tokenizer_load fuzz_tokenizer_text fuzz_gguf fuzz_cli_numbers fuzz_server_request fuzz_state_file)
 if [ "$secs" != 0 ]; then
   bash fuzz/run.sh "$secs" "${targets[@]}" || { echo "a target failed: fix it (and add the input to fuzz/regressions) first"; exit 1; }
 fi
@@ -24,7 +24,11 @@ for t in "${targets[@]}"; do
   out=$build/merged/$t
   small=$build/small/$t
   rm -rf "$out" "$small" && mkdir -p "$out" "$small" fuzz/corpus/$t
-  find fuzz/corpus/$t $build/corpus/$t -type f -size -"$((${maxlen[$t]:-4096} + 1))"c -exec cp -t "$small" {} + 2>/dev/null
+  # (the same input in both folders has the same name, its hash: one copy each)
+  for d in fuzz/corpus/$t $build/corpus/$t; do
+    [ -d "$d" ] || continue
+    find "$d" -type f -size -"$((${maxlen[$t]:-4096} + 1))"c -exec cp -f -t "$small" {} +
+  done
   $build/fuzz/$t -merge=1 -use_counters=0 -max_len="${maxlen[$t]:-4096}" "$out" "$small" > $build/$t.merge.log 2>&1
   rm -rf fuzz/corpus/$t && mkdir -p fuzz/corpus/$t && cp "$out"/* fuzz/corpus/$t/
   echo "$t: $(ls fuzz/corpus/$t | wc -l) files, $(du -sk fuzz/corpus/$t | cut -f1) KiB"

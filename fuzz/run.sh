@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 secs=60
 jobs=${MMFREE_FUZZ_JOBS:-$(nproc)}
 if [ "${1:-}" = "--long" ]; then secs=600; shift; elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then secs=$1; shift; fi
-all=(fuzz_safetensors fuzz_config fuzz_tokenizer_load fuzz_tokenizer_text fuzz_gguf fuzz_cli_numbers fuzz_server_request)
+all=(fuzz_safetensors fuzz_config fuzz_tokenizer_load fuzz_tokenizer_text fuzz_gguf fuzz_cli_numbers fuzz_server_request fuzz_state_file)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 
@@ -26,7 +26,7 @@ cmake --build $build -j"$(nproc)" >/dev/null || exit 1
 
 # Seeds: real files of each kind, small enough to mutate quickly.
 seeds=$build/seeds
-rm -rf "$seeds" && mkdir -p "$seeds"/{fuzz_safetensors,fuzz_config,fuzz_tokenizer_load,fuzz_tokenizer_text,fuzz_gguf,fuzz_cli_numbers,fuzz_server_request}
+rm -rf "$seeds" && mkdir -p "$seeds"/{fuzz_safetensors,fuzz_config,fuzz_tokenizer_load,fuzz_tokenizer_text,fuzz_gguf,fuzz_cli_numbers,fuzz_server_request,fuzz_state_file}
 data=tests/data/kjv-tiny
 cp $data/golden.safetensors "$seeds/fuzz_safetensors/"
 $build/examples/mmfree-cli logits --model $data --ids 1,2 --out "$seeds/fuzz_safetensors/small.safetensors" 2>/dev/null
@@ -42,6 +42,7 @@ printf '\x00{"prompt":[1,1142,333],"max_tokens":0,"n":1,"echo":false}' > $s/b
 printf '\x01{"content":"In the beginning","add_special":false}' > $s/c
 printf '\x02{"tokens":[1,1142,333,2693]}' > $s/d
 printf '\x03ab|LORD|the\nIn the beginning God created the heaven and the earth. The LORD' > $s/e
+$build/examples/mmfree-cli generate --model $data --ids 1,2 -n 2 --print-ids --no-stats --save-state "$seeds/fuzz_state_file/a.state" >/dev/null 2>&1
 printf '1,5,9' > "$seeds/fuzz_cli_numbers/a"; printf '0.95' > "$seeds/fuzz_cli_numbers/b"; printf -- '-3' > "$seeds/fuzz_cli_numbers/c"
 
 declare -A dict=([fuzz_config]=fuzz/json.dict [fuzz_tokenizer_load]=fuzz/json.dict [fuzz_safetensors]=fuzz/json.dict
