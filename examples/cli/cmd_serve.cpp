@@ -3,6 +3,7 @@
 // sockets); this file binds them to HTTP: routes, streaming, limits, keys, metrics.
 #include <hiredis/hiredis.h>
 #include <httplib.h>
+#include <malloc.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -163,7 +164,7 @@ class Sessions {
     std::lock_guard<std::mutex> l(mu_);
     if (busy_.count(id)) return std::nullopt;
     mmfree::State s;
-    if (auto it = states_.find(id); it != states_.end()) s = it->second.state;
+    if (auto it = states_.find(id); it != states_.end()) s = unkeep(it->second);
     else if (!dir_.empty() && std::filesystem::exists(file(id))) s = mmfree::load_state(model_, file(id));
     else s = model_.new_state();
     busy_.insert(id);
@@ -179,7 +180,7 @@ class Sessions {
     }
     if (!dir_.empty()) mmfree::save_state(model_, s, file(id));
     std::lock_guard<std::mutex> l(mu_);  // memory and disk agree, whatever happens next
-    states_[id] = {s, ++clock_};
+    states_[id] = keep(s);
   }
   // Ends the request's hold; with a state, the session continues from it from now on.
   void release(const std::string& id, const mmfree::State* s) {
@@ -203,7 +204,7 @@ class Sessions {
     }
     if (s && !dir_.empty()) mmfree::save_state(model_, *s, file(id));
     std::lock_guard<std::mutex> l(mu_);
-    if (s) states_[id] = {*s, ++clock_};
+    if (s) states_[id] = keep(*s);
     busy_.erase(id);
     if (cap_)  // evict the least recently used (not busy) until under the cap
       while (states_.size() * state_bytes_ > cap_) {
@@ -229,10 +230,29 @@ class Sessions {
   const mmfree::Model& model_;
   std::string dir_;
   std::mutex mu_;
+  // A kept state in one block (a 2.7B state: 328 KB, one mmap'd allocation returned whole when
+  // dropped) rather than a vector per layer, which would scatter over the threads' malloc arenas
+  // and hold ~3x its size in resident memory across thousands of sessions.
   struct Kept {
-    mmfree::State state;
+    std::vector<float> h;  // [layers * width]
+    int64_t position = 0;
     uint64_t used = 0;  // release order: the smallest is the least recently used
   };
+  Kept keep(const mmfree::State& s) {
+    Kept k;
+    k.position = s.position;
+    k.h.reserve(s.h.size() * (s.h.empty() ? 0 : s.h[0].size()));
+    for (const auto& v : s.h) k.h.insert(k.h.end(), v.begin(), v.end());
+    k.used = ++clock_;
+    return k;
+  }
+  mmfree::State unkeep(const Kept& k) const {
+    mmfree::State s = model_.new_state();
+    s.position = k.position;
+    size_t o = 0;
+    for (auto& v : s.h) std::copy(k.h.begin() + long(o), k.h.begin() + long(o + v.size()), v.begin()), o += v.size();
+    return s;
+  }
   size_t cap_ = 0, state_bytes_ = 0, evicted_ = 0;
   int64_t lock_ms_ = 0;
   std::unique_ptr<RedisStore> redis_;
@@ -286,7 +306,11 @@ int cmd_serve(const Args& a) {
     std::fprintf(stderr, "warning: listening on %s: reachable from other machines%s\n", host.c_str(),
                  key.empty() ? ", with no API key" : "");
   }
-  if (a.on("exit-with-parent")) prctl(PR_SET_PDEATHSIG, SIGTERM);  // tests: the server never outlives them
+  if (a.on("exit-with-parent")) prctl(PR_SET_PDEATHSIG, SIGTERM);
+  // Blocks of 128 KiB and more (session states, logits of a batch) come from mmap and go back
+  // to the system when freed: glibc would otherwise raise this threshold as such blocks are
+  // freed and keep them in its arenas, so resident memory would only grow.
+  mallopt(M_MMAP_THRESHOLD, 128 * 1024);  // tests: the server never outlives them
 
   const std::string path = model_path(a);
   const mmfree::Model model = load(a);
@@ -462,7 +486,8 @@ int cmd_serve(const Args& a) {
       const std::string tail = f == mmfree::Finish::Stop || f == mmfree::Finish::Length ? stop->push(dec->finish()) + stop->finish() : "";
       std::lock_guard<std::mutex> l(job->mu);
       if (!tail.empty()) job->text += tail, job->pieces.push_back({tail, {}});
-      if (raw_seq->keep_state && (f == mmfree::Finish::Length || f == mmfree::Finish::Stop)) job->final_state = raw_seq->state;
+      if (raw_seq->keep_state && (f == mmfree::Finish::Length || f == mmfree::Finish::Stop))
+        job->final_state = std::move(raw_seq->state);  // the sequence has ended: its state moves out
       job->done = true;
       job->finish = f;
       job->error = msg;
