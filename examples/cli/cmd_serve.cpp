@@ -45,7 +45,12 @@ struct Job {
   std::optional<mmfree::State> snapshot;  // sessions, --persist-every: a mid-stream state to persist
   mmfree::Finish finish = mmfree::Finish::Length;
   std::string error;
-  std::shared_ptr<mmfree::Sequence> seq;
+  // Weak: the sequence's callbacks hold the Job, so a strong pointer back would be a cycle that
+  // leaked both (~30 KB a request on kjv-demo, a state and a row of logits each).
+  std::weak_ptr<mmfree::Sequence> seq;
+  void cancel() {
+    if (auto s = seq.lock()) s->cancelled = true;
+  }
 };
 
 // Constant-time comparison of a presented key with the configured one.
@@ -559,10 +564,10 @@ int cmd_serve(const Args& a) {
               l.unlock();
               const bool ok = event(c);
               l.lock();
-              if (!ok) return job->seq->cancelled = true, false;  // the client went away
+              if (!ok) return job->cancel(), false;  // the client went away
             }
             if (job->done) break;
-            if (!sink.is_writable()) return job->seq->cancelled = true, false;
+            if (!sink.is_writable()) return job->cancel(), false;
           }
           const mmfree::Finish f = job->finish;
           const int64_t n = int64_t(job->tokens.size());
@@ -592,7 +597,7 @@ int cmd_serve(const Args& a) {
           sink.done();
           return true;
         },
-        [job](bool) { job->seq->cancelled = true; });  // ended either way: a cancelled sequence stops
+        [job](bool) { job->cancel(); });  // ended either way: a cancelled sequence stops
   });
 
   int bound = port;

@@ -166,11 +166,14 @@ class Scheduler {
     ++stats_.sequences;
   }
 
-  // Ends a sequence: on_done is called once and cleared (which marks it for removal).
+  // Ends a sequence: on_done is called once and cleared (which marks it for removal), and the
+  // other callbacks are dropped with whatever they hold.
   static void end(Sequence& s, Finish f, const std::string& msg = "") {
     if (!s.on_done) return;
     auto done = std::move(s.on_done);
     s.on_done = nullptr;
+    s.on_token = nullptr;
+    s.on_snapshot = nullptr;
     done(f, msg);
   }
 
