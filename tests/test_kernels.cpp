@@ -119,6 +119,36 @@ TEST(Kernels, BitExactWithScalarOnOddShapes) {
       }
 }
 
+// KernelTable::gemm: a few tokens (a batch of decoding sequences) run the decode kernel per
+// token over blocks of kBatchRows rows; many run the prefill kernel. Every pair of kernels, token
+// counts around the switch, row counts around a block, rows split mid-block: bit for bit.
+TEST(Kernels, TableSmallBatchPathBitExactWithScalar) {
+  std::mt19937 rng(11);
+  const auto ks = kernels::available_kernels();
+  for (auto f : kFormats)
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 3}, {63, 161}, {65, 320}, {130, 257}, {200, 1000}})
+      for (int64_t n : {2, 3, 4, 5}) {
+        const int64_t ld = activation_cols(cols);
+        auto t = random_ternary(rng, size_t(rows * cols));
+        auto m = pack_ternary(t.data(), rows, cols, f);
+        auto q = random_q(rng, n, cols, ld);
+        std::vector<int32_t> ref(size_t(n * rows));
+        kernels::ternary_gemm_scalar(m, q.data(), ld, n, ref.data(), rows, 0, rows);
+        for (const auto& d : ks)
+          for (const auto& p : ks) {
+            if (!d.for_format(f) || !p.for_format(f)) continue;
+            const kernels::KernelTable table = kernels::make_table(d, p);
+            for (int threads : {1, 3}) {
+              ThreadPool pool(threads);
+              std::vector<int32_t> got(size_t(n * rows), 12345);
+              pool.for_range(rows, 1, [&](int64_t r0, int64_t r1) { table.gemm(m, q.data(), ld, n, got.data(), rows, r0, r1); });
+              ASSERT_EQ(got, ref) << d.name << "/" << p.name << " " << format_name(f) << " " << rows << "x" << cols
+                                  << " n=" << n << " threads=" << threads;
+            }
+          }
+      }
+}
+
 // The largest sums any kernel can meet: all -128 / 127 against all -1 / +1 weights on long rows,
 // one token and many.
 TEST(Kernels, ExtremeValuesLongRows) {
