@@ -77,10 +77,8 @@ size_t packed_bytes_per_token(const ModelWeights& w, std::optional<TernaryFormat
     const auto& m = l.weights();
     return as ? TernaryMatrix::shape(*as, m.rows, m.cols).nbytes() : m.nbytes();
   };
-  size_t s = bytes(w.lm_head);
-  for (auto& b : w.blocks)
-    for (auto* l : {&b.attn.i_proj, &b.attn.f_proj, &b.attn.g_proj, &b.attn.o_proj, &b.mlp.gate_proj, &b.mlp.down_proj})
-      s += bytes(*l);
+  size_t s = 0;
+  for_each_bitlinear(w, [&](const std::string&, const BitLinear& l) { s += bytes(l); });
   return s + size_t(w.embeddings.cols) * dtype_size(w.embeddings.dtype);
 }
 size_t resident_weight_bytes(const ModelWeights& w) {
@@ -220,9 +218,10 @@ void BM_Prefill(benchmark::State& state, std::string preset, TernaryFormat fmt, 
   state.counters["ttft_ms"] = secs / double(state.iterations()) * 1e3;
   if (L.ternary) {  // ternary MACs per token (every BitLinear but lm_head, which prefill runs once)
     double macs = 0;
-    for (auto& b : L.ternary->weights().blocks)
-      for (auto* l : {&b.attn.i_proj, &b.attn.f_proj, &b.attn.g_proj, &b.attn.o_proj, &b.mlp.gate_proj, &b.mlp.down_proj})
-        macs += double(l->in_features()) * double(l->out_features());
+    const ModelWeights& w = L.ternary->weights();
+    for_each_bitlinear(w, [&](const std::string&, const BitLinear& l) {
+      if (&l != &w.lm_head) macs += double(l.in_features()) * double(l.out_features());
+    });
     state.counters["GMAC_s"] = tok_s * macs / 1e9;
     state.counters["peak_frac"] = tok_s * macs / 1e9 / peak;
   }

@@ -127,9 +127,8 @@ TEST(MLGRU, MatchesFloatRecurrence) {
   for (auto& v : m.lower_bound) v = std::uniform_real_distribution<float>(0, 0.9f)(rng);
   auto x = randn(rng, size_t(n * H));
   std::vector<float> h(static_cast<size_t>(H), 0.0f), out(static_cast<size_t>(n * H));
-  MixerScratch ms;
-  BitLinearScratch bs;
-  m.forward(x.data(), n, h.data(), out.data(), 1e-6, ms, bs, Exec{});
+  Activations act;
+  m.forward(x.data(), n, h.data(), out.data(), 1e-6, act, Exec{});
 
   // Reference: each BitLinear by itself (already tested), element-wise math in double.
   std::vector<double> hr(static_cast<size_t>(H), 0.0);
@@ -171,9 +170,9 @@ TEST(GLU, MatchesFloatDefinition) {
   g.down_proj = BitLinear(quantize_ternary(Wd.data(), H, I, TernaryFormat::TQ1), randn(rng, size_t(I)));
   auto x = randn(rng, size_t(n * H));
   std::vector<float> out(static_cast<size_t>(n * H));
-  GluScratch gs;
+  Activations act;
   BitLinearScratch bs;
-  g.forward(x.data(), n, out.data(), gs, bs, Exec{});
+  g.forward(x.data(), n, out.data(), act, Exec{});
   for (int64_t t = 0; t < n; ++t) {
     std::vector<float> gu(static_cast<size_t>(2 * I)), a(static_cast<size_t>(I)), ref(static_cast<size_t>(H));
     g.gate_proj.forward(x.data() + t * H, 1, gu.data(), bs, Exec{});

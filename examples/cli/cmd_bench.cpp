@@ -38,11 +38,8 @@ int cmd_bench(const Args& a) {
     const auto& c = m.config();
     desc = std::to_string(c.num_hidden_layers) + "x" + std::to_string(c.hidden_size) + " " +
            mmfree::format_name(m.weights().lm_head.weights().format);
-    file_bytes = 0;
-    for (auto& b : m.weights().blocks)
-      for (auto* l : {&b.attn.i_proj, &b.attn.f_proj, &b.attn.g_proj, &b.attn.o_proj, &b.mlp.gate_proj, &b.mlp.down_proj})
-        file_bytes += l->weights().nbytes();
-    file_bytes += m.weights().lm_head.weights().nbytes() + m.weights().embeddings.nbytes();
+    file_bytes = m.weights().embeddings.nbytes();
+    mmfree::for_each_bitlinear(m.weights(), [&](const std::string&, const mmfree::BitLinear& l) { file_bytes += l.weights().nbytes(); });
     Row r{t, {}, {}, {}, m.kernel_choice().decode.chosen.name, m.kernel_choice().prefill.chosen.name};
     std::vector<int32_t> ids(static_cast<size_t>(p));
     for (int64_t i = 0; i < p; ++i) ids[size_t(i)] = int32_t(1 + i % (m.vocab_size() - 1));

@@ -90,11 +90,11 @@ int cmd_info(const Args& a) {
     float_params += b.in_features();
     packed += b.weights().nbytes();
   };
-  for (auto& b : w.blocks) {
-    for (auto* l : {&b.attn.i_proj, &b.attn.f_proj, &b.attn.g_proj, &b.attn.o_proj, &b.mlp.gate_proj, &b.mlp.down_proj}) count(*l);
-    float_params += 3 * c.hidden_size + int64_t(b.attn.lower_bound.size());
+  for (auto& t : mmfree::tensor_list(c, &w)) {
+    if (t.kind == mmfree::TensorKind::BitLinear) count(*t.bitlinear);
+    if (t.kind == mmfree::TensorKind::Vector) float_params += t.cols;
   }
-  count(w.lm_head);
+  for (auto& b : w.blocks) float_params += int64_t(b.attn.lower_bound.size());
   const int64_t emb = c.vocab_size * c.hidden_size;
   std::printf("model        %s\n", path.c_str());
   std::printf("architecture hgrn_bit (MatMul-free LM): %lld layers, hidden %lld, mixer dim %lld, intermediate %lld, "

@@ -165,17 +165,7 @@ TEST(HwCore, ExtremesAndLongRows) {
 TEST(HwCore, EveryLayerOfKjvTiny) {
   Model m = load_model(std::string(MMFREE_TEST_DATA) + "/kjv-tiny", {.threads = 1, .kernels = "scalar"});
   std::vector<std::pair<std::string, const BitLinear*>> layers;
-  for (size_t l = 0; l < m.weights().blocks.size(); ++l) {
-    const auto& b = m.weights().blocks[l];
-    const std::string p = "layer " + std::to_string(l) + " ";
-    layers.push_back({p + "i_proj", &b.attn.i_proj});
-    layers.push_back({p + "f_proj", &b.attn.f_proj});
-    layers.push_back({p + "g_proj", &b.attn.g_proj});
-    layers.push_back({p + "o_proj", &b.attn.o_proj});
-    layers.push_back({p + "gate_proj", &b.mlp.gate_proj});
-    layers.push_back({p + "down_proj", &b.mlp.down_proj});
-  }
-  layers.push_back({"lm_head", &m.weights().lm_head});
+  for_each_bitlinear(m.weights(), [&](const std::string& name, const BitLinear& l) { layers.push_back({name, &l}); });
   Driver<Vcore16, 4> drv;
   drv.p_in = 0.9, drv.p_out = 0.7;
   std::mt19937 rng(3);

@@ -64,6 +64,8 @@ struct Config {
     c.rms_norm_eps = number_or(j, "rms_norm_eps", 1e-6, where, 1e-30, 0.5);
     if (c.input_dim() % c.num_heads != 0)
       fail(where, "hidden_size * expand_ratio is not divisible by num_heads");
+    if (c.use_lower_bound && c.expand_ratio != 1)
+      fail(where, "use_lower_bound with expand_ratio != 1 is not supported (the bounds have hidden_size entries)");
     return c;
   }
 

@@ -1,22 +1,15 @@
-// mmfree: the GLU channel mixer: [gate, up] = gate_proj(x); out = down_proj(silu(gate) * up).
+// mmfree: the GLU channel mixer (the checkpoint calls it "mlp"): [gate, up] = gate_proj(x); out = down_proj(silu(gate) * up).
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "mmfree/activations.hpp"
 #include "mmfree/bitlinear.hpp"
+#include "mmfree/exec.hpp"
 #include "mmfree/ops.hpp"
 
 namespace mmfree {
-
-struct GluScratch {
-  std::vector<float> gate_up;  // [n, 2I]
-  std::vector<float> act;      // [n, I]
-  void reserve(int64_t n, int64_t inter) {
-    if (gate_up.size() < size_t(n * 2 * inter)) gate_up.resize(size_t(n * 2 * inter));
-    if (act.size() < size_t(n * inter)) act.resize(size_t(n * inter));
-  }
-};
 
 // a = silu(gate) * up, element-wise (restrict: vectorised).
 MMFREE_ELEMENTWISE_CLONES inline void silu_mul(const float* __restrict gate, const float* __restrict up, int64_t n, float* __restrict a) {
@@ -32,9 +25,11 @@ struct GLU {
 
   int64_t intermediate() const { return down_proj.in_features(); }
 
-  void forward(const float* x, int64_t n, float* out, GluScratch& s, BitLinearScratch& bs, const Exec& ex) const {
+  template <class Acc>
+  void forward(const float* x, int64_t n, float* out, Activations& s, const BasicExec<Acc>& ex) const {
     const int64_t inter = intermediate();
-    s.reserve(n, inter);
+    s.reserve_glu(n, inter);
+    BitLinearScratch& bs = s.bl;
     gate_proj.quantize_input(x, n, bs, ex);
     // Channel c needs rows c (gate) and I + c (up): each thread takes both rows of its
     // channels, so the activation joins the same parallel section.

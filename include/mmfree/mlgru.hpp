@@ -1,4 +1,4 @@
-// mmfree: the MLGRU token mixer (the model's "attention"): a gated linear recurrence,
+// mmfree: the MLGRU token mixer (the checkpoint calls it "attn"): a gated linear recurrence,
 // element-wise over D channels, whose only state is one vector h of D floats.
 //
 //   f = sigmoid(f_proj(x)), lifted by the layer's lower bound: f = lb + (1 - lb) * f
@@ -9,22 +9,12 @@
 #include <cstdint>
 #include <vector>
 
+#include "mmfree/activations.hpp"
 #include "mmfree/bitlinear.hpp"
+#include "mmfree/exec.hpp"
 #include "mmfree/ops.hpp"
 
 namespace mmfree {
-
-struct MixerScratch {
-  std::vector<float> f, i, g, o;  // [n, D]
-  std::vector<float> r;           // [n] rms factors of the input, shared by f, i, g
-  std::vector<float*> states;     // [n] the recurrent state each token advances
-  BitLinearScratch fq, iq, gq;    // the three projections' quantised inputs and sums
-  void reserve(int64_t n, int64_t d) {
-    for (auto* v : {&f, &i, &g, &o})
-      if (v->size() < size_t(n * d)) v->resize(size_t(n * d));
-    if (r.size() < size_t(n)) r.resize(size_t(n));
-  }
-};
 
 // One time step of the recurrence for one channel (lb = 0: no lower bound).
 [[gnu::always_inline]] inline void mlgru_step_one(float f_pre, float i_pre, float lb, float& h, float& o) {
@@ -60,25 +50,27 @@ struct MLGRU {
 
   // x: [n, H] normalised inputs of n consecutive tokens; h: [D] state, advanced n steps;
   // out: [n, H].
-  void forward(const float* x, int64_t n, float* h, float* out, double eps, MixerScratch& s, BitLinearScratch& bs,
-               const Exec& ex) const {
-    s.states.assign(size_t(n), h);
-    forward(x, n, s.states.data(), out, eps, s, bs, ex);
+  template <class Acc>
+  void forward(const float* x, int64_t n, float* h, float* out, double eps, Activations& a,
+               const BasicExec<Acc>& ex) const {
+    a.h.assign(size_t(n), h);
+    forward(x, n, a.h.data(), out, eps, a, ex);
   }
   // The same with token t's state in hs[t]: n consecutive tokens of one sequence (every hs[t]
   // the same vector, advanced in order), or n sequences decoding one token each (a batch).
-  void forward(const float* x, int64_t n, float* const* hs, float* out, double eps, MixerScratch& s,
-               BitLinearScratch& bs, const Exec& ex) const {
+  template <class Acc>
+  void forward(const float* x, int64_t n, float* const* hs, float* out, double eps, Activations& s,
+               const BasicExec<Acc>& ex) const {
     const int64_t d = dim();
-    s.reserve(n, d);
+    s.reserve_mixer(n, d);
     // f, i and g read the same x: one rms factor per token, then three quantisations, spread
     // over the pool (for one token, the three are the tasks).
-    f_proj.rms_factors(x, n, s.r.data(), ex);
+    f_proj.rms_factors(x, n, s.rms.data(), ex);
     f_proj.reserve(n, s.fq), i_proj.reserve(n, s.iq), g_proj.reserve(n, s.gq);
     const BitLinear* proj[3] = {&f_proj, &i_proj, &g_proj};
     BitLinearScratch* qs[3] = {&s.fq, &s.iq, &s.gq};
     ex.for_range(3 * n, 1, [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j) proj[j % 3]->quantize_tokens(x, j / 3, j / 3 + 1, *qs[j % 3], ex, s.r.data());
+      for (int64_t j = j0; j < j1; ++j) proj[j % 3]->quantize_tokens(x, j / 3, j / 3 + 1, *qs[j % 3], ex, s.rms.data());
     });
     const float* lb = lower_bound.empty() ? nullptr : lower_bound.data();
     // Channels are independent until g's norm: each thread computes its channels' rows of
@@ -104,7 +96,7 @@ struct MLGRU {
         for (int64_t c = 0; c < d; ++c) o[c] *= g[c];
       }
     });
-    o_proj.forward(s.o.data(), n, out, bs, ex);
+    o_proj.forward(s.o.data(), n, out, s.bl, ex);
   }
 };
 

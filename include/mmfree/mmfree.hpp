@@ -1,16 +1,22 @@
 // mmfree: MatMul-free language models on the CPU. The one header an application includes.
 #pragma once
 
+#include "mmfree/activations.hpp"
 #include "mmfree/bitlinear.hpp"
 #include "mmfree/config.hpp"
 #include "mmfree/error.hpp"
+#include "mmfree/exec.hpp"
 #include "mmfree/glu.hpp"
+#include "mmfree/load_gguf.hpp"
 #include "mmfree/load_hf.hpp"
 #include "mmfree/gguf.hpp"
 #include "mmfree/model_file.hpp"
+#include "mmfree/random_model.hpp"
+#include "mmfree/write_gguf.hpp"
 #include "mmfree/state_file.hpp"
 #include "mmfree/mlgru.hpp"
 #include "mmfree/model.hpp"
+#include "mmfree/weights.hpp"
 #include "mmfree/safetensors.hpp"
 #include "mmfree/ternary_format.hpp"
 #include "mmfree/thread_pool.hpp"

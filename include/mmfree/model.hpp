@@ -1,8 +1,9 @@
 // mmfree: the MatMul-free language model (HGRNBit): weights, state and the forward pass.
 //
-// The forward pass (Model::forward) reads top to bottom like docs/model.md:
-//   h = embed(ids); for each block: h += mlgru(norm(h)); h += glu(norm(h));
-//   logits = lm_head(norm(h)).
+// The forward pass (BasicModel::forward) reads top to bottom like docs/model.md:
+//   x = embed(ids); for each block: x += mlgru(norm(x)); x += glu(norm(x));
+//   logits = lm_head(norm(x)).
+// BasicModel is a template over the ternary accumulate (exec.hpp); Model is the CPU's.
 #pragma once
 
 #include <cmath>
@@ -15,41 +16,21 @@
 #include <string>
 #include <vector>
 
-#include "mmfree/bitlinear.hpp"
+#include "mmfree/activations.hpp"
 #include "mmfree/config.hpp"
-#include "mmfree/embedding.hpp"
-#include "mmfree/glu.hpp"
+#include "mmfree/exec.hpp"
 #include "mmfree/kernels/chooser.hpp"
-#include "mmfree/mlgru.hpp"
 #include "mmfree/ops.hpp"
 #include "mmfree/thread_pool.hpp"
-#include "mmfree/weight_arena.hpp"
+#include "mmfree/weights.hpp"
 
 namespace mmfree {
-
-struct Block {
-  std::vector<float> attn_norm, mlp_norm;  // [H]
-  MLGRU attn;
-  GLU mlp;
-};
 
 // What decoding carries from one token to the next: one D-vector per layer. It does not
 // grow with the context.
 struct State {
   std::vector<std::vector<float>> h;
   int64_t position = 0;  // tokens consumed so far
-};
-
-// All weights of a model, as the loaders (Hugging Face directory, GGUF file) produce them.
-struct ModelWeights {
-  Config config;
-  Embedding embeddings;
-  std::vector<Block> blocks;
-  std::vector<float> final_norm;
-  BitLinear lm_head;
-  // Set when every packed matrix already lives in one arena (the loaders repack into it);
-  // otherwise the Model copies them into one.
-  std::shared_ptr<WeightArena> arena;
 };
 
 struct ModelOptions {
@@ -66,30 +47,19 @@ struct ModelOptions {
   kernels::ChooserOptions chooser;  // how kernels are measured (tests inject timings here)
 };
 
-// Scratch memory of one forward pass. Kept per thread so that one Model can serve
-// several threads at once, each with its own State.
-struct ForwardScratch {
-  std::vector<float> x, xn, y;  // [n, H]
-  std::vector<float*> h;        // [n] the MLGRU state each token advances, in the current layer
-  MixerScratch mixer;
-  GluScratch glu;
-  BitLinearScratch bl;
-  void reserve(int64_t n, int64_t hidden) {
-    for (auto* v : {&x, &xn, &y})
-      if (v->size() < size_t(n * hidden)) v->resize(size_t(n * hidden));
-  }
-};
-
-class Model {
+template <class Acc>
+class BasicModel {
  public:
-  // `pool` (optional) is the loader's, reused: it must have opt.threads threads.
-  Model(ModelWeights w, const ModelOptions& opt, std::unique_ptr<ThreadPool> pool = nullptr)
+  // `pool` (optional) is the loader's, reused: it must have opt.threads threads. `acc` is the
+  // ternary accumulate every BitLinear runs through.
+  BasicModel(ModelWeights w, const ModelOptions& opt, std::unique_ptr<ThreadPool> pool = nullptr, Acc acc = {})
       : w_(std::move(w)), opt_(opt), pool_(std::move(pool)) {
     if (opt.threads < 1) fail("threads", "must be at least 1, got " + std::to_string(opt.threads));
     if (opt.max_batch < 1) fail("max_batch", "must be at least 1");
     if (!pool_) pool_ = std::make_unique<ThreadPool>(opt.threads);
     pool_mutex_ = std::make_unique<std::mutex>();
-    if (!w_.arena) move_weights_to_arena();
+    exec_.accumulate = std::move(acc);
+    if (!w_.arena) copy_into_arena(w_, opt_.format.value_or(w_.lm_head.weights().format), opt_.huge_pages, *pool_);
     const TernaryFormat f = format();
     if (!opt.kernels.empty()) {
       exec_.kernels = kernels::forced_table(opt.kernels, f);
@@ -99,7 +69,7 @@ class Model {
       kernels::ChooserOptions co = opt.chooser;
       co.prefill_tokens = std::min(co.prefill_tokens, opt.max_batch);
       std::vector<const TernaryMatrix*> ms;
-      for (BitLinear* l : bitlinears()) ms.push_back(&l->weights());
+      for_each_bitlinear(w_, [&](const std::string&, const BitLinear& l) { ms.push_back(&l.weights()); });
       choice_ = kernels::choose_kernels(ms, pool_.get(), co);
       exec_.kernels = choice_.table();
     }
@@ -196,13 +166,13 @@ class Model {
   // caller at a time; the others compute on their own thread), and this thread's scratch.
   struct Lease {
     std::unique_lock<std::mutex> lock;
-    Exec ex;
-    ForwardScratch& scratch;
-    explicit Lease(const Model& m) : lock(*m.pool_mutex_, std::try_to_lock), ex(m.exec_), scratch(thread_scratch()) {
+    BasicExec<Acc> ex;
+    Activations& scratch;
+    explicit Lease(const BasicModel& m) : lock(*m.pool_mutex_, std::try_to_lock), ex(m.exec_), scratch(thread_scratch()) {
       ex.pool = lock.owns_lock() ? m.pool_.get() : nullptr;
     }
-    static ForwardScratch& thread_scratch() {
-      static thread_local ForwardScratch s;
+    static Activations& thread_scratch() {
+      static thread_local Activations s;
       return s;
     }
   };
@@ -231,102 +201,60 @@ class Model {
   // State for consecutive tokens of one sequence, or one per sequence in a batch). Writes the
   // logits of the tokens in `logit_rows` (ascending), one row of `logits` each.
   void forward(const int32_t* ids, int64_t m, State* const* sts, float* logits, std::span<const int64_t> logit_rows,
-               ForwardScratch& s, const Exec& ex) const {
+               Activations& a, const BasicExec<Acc>& ex) const {
     const Config& c = w_.config;
     const int64_t H = c.hidden_size;
-    s.reserve(m, H);
-    float* x = s.x.data();
-    float* xn = s.xn.data();
-    float* y = s.y.data();
+    const double eps = c.rms_norm_eps;
+    a.reserve_residual(m, H);
+    float* x = a.x.data();    // [m, H] the residual stream
+    float* xn = a.xn.data();  // [m, H] its normalised copy, a sublayer's input
+    float* y = a.y.data();    // [m, H] a sublayer's output
 
     for (int64_t t = 0; t < m; ++t) w_.embeddings.row(ids[t], x + t * H);
 
-    // x += y (when y is given), then xn = rmsnorm(x, w): per token, tokens over the pool.
-    auto residual_norm = [&](const float* add, const float* w) {
-      ex.for_range(m, 1, [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) {
-          if (add)
-            for (int64_t i = t * H; i < (t + 1) * H; ++i) x[i] += add[i];
-          ex.rmsnorm(x + t * H, w, H, c.rms_norm_eps, xn + t * H);
-        }
-      });
-    };
-
     for (size_t l = 0; l < w_.blocks.size(); ++l) {
       const Block& b = w_.blocks[l];
-      // Token mixer: x += mlgru(rmsnorm(x)), carrying this layer's recurrent state.
-      residual_norm(l == 0 ? nullptr : y, b.attn_norm.data());
-      s.h.resize(size_t(m));
-      for (int64_t t = 0; t < m; ++t) s.h[size_t(t)] = sts[t]->h[l].data();
-      b.attn.forward(xn, m, s.h.data(), y, c.rms_norm_eps, s.mixer, s.bl, ex);
+      a.h.resize(size_t(m));
+      for (int64_t t = 0; t < m; ++t) a.h[size_t(t)] = sts[t]->h[l].data();
+      // Token mixer: x += mlgru(rmsnorm(x)), advancing this layer's recurrent states.
+      rmsnorm_rows(x, m, b.attn_norm.data(), eps, xn, ex);
+      b.attn.forward(xn, m, a.h.data(), y, eps, a, ex);
+      add_rows(x, y, m, H);
       // Channel mixer: x += glu(rmsnorm(x)).
-      residual_norm(y, b.mlp_norm.data());
-      b.mlp.forward(xn, m, y, s.glu, s.bl, ex);
+      rmsnorm_rows(x, m, b.mlp_norm.data(), eps, xn, ex);
+      b.mlp.forward(xn, m, y, a, ex);
+      add_rows(x, y, m, H);
     }
     for (int64_t t = 0; t < m; ++t) ++sts[t]->position;
     if (logit_rows.empty()) return;  // a prompt chunk whose logits nobody reads
 
-    // logits = lm_head(rmsnorm(x + y)) for the rows asked for: the last residual add only there.
+    // logits = lm_head(rmsnorm(x)), for the rows asked for only.
     const int64_t rows = int64_t(logit_rows.size());
-    for (int64_t r = 0; r < rows; ++r) {
-      float* xr = x + logit_rows[size_t(r)] * H;
-      const float* yr = y + logit_rows[size_t(r)] * H;
-      for (int64_t i = 0; i < H; ++i) xr[i] += yr[i];
-      ex.rmsnorm(xr, w_.final_norm.data(), H, c.rms_norm_eps, xn + r * H);
-    }
-    w_.lm_head.forward(xn, rows, logits, s.bl, ex);
+    for (int64_t r = 0; r < rows; ++r) ex.rmsnorm(x + logit_rows[size_t(r)] * H, w_.final_norm.data(), H, eps, xn + r * H);
+    w_.lm_head.forward(xn, rows, logits, a.bl, ex);
   }
 
-  // Every BitLinear, in the order decoding reads them, so the copy is one forward stream.
-  std::vector<BitLinear*> bitlinears() {
-    std::vector<BitLinear*> v;
-    for (auto& b : w_.blocks)
-      for (BitLinear* l : {&b.attn.f_proj, &b.attn.i_proj, &b.attn.g_proj, &b.attn.o_proj, &b.mlp.gate_proj, &b.mlp.down_proj})
-        v.push_back(l);
-    v.push_back(&w_.lm_head);
-    return v;
+  // xn[t] = rmsnorm(x[t], w) for m tokens of H, tokens over the pool.
+  void rmsnorm_rows(const float* x, int64_t m, const float* w, double eps, float* xn, const BasicExec<Acc>& ex) const {
+    const int64_t H = w_.config.hidden_size;
+    ex.for_range(m, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) ex.rmsnorm(x + t * H, w, H, eps, xn + t * H);
+    });
   }
-  // Weights built outside the loaders: one copy into an arena (in 2 MiB pages when asked),
-  // converted to opt_.format on the way. Every pool thread copies, a strip range at a time: the
-  // first touch of each page (the kernel zeroing it) is most of the cost, and it parallelises.
-  void move_weights_to_arena() {
-    std::vector<BitLinear*> ls = bitlinears();
-    const TernaryFormat f = opt_.format.value_or(ls.back()->weights().format);
-    size_t total = 0;
-    for (BitLinear* l : ls) total += WeightArena::slice_bytes(TernaryMatrix::shape(f, l->out_features(), l->in_features()).nbytes());
-    w_.arena = std::make_shared<WeightArena>(total, opt_.huge_pages);
-    for (BitLinear* l : ls) {
-      const TernaryMatrix& src = l->weights();
-      TernaryMatrix dst = TernaryMatrix::shape(f, src.rows, src.cols);
-      dst.scale = src.scale;
-      if (src.format == f) {
-        dst.owner = w_.arena->take(dst.nbytes());
-        dst.data = static_cast<const uint8_t*>(dst.owner.get());
-        uint8_t* out = const_cast<uint8_t*>(dst.data);
-        pool_->for_range(src.strips, 1, [&](int64_t s0, int64_t s1) {
-          std::memcpy(out + s0 * src.strip_bytes(), src.strip(s0), size_t((s1 - s0) * src.strip_bytes()));
-        });
-      } else {
-        dst = pack_into(*w_.arena, dst, *pool_, [&](int64_t r, int64_t c0, int64_t c1, uint8_t* d) {
-          // c0 is a multiple of both chunk widths: decode just those chunks of the source row.
-          const int64_t cc = chunk_cols(src.format);
-          thread_local std::vector<uint8_t> row;
-          row.resize(size_t(kRepackCols));
-          decode_row(src.format, src.strip(r / kStripRows) + c0 / cc * kChunkBytes, (c1 - c0 + cc - 1) / cc,
-                     int(r % kStripRows), row.data());
-          std::memcpy(d, row.data(), size_t(c1 - c0));
-        });
-      }
-      *l = BitLinear(std::move(dst), l->norm());
-    }
+  // x += y over [m, H]: the residual add (a few microseconds a token; not worth fusing).
+  static void add_rows(float* __restrict x, const float* __restrict y, int64_t m, int64_t H) {
+    for (int64_t i = 0; i < m * H; ++i) x[i] += y[i];
   }
 
   ModelWeights w_;
   ModelOptions opt_;
-  Exec exec_;
+  BasicExec<Acc> exec_;
   kernels::KernelChoice choice_;
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<std::mutex> pool_mutex_;
 };
+
+// The model on this CPU's kernels: what every loader returns and every user holds.
+using Model = BasicModel<CpuAccumulate>;
 
 }  // namespace mmfree

@@ -325,22 +325,62 @@ TensorBlob make_blob(std::string name, DType dtype, std::vector<int64_t> shape, 
   return b;
 }
 
-inline void write_safetensors(const std::string& path, const std::vector<TensorBlob>& tensors) {
-  nlohmann::ordered_json h = nlohmann::ordered_json::object();
-  uint64_t off = 0;
-  for (auto& t : tensors) {
-    h[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {off, off + t.bytes.size()}}};
-    off += t.bytes.size();
+// Writes a safetensors file tensor by tensor: declare every tensor (name, dtype, shape) up
+// front, then append exactly their bytes in that order. Memory stays at what one append holds.
+class SafetensorsWriter {
+ public:
+  struct Decl {
+    std::string name;
+    DType dtype;
+    std::vector<int64_t> shape;
+  };
+  SafetensorsWriter(const std::string& path, const std::vector<Decl>& tensors) : path_(path) {
+    nlohmann::ordered_json h = nlohmann::ordered_json::object();
+    for (auto& t : tensors) {
+      uint64_t n = dtype_size(t.dtype);
+      for (int64_t d : t.shape) n *= uint64_t(d);
+      h[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {total_, total_ + n}}};
+      total_ += n;
+    }
+    std::string hs = h.dump();
+    while ((hs.size() + 8) % 8) hs.push_back(' ');  // keep the data buffer 8-byte aligned
+    out_.open(path, std::ios::binary | std::ios::trunc);
+    if (!out_) fail(path, "cannot open for writing");
+    const uint64_t n = hs.size();
+    append_raw(&n, 8);
+    append_raw(hs.data(), hs.size());
   }
-  std::string hs = h.dump();
-  while ((hs.size() + 8) % 8) hs.push_back(' ');  // keep the data buffer 8-byte aligned
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) fail(path, "cannot open for writing");
-  uint64_t n = hs.size();
-  out.write(reinterpret_cast<const char*>(&n), 8);
-  out.write(hs.data(), std::streamsize(hs.size()));
-  for (auto& t : tensors) out.write(reinterpret_cast<const char*>(t.bytes.data()), std::streamsize(t.bytes.size()));
-  if (!out) fail(path, "write failed");
+  void append(const void* p, size_t n) {
+    if (written_ + n > total_) fail(path_, "more bytes written than declared");
+    written_ += n;
+    append_raw(p, n);
+  }
+  void finish() {
+    if (written_ != total_) fail(path_, "wrote " + std::to_string(written_) + " of " + std::to_string(total_) + " declared bytes");
+    out_.close();
+    if (!out_) fail(path_, "write failed (disk full?)");
+  }
+
+ private:
+  void append_raw(const void* p, size_t n) {
+    out_.write(static_cast<const char*>(p), std::streamsize(n));
+    if (!out_) fail(path_, "write failed (disk full?)");
+  }
+  std::string path_;
+  std::ofstream out_;
+  uint64_t total_ = 0, written_ = 0;
+};
+
+inline void write_safetensors(const std::string& path, const std::vector<TensorBlob>& tensors) {
+  std::vector<SafetensorsWriter::Decl> decls;
+  for (auto& t : tensors) decls.push_back({t.name, t.dtype, t.shape});
+  SafetensorsWriter w(path, decls);
+  for (auto& t : tensors) {
+    if (t.bytes.size() != dtype_size(t.dtype) * [&] { size_t n = 1; for (int64_t d : t.shape) n *= size_t(d); return n; }())
+      fail(path, "tensor '" + t.name + "': byte count does not match its shape");
+    w.append(t.bytes.data(), t.bytes.size());
+  }
+  w.finish();
 }
 
 }  // namespace mmfree

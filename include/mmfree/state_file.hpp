@@ -60,20 +60,26 @@ inline uint64_t model_fingerprint(const Model& m) {
   for (int64_t v : {c.vocab_size, c.hidden_size, c.num_hidden_layers, c.input_dim(), c.intermediate_size, c.num_heads})
     f.add_value(v);
   f.add_value(c.rms_norm_eps);
+  // Per block its vectors (and lower bound), then its BitLinears; then the model-level ones.
   const ModelWeights& w = m.weights();
+  const auto list = tensor_list(c, &w);
   auto bitlinear = [&](const BitLinear& b) {
     f.add_value(b.weights().scale);
     f.add_value(b.in_features());
     f.add_value(b.out_features());
     f.add_floats(b.norm());
   };
-  for (const Block& b : w.blocks) {
-    f.add_floats(b.attn_norm), f.add_floats(b.mlp_norm), f.add_floats(b.attn.g_norm), f.add_floats(b.attn.lower_bound);
-    for (const BitLinear* l : {&b.attn.i_proj, &b.attn.f_proj, &b.attn.g_proj, &b.attn.o_proj, &b.mlp.gate_proj, &b.mlp.down_proj})
-      bitlinear(*l);
+  for (size_t l = 0; l < w.blocks.size(); ++l) {
+    for (auto& t : list)
+      if (t.layer == int64_t(l) && t.kind == TensorKind::Vector) f.add_floats(*t.vector);
+    f.add_floats(w.blocks[l].attn.lower_bound);
+    for (auto& t : list)
+      if (t.layer == int64_t(l) && t.kind == TensorKind::BitLinear) bitlinear(*t.bitlinear);
   }
-  f.add_floats(w.final_norm);
-  bitlinear(w.lm_head);
+  for (auto& t : list)
+    if (t.layer < 0 && t.kind == TensorKind::Vector) f.add_floats(*t.vector);
+  for (auto& t : list)
+    if (t.layer < 0 && t.kind == TensorKind::BitLinear) bitlinear(*t.bitlinear);
   return f.h;
 }
 

@@ -1,0 +1,58 @@
+// mmfree: where and how a forward pass computes: the kernel table, the thread pool, and the
+// ternary accumulate every BitLinear's rows go through.
+//
+// The layers (bitlinear.hpp, mlgru.hpp, glu.hpp) and the model (model.hpp) are templates over
+// the accumulate `Acc`: a callable that computes acc[t, r] = T[r] . q[t] for rows [r0, r1) of a
+// packed ternary matrix. The default, CpuAccumulate, is this CPU's dispatched kernels
+// (kernels/dispatch.hpp); hw/ plugs in the Verilog core through Verilator with the same
+// signature, so the same forward pass runs on either. Everything else (norms, quantisation,
+// the recurrence) stays on the CPU: the accumulate is the only part a ternary core replaces.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+#include "mmfree/kernels/dispatch.hpp"
+#include "mmfree/ops.hpp"
+#include "mmfree/ternary_format.hpp"
+#include "mmfree/thread_pool.hpp"
+
+namespace mmfree {
+
+// The CPU's ternary accumulate: the kernel table's choice for the token count.
+struct CpuAccumulate {
+  void operator()(const kernels::KernelTable& k, const TernaryMatrix& W, const int8_t* q, int64_t ldq, int64_t n,
+                  int32_t* acc, int64_t ldacc, int64_t r0, int64_t r1) const {
+    k.gemm(W, q, ldq, n, acc, ldacc, r0, r1);
+  }
+};
+
+// The execution context of one forward call. `pool` may be null (one thread); an accumulate
+// that is not thread-safe (a simulator) runs with a null pool.
+template <class Acc>
+struct BasicExec {
+  kernels::KernelTable kernels = kernels::make_table(kernels::incumbent(kernels::Regime::Decode, TernaryFormat::TQ2),
+                                                     kernels::incumbent(kernels::Regime::Prefill, TernaryFormat::TQ2));
+  ThreadPool* pool = nullptr;
+  Acc accumulate{};
+
+  void for_range(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) const {
+    if (pool && pool->size() > 1 && n > grain)
+      pool->for_range(n, grain, fn);
+    else if (n > 0)
+      fn(0, n);
+  }
+  // acc[t, r] = W[r] . q[t] for n tokens (q rows ldq apart, acc rows ldacc apart), rows [r0, r1).
+  void ternary_accumulate(const TernaryMatrix& W, const int8_t* q, int64_t ldq, int64_t n, int32_t* acc,
+                          int64_t ldacc, int64_t r0, int64_t r1) const {
+    accumulate(kernels, W, q, ldq, n, acc, ldacc, r0, r1);
+  }
+  // rmsnorm of one row with this CPU's sum of squares (the same bits as ops.hpp's).
+  void rmsnorm(const float* x, const float* w, int64_t n, double eps, float* y) const {
+    mmfree::rmsnorm(x, w, n, eps, y, kernels.sum_squares);
+  }
+};
+
+using Exec = BasicExec<CpuAccumulate>;
+
+}  // namespace mmfree
