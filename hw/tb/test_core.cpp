@@ -4,6 +4,8 @@
 #include <deque>
 #include <random>
 
+#include "core_driver.hpp"
+
 #include "Vcore16.h"
 #include "Vcore64.h"
 #include "Vcore256.h"
@@ -14,104 +16,7 @@ using namespace mmfree;
 
 namespace {
 
-// Drives one core instance: feeds rows as TQ2 beats, collects one accumulator per row.
-template <class V, int BYTES>
-struct Driver {
-  static constexpr int kLanes = 4 * BYTES;
-  V top;
-  std::mt19937 rng{99};
-  double p_in = 1.0, p_out = 1.0;  // probabilities of offering a beat / accepting a result
-  uint64_t cycles = 0;
-
-  Driver() {
-    top.clk = 0;
-    top.rst = 1;
-    tick();
-    tick();
-    top.rst = 0;
-  }
-  void tick() {
-    top.clk = 0;
-    top.eval();
-    top.clk = 1;
-    top.eval();
-    ++cycles;
-  }
-  bool chance(double p) { return p >= 1.0 || std::uniform_real_distribution<double>(0, 1)(rng) < p; }
-
-  struct Beat {
-    uint8_t w[BYTES];
-    int8_t x[kLanes];
-    bool last;
-  };
-
-  // Beats of rows [r0, r1) of W against activations q (padded to whole blocks). The core reads
-  // each row as TQ2 row bytes (file_ternary.hpp, type 1024): 64-byte blocks of 256 weights.
-  static std::deque<Beat> beats(const TernaryMatrix& W, const int8_t* q, int64_t r0, int64_t r1) {
-    std::deque<Beat> out;
-    const int64_t blocks = (W.cols + 255) / 256;
-    std::vector<uint8_t> digits(size_t(W.padded_cols())), row(size_t(blocks * 64));
-    for (int64_t r = r0; r < r1; ++r) {
-      row_digits(W, r, digits.data());
-      encode_file_row(TernaryFileType::MMFREE_TQ2, digits.data(), W.cols, row.data());
-      for (int64_t b = 0; b < blocks; ++b)
-        for (int j = 0; j < 64; j += BYTES) {
-          Beat bt;
-          for (int i = 0; i < BYTES; ++i) bt.w[i] = row[size_t(b * 64 + j + i)];
-          for (int k = 0; k < 4; ++k)
-            for (int i = 0; i < BYTES; ++i) bt.x[k * BYTES + i] = q[b * 256 + k * 64 + j + i];
-          bt.last = b == blocks - 1 && j + BYTES == 64;
-          out.push_back(bt);
-        }
-    }
-    return out;
-  }
-
-  std::vector<int32_t> run(std::deque<Beat> in, size_t rows) {
-    std::vector<int32_t> got;
-    bool offering = false;
-    Beat cur{};
-    while (got.size() < rows) {
-      if (!offering && !in.empty() && chance(p_in)) {
-        cur = in.front();
-        in.pop_front();
-        offering = true;
-      }
-      top.in_valid = offering;
-      set_words(cur);
-      top.in_last = cur.last;
-      top.out_ready = chance(p_out);
-      top.clk = 0;
-      top.eval();  // combinational in_ready / out_valid for this cycle
-      const bool in_fire = top.in_valid && top.in_ready;
-      const bool out_fire = top.out_valid && top.out_ready;
-      const int32_t acc = int32_t(top.out_acc);
-      top.clk = 1;
-      top.eval();
-      ++cycles;
-      if (in_fire) offering = false;
-      if (out_fire) got.push_back(acc);
-      if (cycles > 100000000) break;
-    }
-    return got;
-  }
-
-  void set_words(const Beat& b) {
-    // Verilator packs wide ports into 32-bit words, least significant first.
-    uint8_t wbytes[((BYTES + 3) / 4) * 4] = {};
-    std::memcpy(wbytes, b.w, BYTES);
-    uint8_t xbytes[kLanes] = {};
-    std::memcpy(xbytes, b.x, kLanes);
-    if constexpr (BYTES <= 4) {
-      uint32_t v = 0;
-      std::memcpy(&v, wbytes, 4);
-      top.in_w = v;
-    } else {
-      for (int i = 0; i < BYTES / 4; ++i) std::memcpy(&top.in_w[i], wbytes + 4 * i, 4);
-    }
-    for (int i = 0; i < kLanes / 4; ++i) std::memcpy(&top.in_x[i], xbytes + 4 * i, 4);
-  }
-};
+using hw::Driver;
 
 std::vector<int8_t> random_q(std::mt19937& rng, int64_t cols, int64_t padded) {
   std::vector<int8_t> q(static_cast<size_t>(padded), 0);
@@ -207,4 +112,142 @@ TEST(HwCore, ThroughputIsOneBeatPerCycle) {
               (long long)rows, (long long)cols, n_beats, (unsigned long long)cycles, eff, eff * 64);
   EXPECT_GE(eff, 0.9);  // within 10% of lanes x clock
   EXPECT_EQ(got.size(), size_t(rows));
+}
+
+// A result waiting for out_ready stays put: out_valid and out_acc hold while the output is
+// stalled, the input stops once every FIFO slot is spoken for, and nothing is lost.
+TEST(HwCore, OutputHoldsWhileStalled) {
+  Driver<Vcore16, 4> drv;
+  std::mt19937 rng(21);
+  const int64_t rows = 40, cols = 256;  // one block: 16 beats a row
+  std::vector<int8_t> t(static_cast<size_t>(rows * cols));
+  for (auto& v : t) v = int8_t(int(rng() % 3) - 1);
+  const auto W = pack_ternary(t.data(), rows, cols, TernaryFormat::TQ2);
+  const auto q = random_q(rng, cols, activation_cols(cols));
+  std::vector<int32_t> want(static_cast<size_t>(rows));
+  kernels::ternary_gemm_scalar(W, q.data(), activation_cols(cols), 1, want.data(), rows, 0, rows);
+  auto in = Driver<Vcore16, 4>::beats(W, q.data(), 0, rows);
+  std::vector<int32_t> got;
+  int stalled_ready_cycles = 0;
+  bool held = false;
+  int32_t held_acc = 0;
+  for (int cyc = 0; cyc < 100000 && got.size() < size_t(rows); ++cyc) {
+    const bool stall = cyc < 2000 || (cyc / 37) % 3 == 0;  // long stall first, then in bursts
+    drv.top.in_valid = !in.empty();
+    if (!in.empty()) drv.set_beat(in.front().w, in.front().x), drv.top.in_last = in.front().last;
+    drv.top.out_ready = !stall;
+    drv.top.clk = 0;
+    drv.top.eval();
+    if (held) {  // the result offered last cycle was not taken: the same one is offered now
+      ASSERT_TRUE(drv.top.out_valid) << "cycle " << cyc;
+      ASSERT_EQ(int32_t(drv.top.out_acc), held_acc) << "cycle " << cyc;
+    }
+    if (cyc > 1000 && cyc < 2000) stalled_ready_cycles += drv.top.in_ready;  // the FIFO is full by now
+    const bool in_fire = drv.top.in_valid && drv.top.in_ready;
+    held = drv.top.out_valid && !drv.top.out_ready;
+    held_acc = int32_t(drv.top.out_acc);
+    if (drv.top.out_valid && drv.top.out_ready) got.push_back(int32_t(drv.top.out_acc));
+    drv.top.clk = 1;
+    drv.top.eval();
+    if (in_fire) in.pop_front();
+  }
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(stalled_ready_cycles, 0) << "in_ready stayed high through a long output stall";
+}
+
+// in_ready is a function of registers only: changing out_ready (or in_valid) within a cycle
+// never changes it.
+TEST(HwCore, NoCombinationalPathToInReady) {
+  Driver<Vcore64, 16> drv;
+  std::mt19937 rng(4);
+  const int64_t rows = 64, cols = 300;
+  std::vector<int8_t> t(static_cast<size_t>(rows * cols));
+  for (auto& v : t) v = int8_t(int(rng() % 3) - 1);
+  const auto W = pack_ternary(t.data(), rows, cols, TernaryFormat::TQ2);
+  const auto q = random_q(rng, cols, activation_cols(cols));
+  auto in = Driver<Vcore64, 16>::beats(W, q.data(), 0, rows);
+  int saw_low = 0;
+  for (int cyc = 0; cyc < 5000 && !in.empty(); ++cyc) {
+    drv.set_beat(in.front().w, in.front().x);
+    drv.top.in_last = in.front().last;
+    drv.top.clk = 0;
+    int ready[4];
+    for (int k = 0; k < 4; ++k) {
+      drv.top.in_valid = k & 1;
+      drv.top.out_ready = k >> 1;
+      drv.top.eval();
+      ready[k] = drv.top.in_ready;
+    }
+    ASSERT_TRUE(ready[0] == ready[1] && ready[1] == ready[2] && ready[2] == ready[3]) << "cycle " << cyc;
+    saw_low += !ready[0];
+    drv.top.in_valid = 1;
+    drv.top.out_ready = rng() % 32 == 0;  // mostly stalled: the FIFO fills
+    drv.top.eval();
+    const bool in_fire = drv.top.in_ready;
+    drv.top.clk = 1;
+    drv.top.eval();
+    if (in_fire) in.pop_front();
+  }
+  EXPECT_GT(saw_low, 0) << "the test never filled the FIFO";
+}
+
+// A reset in the middle of a row drops that row and the results queued behind it; the rows
+// after it come out exact.
+TEST(HwCore, ResetMidRow) {
+  Driver<Vcore16, 4> drv;
+  std::mt19937 rng(17);
+  const int64_t rows = 6, cols = 600;
+  std::vector<int8_t> t(static_cast<size_t>(rows * cols));
+  for (auto& v : t) v = int8_t(int(rng() % 3) - 1);
+  const auto W = pack_ternary(t.data(), rows, cols, TernaryFormat::TQ2);
+  const auto q = random_q(rng, cols, activation_cols(cols));
+  std::vector<int32_t> want(static_cast<size_t>(rows));
+  kernels::ternary_gemm_scalar(W, q.data(), activation_cols(cols), 1, want.data(), rows, 0, rows);
+  // Two whole rows and half of a third go in, none taken out; then reset.
+  auto in = Driver<Vcore16, 4>::beats(W, q.data(), 0, 3);
+  const size_t half = in.size() - 20;
+  for (size_t b = 0; b < half; ++b) {
+    drv.top.in_valid = 1;
+    drv.set_beat(in[b].w, in[b].x);
+    drv.top.in_last = in[b].last;
+    drv.top.out_ready = 0;
+    drv.tick();
+  }
+  drv.top.rst = 1;
+  drv.top.in_valid = 0;
+  drv.tick();
+  drv.top.rst = 0;
+  drv.top.clk = 0;
+  drv.top.eval();
+  EXPECT_FALSE(drv.top.out_valid);
+  EXPECT_TRUE(drv.top.in_ready);
+  const auto got = drv.run(Driver<Vcore16, 4>::beats(W, q.data(), 0, rows), size_t(rows));
+  EXPECT_EQ(got, want);
+}
+
+// Rows of a single block: at 256 lanes one beat a row, so each row's result must leave while
+// the next rows are in the pipeline. Exact, and still one beat per cycle.
+TEST(HwCore, SingleBlockRowsAtFullRate) {
+  std::mt19937 rng(12);
+  const int64_t rows = 2000;
+  for (int64_t cols : {1, 100, 256}) {
+    std::vector<int8_t> t(static_cast<size_t>(rows * cols));
+    for (auto& v : t) v = int8_t(int(rng() % 3) - 1);
+    const auto W = pack_ternary(t.data(), rows, cols, TernaryFormat::TQ2);
+    const auto q = random_q(rng, cols, activation_cols(cols));
+    std::vector<int32_t> want(static_cast<size_t>(rows));
+    kernels::ternary_gemm_scalar(W, q.data(), activation_cols(cols), 1, want.data(), rows, 0, rows);
+    Driver<Vcore256, 64> drv;
+    const auto rows_tq2 = hw::tq2_rows(W);
+    std::vector<int32_t> got(static_cast<size_t>(rows));
+    const uint64_t c0 = drv.cycles;
+    drv.stream(rows_tq2.data(), 64, q.data(), 0, rows, got.data());
+    EXPECT_EQ(got, want) << cols << " columns";
+    const double beats_per_cycle = double(rows) / double(drv.cycles - c0);
+    EXPECT_GT(beats_per_cycle, 0.99) << cols << " columns";
+    // And at 16 lanes (16 beats a row), with back-pressure.
+    Driver<Vcore16, 4> d16;
+    d16.p_in = 0.8, d16.p_out = 0.3;
+    EXPECT_EQ(d16.run(Driver<Vcore16, 4>::beats(W, q.data(), 0, rows), size_t(rows)), want) << cols << " columns";
+  }
 }

@@ -6,6 +6,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace mmfree {
 
@@ -17,6 +18,14 @@ class Error : public std::runtime_error {
 // "<what>: <problem>", the shape every message in the library takes.
 [[noreturn]] inline void fail(const std::string& what, const std::string& problem) {
   throw Error(what + ": " + problem);
+}
+
+// "[2, 3]": a shape or a list of dims, for messages.
+template <class T>
+std::string shape_str(const std::vector<T>& dims) {
+  std::string s = "[";
+  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  return s + "]";
 }
 
 }  // namespace mmfree

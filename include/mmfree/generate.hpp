@@ -50,10 +50,11 @@ struct GenerateStats {
 // has also consumed every token passed to on_token when this returns (so the next call, or a
 // saved state, continues after them); without, the last one is left out, saving one step.
 // Time to first token = prefill + first draw.
-inline GenerateStats generate_from(const Model& model, State& state, std::vector<float>& logits,
-                                   const std::vector<int32_t>& prompt, const GenerateOptions& opt, Sampler& sampler,
-                                   std::vector<int32_t>& history, const std::function<bool(int32_t)>& on_token,
-                                   bool consume_generated = true) {
+template <class Acc>
+GenerateStats generate_from(const BasicModel<Acc>& model, State& state, std::vector<float>& logits,
+                            const std::vector<int32_t>& prompt, const GenerateOptions& opt, Sampler& sampler,
+                            std::vector<int32_t>& history, const std::function<bool(int32_t)>& on_token,
+                            bool consume_generated = true) {
   using clock = std::chrono::steady_clock;
   if (prompt.empty() && logits.empty()) fail("prompt", "is empty (no tokens to start from)");
   if (opt.max_new_tokens < 0) fail("max_new_tokens", "must be >= 0");
@@ -90,8 +91,9 @@ inline GenerateStats generate_from(const Model& model, State& state, std::vector
 }
 
 // From a fresh state: consumes `prompt`, then draws up to max_new_tokens (see generate_from).
-inline GenerateStats generate(const Model& model, const std::vector<int32_t>& prompt, const GenerateOptions& opt,
-                              const std::function<bool(int32_t)>& on_token) {
+template <class Acc>
+GenerateStats generate(const BasicModel<Acc>& model, const std::vector<int32_t>& prompt, const GenerateOptions& opt,
+                       const std::function<bool(int32_t)>& on_token) {
   if (prompt.empty()) fail("prompt", "is empty (no tokens to start from)");
   State state = model.new_state();
   std::vector<float> logits;
@@ -130,7 +132,8 @@ inline std::vector<int32_t> tokenize_chapters(const Tokenizer& tok, const std::s
 
 // Windows of context+1 tokens at 0, context, 2*context, ...; each scores its last `context`
 // tokens given the ones before, from a fresh state.
-inline PerplexityResult perplexity(const Model& model, const std::vector<int32_t>& ids, int64_t context, int64_t max_windows,
+template <class Acc>
+PerplexityResult perplexity(const BasicModel<Acc>& model, const std::vector<int32_t>& ids, int64_t context, int64_t max_windows,
                                    const std::function<void(int64_t, int64_t, double)>& progress = {}) {
   if (context < 1) fail("perplexity", "window must be at least 1 token");
   PerplexityResult r;

@@ -78,12 +78,6 @@ inline bool tensor_bytes(uint32_t type, const std::vector<uint64_t>& dims, uint6
   return !__builtin_mul_overflow(rows, row_bytes, out);
 }
 
-inline std::string dims_str(const std::vector<uint64_t>& d) {
-  std::string s = "[";
-  for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
-  return s + "]";
-}
-
 struct Value;
 using Array = std::vector<Value>;
 struct Value {
@@ -253,7 +247,7 @@ class Reader {
       for (uint64_t d : t.dims)
         if (d > (uint64_t(1) << 40)) fail(p, "tensor '" + t.name + "' has an implausible dimension " + std::to_string(d));
       if (!tensor_bytes(t.type, t.dims, &t.nbytes))
-        fail(p, "tensor '" + t.name + "': type " + type_name(t.type) + " cannot hold dims " + dims_str(t.dims) +
+        fail(p, "tensor '" + t.name + "': type " + type_name(t.type) + " cannot hold dims " + shape_str(t.dims) +
                     " (the size overflows, or rows are not whole blocks of the type)");
       if (t.offset % align) fail(p, "tensor '" + t.name + "': offset " + std::to_string(t.offset) + " is not aligned to " + std::to_string(align));
       if (index_.count(t.name)) fail(p, "duplicate tensor '" + t.name + "'");

@@ -133,7 +133,7 @@ class GgufLoader {
   const gguf::TensorInfo& get(const std::string& name, const std::vector<uint64_t>& dims) const {
     const gguf::TensorInfo* t = r_.find(name);
     if (!t) fail(r_.path(), "missing tensor '" + name + "'");
-    if (t->dims != dims) fail(where(*t), "has dims " + gguf::dims_str(t->dims) + ", expected " + gguf::dims_str(dims));
+    if (t->dims != dims) fail(where(*t), "has dims " + shape_str(t->dims) + ", expected " + shape_str(dims));
     return *t;
   }
   std::vector<float> f32(const std::string& name, const std::vector<uint64_t>& dims) const {

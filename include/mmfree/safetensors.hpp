@@ -74,12 +74,6 @@ inline bool checked_numel(const std::vector<int64_t>& shape, uint64_t limit, uin
   return true;
 }
 
-inline std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
 // A tensor inside a mapped file. `data` stays valid while its SafetensorsFile lives.
 struct TensorView {
   std::string name;
