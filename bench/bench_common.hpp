@@ -109,20 +109,6 @@ inline double measure_bandwidth(int threads, size_t n = size_t(1) << 30, int rep
 // Bandwidth now (256 MiB, best of 2: about 30 ms): the floor for the measurement that follows.
 // On shared machines the bandwidth moves by +-30% within minutes.
 inline double bandwidth_now_gbs(int threads) { return measure_bandwidth(threads, size_t(256) << 20, 2); }
-// The best bandwidth of the run so far, probing now: the memory's capability, which noise only
-// ever lowers (bench_kernels compares its best kernel runs with it).
-inline double bandwidth_best_gbs(int threads) {
-  static double best[64] = {};
-  best[threads] = std::max(best[threads], bandwidth_now_gbs(threads));
-  return best[threads];
-}
-
-inline double bandwidth_gbs(int threads) {
-  static double bw[64] = {};
-  if (bw[threads] == 0) bw[threads] = measure_bandwidth(threads);
-  return bw[threads];
-}
-
 namespace detail {
 
 // (The kernels' own target attribute: with a narrower one GCC cannot inline their helpers and

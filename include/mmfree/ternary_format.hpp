@@ -49,7 +49,6 @@ inline TernaryFormat parse_format(const std::string& s, const std::string& what)
 // per weight read 20% fewer bytes per token than 2, and the strip layout decodes them at the
 // memory's speed where the CPU has a byte permute (README, Performance).
 inline constexpr TernaryFormat kDefaultFormat = TernaryFormat::TQ1;
-inline double format_bits(TernaryFormat f) { return f == TernaryFormat::TQ2 ? 2.0 : 1.6; }
 
 inline constexpr int64_t kStripRows = 16;    // rows per strip: one int32 register of row sums
 inline constexpr int64_t kChunkBytes = 64;   // bytes per chunk: one AVX-512 register
