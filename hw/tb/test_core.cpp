@@ -24,6 +24,21 @@ std::vector<int8_t> random_q(std::mt19937& rng, int64_t cols, int64_t padded) {
   return q;
 }
 
+// A random ternary matrix, random activations, and the library's scalar sums of them.
+struct Case {
+  TernaryMatrix W;
+  std::vector<int8_t> q;
+  std::vector<int32_t> want;
+};
+Case random_case(std::mt19937& rng, int64_t rows, int64_t cols) {
+  std::vector<int8_t> t(static_cast<size_t>(rows * cols));
+  for (auto& v : t) v = int8_t(int(rng() % 3) - 1);
+  Case c{pack_ternary(t.data(), rows, cols, TernaryFormat::TQ2), random_q(rng, cols, activation_cols(cols)),
+         std::vector<int32_t>(static_cast<size_t>(rows))};
+  kernels::ternary_gemm_scalar(c.W, c.q.data(), activation_cols(cols), 1, c.want.data(), rows, 0, rows);
+  return c;
+}
+
 template <class V, int BYTES>
 void random_rows(int total_rows, double p_in, double p_out) {
   Driver<V, BYTES> drv;
@@ -32,12 +47,7 @@ void random_rows(int total_rows, double p_in, double p_out) {
   int done = 0;
   while (done < total_rows) {
     const int64_t rows = 1 + rng() % 40, cols = 1 + rng() % 700;
-    std::vector<int8_t> t(static_cast<size_t>(rows * cols));
-    for (auto& v : t) v = int8_t(int(rng() % 3) - 1);
-    const auto W = pack_ternary(t.data(), rows, cols, TernaryFormat::TQ2);
-    const auto q = random_q(rng, cols, activation_cols(cols));
-    std::vector<int32_t> want(static_cast<size_t>(rows));
-    kernels::ternary_gemm_scalar(W, q.data(), activation_cols(cols), 1, want.data(), rows, 0, rows);
+    const auto [W, q, want] = random_case(rng, rows, cols);
     const auto got = drv.run(Driver<V, BYTES>::beats(W, q.data(), 0, rows), size_t(rows));
     ASSERT_EQ(got, want) << rows << "x" << cols;
     done += int(rows);
@@ -98,10 +108,7 @@ TEST(HwCore, ThroughputIsOneBeatPerCycle) {
   Driver<Vcore64, 16> drv;
   std::mt19937 rng(8);
   const int64_t rows = 64, cols = 2560;
-  std::vector<int8_t> t(static_cast<size_t>(rows * cols));
-  for (auto& v : t) v = int8_t(int(rng() % 3) - 1);
-  const auto W = pack_ternary(t.data(), rows, cols, TernaryFormat::TQ2);
-  const auto q = random_q(rng, cols, activation_cols(cols));
+  const auto [W, q, want] = random_case(rng, rows, cols);
   auto in = Driver<Vcore64, 16>::beats(W, q.data(), 0, rows);
   const size_t n_beats = in.size();
   const uint64_t c0 = drv.cycles;
@@ -120,12 +127,7 @@ TEST(HwCore, OutputHoldsWhileStalled) {
   Driver<Vcore16, 4> drv;
   std::mt19937 rng(21);
   const int64_t rows = 40, cols = 256;  // one block: 16 beats a row
-  std::vector<int8_t> t(static_cast<size_t>(rows * cols));
-  for (auto& v : t) v = int8_t(int(rng() % 3) - 1);
-  const auto W = pack_ternary(t.data(), rows, cols, TernaryFormat::TQ2);
-  const auto q = random_q(rng, cols, activation_cols(cols));
-  std::vector<int32_t> want(static_cast<size_t>(rows));
-  kernels::ternary_gemm_scalar(W, q.data(), activation_cols(cols), 1, want.data(), rows, 0, rows);
+  const auto [W, q, want] = random_case(rng, rows, cols);
   auto in = Driver<Vcore16, 4>::beats(W, q.data(), 0, rows);
   std::vector<int32_t> got;
   int stalled_ready_cycles = 0;
@@ -161,10 +163,7 @@ TEST(HwCore, NoCombinationalPathToInReady) {
   Driver<Vcore64, 16> drv;
   std::mt19937 rng(4);
   const int64_t rows = 64, cols = 300;
-  std::vector<int8_t> t(static_cast<size_t>(rows * cols));
-  for (auto& v : t) v = int8_t(int(rng() % 3) - 1);
-  const auto W = pack_ternary(t.data(), rows, cols, TernaryFormat::TQ2);
-  const auto q = random_q(rng, cols, activation_cols(cols));
+  const auto [W, q, want] = random_case(rng, rows, cols);
   auto in = Driver<Vcore64, 16>::beats(W, q.data(), 0, rows);
   int saw_low = 0;
   for (int cyc = 0; cyc < 5000 && !in.empty(); ++cyc) {
@@ -197,12 +196,7 @@ TEST(HwCore, ResetMidRow) {
   Driver<Vcore16, 4> drv;
   std::mt19937 rng(17);
   const int64_t rows = 6, cols = 600;
-  std::vector<int8_t> t(static_cast<size_t>(rows * cols));
-  for (auto& v : t) v = int8_t(int(rng() % 3) - 1);
-  const auto W = pack_ternary(t.data(), rows, cols, TernaryFormat::TQ2);
-  const auto q = random_q(rng, cols, activation_cols(cols));
-  std::vector<int32_t> want(static_cast<size_t>(rows));
-  kernels::ternary_gemm_scalar(W, q.data(), activation_cols(cols), 1, want.data(), rows, 0, rows);
+  const auto [W, q, want] = random_case(rng, rows, cols);
   // Two whole rows and half of a third go in, none taken out; then reset.
   auto in = Driver<Vcore16, 4>::beats(W, q.data(), 0, 3);
   const size_t half = in.size() - 20;
@@ -231,12 +225,7 @@ TEST(HwCore, SingleBlockRowsAtFullRate) {
   std::mt19937 rng(12);
   const int64_t rows = 2000;
   for (int64_t cols : {1, 100, 256}) {
-    std::vector<int8_t> t(static_cast<size_t>(rows * cols));
-    for (auto& v : t) v = int8_t(int(rng() % 3) - 1);
-    const auto W = pack_ternary(t.data(), rows, cols, TernaryFormat::TQ2);
-    const auto q = random_q(rng, cols, activation_cols(cols));
-    std::vector<int32_t> want(static_cast<size_t>(rows));
-    kernels::ternary_gemm_scalar(W, q.data(), activation_cols(cols), 1, want.data(), rows, 0, rows);
+    const auto [W, q, want] = random_case(rng, rows, cols);
     Driver<Vcore256, 64> drv;
     const auto rows_tq2 = hw::tq2_rows(W);
     std::vector<int32_t> got(static_cast<size_t>(rows));
