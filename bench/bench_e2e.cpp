@@ -139,8 +139,9 @@ void set_counters(benchmark::State& state, const Loaded& L, double tok_s, int th
   if (L.ternary) {
     state.counters["floor2_frac"] = tok_s / (bw * 1e9 / double(L.bytes_per_token_2bit));
     const auto& c = L.ternary->kernel_choice();
-    state.SetLabel(std::string("kernels: decode ") + c.decode.chosen.name + ", prefill " + c.prefill.chosen.name + " | measured: " +
-                   kernels::describe(c.decode, kernels::Regime::Decode) + "; " + kernels::describe(c.prefill, kernels::Regime::Prefill));
+    state.SetLabel(std::string("kernels: decode ") + c.decode.chosen.name + ", batch " + c.batch.chosen.name + ", prefill " +
+                   c.prefill.chosen.name + " | measured: " + kernels::describe(c.decode, kernels::Regime::Decode) + "; " +
+                   kernels::describe(c.batch, kernels::Regime::Batch) + "; " + kernels::describe(c.prefill, kernels::Regime::Prefill));
     state.counters["chooser_ms"] = c.seconds * 1e3;
   }
 }

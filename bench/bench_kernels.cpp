@@ -35,7 +35,7 @@ const Shape kShapes[] = {
 
 // Decode streams weights from memory in a real model (all layers together exceed any cache), so
 // one-token runs rotate through copies of the matrix totalling more than 1.5 GB, beyond every
-// L3 measured so far; copies live in 2 MiB pages, as a loaded model's weights do. Prefill
+// L3 measured so far (MMFREE_BENCH_ROTATE_GB sets the total); copies live in 2 MiB pages, as a loaded model's weights do. Prefill
 // reuses weights across tokens and runs warm. The copies of the last (shape, format) are kept
 // for the next kernel.
 const std::vector<TernaryMatrix>& matrices(const Shape& s, TernaryFormat f, bool rotate) {
@@ -49,8 +49,9 @@ const std::vector<TernaryMatrix>& matrices(const Shape& s, TernaryFormat f, bool
   std::vector<int8_t> t(size_t(s.out * s.in));
   for (auto& v : t) v = int8_t(int(rng() % 3) - 1);
   cache.push_back(pack_ternary(t.data(), s.out, s.in, f, 0.01f));
-  const TernaryMatrix& W0 = cache.front();
-  const size_t want = rotate ? size_t(1.5e9) / W0.nbytes() + 1 : 1;
+  const TernaryMatrix W0 = cache.front();  // a copy (shares the bytes): push_back moves cache's elements
+  const char* gb = std::getenv("MMFREE_BENCH_ROTATE_GB");  // tests make it small
+  const size_t want = rotate ? size_t((gb && *gb ? std::atof(gb) : 1.5) * 1e9) / W0.nbytes() + 1 : 1;
   for (size_t i = 1; i < want; ++i) {
     TernaryMatrix c = W0;
     auto buf = alloc_huge(W0.nbytes());
@@ -200,7 +201,7 @@ int register_all() {
           const std::string name = std::string("ternary/") + format_name(f) + "/" + k.name + "/" + s.name;
           auto* b = benchmark::RegisterBenchmark(name.c_str(), BM_Ternary, s, f, k);
           b->ArgNames({"tokens", "threads"})->UseRealTime();
-          for (int64_t n : decode ? std::vector<int64_t>{1} : std::vector<int64_t>{64, 512})
+          for (int64_t n : decode ? std::vector<int64_t>{1} : std::vector<int64_t>{2, 4, 8, 16, 64, 512})
             for (int64_t t : {1, 2}) b->Args({n, t});
         }
     auto* e = benchmark::RegisterBenchmark((std::string("eigen_f32/") + s.name).c_str(), BM_EigenF32, s);

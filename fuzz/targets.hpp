@@ -105,6 +105,7 @@ inline int gguf(const uint8_t* data, size_t size) {
     using kernels::Regime;
     ModelOptions o;
     o.kernels = std::string(kernels::incumbent(Regime::Decode, TernaryFormat::TQ2).name) + "," +
+                kernels::incumbent(Regime::Batch, TernaryFormat::TQ2).name + "," +
                 kernels::incumbent(Regime::Prefill, TernaryFormat::TQ2).name;
     Model m = load_model(p, o);
     State s = m.new_state();

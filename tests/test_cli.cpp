@@ -146,7 +146,7 @@ TEST(Cli, PerplexityAndInfo) {
 TEST(Cli, BenchPrintsTableAndJson) {
   CliRun r = run_cli("bench --model " + kTiny + " -p 8 -n 4 -r 2 -t 1,2");
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.out.find("| model | size | threads | pp8 tok/s | tg4 tok/s | time to first token | peak RSS | kernels (decode, prefill) |"),
+  EXPECT_NE(r.out.find("| model | size | threads | pp8 tok/s | tg4 tok/s | time to first token | peak RSS | kernels (decode, batch, prefill) |"),
             std::string::npos) << r.out;
   // A Hugging Face directory is ternarised into the default format.
   EXPECT_NE(r.out.find(std::string("| 2x128 ") + format_name(kDefaultFormat) + " |"), std::string::npos) << r.out;
@@ -157,15 +157,37 @@ TEST(Cli, BenchPrintsTableAndJson) {
   EXPECT_EQ(j[0]["threads"], 1);
   EXPECT_GT(j[0]["decode_tps"].get<double>(), 0);
   // The kernels used for each regime are named, and are kernels this CPU runs.
-  for (const char* key : {"decode_kernel", "prefill_kernel"})
+  for (const char* key : {"decode_kernel", "batch_kernel", "prefill_kernel"})
     EXPECT_NO_THROW(kernels::find_kernel(j[0][key].get<std::string>())) << key << " " << j[0][key];
   r = run_cli("bench --model " + kTiny + " -p 4 -n 2 -r 1 -t 1 --json --kernels avx2,scalar");
   if (kernels::cpu_has(kernels::Isa::Avx2)) {
     ASSERT_EQ(r.code, 0) << r.err;
     const auto f = nlohmann::json::parse(r.out);
     EXPECT_EQ(f[0]["decode_kernel"], "avx2");
+    EXPECT_EQ(f[0]["batch_kernel"], "scalar");
     EXPECT_EQ(f[0]["prefill_kernel"], "scalar");
   }
+  // --batch: step_batch per B against the roofline measured in the same run.
+  r = run_cli("bench --model " + kTiny + " --batch 1,3 -p 5 -r 1 -t 1 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto b = nlohmann::json::parse(r.out);
+  ASSERT_EQ(b.size(), 1u);
+  EXPECT_GT(b[0]["read_gbs"].get<double>(), 0);
+  EXPECT_GT(b[0]["weight_bytes_per_token"].get<double>(), 0);
+  EXPECT_GT(b[0]["macs_per_token"].get<double>(), 0);
+  ASSERT_EQ(b[0]["batches"].size(), 2u);
+  EXPECT_EQ(b[0]["batches"][1]["batch"], 3);
+  for (const auto& row : b[0]["batches"]) {
+    const double tok_s = row["tok_s"].get<double>(), step_ms = row["step_ms"].get<double>();
+    EXPECT_NEAR(tok_s, row["batch"].get<double>() / step_ms * 1e3, tok_s * 1e-6);
+    EXPECT_NEAR(row["roofline_frac"].get<double>(), tok_s / row["roofline_tok_s"].get<double>(), 1e-9);
+    EXPECT_TRUE(row["bound"] == "memory" || row["bound"] == "compute") << row["bound"];
+  }
+  EXPECT_EQ(b[0]["prefill"]["tokens"], 5);
+  EXPECT_GT(b[0]["prefill"]["gmac_s"].get<double>(), 0);
+  r = run_cli("bench --model " + kTiny + " --batch 0");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--batch"), std::string::npos) << r.err;
   r = run_cli("bench --model " + kTiny + " -t 0");
   EXPECT_NE(r.code, 0);
 }

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <map>
+#include <optional>
 #include <set>
 #include <random>
 
@@ -113,21 +114,21 @@ TEST(Kernels, BitExactWithScalarOnOddShapes) {
                                                 {13, 511}, {33, 1000}, {4, 2560}, {31, 4097}};
   for (auto f : kFormats)
     for (auto [rows, cols] : shapes)
-      for (int64_t n : {1, 2, 3, 5, 8, 9, 12, 13, 17, 25, 33}) {
+      for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 17, 25, 33}) {
         expect_kernels_match_scalar(rng, f, rows, cols, n, ks);
         if (HasFatalFailure()) return;
       }
 }
 
-// KernelTable::gemm: a few tokens (a batch of decoding sequences) run the decode kernel per
-// token over blocks of kBatchRows rows; many run the prefill kernel. Every pair of kernels, token
-// counts around the switch, row counts around a block, rows split mid-block: bit for bit.
-TEST(Kernels, TableSmallBatchPathBitExactWithScalar) {
+// KernelTable::gemm: one token runs the decode kernel, up to batch_max the batch kernel, more the
+// prefill kernel. Every pair of (batch, prefill) kernels, token counts around both switches, rows
+// around a strip, rows split mid-strip across threads: bit for bit.
+TEST(Kernels, TableRoutesEveryTokenCountBitExact) {
   std::mt19937 rng(11);
   const auto ks = kernels::available_kernels();
   for (auto f : kFormats)
     for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 3}, {63, 161}, {65, 320}, {130, 257}, {200, 1000}})
-      for (int64_t n : {2, 3, 4, 5}) {
+      for (int64_t n : {int64_t(1), int64_t(2), int64_t(3), kernels::kBatchMaxTokens, kernels::kBatchMaxTokens + 1}) {
         const int64_t ld = activation_cols(cols);
         auto t = random_ternary(rng, size_t(rows * cols));
         auto m = pack_ternary(t.data(), rows, cols, f);
@@ -137,7 +138,7 @@ TEST(Kernels, TableSmallBatchPathBitExactWithScalar) {
         for (const auto& d : ks)
           for (const auto& p : ks) {
             if (!d.for_format(f) || !p.for_format(f)) continue;
-            const kernels::KernelTable table = kernels::make_table(d, p);
+            const kernels::KernelTable table = kernels::make_table(ks.back(), d, p);  // scalar decodes one token
             for (int threads : {1, 3}) {
               ThreadPool pool(threads);
               std::vector<int32_t> got(size_t(n * rows), 12345);
@@ -219,10 +220,12 @@ TEST(Kernels, RmsnormQuantizeBitExactWithScalar) {
 namespace {
 
 // Timings injected per kernel name and regime.
-kernels::ChooserOptions fake(std::map<std::string, double> decode, std::map<std::string, double> prefill) {
+// The batch regime gets the prefill timings unless given its own.
+kernels::ChooserOptions fake(std::map<std::string, double> decode, std::map<std::string, double> prefill,
+                             std::optional<std::map<std::string, double>> batch = {}) {
   kernels::ChooserOptions o;
   o.timer = [=](const kernels::Kernel& k, kernels::Regime r) {
-    const auto& m = r == kernels::Regime::Decode ? decode : prefill;
+    const auto& m = r == kernels::Regime::Decode ? decode : r == kernels::Regime::Batch && batch ? *batch : prefill;
     auto it = m.find(k.name);
     return it == m.end() ? 1.0 : it->second;
   };
@@ -234,18 +237,28 @@ kernels::ChooserOptions fake(std::map<std::string, double> decode, std::map<std:
 TEST(Chooser, PicksTheFastestPerRegime) {
   const auto ks = kernels::available_kernels();
   if (ks.size() < 3) GTEST_SKIP() << "fewer than two SIMD kernels here";
-  // Make the last decode candidate and the last prefill candidate the fastest.
-  std::string last_decode, last_prefill;
+  // Make the last decode, the first batch and the last prefill candidate the fastest.
+  std::string last_decode, first_batch, last_prefill;
   for (auto& k : ks) {
     if (k.isa == kernels::Isa::Scalar) continue;
     if (k.decode && k.tq2) last_decode = k.name;
+    if (k.batch && k.tq2 && first_batch.empty()) first_batch = k.name;
     if (k.prefill && k.tq2) last_prefill = k.name;
   }
   auto m = TernaryMatrix::shape(TernaryFormat::TQ2, 16, 16);
-  const auto c = kernels::choose_kernels({&m}, nullptr, fake({{last_decode, 0.5}}, {{last_prefill, 0.5}}));
+  const auto c = kernels::choose_kernels({&m}, nullptr,
+                                         fake({{last_decode, 0.5}}, {{last_prefill, 0.5}}, std::map<std::string, double>{{first_batch, 0.5}}));
   EXPECT_EQ(std::string(c.decode.chosen.name), last_decode);
+  EXPECT_EQ(std::string(c.batch.chosen.name), first_batch);
   EXPECT_EQ(std::string(c.prefill.chosen.name), last_prefill);
   EXPECT_EQ(c.table().decode.gemm, c.decode.chosen.gemm);
+  EXPECT_EQ(c.table().batch.gemm, c.batch.chosen.gemm);
+  EXPECT_EQ(c.table().prefill.gemm, c.prefill.chosen.gemm);
+  // The table routes token counts to them.
+  EXPECT_EQ(c.table().for_tokens(1).gemm, c.decode.chosen.gemm);
+  EXPECT_EQ(c.table().for_tokens(2).gemm, c.batch.chosen.gemm);
+  EXPECT_EQ(c.table().for_tokens(kernels::kBatchMaxTokens).gemm, c.batch.chosen.gemm);
+  EXPECT_EQ(c.table().for_tokens(kernels::kBatchMaxTokens + 1).gemm, c.prefill.chosen.gemm);
   // Every candidate is reported with its rate, the chosen one fastest.
   for (auto& cand : c.decode.candidates)
     if (cand.name != last_decode) EXPECT_LT(cand.rate, 1e-9 / 0.5 + 1e-12) << cand.name;
@@ -263,8 +276,9 @@ TEST(Chooser, KeepsTheIncumbentOnNearTies) {
   EXPECT_STRNE(kernels::choose_kernels({&m}, nullptr, fake(t, t)).decode.chosen.name, incumbent.name);
 }
 
-// Candidates depend on the regime and the format: AMX never decodes one token, the VBMI decoder
-// only competes for TQ1, scalar only where nothing else runs; every other kernel competes.
+// Candidates depend on the regime and the format: AMX and the register-decoded tiles never decode
+// one token, the prefetching decoders only decode one, the VBMI kernels only compete for TQ1,
+// scalar only where nothing else runs; every other kernel competes.
 TEST(Chooser, CandidatesFollowRegimeAndFormat) {
   using kernels::Regime;
   for (auto f : kFormats) {
@@ -278,11 +292,17 @@ TEST(Chooser, CandidatesFollowRegimeAndFormat) {
     kernels::choose_kernels({&m}, nullptr, o);
     const bool simd = kernels::available_kernels().size() > 1;
     for (const auto& k : kernels::available_kernels())
-      for (Regime r : {Regime::Decode, Regime::Prefill}) {
+      for (Regime r : kernels::kRegimes) {
         const bool expected = k.for_regime(r) && k.for_format(f) && (!simd || k.isa != kernels::Isa::Scalar);
         EXPECT_EQ(seen[r].count(k.name) > 0, expected) << k.name << " " << regime_name(r) << " " << format_name(f);
       }
     EXPECT_EQ(seen[Regime::Decode].count("amx"), 0u);
+    EXPECT_EQ(seen[Regime::Decode].count("avx512-direct"), 0u);
+    EXPECT_EQ(seen[Regime::Batch].count("avx512-prefetch"), 0u);
+    if (kernels::cpu_has(kernels::Isa::Avx512)) {
+      EXPECT_EQ(seen[Regime::Batch].count("avx512-direct"), 1u);
+      EXPECT_EQ(seen[Regime::Prefill].count("avx512-direct"), 1u);
+    }
     if (f == TernaryFormat::TQ2) EXPECT_EQ(seen[Regime::Decode].count("avx512-vbmi"), 0u);
   }
 }
@@ -290,17 +310,29 @@ TEST(Chooser, CandidatesFollowRegimeAndFormat) {
 TEST(Chooser, ForcedKernels) {
   auto t = kernels::forced_table("scalar", TernaryFormat::TQ2);
   EXPECT_STREQ(t.decode.name, "scalar");
+  EXPECT_STREQ(t.batch.name, "scalar");
   EXPECT_STREQ(t.prefill.name, "scalar");
   if (kernels::cpu_has(kernels::Isa::Avx2)) {
-    t = kernels::forced_table("scalar,avx2", TernaryFormat::TQ1);
+    t = kernels::forced_table("scalar,avx2", TernaryFormat::TQ1);  // the batch regime follows prefill
     EXPECT_STREQ(t.decode.name, "scalar");
+    EXPECT_STREQ(t.batch.name, "avx2");
+    EXPECT_STREQ(t.prefill.name, "avx2");
+    t = kernels::forced_table("avx2,scalar,avx2", TernaryFormat::TQ1);
+    EXPECT_STREQ(t.decode.name, "avx2");
+    EXPECT_STREQ(t.batch.name, "scalar");
     EXPECT_STREQ(t.prefill.name, "avx2");
   }
-  if (kernels::cpu_has(kernels::Isa::Avx512)) {  // a decode-only kernel leaves prefill to its family
+  if (kernels::cpu_has(kernels::Isa::Avx512)) {  // a decode-only kernel leaves the others to its family
     t = kernels::forced_table("avx512-prefetch", TernaryFormat::TQ2);
     EXPECT_STREQ(t.decode.name, "avx512-prefetch");
+    EXPECT_STREQ(t.batch.name, "avx512");
     EXPECT_STREQ(t.prefill.name, "avx512");
+    t = kernels::forced_table("avx512-direct", TernaryFormat::TQ2);  // and a many-token kernel, decoding
+    EXPECT_STREQ(t.decode.name, "avx512");
+    EXPECT_STREQ(t.batch.name, "avx512-direct");
   }
+  EXPECT_THAT(error_of([] { kernels::forced_table("scalar,scalar,scalar,scalar", TernaryFormat::TQ2); }),
+              HasSubstr("expected NAME, DECODE,PREFILL or DECODE,BATCH,PREFILL"));
   EXPECT_THAT(error_of([] { kernels::forced_table("sse9", TernaryFormat::TQ2); }),
               HasSubstr("kernels sse9: unknown kernel (this build has:"));
 }
@@ -317,7 +349,7 @@ TEST(Chooser, MeasuresEveryCandidate) {
   o.rounds = 2;
   o.decode_sample_bytes = 1 << 16;
   const auto c = kernels::choose_kernels({&a, &b}, &pool, o);
-  for (auto* rc : {&c.decode, &c.prefill}) {
+  for (auto* rc : {&c.decode, &c.batch, &c.prefill}) {
     bool found = false;
     for (auto& cand : rc->candidates) {
       if (rc->candidates.size() > 1) EXPECT_GT(cand.rate, 0) << cand.name;

@@ -72,7 +72,8 @@ inline mmfree::Model load(const Args& a) { return mmfree::load_model(model_path(
 inline std::string kernel_summary(const mmfree::Model& m) {
   using mmfree::kernels::Regime;
   const auto& c = m.kernel_choice();
-  std::string s = std::string("decode ") + describe(c.decode, Regime::Decode) + ", prefill " + describe(c.prefill, Regime::Prefill);
+  std::string s = std::string("decode ") + describe(c.decode, Regime::Decode) + ", batch " + describe(c.batch, Regime::Batch) +
+                  ", prefill " + describe(c.prefill, Regime::Prefill);
   char buf[64];
   if (m.options().kernels.empty()) std::snprintf(buf, sizeof buf, ", chosen by measurement in %.0f ms", c.seconds * 1e3);
   else std::snprintf(buf, sizeof buf, " (forced by --kernels)");

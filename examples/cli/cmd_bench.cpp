@@ -5,13 +5,131 @@
 #include <optional>
 
 #include "commands.hpp"
+#include "mmfree/roofline.hpp"
 
 namespace cli {
+
+namespace {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+// bench --batch: Model::step_batch over B sequences for each B, against the roofline of this
+// machine measured in the same run: a pass over B tokens costs at least
+// max(weight bytes / read bandwidth, B x MACs per token / int8 peak).
+int bench_batches(const Args& a, const std::vector<int32_t>& threads, int64_t reps, int64_t prompt, bool json) {
+  std::vector<int64_t> batches;
+  for (int32_t b : mmfree::parse_id_list(a.str("batch"), "--batch", 4097))
+    if (b < 1) fail("--batch", "batch sizes must be >= 1");
+    else batches.push_back(b);
+  const std::string path = model_path(a);
+  nlohmann::json runs = nlohmann::json::array();
+  for (int32_t t : threads) {
+    mmfree::ModelOptions o = model_options(a);
+    o.threads = t;
+    mmfree::Model m = mmfree::load_model(path, o);
+    const mmfree::ModelWeights& w = m.weights();
+    double bytes = double(w.embeddings.cols) * double(mmfree::dtype_size(w.embeddings.dtype)), macs = 0, head_macs = 0;
+    mmfree::for_each_bitlinear(w, [&](const std::string&, const mmfree::BitLinear& l) {
+      bytes += double(l.weights().nbytes());
+      macs += double(l.in_features()) * double(l.out_features());
+    });
+    head_macs = double(w.lm_head.in_features()) * double(w.lm_head.out_features());
+    const double peak = mmfree::roofline::int8_peak_gmacs(t);
+    std::vector<double> bws;
+    nlohmann::json rows = nlohmann::json::array();
+    const int64_t V = m.vocab_size();
+    for (int64_t B : batches) {
+      bws.push_back(mmfree::roofline::bandwidth_now_gbs(t));
+      std::vector<mmfree::State> states(size_t(B), m.new_state());
+      std::vector<mmfree::State*> ptrs;
+      for (auto& s : states) ptrs.push_back(&s);
+      std::vector<int32_t> ids(static_cast<size_t>(B));
+      int64_t step_no = 0;
+      auto step = [&] {
+        for (int64_t b = 0; b < B; ++b) ids[size_t(b)] = int32_t(1 + (b * 7919 + step_no * 104729) % (V - 1));
+        ++step_no;
+        auto logits = m.step_batch(ids, ptrs);
+        if (logits.empty()) std::abort();
+      };
+      using clk = std::chrono::steady_clock;
+      step();  // warm-up: scratch grows to B tokens
+      auto t0 = clk::now();
+      step();
+      const double first = std::chrono::duration<double>(clk::now() - t0).count();
+      // Each repetition runs about 0.3 s of steps (at least 2); the step time is the median.
+      const int64_t per_rep = std::max<int64_t>(2, int64_t(0.3 / std::max(first, 1e-6)));
+      std::vector<double> step_s;
+      for (int64_t r = 0; r < reps; ++r) {
+        t0 = clk::now();
+        for (int64_t i = 0; i < per_rep; ++i) step();
+        step_s.push_back(std::chrono::duration<double>(clk::now() - t0).count() / double(per_rep));
+      }
+      rows.push_back({{"batch", B}, {"step_ms", median(step_s) * 1e3}, {"tok_s", double(B) / median(step_s)}});
+    }
+    bws.push_back(mmfree::roofline::bandwidth_now_gbs(t));
+    const double bw = median(bws);
+    for (auto& r : rows) {
+      const double B = r["batch"].get<double>();
+      const double mem_s = bytes / (bw * 1e9), mac_s = peak > 0 ? B * macs / (peak * 1e9) : 0;
+      r["roofline_tok_s"] = B / std::max(mem_s, mac_s);
+      r["roofline_frac"] = r["tok_s"].get<double>() / r["roofline_tok_s"].get<double>();
+      r["bound"] = mem_s >= mac_s ? "memory" : "compute";
+    }
+    // A prompt of `prompt` tokens: its ternary MACs (the head runs once) against the peak.
+    nlohmann::json pre;
+    {
+      std::vector<int32_t> ids(static_cast<size_t>(prompt));
+      for (int64_t i = 0; i < prompt; ++i) ids[size_t(i)] = int32_t(1 + (i * 7919) % (V - 1));
+      std::vector<double> secs;
+      for (int64_t r = 0; r < reps + 1; ++r) {
+        mmfree::State st = m.new_state();
+        const auto t0 = std::chrono::steady_clock::now();
+        (void)m.prefill_last(ids, st);
+        if (r) secs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+      const double s = median(secs), gmacs = (double(prompt) * (macs - head_macs) + head_macs) / s / 1e9;
+      pre = {{"tokens", prompt}, {"ms", s * 1e3}, {"tok_s", double(prompt) / s}, {"gmac_s", gmacs},
+             {"peak_frac", peak > 0 ? gmacs / peak : 0.0}};
+    }
+    const auto& c = m.config();
+    runs.push_back({{"cpu", mmfree::roofline::cpu_model()}, {"model", path},
+                    {"desc", std::to_string(c.num_hidden_layers) + "x" + std::to_string(c.hidden_size) + " " +
+                                 mmfree::format_name(m.format())},
+                    {"threads", t}, {"read_gbs", bw}, {"int8_peak_gmacs", peak}, {"weight_bytes_per_token", bytes},
+                    {"macs_per_token", macs}, {"kernels", kernel_summary(m)}, {"batches", rows}, {"prefill", pre}});
+  }
+  if (json) {
+    std::printf("%s\n", runs.dump(2).c_str());
+    return 0;
+  }
+  for (auto& r : runs) {
+    std::printf("%s, %s, %d threads: read %.1f GB/s, int8 peak %.0f GMAC/s, %.1f MB and %.2f GMAC per token\n",
+                r["cpu"].get<std::string>().c_str(), r["desc"].get<std::string>().c_str(), r["threads"].get<int>(),
+                r["read_gbs"].get<double>(), r["int8_peak_gmacs"].get<double>(),
+                r["weight_bytes_per_token"].get<double>() / 1e6, r["macs_per_token"].get<double>() / 1e9);
+    std::printf("kernels: %s\n\n", r["kernels"].get<std::string>().c_str());
+    std::printf("| B | step ms | tok/s | roofline tok/s | of roofline | bound |\n| --- | --- | --- | --- | --- | --- |\n");
+    for (auto& b : r["batches"])
+      std::printf("| %lld | %.2f | %.1f | %.1f | %.0f%% | %s |\n", (long long)b["batch"].get<int64_t>(), b["step_ms"].get<double>(),
+                  b["tok_s"].get<double>(), b["roofline_tok_s"].get<double>(), 100 * b["roofline_frac"].get<double>(),
+                  b["bound"].get<std::string>().c_str());
+    const auto& p = r["prefill"];
+    std::printf("\nprefill %lld tokens: %.0f ms, %.1f tok/s, %.0f GMAC/s (%.0f%% of the int8 peak)\n\n",
+                (long long)p["tokens"].get<int64_t>(), p["ms"].get<double>(), p["tok_s"].get<double>(),
+                p["gmac_s"].get<double>(), 100 * p["peak_frac"].get<double>());
+  }
+  return 0;
+}
+
+}  // namespace
 
 // llama-bench style: prefill of -p tokens and decode of -n tokens, for each thread count,
 // repeated -r times; mean +- stddev. Figures come from the same model in this process.
 int cmd_bench(const Args& a) {
-  a.allow({"prompt-tokens", "max-new-tokens", "threads-list", "repetitions", "json"});
+  a.allow({"prompt-tokens", "max-new-tokens", "threads-list", "repetitions", "json", "batch"});
   const std::string path = model_path(a);
   const int64_t p = a.has("prompt-tokens") ? mmfree::parse_int(a.str("prompt-tokens"), "-p", 1, 1 << 16) : 512;
   const int64_t n = a.has("max-new-tokens") ? mmfree::parse_int(a.str("max-new-tokens"), "-n", 1, 1 << 16) : 128;
@@ -23,10 +141,11 @@ int cmd_bench(const Args& a) {
     if (t < 1) fail("-t", "thread counts must be >= 1");
     else threads.push_back(t);
   const bool json = a.on("json");
+  if (a.has("batch")) return bench_batches(a, threads, reps, p, json);
   struct Row {
     int threads;
     std::vector<double> pp, tg, ttft;
-    std::string decode_kernel, prefill_kernel;
+    std::string decode_kernel, batch_kernel, prefill_kernel;
   };
   std::vector<Row> rows;
   size_t file_bytes = 0;
@@ -40,7 +159,8 @@ int cmd_bench(const Args& a) {
            mmfree::format_name(m.weights().lm_head.weights().format);
     file_bytes = m.weights().embeddings.nbytes();
     mmfree::for_each_bitlinear(m.weights(), [&](const std::string&, const mmfree::BitLinear& l) { file_bytes += l.weights().nbytes(); });
-    Row r{t, {}, {}, {}, m.kernel_choice().decode.chosen.name, m.kernel_choice().prefill.chosen.name};
+    Row r{t, {}, {}, {}, m.kernel_choice().decode.chosen.name, m.kernel_choice().batch.chosen.name,
+          m.kernel_choice().prefill.chosen.name};
     std::vector<int32_t> ids(static_cast<size_t>(p));
     for (int64_t i = 0; i < p; ++i) ids[size_t(i)] = int32_t(1 + i % (m.vocab_size() - 1));
     for (int64_t rep = 0; rep < reps + 1; ++rep) {  // the first run warms the page cache
@@ -80,21 +200,21 @@ int cmd_bench(const Args& a) {
       out.push_back({{"model", path}, {"desc", desc}, {"size_bytes", file_bytes}, {"threads", r.threads},
                      {"prompt_tokens", p}, {"gen_tokens", n}, {"prefill_tps", pm}, {"prefill_tps_sd", ps},
                      {"decode_tps", tm}, {"decode_tps_sd", ts}, {"ttft_ms", fm}, {"ttft_ms_sd", fs}, {"peak_rss_mib", rss},
-                     {"decode_kernel", r.decode_kernel}, {"prefill_kernel", r.prefill_kernel}});
+                     {"decode_kernel", r.decode_kernel}, {"batch_kernel", r.batch_kernel}, {"prefill_kernel", r.prefill_kernel}});
     }
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
   }
-  std::printf("| model | size | threads | pp%lld tok/s | tg%lld tok/s | time to first token | peak RSS | kernels (decode, prefill) |\n",
+  std::printf("| model | size | threads | pp%lld tok/s | tg%lld tok/s | time to first token | peak RSS | kernels (decode, batch, prefill) |\n",
               (long long)p, (long long)n);
   std::printf("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
   for (auto& r : rows) {
     auto [pm, ps] = mean_sd(r.pp);
     auto [tm, ts] = mean_sd(r.tg);
     auto [fm, fs] = mean_sd(r.ttft);
-    std::printf("| %s | %.1f MiB | %d | %.1f ± %.1f | %.1f ± %.1f | %.1f ± %.1f ms | %.0f MiB | %s, %s |\n", desc.c_str(),
+    std::printf("| %s | %.1f MiB | %d | %.1f ± %.1f | %.1f ± %.1f | %.1f ± %.1f ms | %.0f MiB | %s, %s, %s |\n", desc.c_str(),
                 double(file_bytes) / (1 << 20), r.threads, pm, ps, tm, ts, fm, fs, rss, r.decode_kernel.c_str(),
-                r.prefill_kernel.c_str());
+                r.batch_kernel.c_str(), r.prefill_kernel.c_str());
   }
   return 0;
 }

@@ -27,10 +27,11 @@ mmfree::GenerateOptions generate_options(const Args& a) {
 void print_stats(const mmfree::Model& m, const mmfree::GenerateStats& st) {
   std::fprintf(stderr,
                "prompt tokens: %lld, prefill %.1f tok/s, decode %.1f tok/s (%lld tokens), time to first token %.1f ms, "
-               "peak memory %.1f MiB, threads %d, kernels: decode %s, prefill %s\n",
+               "peak memory %.1f MiB, threads %d, kernels: decode %s, batch %s, prefill %s\n",
                (long long)st.prompt_tokens, st.prefill_tokens_per_second(), st.decode_tokens_per_second(),
                (long long)st.generated_tokens, st.time_to_first_token * 1e3, double(mmfree::peak_rss_bytes()) / (1 << 20),
-               m.options().threads, m.kernel_choice().decode.chosen.name, m.kernel_choice().prefill.chosen.name);
+               m.options().threads, m.kernel_choice().decode.chosen.name, m.kernel_choice().batch.chosen.name,
+               m.kernel_choice().prefill.chosen.name);
 }
 
 }  // namespace

@@ -608,9 +608,10 @@ int cmd_serve(const Args& a) {
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);
   signal(SIGPIPE, SIG_IGN);
-  std::fprintf(stderr, "mmfree-cli serve: %s on http://%s:%d (parallel %lld, queue %lld, threads %d, kernels %s/%s)\n",
+  std::fprintf(stderr, "mmfree-cli serve: %s on http://%s:%d (parallel %lld, queue %lld, threads %d, kernels %s/%s/%s)\n",
                name.c_str(), host.c_str(), bound, (long long)so.max_active, (long long)so.max_queued, model.options().threads,
-               model.kernel_choice().decode.chosen.name, model.kernel_choice().prefill.chosen.name);
+               model.kernel_choice().decode.chosen.name, model.kernel_choice().batch.chosen.name,
+               model.kernel_choice().prefill.chosen.name);
   std::fprintf(stderr, "listening on port %d\n", bound);
   std::fflush(stderr);
   svr.listen_after_bind();

@@ -73,6 +73,8 @@ const std::vector<Command>& commands() {
        "  -n, --max-new-tokens N tokens decoded (default 128)\n"
        "  -t, --threads-list L   thread counts, e.g. 1,2 (default 1 and every core)\n"
        "  -r, --repetitions N    repetitions (default 3)\n"
+       "  --batch 1,2,4,...      instead: step_batch over B sequences for each B, against the roofline\n"
+       "                         (read bandwidth and int8 peak measured in the same run), and a prefill of -p\n"
        "  --json                 JSON instead of a table\n",
        cmd_bench},
       {"convert", "a Hugging Face checkpoint to GGUF",

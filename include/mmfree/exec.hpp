@@ -32,6 +32,7 @@ struct CpuAccumulate {
 template <class Acc>
 struct BasicExec {
   kernels::KernelTable kernels = kernels::make_table(kernels::incumbent(kernels::Regime::Decode, TernaryFormat::TQ2),
+                                                     kernels::incumbent(kernels::Regime::Batch, TernaryFormat::TQ2),
                                                      kernels::incumbent(kernels::Regime::Prefill, TernaryFormat::TQ2));
   ThreadPool* pool = nullptr;
   Acc accumulate{};

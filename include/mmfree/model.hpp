@@ -63,8 +63,7 @@ class BasicModel {
     const TernaryFormat f = format();
     if (!opt.kernels.empty()) {
       exec_.kernels = kernels::forced_table(opt.kernels, f);
-      choice_.decode.chosen = exec_.kernels.decode;
-      choice_.prefill.chosen = exec_.kernels.prefill;
+      for (kernels::Regime r : kernels::kRegimes) choice_.of(r).chosen = exec_.kernels.for_regime(r);
     } else {
       kernels::ChooserOptions co = opt.chooser;
       co.prefill_tokens = std::min(co.prefill_tokens, opt.max_batch);

@@ -2,12 +2,14 @@
 //
 // Ranking kernels by ISA picks the wrong one: on AMD Zen 4, AVX-512 instructions run as two
 // 256-bit halves and a kernel tuned on an Intel Xeon streamed at half the speed of another that
-// the library already had. So every kernel this CPU can run is timed, separately for the two
+// the library already had. So every kernel this CPU can run is timed, separately for the three
 // regimes, and the fastest serves each:
 //  - decode (one token) is bandwidth-bound: each candidate multiplies one token through a run of
 //    the model's matrices, walking the weights in model order, so every sample streams fresh
 //    weights from memory as decoding does (a model that fits in the cache is timed warm, as it
 //    runs);
+//  - batch (2 to KernelTable::batch_max tokens) is both: the same walk with batch_tokens tokens,
+//    so decoding the weights and streaming them from memory are timed together;
 //  - prefill (a chunk of tokens) is compute-bound: each candidate multiplies a chunk through a
 //    256-row slice of every distinct shape, weighted by that shape's share of the model's work.
 // Candidates are interleaved over rounds (so a noisy neighbour slows them alike), each scored by
@@ -32,9 +34,10 @@ namespace mmfree::kernels {
 
 struct ChooserOptions {
   int64_t prefill_tokens = 64;           // tokens per prefill sample (the model's chunk, at most)
+  int64_t batch_tokens = 6;              // tokens per batch sample (the middle of 2..16, geometrically)
   double near_tie = 0.03;                // a challenger must be this much faster to replace the incumbent
   int rounds = 5;                        // samples per candidate and regime, at most...
-  double budget_seconds = 0.04;          // ...within this time for both regimes (at least 2 rounds)
+  double budget_seconds = 0.06;          // ...within this time for the three regimes (at least 2 rounds)
   size_t decode_sample_bytes = 16 << 20; // decode: bytes each candidate streams per round
   int64_t prefill_rows = 256;            // rows of each shape per prefill sample
   // Tests: seconds a kernel takes per unit of work in a regime; no measurement when set.
@@ -46,14 +49,16 @@ struct RegimeChoice {
   Kernel chosen;
   struct Candidate {
     std::string name;
-    double rate = 0;  // decode: GB/s of weights; prefill: GMAC/s
+    double rate = 0;  // decode: GB/s of weights; batch and prefill: GMAC/s
   };
   std::vector<Candidate> candidates;  // in preference order
 };
 struct KernelChoice {
-  RegimeChoice decode, prefill;
+  RegimeChoice decode, batch, prefill;
   double seconds = 0;  // time the measurement took
-  KernelTable table() const { return make_table(decode.chosen, prefill.chosen); }
+  KernelTable table() const { return make_table(decode.chosen, batch.chosen, prefill.chosen); }
+  RegimeChoice& of(Regime r) { return r == Regime::Decode ? decode : r == Regime::Batch ? batch : prefill; }
+  const RegimeChoice& of(Regime r) const { return r == Regime::Decode ? decode : r == Regime::Batch ? batch : prefill; }
 };
 
 namespace detail {
@@ -83,7 +88,7 @@ inline void run_rows(const Kernel& k, const TernaryMatrix& W, const int8_t* Q, i
 
 }  // namespace detail
 
-// Chooses the decode and prefill kernels for `matrices` (all one format, in the order decoding
+// Chooses the decode, batch and prefill kernels for `matrices` (all one format, in the order decoding
 // reads them). `pool` may be null (one thread).
 inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matrices, ThreadPool* pool,
                                    const ChooserOptions& opt = {}) {
@@ -92,17 +97,17 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
   const TernaryFormat f = matrices.empty() ? TernaryFormat::TQ2 : matrices.front()->format;
   int64_t max_rows = 1, max_cols = 1;
   for (auto* m : matrices) max_rows = std::max(max_rows, m->rows), max_cols = std::max(max_cols, m->cols);
-  const int64_t ldq = activation_cols(max_cols), T = opt.prefill_tokens;
+  const int64_t ldq = activation_cols(max_cols), T = std::max(opt.prefill_tokens, opt.batch_tokens);
 
   // Random activations and a shared output buffer.
   std::vector<int8_t> Q(size_t(T * ldq), 0);
   std::mt19937 rng(7);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t c = 0; c < max_cols; ++c) Q[size_t(t * ldq + c)] = int8_t(int(rng() % 255) - 127);
-  std::vector<int32_t> acc(size_t(std::max(max_rows, T * std::min(max_rows, opt.prefill_rows))));
+  std::vector<int32_t> acc(size_t(std::max(max_rows * opt.batch_tokens, T * std::min(max_rows, opt.prefill_rows))));
 
   // One warm-up sample per candidate (first-call allocations; it also times a round), then as
-  // many interleaved rounds as fit in half the budget, between 2 and opt.rounds; each candidate
+  // many interleaved rounds as fit in a third of the budget, between 2 and opt.rounds; each candidate
   // keeps its best sample. sample(k) returns {cost, seconds taken}.
   auto run_rounds = [&](const std::vector<Kernel>& cands, std::vector<double>& cost, const auto& sample) {
     double round_seconds = 0;
@@ -111,7 +116,7 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
       cost[i] = std::min(cost[i], c);
       round_seconds += s;
     }
-    const int rounds = std::clamp(int(opt.budget_seconds / 2 / std::max(round_seconds, 1e-9)) - 1, 1, opt.rounds - 1);
+    const int rounds = std::clamp(int(opt.budget_seconds / 3 / std::max(round_seconds, 1e-9)) - 1, 1, opt.rounds - 1);
     for (int round = 0; round < rounds; ++round)
       for (size_t j = 0; j < cands.size(); ++j) {
         const size_t i = (j + size_t(round)) % cands.size();
@@ -119,22 +124,24 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
       }
   };
 
-  for (Regime r : {Regime::Decode, Regime::Prefill}) {
-    RegimeChoice& rc = r == Regime::Decode ? out.decode : out.prefill;
+  for (Regime r : kRegimes) {
+    RegimeChoice& rc = out.of(r);
     const std::vector<Kernel> cands = detail::candidates(r, f);
     std::vector<double> cost(cands.size(), 1e300);  // seconds per byte (decode) or per MAC (prefill)
     if (opt.timer) {
       for (size_t i = 0; i < cands.size(); ++i) cost[i] = opt.timer(cands[i], r);
     } else if (cands.size() > 1 && !matrices.empty()) {
-      if (r == Regime::Decode) {
+      if (r != Regime::Prefill) {
         // Walk the matrices in order, each one streamed by one candidate: matrix j goes to
         // candidate (j + j / 7) % K (the offset moves each candidate across the 6-7 shapes of a
         // layer). Interleaving this finely, a noisy neighbour slows every candidate alike; each
-        // is scored by its total bytes over its total time, over half the budget.
+        // is scored by its total bytes over its total time, over a third of the budget.
+        // Decode scores bytes per second; batch, MACs per second (its tokens: batch_tokens).
+        const int64_t n = r == Regime::Decode ? 1 : opt.batch_tokens;
         const size_t K = cands.size();
         std::vector<double> secs(K, 0), bytes(K, 0);
         for (size_t i = 0; i < K; ++i)  // warm-up: first-call allocations
-          detail::run_rows(cands[i], *matrices[i % matrices.size()], Q.data(), ldq, 1, acc.data(),
+          detail::run_rows(cands[i], *matrices[i % matrices.size()], Q.data(), ldq, n, acc.data(),
                            matrices[i % matrices.size()]->rows, pool);
         const auto t_start = std::chrono::steady_clock::now();
         size_t total = 0;
@@ -142,15 +149,15 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
           const size_t i = (j + j / 7) % K;
           const TernaryMatrix& W = *matrices[j % matrices.size()];
           const auto t0 = std::chrono::steady_clock::now();
-          detail::run_rows(cands[i], W, Q.data(), ldq, 1, acc.data(), W.rows, pool);
+          detail::run_rows(cands[i], W, Q.data(), ldq, n, acc.data(), W.rows, pool);
           const auto t1 = std::chrono::steady_clock::now();
           secs[i] += std::chrono::duration<double>(t1 - t0).count();
-          bytes[i] += double(W.nbytes());
+          bytes[i] += n == 1 ? double(W.nbytes()) : double(W.rows) * double(W.cols) * double(n);
           total += W.nbytes();
-          // Stop once every candidate has 2 samples and half the budget is spent, or `rounds`
+          // Stop once every candidate has 2 samples and a third of the budget is spent, or `rounds`
           // samples' worth of bytes each are streamed, or (small models) `rounds` passes each.
           const double elapsed = std::chrono::duration<double>(t1 - t_start).count();
-          if (j + 1 >= 2 * K && (elapsed >= opt.budget_seconds / 2 ||
+          if (j + 1 >= 2 * K && (elapsed >= opt.budget_seconds / 3 ||
                                  total >= size_t(opt.rounds) * K * opt.decode_sample_bytes ||
                                  j + 1 >= size_t(opt.rounds) * K * matrices.size()))
             break;
@@ -195,7 +202,7 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
   return out;
 }
 
-// "decode avx512 (31.2 GB/s; avx2 27.5), prefill avx512 (402 GMAC/s; avx2 95)" for stats lines.
+// "avx512 (avx512 31.2, avx2 27.5 GB/s)" for stats lines.
 inline std::string describe(const RegimeChoice& rc, Regime r) {
   std::string s = rc.chosen.name;
   const char* unit = r == Regime::Decode ? "GB/s" : "GMAC/s";

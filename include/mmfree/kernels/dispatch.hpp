@@ -1,11 +1,12 @@
 // mmfree: the ternary kernels this build has, which of them this CPU can run, and the table a
-// model computes with (one kernel for one token, one for many: kernels/chooser.hpp picks them by
-// measuring).
+// model computes with (a kernel for one token, for a few, for many: kernels/chooser.hpp picks
+// them by measuring).
 //
 // The library is compiled for the baseline ISA; SIMD kernels carry their own target attributes,
 // so users never need -march=native.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -32,19 +33,21 @@ using SumSquaresFn = double (*)(const float* x, int64_t n);
 // What a kernel needs from the CPU.
 enum class Isa { Scalar, Avx2, Avx512, Avx512Vbmi, Amx, Neon, NeonDotprod };
 
-// The two regimes a model runs in: one token (decoding: bandwidth-bound) and a chunk of tokens
-// (prefill, batched steps: compute-bound).
-enum class Regime { Decode, Prefill };
-inline const char* regime_name(Regime r) { return r == Regime::Decode ? "decode" : "prefill"; }
+// The three regimes a model runs in, by tokens per pass over the weights: one (decoding a
+// single sequence: bandwidth-bound), a few (a batch of decoding sequences, drafted tokens being
+// verified: between the two bounds), many (prompts: compute-bound).
+enum class Regime { Decode, Batch, Prefill };
+inline constexpr Regime kRegimes[] = {Regime::Decode, Regime::Batch, Regime::Prefill};
+inline const char* regime_name(Regime r) { return r == Regime::Decode ? "decode" : r == Regime::Batch ? "batch" : "prefill"; }
 
 struct Kernel {
   const char* name = "scalar";
   Isa isa = Isa::Scalar;
   TernaryGemmFn gemm = ternary_gemm_scalar;
-  bool decode = true, prefill = true;  // a candidate for the regime
-  bool tq2 = true, tq1 = true;         // a candidate for the format (all kernels compute both)
+  bool decode = true, batch = true, prefill = true;  // a candidate for the regime
+  bool tq2 = true, tq1 = true;                      // a candidate for the format (all kernels compute both)
   bool for_format(TernaryFormat f) const { return f == TernaryFormat::TQ2 ? tq2 : tq1; }
-  bool for_regime(Regime r) const { return r == Regime::Decode ? decode : prefill; }
+  bool for_regime(Regime r) const { return r == Regime::Decode ? decode : r == Regime::Batch ? batch : prefill; }
 };
 
 // Every kernel of this build, in order of preference when measurements tie: the incumbent
@@ -52,18 +55,25 @@ struct Kernel {
 inline const std::vector<Kernel>& all_kernels() {
   static const std::vector<Kernel> k = {
 #if defined(__x86_64__)
-      {"amx", Isa::Amx, amx::ternary_gemm, false, true, true, true},
-      {"avx512", Isa::Avx512, avx512::ternary_gemm<false>, true, true, true, true},
-      {"avx512-vbmi", Isa::Avx512Vbmi, avx512::ternary_gemm_vbmi<false>, true, true, false, true},
-      {"avx512-prefetch", Isa::Avx512, avx512::ternary_gemm<true>, true, false, true, true},
-      {"avx512-vbmi-prefetch", Isa::Avx512Vbmi, avx512::ternary_gemm_vbmi<true>, true, false, false, true},
-      {"avx2", Isa::Avx2, avx2::ternary_gemm, true, true, true, true},
+      // name, ISA, kernel, decode, batch, prefill, tq2, tq1
+      {"amx", Isa::Amx, amx::ternary_gemm, false, true, true, true, true},
+      {"avx512", Isa::Avx512, avx512::ternary_gemm<false>, true, true, true, true, true},
+      {"avx512-vbmi", Isa::Avx512Vbmi, avx512::ternary_gemm_vbmi<false>, true, true, true, false, true},
+      {"avx512-prefetch", Isa::Avx512, avx512::ternary_gemm<true>, true, false, false, true, true},
+      {"avx512-vbmi-prefetch", Isa::Avx512Vbmi, avx512::ternary_gemm_vbmi<true>, true, false, false, false, true},
+      // Several tokens with the planes decoded in registers (ternary_avx512.hpp): one token is
+      // the plain decoder's, so these are no decode candidates of their own.
+      {"avx512-direct", Isa::Avx512, avx512::ternary_gemm_direct<false>, false, true, true, true, true},
+      {"avx512-vbmi-direct", Isa::Avx512Vbmi, avx512::ternary_gemm_direct_vbmi<false>, false, true, true, false, true},
+      {"avx512-direct-prefetch", Isa::Avx512, avx512::ternary_gemm_direct<true>, false, true, true, true, true},
+      {"avx512-vbmi-direct-prefetch", Isa::Avx512Vbmi, avx512::ternary_gemm_direct_vbmi<true>, false, true, true, false, true},
+      {"avx2", Isa::Avx2, avx2::ternary_gemm, true, true, true, true, true},
 #endif
 #if defined(__aarch64__)
-      {"neon-dotprod", Isa::NeonDotprod, neon::ternary_gemm_dotprod, true, true, true, true},
-      {"neon", Isa::Neon, neon::ternary_gemm, true, true, true, true},
+      {"neon-dotprod", Isa::NeonDotprod, neon::ternary_gemm_dotprod, true, true, true, true, true},
+      {"neon", Isa::Neon, neon::ternary_gemm, true, true, true, true, true},
 #endif
-      {"scalar", Isa::Scalar, ternary_gemm_scalar, true, true, true, true},
+      {"scalar", Isa::Scalar, ternary_gemm_scalar, true, true, true, true, true},
   };
   return k;
 }
@@ -107,36 +117,32 @@ inline const Kernel& find_kernel(const std::string& name) {
   fail("kernels " + name, "unknown kernel (this build has: " + names + ")");
 }
 
-// What a model computes with. gemm() takes the decode kernel for one token, the prefill
-// kernel for many; rmsnorm + int8 quantisation uses the widest SIMD the CPU has (every
-// version returns the same bits, ops.hpp).
-//
-// A few tokens (a batch of decoding sequences: Model::step_batch) go through the decode kernel
-// once per token over blocks of rows small enough to stay in L2 (kBatchRows rows of K 2-bit
-// weights), so the weights still come from memory once: GEMM kernels tiled for long prompts
-// cost ~2x the blocked way at 2 tokens. Up to `batch_by_rows` tokens.
-inline constexpr int64_t kBatchRows = 64;
+// Tokens per pass up to which the batch kernel serves (a batched step of up to 16 sequences,
+// k + 1 drafted tokens being verified).
+inline constexpr int64_t kBatchMaxTokens = 16;
+
+// What a model computes with: a kernel per regime; rmsnorm + int8 quantisation use the widest
+// SIMD the CPU has (every version returns the same bits, ops.hpp). Every kernel returns the same
+// bits too, so which one runs never changes a result.
 struct KernelTable {
-  Kernel decode, prefill;
+  Kernel decode, batch, prefill;
+  // Passes of 2 .. batch_max tokens take the batch kernel, longer ones the prefill kernel.
+  int64_t batch_max = kBatchMaxTokens;
   ScaleQuantizeFn scale_quantize = mmfree::scale_quantize;
   SumSquaresFn sum_squares = mmfree::sum_squares;
-  // Token counts in [2, batch_by_rows] take the blocked decode kernel. On AMD EPYC Zen 4 (2 threads,
-  // 1.3B) it wins at 2 and 4 tokens (21 and 38 ms a step against 43 and 44) and loses at 8.
-  int64_t batch_by_rows = 4;
 
+  const Kernel& for_tokens(int64_t n) const { return n == 1 ? decode : n <= batch_max ? batch : prefill; }
+  const Kernel& for_regime(Regime r) const { return r == Regime::Decode ? decode : r == Regime::Batch ? batch : prefill; }
   void gemm(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out, int64_t ldo, int64_t r0,
             int64_t r1) const {
-    if (n == 1 || n > batch_by_rows) return (n == 1 ? decode : prefill).gemm(W, Q, ldq, n, out, ldo, r0, r1);
-    for (int64_t b0 = r0; b0 < r1; b0 += kBatchRows) {
-      const int64_t b1 = std::min(r1, b0 + kBatchRows);
-      for (int64_t t = 0; t < n; ++t) decode.gemm(W, Q + t * ldq, ldq, 1, out + t * ldo, ldo, b0, b1);
-    }
+    for_tokens(n).gemm(W, Q, ldq, n, out, ldo, r0, r1);
   }
 };
 
-inline KernelTable make_table(const Kernel& decode, const Kernel& prefill) {
+inline KernelTable make_table(const Kernel& decode, const Kernel& batch, const Kernel& prefill) {
   KernelTable t;
   t.decode = decode;
+  t.batch = batch;
   t.prefill = prefill;
 #if defined(__x86_64__)
   if (cpu_has(Isa::Avx512)) {
@@ -157,13 +163,22 @@ inline Kernel incumbent(Regime r, TernaryFormat f) {
   return all_kernels().back();  // scalar
 }
 
-// A forced choice, as --kernels takes it: "NAME" for both regimes, or "DECODE,PREFILL". A
-// kernel that is no candidate for a regime (amx for one token, the prefetching decoders for
-// many) leaves that regime to the preferred kernel of its own ISA family (amx: avx512).
+// A forced choice, as --kernels takes it: "NAME" for every regime, "DECODE,PREFILL" (the batch
+// regime takes the prefill kernel) or "DECODE,BATCH,PREFILL". A kernel that is no candidate for
+// a regime (amx or the direct kernels for one token, the prefetching decoders for many) leaves
+// that regime to the preferred kernel of its own ISA family (amx: avx512).
 inline KernelTable forced_table(const std::string& spec, TernaryFormat f) {
-  const size_t comma = spec.find(',');
-  const Kernel& d = find_kernel(spec.substr(0, comma));
-  const Kernel& p = find_kernel(comma == std::string::npos ? spec : spec.substr(comma + 1));
+  std::vector<std::string> names;
+  for (size_t b = 0;;) {
+    const size_t e = spec.find(',', b);
+    names.push_back(spec.substr(b, e == std::string::npos ? std::string::npos : e - b));
+    if (e == std::string::npos) break;
+    b = e + 1;
+  }
+  if (names.size() > 3) fail("kernels " + spec, "expected NAME, DECODE,PREFILL or DECODE,BATCH,PREFILL");
+  const Kernel& d = find_kernel(names[0]);
+  const Kernel& p = find_kernel(names.back());
+  const Kernel& b = find_kernel(names.size() == 3 ? names[1] : names.back());
   auto serve = [&](const Kernel& k, Regime r) -> Kernel {
     if (k.for_regime(r)) return k;
     const Isa family = k.isa == Isa::Amx ? Isa::Avx512 : k.isa;
@@ -171,7 +186,7 @@ inline KernelTable forced_table(const std::string& spec, TernaryFormat f) {
       if (c.isa == family && c.for_regime(r)) return c;
     return incumbent(r, f);
   };
-  return make_table(serve(d, Regime::Decode), serve(p, Regime::Prefill));
+  return make_table(serve(d, Regime::Decode), serve(b, Regime::Batch), serve(p, Regime::Prefill));
 }
 
 // Names accepted by --kernels, for messages.
