@@ -13,7 +13,8 @@
 // bits per weight (TQ1 beats the 2-bit floor when it is above 1); peak_MiB = peak resident memory of loading and running
 // the model (the process's high-water mark, reset before each load); mem_floor_MiB = bytes
 // of weights the model must hold; ttft_ms for prefill = prompt in, first token chosen.
-// bench/report.py turns the JSON output into the README table and chart.
+// bench/report.py turns the JSON output into the README table and chart. e2e/<preset>/<format>/batch
+// runs step_batch over B sequences (2 threads) against the roofline (roofline_frac).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -127,7 +128,7 @@ size_t peak_since_load(size_t before) {
   return hwm > before ? hwm - before : 0;
 }
 
-void set_counters(benchmark::State& state, const Loaded& L, double tok_s, int threads, double bw) {
+void set_counters(benchmark::State& state, const Loaded& L, double tok_s, int /*threads*/, double bw) {
   const double floor = bw * 1e9 / double(L.bytes_per_token);
   state.counters["tok_s"] = tok_s;
   state.counters["floor_tok_s"] = floor;
@@ -228,6 +229,43 @@ void BM_Prefill(benchmark::State& state, std::string preset, TernaryFormat fmt, 
   }
 }
 
+// Batched decoding: one step_batch of B sequences per iteration, against the roofline of the
+// same moment, min(B x bandwidth / bytes per token, int8 peak / MACs per token), both probed
+// before the run; roofline_frac = tok_s over it. (mmfree-cli bench --batch interleaves the Bs
+// instead, for tables taken on a shared machine.)
+void BM_Batch(benchmark::State& state, std::string preset, TernaryFormat fmt) {
+  const int threads = int(state.range(0));
+  const int64_t B = state.range(1);
+  Loaded& L = load(preset, fmt, false, threads);
+  const Model& m = *L.ternary;
+  std::vector<State> states(size_t(B), m.new_state());
+  std::vector<State*> ptrs;
+  for (auto& st : states) ptrs.push_back(&st);
+  std::vector<int32_t> ids(static_cast<size_t>(B));
+  int64_t k = 0;
+  auto step = [&] {
+    for (int64_t b = 0; b < B; ++b) ids[size_t(b)] = int32_t(1 + (b * 7919 + k * 104729) % (m.vocab_size() - 1));
+    ++k;
+    benchmark::DoNotOptimize(m.step_batch(ids, ptrs).data());
+  };
+  step();
+  const double bw = bench::bandwidth_now_gbs(threads), peak = bench::int8_peak_gmacs(threads);
+  double secs = 0;
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    step();
+    secs += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  double macs = 0;
+  for_each_bitlinear(m.weights(), [&](const std::string&, const BitLinear& l) { macs += double(l.in_features()) * double(l.out_features()); });
+  const double tok_s = double(B) * double(state.iterations()) / secs;
+  const double roof = std::min(double(B) * bw * 1e9 / double(L.bytes_per_token), peak * 1e9 / macs);
+  set_counters(state, L, tok_s, threads, bw);
+  state.counters["roofline_tok_s"] = roof;
+  state.counters["roofline_frac"] = tok_s / roof;
+  state.counters["int8_peak_GMAC_s"] = peak;
+}
+
 int register_all() {
   benchmark::AddCustomContext("cpu_model", bench::cpu_model());
   // The bandwidth probe's buffer, before any model: its pages are not a model's peak memory.
@@ -255,6 +293,13 @@ int register_all() {
       }
     };
     for (auto f : formats) reg(format_name(f), f, false);
+    for (auto f : formats)  // after the single-token runs, so each model loads once more at most
+      benchmark::RegisterBenchmark(("e2e/" + p + "/" + format_name(f) + "/batch").c_str(), BM_Batch, p, f)
+          ->ArgNames({"threads", "B"})
+          ->ArgsProduct({{2}, {1, 2, 4, 8, 16, 32, 64}})
+          ->MinTime(0.5)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
     if (list("MMFREE_BENCH_FP32", "1").front() != "0") reg("fp32", TernaryFormat::TQ2, true);
   }
   return 0;

@@ -37,6 +37,8 @@ def load_one(path):
         # e2e/<preset>/<kind>/<phase>/threads:<t>/iterations:<n>/real_time
         parts = b["name"].split("/")
         preset, kind, phase = parts[1], parts[2], parts[3]
+        if phase == "batch":  # batch_report.py's
+            continue
         threads = int(parts[4].split(":")[1])
         rows[(preset, kind, phase, threads)] = b
     return doc["context"], rows

@@ -37,38 +37,50 @@ int bench_batches(const Args& a, const std::vector<int32_t>& threads, int64_t re
       macs += double(l.in_features()) * double(l.out_features());
     });
     head_macs = double(w.lm_head.in_features()) * double(w.lm_head.out_features());
-    const double peak = mmfree::roofline::int8_peak_gmacs(t);
+    double peak = mmfree::roofline::int8_peak_gmacs(t);
     std::vector<double> bws;
-    nlohmann::json rows = nlohmann::json::array();
     const int64_t V = m.vocab_size();
-    for (int64_t B : batches) {
-      bws.push_back(mmfree::roofline::bandwidth_now_gbs(t));
-      std::vector<mmfree::State> states(size_t(B), m.new_state());
+    // One sequence set per B, stepped in interleaved rounds (every B once per round, the
+    // ceilings probed between), so that a neighbour's burst on a shared machine slows every B
+    // alike; each B's step time is its median over the rounds.
+    struct Batch {
+      int64_t B;
+      std::vector<mmfree::State> states;
       std::vector<mmfree::State*> ptrs;
-      for (auto& s : states) ptrs.push_back(&s);
-      std::vector<int32_t> ids(static_cast<size_t>(B));
-      int64_t step_no = 0;
-      auto step = [&] {
-        for (int64_t b = 0; b < B; ++b) ids[size_t(b)] = int32_t(1 + (b * 7919 + step_no * 104729) % (V - 1));
-        ++step_no;
-        auto logits = m.step_batch(ids, ptrs);
-        if (logits.empty()) std::abort();
-      };
-      using clk = std::chrono::steady_clock;
-      step();  // warm-up: scratch grows to B tokens
-      auto t0 = clk::now();
-      step();
-      const double first = std::chrono::duration<double>(clk::now() - t0).count();
-      // Each repetition runs about 0.3 s of steps (at least 2); the step time is the median.
-      const int64_t per_rep = std::max<int64_t>(2, int64_t(0.3 / std::max(first, 1e-6)));
+      std::vector<int32_t> ids;
+      int64_t steps_per_round = 2, step_no = 0;
       std::vector<double> step_s;
-      for (int64_t r = 0; r < reps; ++r) {
-        t0 = clk::now();
-        for (int64_t i = 0; i < per_rep; ++i) step();
-        step_s.push_back(std::chrono::duration<double>(clk::now() - t0).count() / double(per_rep));
-      }
-      rows.push_back({{"batch", B}, {"step_ms", median(step_s) * 1e3}, {"tok_s", double(B) / median(step_s)}});
+    };
+    std::vector<Batch> bs;
+    for (int64_t B : batches) {
+      Batch b{B, std::vector<mmfree::State>(size_t(B), m.new_state()), {}, std::vector<int32_t>(size_t(B)), 2, 0, {}};
+      for (auto& s : b.states) b.ptrs.push_back(&s);
+      bs.push_back(std::move(b));
     }
+    using clk = std::chrono::steady_clock;
+    auto step = [&](Batch& b) {
+      for (int64_t i = 0; i < b.B; ++i) b.ids[size_t(i)] = int32_t(1 + (i * 7919 + b.step_no * 104729) % (V - 1));
+      ++b.step_no;
+      if (m.step_batch(b.ids, b.ptrs).empty()) std::abort();
+    };
+    for (Batch& b : bs) {  // warm-up (scratch grows to B tokens), and about 0.2 s of steps per round
+      step(b);
+      const auto t0 = clk::now();
+      step(b);
+      b.steps_per_round = std::max<int64_t>(2, int64_t(0.2 / std::max(std::chrono::duration<double>(clk::now() - t0).count(), 1e-6)));
+    }
+    for (int64_t r = 0; r < reps; ++r) {
+      bws.push_back(mmfree::roofline::bandwidth_now_gbs(t));
+      peak = mmfree::roofline::int8_peak_gmacs(t);
+      for (Batch& b : bs) {
+        const auto t0 = clk::now();
+        for (int64_t i = 0; i < b.steps_per_round; ++i) step(b);
+        b.step_s.push_back(std::chrono::duration<double>(clk::now() - t0).count() / double(b.steps_per_round));
+      }
+    }
+    nlohmann::json rows = nlohmann::json::array();
+    for (const Batch& b : bs)
+      rows.push_back({{"batch", b.B}, {"step_ms", median(b.step_s) * 1e3}, {"tok_s", double(b.B) / median(b.step_s)}});
     bws.push_back(mmfree::roofline::bandwidth_now_gbs(t));
     const double bw = median(bws);
     for (auto& r : rows) {
@@ -78,7 +90,7 @@ int bench_batches(const Args& a, const std::vector<int32_t>& threads, int64_t re
       r["roofline_frac"] = r["tok_s"].get<double>() / r["roofline_tok_s"].get<double>();
       r["bound"] = mem_s >= mac_s ? "memory" : "compute";
     }
-    // A prompt of `prompt` tokens: its ternary MACs (the head runs once) against the peak.
+      // A prompt of `prompt` tokens: its ternary MACs (the head runs once) against the peak.
     nlohmann::json pre;
     {
       std::vector<int32_t> ids(static_cast<size_t>(prompt));

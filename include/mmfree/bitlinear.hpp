@@ -18,9 +18,6 @@
 
 namespace mmfree {
 
-// Rows per unit of parallel work: one strip of the packed layout (ternary_format.hpp).
-inline constexpr int64_t kRowGrain = kStripRows;
-
 class BitLinear {
  public:
   BitLinear() = default;
@@ -36,7 +33,9 @@ class BitLinear {
   template <class Acc>
   void rms_factors(const float* x, int64_t n, float* r, const BasicExec<Acc>& ex) const {
     const int64_t k = w_.cols;
-    for (int64_t t = 0; t < n; ++t) r[t] = rms_factor(ex.kernels.sum_squares(x + t * k, k), k, kBitLinearEps);
+    ex.for_range(n, 8, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) r[t] = rms_factor(ex.kernels.sum_squares(x + t * k, k), k, kBitLinearEps);
+    });
   }
 
   // Step 1-2: rmsnorm + int8 quantisation of n tokens into s.q / s.s_x; `r`, when given, holds
@@ -65,19 +64,15 @@ class BitLinear {
   }
   // Step 4 for rows [r0, r1): out[t, r] = acc * scale / s_x[t]; out has row stride `ldo`.
   void dequantize_rows(int64_t n, const BitLinearScratch& s, float* out, int64_t ldo, int64_t r0, int64_t r1) const {
-    for (int64_t t = 0; t < n; ++t) {
-      const float deq = w_.scale / s.s_x[size_t(t)];
-      const int32_t* a = s.acc.data() + t * w_.rows;
-      float* o = out + t * ldo;
-      for (int64_t r = r0; r < r1; ++r) o[r] = float(a[r]) * deq;
-    }
+    for (int64_t t = 0; t < n; ++t)
+      scale_ints(s.acc.data() + t * w_.rows + r0, w_.scale / s.s_x[size_t(t)], r1 - r0, out + t * ldo + r0);
   }
 
   // The whole layer: out[t, r] for n tokens, rows spread over the pool.
   template <class Acc>
   void forward(const float* x, int64_t n, float* out, int64_t ldo, BitLinearScratch& s, const BasicExec<Acc>& ex) const {
     quantize_input(x, n, s, ex);
-    ex.for_range(w_.rows, kRowGrain, [&](int64_t r0, int64_t r1) {
+    ex.for_rows(w_.rows, n, [&](int64_t r0, int64_t r1) {
       accumulate_rows(n, s, ex, r0, r1);
       dequantize_rows(n, s, out, ldo, r0, r1);
     });

@@ -37,11 +37,17 @@ struct BasicExec {
   ThreadPool* pool = nullptr;
   Acc accumulate{};
 
-  void for_range(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) const {
+  void for_range(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn, int per_thread = 1) const {
     if (pool && pool->size() > 1 && n > grain)
-      pool->for_range(n, grain, fn);
+      pool->for_range(n, grain, fn, per_thread);
     else if (n > 0)
       fn(0, n);
+  }
+  // Rows of a BitLinear over the pool for a pass of `tokens` tokens: one range per thread for a
+  // single token (a few microseconds of streaming each: one sequential stream per thread), several
+  // per thread for more (milliseconds each: balanced when one core runs slower).
+  void for_rows(int64_t rows, int64_t tokens, const std::function<void(int64_t, int64_t)>& fn) const {
+    for_range(rows, kStripRows, fn, tokens > 1 ? 4 : 1);
   }
   // acc[t, r] = W[r] . q[t] for n tokens (q rows ldq apart, acc rows ldacc apart), rows [r0, r1).
   void ternary_accumulate(const TernaryMatrix& W, const int8_t* q, int64_t ldq, int64_t n, int32_t* acc,

@@ -33,7 +33,7 @@ struct GLU {
     gate_proj.quantize_input(x, n, bs, ex);
     // Channel c needs rows c (gate) and I + c (up): each thread takes both rows of its
     // channels, so the activation joins the same parallel section.
-    ex.for_range(inter, kRowGrain, [&](int64_t c0, int64_t c1) {
+    ex.for_rows(inter, n, [&](int64_t c0, int64_t c1) {
       gate_proj.accumulate_rows(n, bs, ex, c0, c1);
       gate_proj.accumulate_rows(n, bs, ex, inter + c0, inter + c1);
       gate_proj.dequantize_rows(n, bs, s.gate_up.data(), 2 * inter, c0, c1);

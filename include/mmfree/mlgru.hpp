@@ -76,7 +76,7 @@ struct MLGRU {
     // Channels are independent until g's norm: each thread computes its channels' rows of
     // f, i and g for all n tokens, then runs the recurrence over them. One parallel
     // section, and the exponentials are shared out too.
-    ex.for_range(d, kRowGrain, [&](int64_t c0, int64_t c1) {
+    ex.for_rows(d, n, [&](int64_t c0, int64_t c1) {
       f_proj.accumulate_rows(n, s.fq, ex, c0, c1);
       i_proj.accumulate_rows(n, s.iq, ex, c0, c1);
       g_proj.accumulate_rows(n, s.gq, ex, c0, c1);
@@ -93,7 +93,7 @@ struct MLGRU {
         float* o = s.o.data() + t * d;
         float* g = s.g.data() + t * d;
         ex.rmsnorm(g, g_norm.data(), d, eps, g);
-        for (int64_t c = 0; c < d; ++c) o[c] *= g[c];
+        mul_into(o, g, d);
       }
     });
     o_proj.forward(s.o.data(), n, out, s.bl, ex);

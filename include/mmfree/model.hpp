@@ -218,18 +218,20 @@ class BasicModel {
       // Token mixer: x += mlgru(rmsnorm(x)), advancing this layer's recurrent states.
       rmsnorm_rows(x, m, b.attn_norm.data(), eps, xn, ex);
       b.attn.forward(xn, m, a.h.data(), y, eps, a, ex);
-      add_rows(x, y, m, H);
+      add_rows(x, y, m, ex);
       // Channel mixer: x += glu(rmsnorm(x)).
       rmsnorm_rows(x, m, b.mlp_norm.data(), eps, xn, ex);
       b.mlp.forward(xn, m, y, a, ex);
-      add_rows(x, y, m, H);
+      add_rows(x, y, m, ex);
     }
     for (int64_t t = 0; t < m; ++t) ++sts[t]->position;
     if (logit_rows.empty()) return;  // a prompt chunk whose logits nobody reads
 
     // logits = lm_head(rmsnorm(x)), for the rows asked for only.
     const int64_t rows = int64_t(logit_rows.size());
-    for (int64_t r = 0; r < rows; ++r) ex.rmsnorm(x + logit_rows[size_t(r)] * H, w_.final_norm.data(), H, eps, xn + r * H);
+    ex.for_range(rows, 8, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) ex.rmsnorm(x + logit_rows[size_t(r)] * H, w_.final_norm.data(), H, eps, xn + r * H);
+    });
     w_.lm_head.forward(xn, rows, logits, a.bl, ex);
   }
 
@@ -240,9 +242,11 @@ class BasicModel {
       for (int64_t t = t0; t < t1; ++t) ex.rmsnorm(x + t * H, w, H, eps, xn + t * H);
     });
   }
-  // x += y over [m, H]: the residual add (a few microseconds a token; not worth fusing).
-  static void add_rows(float* __restrict x, const float* __restrict y, int64_t m, int64_t H) {
-    for (int64_t i = 0; i < m * H; ++i) x[i] += y[i];
+  // x += y over [m, H]: the residual add, tokens over the pool (a few microseconds a token;
+  // not worth fusing).
+  void add_rows(float* x, const float* y, int64_t m, const BasicExec<Acc>& ex) const {
+    const int64_t H = w_.config.hidden_size;
+    ex.for_range(m, 8, [&](int64_t t0, int64_t t1) { add_into(x + t0 * H, y + t0 * H, (t1 - t0) * H); });
   }
 
   ModelWeights w_;

@@ -66,6 +66,18 @@ inline double sum_squares(const float* x, int64_t n) {
   return ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
 }
 
+// Element-wise loops a pass runs over every token (each result exactly rounded, so every SIMD
+// width returns the same bits): out = float(acc) * s, x += y, x *= y.
+MMFREE_ELEMENTWISE_CLONES inline void scale_ints(const int32_t* __restrict acc, float s, int64_t n, float* __restrict out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = float(acc[i]) * s;
+}
+MMFREE_ELEMENTWISE_CLONES inline void add_into(float* __restrict x, const float* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+MMFREE_ELEMENTWISE_CLONES inline void mul_into(float* __restrict x, const float* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] *= y[i];
+}
+
 // y = x / sqrt(mean(x^2) + eps) * w, the mean taken in double (see sum_squares).
 inline float rms_factor(double sum_sq, int64_t n, double eps) { return float(1.0 / std::sqrt(sum_sq / double(n) + eps)); }
 // `sum_sq` may be a SIMD twin of sum_squares (kernels/dispatch.hpp): the same bits.

@@ -26,7 +26,10 @@
 #include <vector>
 
 #include "mmfree/kernels/dispatch.hpp"
+#include "mmfree/kernels/simd_warnings.hpp"
 #include "mmfree/weight_arena.hpp"
+
+MMFREE_SIMD_WARNINGS_PUSH
 
 namespace mmfree::roofline {
 
@@ -205,3 +208,5 @@ inline double int8_peak_gmacs(int threads) {
 }
 
 }  // namespace mmfree::roofline
+
+MMFREE_SIMD_WARNINGS_POP

@@ -73,10 +73,12 @@ class ThreadPool {
     fn_ = nullptr;
   }
 
-  // Splits [0, n) into one contiguous range per thread, multiples of `grain`.
-  void for_range(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  // Splits [0, n) into `per_thread` contiguous ranges per thread, multiples of `grain`, handed
+  // out as threads come for them: with several per thread, a thread slowed by a neighbour (a
+  // shared machine's other tenants) takes fewer, and the others do not wait for it.
+  void for_range(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn, int per_thread = 1) {
     const int64_t chunks = std::max<int64_t>(1, (n + grain - 1) / grain);
-    const int parts = int(std::min<int64_t>(n_, chunks));
+    const int parts = int(std::min<int64_t>(int64_t(n_) * std::max(per_thread, 1), chunks));
     run(parts, [&](int p) {
       const int64_t b = chunks * p / parts * grain, e = std::min(n, chunks * (p + 1) / parts * grain);
       if (b < e) fn(b, e);
