@@ -1,9 +1,9 @@
 // Load generator for `mmfree-cli serve`: N concurrent streaming clients, each asking for the same
 // number of greedy tokens from its own prompt. For every N it starts a fresh server (so its peak
 // RSS is that of N streams), and reports aggregate decode tokens/s, per-stream tokens/s, time to
-// first token (p50, p99) and the server's peak resident memory. Also the batched kernel's
-// ceiling measured in the same run: prefill tokens/s of the same model (`mmfree-cli bench`),
-// which is what decoding B streams at once can approach as B grows.
+// first token (p50, p99) and the server's peak resident memory. Also, measured in the same run,
+// what the library does alone: `Model::step_batch` over the same numbers of sequences
+// (`mmfree-cli bench --batch`), which the scheduler's steps should reach, and its roofline.
 //
 //   node bench/serve_load.mjs --cli build/examples/mmfree-cli --model M.gguf [--streams 1,4,16,64]
 //        [--tokens 64] [--threads 2] [--idle-sessions N] [--json out.json] [--svg out.svg]
@@ -65,8 +65,11 @@ async function stream(url, i) {
 
 const pct = (v, p) => { const s = [...v].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor(p * s.length))]; };
 
-// The batched kernel's ceiling, same model, same threads, this run.
-const b = JSON.parse(execFileSync(cli, ["bench", "--model", model, "-p", "256", "-n", "16", "-r", "2", "-t", threads, "--json"], { encoding: "utf8" }))[0];
+// step_batch alone at each N, same model, same threads, this run.
+const sb = JSON.parse(execFileSync(cli, ["bench", "--model", model, "--batch", streams.join(","), "-p", "256", "-r", "3", "-t", threads, "--json"],
+                                   { encoding: "utf8" }))[0];
+const stepBatch = (N) => sb.batches.find((x) => x.batch === N);
+const b = { desc: sb.desc, decode_kernel: sb.kernels, prefill_kernel: "", prefill_tps: sb.prefill.tok_s, decode_tps: stepBatch(1)?.tok_s ?? NaN };
 const rows = [];
 for (const N of streams) {
   const s = await serve(Math.max(N, 1));
@@ -80,7 +83,8 @@ for (const N of streams) {
     const startAbs = Math.min(...res.map((r) => r.t0 - w0 + r.first)), endAbs = Math.max(...res.map((r) => r.t0 - w0 + r.last));
     const aggregate = (total - N) / ((endAbs - startAbs) / 1000);
     const perStream = res.map((r) => (r.n - 1) / ((r.last - r.first) / 1000));
-    rows.push({ streams: N, tokens_per_stream: tokens, aggregate_tps: aggregate, per_stream_tps_p50: pct(perStream, 0.5),
+    rows.push({ streams: N, tokens_per_stream: tokens, aggregate_tps: aggregate, step_batch_tps: stepBatch(N).tok_s,
+                roofline_tps: stepBatch(N).roofline_tok_s, per_stream_tps_p50: pct(perStream, 0.5),
                 ttft_ms_p50: pct(res.map((r) => r.ttft), 0.5), ttft_ms_p99: pct(res.map((r) => r.ttft), 0.99),
                 wall_s: wall, peak_rss_mib: peakRss(s.proc.pid) });
   } finally {
@@ -128,17 +132,18 @@ if (args["idle-sessions"]) {
 const one = rows.find((r) => r.streams === 1)?.aggregate_tps;
 const cpu = (/^model name\s*:\s*(.*)$/m.exec(readFileSync("/proc/cpuinfo", "utf8")) ?? [, "?"])[1];
 console.log(`CPU: ${cpu}, ${os.cpus().length} CPUs; model ${model} (${b.desc}); ${threads} threads; ${tokens} greedy tokens per stream; ` +
-            `kernels ${b.decode_kernel}/${b.prefill_kernel}. Batched kernel ceiling (prefill of 256 tokens, same run): ${b.prefill_tps.toFixed(1)} tok/s; one stream alone (bench): ${b.decode_tps.toFixed(1)} tok/s.`);
-console.log("| streams | aggregate decode tok/s | x one stream | % of batched ceiling | per-stream tok/s (p50) | TTFT p50 | TTFT p99 | server peak RSS |");
-console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
+            `kernels ${b.decode_kernel}. Same run: prefill of 256 tokens ${b.prefill_tps.toFixed(1)} tok/s; step_batch at B = 1: ${b.decode_tps.toFixed(1)} tok/s.`);
+console.log("| streams | aggregate decode tok/s | x one stream | step_batch alone at B | server / step_batch | of the roofline | per-stream tok/s (p50) | TTFT p50 | TTFT p99 | server peak RSS |");
+console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
 for (const r of rows)
-  console.log(`| ${r.streams} | ${r.aggregate_tps.toFixed(1)} | ${one ? (r.aggregate_tps / one).toFixed(2) : "-"} | ${(100 * r.aggregate_tps / b.prefill_tps).toFixed(0)}% | ` +
+  console.log(`| ${r.streams} | ${r.aggregate_tps.toFixed(1)} | ${one ? (r.aggregate_tps / one).toFixed(2) : "-"} | ${r.step_batch_tps.toFixed(1)} | ` +
+              `${(100 * r.aggregate_tps / r.step_batch_tps).toFixed(0)}% | ${(100 * r.aggregate_tps / r.roofline_tps).toFixed(0)}% | ` +
               `${r.per_stream_tps_p50.toFixed(1)} | ${r.ttft_ms_p50.toFixed(0)} ms | ${r.ttft_ms_p99.toFixed(0)} ms | ${r.peak_rss_mib.toFixed(0)} MiB |`);
 console.log(`Continuing a 2,000-token session with 16 new tokens: time to first token ${session.continue_ms.toFixed(0)} ms, ` +
             `against ${session.resend_ms.toFixed(0)} ms re-sending the whole conversation (${(session.continue_ms / session.resend_ms).toFixed(3)}x).`);
 if (idle) console.log(`${idle.sessions} idle sessions: server RSS ${idle.rss_before_mib.toFixed(0)} MiB -> ${idle.rss_after_mib.toFixed(0)} MiB ` +
                       `(+${(idle.rss_after_mib - idle.rss_before_mib).toFixed(0)} MiB).`);
-if (args.json) writeFileSync(args.json, JSON.stringify({ cpu, model, threads, tokens, bench: b, rows, session, idle }, null, 1));
+if (args.json) writeFileSync(args.json, JSON.stringify({ cpu, model, threads, tokens, step_batch: sb, rows, session, idle }, null, 1));
 if (args.svg) {  // aggregate tokens/s per stream count, with the batched ceiling as a line
   const W = 520, H = 260, L = 60, B = 40, max = Math.max(b.prefill_tps, ...rows.map((r) => r.aggregate_tps)) * 1.1;
   const bw = (W - L - 20) / rows.length;

@@ -261,7 +261,7 @@ TEST(Chooser, PicksTheFastestPerRegime) {
   EXPECT_EQ(c.table().for_tokens(kernels::kBatchMaxTokens + 1).gemm, c.prefill.chosen.gemm);
   // Every candidate is reported with its rate, the chosen one fastest.
   for (auto& cand : c.decode.candidates)
-    if (cand.name != last_decode) EXPECT_LT(cand.rate, 1e-9 / 0.5 + 1e-12) << cand.name;
+    if (cand.name != last_decode) { EXPECT_LT(cand.rate, 1e-9 / 0.5 + 1e-12) << cand.name; }
 }
 
 TEST(Chooser, KeepsTheIncumbentOnNearTies) {
@@ -303,7 +303,7 @@ TEST(Chooser, CandidatesFollowRegimeAndFormat) {
       EXPECT_EQ(seen[Regime::Batch].count("avx512-direct"), 1u);
       EXPECT_EQ(seen[Regime::Prefill].count("avx512-direct"), 1u);
     }
-    if (f == TernaryFormat::TQ2) EXPECT_EQ(seen[Regime::Decode].count("avx512-vbmi"), 0u);
+    if (f == TernaryFormat::TQ2) { EXPECT_EQ(seen[Regime::Decode].count("avx512-vbmi"), 0u); }
   }
 }
 
@@ -352,7 +352,7 @@ TEST(Chooser, MeasuresEveryCandidate) {
   for (auto* rc : {&c.decode, &c.batch, &c.prefill}) {
     bool found = false;
     for (auto& cand : rc->candidates) {
-      if (rc->candidates.size() > 1) EXPECT_GT(cand.rate, 0) << cand.name;
+      if (rc->candidates.size() > 1) { EXPECT_GT(cand.rate, 0) << cand.name; }
       found |= cand.name == rc->chosen.name;
     }
     EXPECT_TRUE(found);
