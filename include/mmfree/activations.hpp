@@ -5,6 +5,7 @@
 // few calls; the Model keeps one per thread, so several threads can share one Model.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
