@@ -134,11 +134,26 @@ inline int cli_numbers(const uint8_t* data, size_t size) {
   return 0;
 }
 
+// A document as the server sends it: valid UTF-8 that parses back as JSON, whatever it holds.
+inline void check_wire(const nlohmann::json& doc) {
+  const std::string w = api::to_wire(doc);
+  if (!utf8::valid(w)) __builtin_trap();
+  if (!nlohmann::json::accept(w)) __builtin_trap();
+}
+
 // The server's request handling without sockets (server_api.hpp): the first byte picks the
 // endpoint, the rest is the body. A request is either parsed into values inside every limit,
 // or refused as an ApiError with a 4xx status; stop strings never release text that contains one.
+// A completion that parses runs on the tokenizer's model (kjv-tiny, beside it: a few tokens) to
+// the documents the server would send (the response, every stream chunk), and those and every
+// error document are valid UTF-8 and valid JSON.
 inline int server_request(const uint8_t* data, size_t size, const std::string& tokenizer_json) {
   static const Tokenizer tok = Tokenizer::from_file(tokenizer_json);
+  static const Model model = [&] {
+    ModelOptions o;
+    o.kernels = "scalar";  // nothing measured at load
+    return load_model(std::filesystem::path(tokenizer_json).parent_path().string(), o);
+  }();
   if (size == 0) return 0;
   const std::string body(reinterpret_cast<const char*>(data) + 1, size - 1);
   api::Limits lim;
@@ -152,10 +167,27 @@ inline int server_request(const uint8_t* data, size_t size, const std::string& t
           if (id < 0 || id >= tok.vocab_size()) __builtin_trap();
         if (r.gen.max_new_tokens < 0 || r.gen.max_new_tokens > lim.max_tokens) __builtin_trap();
         r.gen.sampling.validate();
+        GenerateOptions g = r.gen;
+        g.max_new_tokens = std::min<int64_t>(g.max_new_tokens, 3);
+        IncrementalDecoder dec(tok);
+        api::StopText stop(r.stop);
+        std::string text;
+        generate(model, r.prompt, g, [&](int32_t id) {
+          const std::string piece = stop.push(dec.push(id));
+          check_wire({{"choices", {api::completion_choice(piece, nullptr)}}, {"tokens", {id}}});
+          text += piece;
+          return !stop.stopped();
+        });
+        text += stop.push(dec.finish());
+        text += stop.finish();
+        nlohmann::json doc = {{"choices", {api::completion_choice(text, "stop")}}, {"usage", api::usage(int64_t(r.prompt.size()), 3)}};
+        if (r.prompt_was_text) doc["prompt"] = r.prompt_text;
+        for (const auto& st : r.stop) doc["stop"].push_back(st);
+        check_wire(doc);
         break;
       }
-      case 1: (void)api::tokenize(body, tok); break;
-      case 2: (void)api::detokenize(body, tok); break;
+      case 1: check_wire(api::tokenize(body, tok)); break;
+      case 2: check_wire(api::detokenize(body, tok)); break;
       case 3: {  // stop strings: the first line holds them ('|'-separated), the rest arrives in pieces
         const size_t nl = body.find('\n');
         if (nl == std::string::npos) break;
@@ -178,6 +210,7 @@ inline int server_request(const uint8_t* data, size_t size, const std::string& t
     }
   } catch (const api::ApiError& e) {
     if (e.status < 400 || e.status > 499) __builtin_trap();
+    check_wire(api::error_body(e.status, e.type, e.what()));
   }
   return 0;
 }

@@ -270,7 +270,7 @@ bool is_loopback(const std::string& host) { return host == "127.0.0.1" || host =
 
 void send_json(httplib::Response& res, int status, const json& body) {
   res.status = status;
-  res.set_content(body.dump(), "application/json");
+  res.set_content(mmfree::api::to_wire(body), "application/json");
 }
 
 void send_error(httplib::Response& res, int status, const std::string& type, const std::string& msg) {
@@ -539,7 +539,7 @@ int cmd_serve(const Args& a) {
         "text/event-stream",
         [job, r, id, created, name, prompt_tokens, finish_reason, session, &sessions](size_t, httplib::DataSink& sink) {
           auto event = [&](const json& j) {
-            const std::string s = "data: " + j.dump() + "\n\n";
+            const std::string s = "data: " + mmfree::api::to_wire(j) + "\n\n";
             return sink.write(s.data(), s.size());
           };
           auto chunk = [&](const std::string& text, const char* reason) {

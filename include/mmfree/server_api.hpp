@@ -8,6 +8,7 @@
 
 #include <cctype>
 #include <cstdint>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
@@ -30,6 +31,13 @@ struct ApiError : Error {
 
 inline nlohmann::json error_body(int status, const std::string& type, const std::string& message) {
   return {{"error", {{"message", message}, {"type", type}, {"code", status}}}};
+}
+
+// A document as the server sends it: always valid UTF-8, whatever text it holds (a generated
+// piece that ends inside a character, an error quoting the client's bytes): invalid bytes become
+// U+FFFD instead of an exception.
+inline std::string to_wire(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 // What a client may ask for, at most.
@@ -68,6 +76,17 @@ auto field(F&& f) -> decltype(f()) {
 }
 // A request body: a JSON object, or a 400.
 inline nlohmann::json parse_object(const std::string& body) {
+  // JSON text is UTF-8 (RFC 8259): name the first bad byte rather than quote it.
+  for (size_t i = 0; i < body.size();) {
+    const size_t n = utf8::seq_len(body, i);
+    if (!n) {
+      char buf[96];
+      std::snprintf(buf, sizeof buf, "request: body is not valid UTF-8 (byte 0x%02X at offset %zu)",
+                    unsigned(static_cast<unsigned char>(body[i])), i);
+      throw ApiError(400, "invalid_request_error", buf);
+    }
+    i += n;
+  }
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(body);

@@ -72,6 +72,19 @@ test("200 hostile requests: each gets its error, a good client is served exactly
           // connection closed: a client still sending may see the reset before the answer.
           if (status !== 413) throw e;
         }));
+    // 1b. Raw bytes that are not UTF-8 (FF FE) in a prompt, streaming or not, and in /tokenize:
+    // a 400 that names the byte, as valid UTF-8 JSON (never a 500 quoting the bytes back).
+    const raw = (prefix, suffix) => Buffer.concat([Buffer.from(prefix), Buffer.from([0xff, 0xfe]), Buffer.from(suffix)]);
+    for (const [path, body] of [["/v1/completions", raw('{"prompt": "abc', '", "max_tokens": 4}')],
+                                ["/v1/completions", raw('{"stream": true, "prompt": "abc', '", "max_tokens": 4}')],
+                                ["/v1/completions", raw('{"prompt": "ok", "stop": ["', '"]}')],
+                                ["/tokenize", raw('{"content": "', '"}')]]) {
+      const r = await fetch(`${s.url}${path}`, { method: "POST", body, headers: { "Content-Type": "application/json" } });
+      const bytes = Buffer.from(await r.arrayBuffer());
+      assert.equal(r.status, 400, `${path}: ${bytes.toString()}`);
+      const text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);  // throws on invalid UTF-8
+      assert.match(JSON.parse(text).error.message, /not valid UTF-8 \(byte 0xFF at offset \d+\)/);
+    }
     // 2. Disconnects in mid-stream: 20 clients go away after their first chunk.
     for (let k = 0; k < 20; k++)
       jobs.push((async () => {
