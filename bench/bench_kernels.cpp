@@ -166,7 +166,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi"))) double lut_best_
   __m512i t = acc[0];
   #pragma GCC unroll 8
   for (int i = 1; i < 8; ++i) t = _mm512_add_epi16(t, acc[i]);
-  volatile int sink = _mm512_reduce_add_epi32(t);
+  alignas(64) int32_t lanes[16];  // (not _mm512_reduce_add_epi32: GCC 12 warns inside it)
+  _mm512_store_si512(lanes, t);
+  volatile int sink = lanes[0] + lanes[15];
   (void)sink;
   return double(iters) * 4 * 256 / 1e9;  // G multiply-accumulate equivalents
 }

@@ -1,11 +1,14 @@
 // The smallest useful program: load a checkpoint, decode greedily from token ids.
+#include <mmfree/mmfree.hpp>
+
 #include <algorithm>
 #include <cstdio>
-#include <mmfree/mmfree.hpp>
 
 int main(int argc, char** argv) try {
   if (argc < 2) return std::fprintf(stderr, "usage: %s MODEL_DIR\n", argv[0]), 2;
-  mmfree::Model model = mmfree::load_model(argv[1], {.threads = 2});
+  mmfree::ModelOptions options;
+  options.threads = 2;
+  mmfree::Model model = mmfree::load_model(argv[1], options);
   mmfree::State state = model.new_state();
   std::vector<int32_t> prompt = {1, 1142, 333, 2693};  // <s> In the beginning
   std::vector<float> logits = model.prefill_last(prompt, state);

@@ -58,7 +58,10 @@ TEST(Cli, GenerateGreedyPrintsIds) {
   SafetensorsFile g(kTiny + "/golden.safetensors");
   const auto want = g.find("genesis.greedy_ids")->to_int32();
   std::string expect;
-  for (size_t i = 0; i < want.size(); ++i) expect += (i ? " " : "") + std::to_string(want[i]);
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (i) expect += ' ';
+    expect += std::to_string(want[i]);
+  }
   EXPECT_EQ(r.out, expect + "\n");
 }
 

@@ -34,7 +34,7 @@ size_t rss_bytes() {
 }  // namespace
 
 TEST(LongRun, TenThousandTokensFiniteAndFlatMemory) {
-  Model m = load_model(kTiny, {.threads = 2});
+  Model m = load_model(kTiny, test::options(2));
   Sampler s({.temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .min_p = 0.0f, .repeat_penalty = 1.0f, .repeat_last_n = 0, .seed = 1});
   State st = m.new_state();
   auto l = m.step(1, st);
@@ -60,7 +60,7 @@ TEST(LongRun, TenThousandTokensFiniteAndFlatMemory) {
 }
 
 TEST(Concurrency, TwoModelsOnTwoThreadsEqualSequential) {
-  Model a = load_model(kTiny, {.threads = 2}), b = load_model(kTiny, {.threads = 1});
+  Model a = load_model(kTiny, test::options(2)), b = load_model(kTiny, test::options(1));
   const std::vector<int32_t> p1 = {1, 1142, 333, 2693}, p2 = {1, 530, 419, 412};
   const auto want1 = decode(a, p1, 200), want2 = decode(b, p2, 200);
   std::vector<int32_t> got1, got2;
@@ -73,7 +73,7 @@ TEST(Concurrency, TwoModelsOnTwoThreadsEqualSequential) {
 }
 
 TEST(Concurrency, OneModelManyStatesInParallel) {
-  const Model m = load_model(kTiny, {.threads = 2});
+  const Model m = load_model(kTiny, test::options(2));
   std::vector<std::vector<int32_t>> prompts = {{1, 1142}, {1, 530, 419}, {1, 333}, {1, 2693, 464, 2431}};
   std::vector<std::vector<int32_t>> want;
   for (auto& p : prompts) want.push_back(decode(m, p, 150));

@@ -142,22 +142,22 @@ TEST(Conformance, StepEqualsPrefill) {
   }
 }
 
-// Chunked prefill (small max_batch) equals one-shot prefill exactly.
+// Chunked prefill (small prefill_chunk) equals one-shot prefill exactly.
 TEST(Conformance, ChunkedPrefillIsExact) {
   ModelOptions a = opts(1), b = opts(1);
-  b.max_batch = 3;
+  b.prefill_chunk = 3;
   Model ma = load_model(data_dir() + "/kjv-tiny", a), mb = load_model(data_dir() + "/kjv-tiny", b);
   const auto g = read_goldens(data_dir() + "/kjv-tiny/golden.safetensors").front();
   EXPECT_EQ(ma.prefill(g.greedy_ids), mb.prefill(g.greedy_ids));
 }
 
 // step_batch: B sequences, each at its own position, decode one token each in one forward
-// pass, bit-identical to B separate step() calls; batches larger than max_batch run in chunks.
+// pass, bit-identical to B separate step() calls; batches larger than prefill_chunk run in chunks.
 TEST(Conformance, StepBatchEqualsSeparateSteps) {
   for (std::string dir : {data_dir() + "/kjv-tiny", data_dir() + "/odd-b"}) {
     for (int threads : {1, 2}) {
       ModelOptions o = opts(threads);
-      o.max_batch = 5;
+      o.prefill_chunk = 5;
       Model m = load_model(dir, o);
       const int64_t V = m.vocab_size();
       for (size_t B : {size_t(1), size_t(3), size_t(13)}) {
@@ -199,7 +199,7 @@ TEST(Conformance, StepBatchEqualsSeparateSteps) {
 // sequence alone.
 TEST(Conformance, MixedPrefillAndDecodeBatchEqualsAlone) {
   ModelOptions o = opts(2);
-  o.max_batch = 7;  // chunks that split sequences
+  o.prefill_chunk = 7;  // chunks that split sequences
   Model m = load_model(data_dir() + "/kjv-tiny", o);
   const int64_t V = m.vocab_size();
   State a = m.new_state(), b = m.new_state(), c = m.new_state();

@@ -11,16 +11,11 @@
 
 using namespace mmfree;
 using mmfree::test::error_of;
+using mmfree::test::random_ternary;
 using ::testing::HasSubstr;
 
 namespace {
 
-std::vector<int8_t> random_ternary(std::mt19937& rng, size_t n) {
-  std::vector<int8_t> t(n);
-  std::uniform_int_distribution<int> d(-1, 1);
-  for (auto& v : t) v = int8_t(d(rng));
-  return t;
-}
 
 const TernaryFormat kFormats[] = {TernaryFormat::TQ2, TernaryFormat::TQ1};
 

@@ -17,16 +17,11 @@
 
 using namespace mmfree;
 using mmfree::test::error_of;
+using mmfree::test::random_ternary;
 using ::testing::HasSubstr;
 
 namespace {
 
-std::vector<int8_t> random_ternary(std::mt19937& rng, size_t n) {
-  std::vector<int8_t> t(n);
-  std::uniform_int_distribution<int> d(-1, 1);
-  for (auto& v : t) v = int8_t(d(rng));
-  return t;
-}
 std::vector<int8_t> random_q(std::mt19937& rng, int64_t rows, int64_t cols, int64_t ld) {
   std::vector<int8_t> q(static_cast<size_t>(rows * ld), 0);
   std::uniform_int_distribution<int> d(-128, 127);

@@ -120,7 +120,7 @@ TEST(Generate, GreedyMatchesModelAndStopsAtEos) {
 }
 
 TEST(Perplexity, BundledKjvTinyMatchesReference) {
-  Model m = load_model(test::data_dir() + "/kjv-tiny", {.threads = 2});
+  Model m = load_model(test::data_dir() + "/kjv-tiny", test::options(2));
   const Tokenizer tok = Tokenizer::from_file(test::data_dir() + "/kjv-tiny/tokenizer.json");
   const auto ids = tokenize_chapters(tok, test::read_file(test::data_dir() + "/kjv-val.txt"));
   const auto ref = nlohmann::json::parse(test::read_file(test::data_dir() + "/kjv-tiny/eval.json"));
@@ -136,7 +136,7 @@ TEST(Perplexity, BundledKjvTinyMatchesReference) {
 // The bundled default model (kjv-demo as GGUF, its own tokenizer inside) against the reference's
 // perplexity for kjv-demo.
 TEST(Perplexity, KjvDemoBundledMatchesReference) {
-  Model m = load_model(test::bundled_model(), {.threads = 2});
+  Model m = load_model(test::bundled_model(), test::options(2));
   const Tokenizer tok = load_tokenizer(test::bundled_model());
   const auto ids = tokenize_chapters(tok, test::read_file(test::data_dir() + "/kjv-val.txt"));
   const auto ref = nlohmann::json::parse(test::read_file(test::data_dir() + "/kjv-demo/eval.json"));

@@ -13,8 +13,26 @@
 #include <vector>
 
 #include "mmfree/error.hpp"
+#include "mmfree/model.hpp"
 
 namespace mmfree::test {
+
+// n ternary values, each -1, 0 or 1 (uniform).
+inline std::vector<int8_t> random_ternary(std::mt19937& rng, size_t n) {
+  std::vector<int8_t> t(n);
+  std::uniform_int_distribution<int> d(-1, 1);
+  for (auto& v : t) v = int8_t(d(rng));
+  return t;
+}
+
+// Model options with `threads` (and forced kernels): GCC 12 warns under -Wextra about the fields
+// a designated initializer leaves out.
+inline ModelOptions options(int threads, const std::string& kernels = "") {
+  ModelOptions o;
+  o.threads = threads;
+  o.kernels = kernels;
+  return o;
+}
 
 // The message of the mmfree::Error that fn() throws; "" when it throws none.
 template <class F>

@@ -512,7 +512,6 @@ int cmd_serve(const Args& a) {
     const std::string id = "cmpl-" + std::to_string(std::chrono::system_clock::now().time_since_epoch().count());
     const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
     const int64_t prompt_tokens = int64_t(r.prompt.size());
-    auto finish_reason = [](mmfree::Finish f) { return f == mmfree::Finish::Length ? "length" : "stop"; };
 
     if (!r.stream) {
       std::unique_lock<std::mutex> l(job->mu);
@@ -526,7 +525,7 @@ int cmd_serve(const Args& a) {
       if (job->finish == mmfree::Finish::Timeout) return send_error(res, 504, "timeout", "request timed out (--timeout)");
       if (job->finish == mmfree::Finish::Error) return send_error(res, 500, "server_error", job->error);
       json body = {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", name},
-                   {"choices", {mmfree::api::completion_choice(job->text, finish_reason(job->finish))}},
+                   {"choices", {mmfree::api::completion_choice(job->text, mmfree::finish_reason(job->finish))}},
                    {"usage", mmfree::api::usage(prompt_tokens, int64_t(job->tokens.size()))}};
       if (r.return_tokens) body["tokens"] = job->tokens;
       if (position >= 0) body["session_position"] = position;
@@ -537,7 +536,7 @@ int cmd_serve(const Args& a) {
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [job, r, id, created, name, prompt_tokens, finish_reason, session, &sessions](size_t, httplib::DataSink& sink) {
+        [job, r, id, created, name, prompt_tokens, session, &sessions](size_t, httplib::DataSink& sink) {
           auto event = [&](const json& j) {
             const std::string s = "data: " + mmfree::api::to_wire(j) + "\n\n";
             return sink.write(s.data(), s.size());
@@ -582,7 +581,7 @@ int cmd_serve(const Args& a) {
             event(mmfree::api::error_body(f == mmfree::Finish::Timeout ? 504 : 500, f == mmfree::Finish::Timeout ? "timeout" : "server_error",
                                           f == mmfree::Finish::Timeout ? "request timed out (--timeout)" : "generation failed"));
           else {
-            json c = chunk("", finish_reason(f));
+            json c = chunk("", mmfree::finish_reason(f));
             if (position >= 0) c["session_position"] = position;
             event(c);
           }

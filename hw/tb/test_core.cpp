@@ -78,7 +78,7 @@ TEST(HwCore, ExtremesAndLongRows) {
 // Every BitLinear of the bundled kjv-tiny model: accumulators bit for bit, and the rescaled
 // outputs equal the library's BitLinear outputs.
 TEST(HwCore, EveryLayerOfKjvTiny) {
-  Model m = load_model(std::string(MMFREE_TEST_DATA) + "/kjv-tiny", {.threads = 1, .kernels = "scalar"});
+  Model m = load_model(std::string(MMFREE_TEST_DATA) + "/kjv-tiny", [] { ModelOptions o; o.kernels = "scalar"; return o; }());
   std::vector<std::pair<std::string, const BitLinear*>> layers;
   for_each_bitlinear(m.weights(), [&](const std::string& name, const BitLinear& l) { layers.push_back({name, &l}); });
   Driver<Vcore16, 4> drv;

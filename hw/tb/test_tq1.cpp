@@ -117,7 +117,7 @@ TEST(HwTq1, RandomRowsWithBackPressure64Lanes) { random_rows<Vtq1_64, 16>(2000, 
 TEST(HwTq1, BundledModelTensorsVerbatim) {
   const std::string path = std::string(MMFREE_SOURCE_DIR) + "/models/kjv-demo.gguf";
   gguf::Reader file(path);
-  Model m = load_model(path, {.threads = 1, .kernels = "scalar"});
+  Model m = load_model(path, [] { ModelOptions o; o.kernels = "scalar"; return o; }());
   Tq1Driver<Vtq1_16, 4> drv;
   drv.p_blk = 0.9, drv.p_x = 0.9, drv.p_out = 0.8;
   std::mt19937 rng(2);

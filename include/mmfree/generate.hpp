@@ -29,10 +29,10 @@ struct GenerateOptions {
   int64_t max_new_tokens = 128;
   SamplerOptions sampling;
   int32_t eos_id = -1;  // stop when this token is drawn (it is not passed on); -1: never
-  // Called with the fraction of the prompt consumed, after each chunk of prefill_chunk tokens
-  // (chunked prefill gives the same logits as one call: the recurrence is exact across chunks).
+  // Called with the fraction of the prompt consumed, every progress_every tokens of a longer
+  // prompt (read in parts, it gives the same logits as in one call: the recurrence is exact).
   std::function<void(double)> prefill_progress;
-  int64_t prefill_chunk = 1024;
+  int64_t progress_every = 1024;
 };
 
 struct GenerateStats {
@@ -62,11 +62,11 @@ GenerateStats generate_from(const BasicModel<Acc>& model, State& state, std::vec
   st.prompt_tokens = int64_t(prompt.size());
   history.insert(history.end(), prompt.begin(), prompt.end());
   const auto t0 = clock::now();
-  if (!opt.prefill_progress || int64_t(prompt.size()) <= opt.prefill_chunk) {
+  if (!opt.prefill_progress || int64_t(prompt.size()) <= opt.progress_every) {
     if (!prompt.empty()) logits = model.prefill_last(prompt, state);
   } else {
-    for (size_t i = 0; i < prompt.size(); i += size_t(opt.prefill_chunk)) {
-      const size_t n = std::min(prompt.size() - i, size_t(opt.prefill_chunk));
+    for (size_t i = 0; i < prompt.size(); i += size_t(opt.progress_every)) {
+      const size_t n = std::min(prompt.size() - i, size_t(opt.progress_every));
       logits = model.prefill_last(std::vector<int32_t>(prompt.begin() + i, prompt.begin() + i + n), state);
       opt.prefill_progress(double(i + n) / double(prompt.size()));
     }

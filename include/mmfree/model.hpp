@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -19,7 +20,6 @@
 #include "mmfree/activations.hpp"
 #include "mmfree/config.hpp"
 #include "mmfree/exec.hpp"
-#include "mmfree/kernels/chooser.hpp"
 #include "mmfree/ops.hpp"
 #include "mmfree/thread_pool.hpp"
 #include "mmfree/weights.hpp"
@@ -35,16 +35,28 @@ struct State {
 
 struct ModelOptions {
   int threads = 1;
-  // Ternary kernels: empty = choose by measuring on this CPU at load (kernels/chooser.hpp);
-  // otherwise a kernel name for both regimes, or "DECODE,PREFILL" (kernels::kernel_names()).
+  // Ternary kernels forced by name: one for every regime, "DECODE,PREFILL" or
+  // "DECODE,BATCH,PREFILL" (kernels::kernel_names()). Empty: choose_kernels decides.
   std::string kernels;
+  // How kernels are chosen when none is forced: load_model measures them on this CPU
+  // (kernels::measuring(), kernels/chooser.hpp); unset, a model takes the preferred kernel of each
+  // regime and times nothing (tests, simulators).
+  std::function<kernels::KernelChoice(const std::vector<const TernaryMatrix*>&, ThreadPool*)> choose_kernels;
   // The packed format held in memory; unset = the file's (a Hugging Face directory: TQ1).
   // Files of either format repack losslessly into either.
   std::optional<TernaryFormat> format;
-  int64_t max_batch = 128;  // tokens per prefill chunk (bounds scratch memory)
+  // Tokens of a prompt (or of a batch) per forward pass: longer inputs run in passes of this many,
+  // which bounds scratch memory. The scheduler's SchedulerOptions::prefill_chunk is the part of a
+  // step that prompts being read may take.
+  int64_t prefill_chunk = 128;
   // Weights in 2 MiB pages (weight_arena.hpp): decoding streams them ~1.3x faster.
   bool huge_pages = true;
-  kernels::ChooserOptions chooser;  // how kernels are measured (tests inject timings here)
+
+  // Every option checked once, for the loader and the model alike.
+  void validate() const {
+    if (threads < 1) fail("threads", "must be at least 1, got " + std::to_string(threads));
+    if (prefill_chunk < 1) fail("prefill_chunk", "must be at least 1, got " + std::to_string(prefill_chunk));
+  }
 };
 
 template <class Acc>
@@ -54,24 +66,22 @@ class BasicModel {
   // ternary accumulate every BitLinear runs through.
   BasicModel(ModelWeights w, const ModelOptions& opt, std::unique_ptr<ThreadPool> pool = nullptr, Acc acc = {})
       : w_(std::move(w)), opt_(opt), pool_(std::move(pool)) {
-    if (opt.threads < 1) fail("threads", "must be at least 1, got " + std::to_string(opt.threads));
-    if (opt.max_batch < 1) fail("max_batch", "must be at least 1");
+    opt.validate();
     if (!pool_) pool_ = std::make_unique<ThreadPool>(opt.threads);
     pool_mutex_ = std::make_unique<std::mutex>();
     exec_.accumulate = std::move(acc);
     if (!w_.arena) copy_into_arena(w_, opt_.format.value_or(w_.lm_head.weights().format), opt_.huge_pages, *pool_);
     const TernaryFormat f = format();
     if (!opt.kernels.empty()) {
-      exec_.kernels = kernels::forced_table(opt.kernels, f);
-      for (kernels::Regime r : kernels::kRegimes) choice_.of(r).chosen = exec_.kernels.for_regime(r);
-    } else {
-      kernels::ChooserOptions co = opt.chooser;
-      co.prefill_tokens = std::min(co.prefill_tokens, opt.max_batch);
+      choice_ = kernels::KernelChoice::of_table(kernels::forced_table(opt.kernels, f));
+    } else if (opt.choose_kernels) {  // on the matrices in their final place, as they will run
       std::vector<const TernaryMatrix*> ms;
       for_each_bitlinear(w_, [&](const std::string&, const BitLinear& l) { ms.push_back(&l.weights()); });
-      choice_ = kernels::choose_kernels(ms, pool_.get(), co);
-      exec_.kernels = choice_.table();
+      choice_ = opt.choose_kernels(ms, pool_.get());
+    } else {
+      choice_ = kernels::KernelChoice::of_table(kernels::preferred_table(f));
     }
+    exec_.kernels = choice_.table();
   }
 
   const Config& config() const { return w_.config; }
@@ -90,9 +100,9 @@ class BasicModel {
 
   // Logits for every position of `ids` ([T, V], row-major), continuing from `state`.
   std::vector<float> prefill(std::span<const int32_t> ids, State& state) const {
-    std::vector<float> logits(ids.size() * size_t(vocab_size()));
-    run(ids, state, logits.data(), /*all_logits=*/true);
-    return logits;
+    std::vector<int64_t> rows(ids.size());
+    for (size_t i = 0; i < rows.size(); ++i) rows[i] = int64_t(i);
+    return forward_tokens(ids, std::vector<State*>(ids.size(), &state), rows);
   }
   std::vector<float> prefill(std::span<const int32_t> ids) const {
     State s = new_state();
@@ -101,9 +111,8 @@ class BasicModel {
   // Consume `ids` and return only the logits of the last position ([V]).
   std::vector<float> prefill_last(std::span<const int32_t> ids, State& state) const {
     if (ids.empty()) fail("prefill", "no tokens given");
-    std::vector<float> logits(static_cast<size_t>(vocab_size()));
-    run(ids, state, logits.data(), /*all_logits=*/false);
-    return logits;
+    const int64_t last[1] = {int64_t(ids.size()) - 1};
+    return forward_tokens(ids, std::vector<State*>(ids.size(), &state), last);
   }
   // One decoding step: consume `id`, return its logits ([V]).
   std::vector<float> step(int32_t id, State& state) const {
@@ -137,8 +146,9 @@ class BasicModel {
     for (State* s : states) check_state(*s);
     Lease lease(*this);
     size_t r = 0;
-    for (size_t t0 = 0; t0 < ids.size(); t0 += size_t(opt_.max_batch)) {
-      const size_t m = std::min(ids.size() - t0, size_t(opt_.max_batch));
+    // Passes of at most prefill_chunk tokens; the recurrence carries exactly across them.
+    for (size_t t0 = 0; t0 < ids.size(); t0 += size_t(opt_.prefill_chunk)) {
+      const size_t m = std::min(ids.size() - t0, size_t(opt_.prefill_chunk));
       std::vector<int64_t> local;  // this chunk's logit rows
       const size_t r_first = r;
       for (; r < logit_rows.size() && logit_rows[r] < int64_t(t0 + m); ++r) local.push_back(logit_rows[r] - int64_t(t0));
@@ -148,12 +158,14 @@ class BasicModel {
     return logits;
   }
 
- private:
+  // Every token id in [0, vocab_size), or an Error naming the first that is not: the one check,
+  // for every path into the model and for callers that queue ids for later (the scheduler).
   void check_ids(std::span<const int32_t> ids) const {
     for (int32_t id : ids)
       if (id < 0 || id >= vocab_size())
         fail("token id " + std::to_string(id), "out of range [0, " + std::to_string(vocab_size()) + ")");
   }
+ private:
   void check_state(const State& state) const {
     if (state.h.size() != size_t(w_.config.num_hidden_layers))
       fail("State", "does not belong to this model (wrong number of layers)");
@@ -175,26 +187,6 @@ class BasicModel {
       return s;
     }
   };
-
-  // Runs the model over ids in chunks of max_batch tokens.
-  void run(std::span<const int32_t> ids, State& state, float* logits, bool all_logits) const {
-    check_ids(ids);
-    check_state(state);
-    Lease lease(*this);
-    const int64_t n = int64_t(ids.size());
-    const int64_t V = vocab_size();
-    std::vector<State*> same(size_t(std::min(n, opt_.max_batch)), &state);
-    std::vector<int64_t> rows;
-    for (int64_t t0 = 0; t0 < n; t0 += opt_.max_batch) {
-      const int64_t m = std::min(opt_.max_batch, n - t0);
-      rows.clear();
-      if (all_logits)
-        for (int64_t t = 0; t < m; ++t) rows.push_back(t);
-      else if (t0 + m == n)
-        rows.push_back(m - 1);
-      forward(ids.data() + t0, m, same.data(), all_logits ? logits + t0 * V : logits, rows, lease.scratch, lease.ex);
-    }
-  }
 
   // The forward pass over m tokens; token t advances the recurrent state *sts[t] (the same
   // State for consecutive tokens of one sequence, or one per sequence in a batch). Writes the

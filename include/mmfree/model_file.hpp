@@ -3,10 +3,12 @@
 // for a Model of another accumulate (hw/). Writing: write_gguf.hpp, random_model.hpp.
 #pragma once
 
+#include <algorithm>
 #include <filesystem>
 #include <memory>
 #include <string>
 
+#include "mmfree/kernels/chooser.hpp"
 #include "mmfree/load_gguf.hpp"
 #include "mmfree/load_hf.hpp"
 #include "mmfree/model.hpp"
@@ -32,11 +34,19 @@ inline ModelWeights load_weights(const std::string& path, const ModelOptions& op
 }
 
 // Loads with opt.threads threads, then keeps the pool for the Model.
+// Kernels are chosen by measuring them on this CPU (kernels/chooser.hpp) unless opt forces them
+// or brings its own choose_kernels.
 inline Model load_model(const std::string& path, const ModelOptions& opt = {}) {
-  if (opt.threads < 1) fail("threads", "must be at least 1, got " + std::to_string(opt.threads));
+  opt.validate();
   auto pool = std::make_unique<ThreadPool>(opt.threads);
   ModelWeights w = load_weights(path, opt, *pool);
-  return Model(std::move(w), opt, std::move(pool));
+  ModelOptions o = opt;
+  if (o.kernels.empty() && !o.choose_kernels) {
+    kernels::ChooserOptions co;
+    co.prefill_tokens = std::min(co.prefill_tokens, o.prefill_chunk);
+    o.choose_kernels = kernels::measuring(co);
+  }
+  return Model(std::move(w), o, std::move(pool));
 }
 
 // The tokenizer that belongs to a model: tokenizer.json of the directory, or the one in the GGUF.

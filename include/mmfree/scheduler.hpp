@@ -31,16 +31,9 @@ namespace mmfree {
 
 // Why a sequence ended.
 enum class Finish { Length, Stop, Cancelled, Timeout, Error };
-inline const char* finish_name(Finish f) {
-  switch (f) {
-    case Finish::Length: return "length";
-    case Finish::Stop: return "stop";
-    case Finish::Cancelled: return "cancelled";
-    case Finish::Timeout: return "timeout";
-    case Finish::Error: return "error";
-  }
-  return "?";
-}
+// OpenAI's finish_reason: "length" when max_tokens ended it, "stop" for everything else that
+// ends a sequence with a response (EOS, a stop string; a cancelled stream sends nothing more).
+inline const char* finish_reason(Finish f) { return f == Finish::Length ? "length" : "stop"; }
 
 // One sequence to run: a prompt, how to sample, and where its tokens go. The callbacks run on
 // the scheduler's thread, so they must be quick (hand the token to another thread).
@@ -110,9 +103,7 @@ class Scheduler {
   // ids out of range, an empty prompt) is refused here with an Error.
   bool submit(std::shared_ptr<Sequence> s) {
     if (s->prompt.empty()) fail("prompt", "is empty (no tokens to start from)");
-    for (int32_t id : s->prompt)
-      if (id < 0 || id >= model_.vocab_size())
-        fail("prompt", "token id " + std::to_string(id) + " is out of range [0, " + std::to_string(model_.vocab_size()) + ")");
+    model_.check_ids(s->prompt);
     s->gen.sampling.validate();
     if (s->gen.max_new_tokens < 0) fail("max_tokens", "must be >= 0");
     {

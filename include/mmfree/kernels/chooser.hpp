@@ -44,23 +44,6 @@ struct ChooserOptions {
   std::function<double(const Kernel&, Regime)> timer;
 };
 
-// One regime's outcome: every candidate's cost and the winner.
-struct RegimeChoice {
-  Kernel chosen;
-  struct Candidate {
-    std::string name;
-    double rate = 0;  // decode: GB/s of weights; batch and prefill: GMAC/s
-  };
-  std::vector<Candidate> candidates;  // in preference order
-};
-struct KernelChoice {
-  RegimeChoice decode, batch, prefill;
-  double seconds = 0;  // time the measurement took
-  KernelTable table() const { return make_table(decode.chosen, batch.chosen, prefill.chosen); }
-  RegimeChoice& of(Regime r) { return r == Regime::Decode ? decode : r == Regime::Batch ? batch : prefill; }
-  const RegimeChoice& of(Regime r) const { return r == Regime::Decode ? decode : r == Regime::Batch ? batch : prefill; }
-};
-
 namespace detail {
 
 // Picks the fastest of `cands` given their costs (lower is better), keeping cands[0] on near-ties.
@@ -200,6 +183,11 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
   }
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return out;
+}
+
+// The chooser as a model receives it (ModelOptions::choose_kernels; load_model passes this one).
+inline std::function<KernelChoice(const std::vector<const TernaryMatrix*>&, ThreadPool*)> measuring(ChooserOptions opt = {}) {
+  return [opt](const std::vector<const TernaryMatrix*>& ms, ThreadPool* pool) { return choose_kernels(ms, pool, opt); };
 }
 
 // "avx512 (avx512 31.2, avx2 27.5 GB/s)" for stats lines.

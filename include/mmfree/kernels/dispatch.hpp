@@ -58,15 +58,15 @@ inline const std::vector<Kernel>& all_kernels() {
       // name, ISA, kernel, decode, batch, prefill, tq2, tq1
       {"amx", Isa::Amx, amx::ternary_gemm, false, true, true, true, true},
       {"avx512", Isa::Avx512, avx512::ternary_gemm<false>, true, true, true, true, true},
-      {"avx512-vbmi", Isa::Avx512Vbmi, avx512::ternary_gemm_vbmi<false>, true, true, true, false, true},
+      {"avx512-vbmi", Isa::Avx512Vbmi, avx512::ternary_gemm<false, true>, true, true, true, false, true},
       {"avx512-prefetch", Isa::Avx512, avx512::ternary_gemm<true>, true, false, false, true, true},
-      {"avx512-vbmi-prefetch", Isa::Avx512Vbmi, avx512::ternary_gemm_vbmi<true>, true, false, false, false, true},
+      {"avx512-vbmi-prefetch", Isa::Avx512Vbmi, avx512::ternary_gemm<true, true>, true, false, false, false, true},
       // Several tokens with the planes decoded in registers (ternary_avx512.hpp): one token is
       // the plain decoder's, so these are no decode candidates of their own.
       {"avx512-direct", Isa::Avx512, avx512::ternary_gemm_direct<false>, false, true, true, true, true},
-      {"avx512-vbmi-direct", Isa::Avx512Vbmi, avx512::ternary_gemm_direct_vbmi<false>, false, true, true, false, true},
+      {"avx512-vbmi-direct", Isa::Avx512Vbmi, avx512::ternary_gemm_direct<false, true>, false, true, true, false, true},
       {"avx512-direct-prefetch", Isa::Avx512, avx512::ternary_gemm_direct<true>, false, true, true, true, true},
-      {"avx512-vbmi-direct-prefetch", Isa::Avx512Vbmi, avx512::ternary_gemm_direct_vbmi<true>, false, true, true, false, true},
+      {"avx512-vbmi-direct-prefetch", Isa::Avx512Vbmi, avx512::ternary_gemm_direct<true, true>, false, true, true, false, true},
       {"avx2", Isa::Avx2, avx2::ternary_gemm, true, true, true, true, true},
 #endif
 #if defined(__aarch64__)
@@ -187,6 +187,35 @@ inline KernelTable forced_table(const std::string& spec, TernaryFormat f) {
     return incumbent(r, f);
   };
   return make_table(serve(d, Regime::Decode), serve(b, Regime::Batch), serve(p, Regime::Prefill));
+}
+
+// A regime's kernel, with every candidate's measured rate when the chooser measured them.
+struct RegimeChoice {
+  Kernel chosen;
+  struct Candidate {
+    std::string name;
+    double rate = 0;  // decode: GB/s of weights; batch and prefill: GMAC/s
+  };
+  std::vector<Candidate> candidates;  // in preference order; empty when not measured
+};
+// The kernels of a model: one per regime, and the time measuring them took (kernels/chooser.hpp).
+struct KernelChoice {
+  RegimeChoice decode, batch, prefill;
+  double seconds = 0;
+  KernelTable table() const { return make_table(decode.chosen, batch.chosen, prefill.chosen); }
+  RegimeChoice& of(Regime r) { return r == Regime::Decode ? decode : r == Regime::Batch ? batch : prefill; }
+  const RegimeChoice& of(Regime r) const { return r == Regime::Decode ? decode : r == Regime::Batch ? batch : prefill; }
+  // The choice a table makes, nothing measured (forced kernels, or the preferred ones).
+  static KernelChoice of_table(const KernelTable& t) {
+    KernelChoice c;
+    for (Regime r : kRegimes) c.of(r).chosen = t.for_regime(r);
+    return c;
+  }
+};
+
+// The preferred kernel of every regime for format f: what runs when nothing is measured.
+inline KernelTable preferred_table(TernaryFormat f) {
+  return make_table(incumbent(Regime::Decode, f), incumbent(Regime::Batch, f), incumbent(Regime::Prefill, f));
 }
 
 // Names accepted by --kernels, for messages.

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "mmfree/kernels/simd_warnings.hpp"
+#include "mmfree/kernels/strip_loop.hpp"
 #include "mmfree/ternary_format.hpp"
 
 MMFREE_SIMD_WARNINGS_PUSH
@@ -184,13 +185,11 @@ MMFREE_TARGET_AVX2 inline void ternary_gemm(const TernaryMatrix& W, const int8_t
   uint8_t* buf = planes.data() + (32 - reinterpret_cast<uintptr_t>(planes.data()) % 32) % 32;
   qsum.resize(size_t(n));
   for (int64_t t = 0; t < n; ++t) qsum[size_t(t)] = sum_q(Q + t * ldq, W.padded_cols());
-  for (int64_t s = r0 / kStripRows; s * kStripRows < r1; ++s) {
-    unpack(W, s, buf);
-    int64_t t = 0;
-    for (; t + 6 <= n; t += 6) tile<6>(buf, groups, Q + t * ldq, ldq, qsum.data() + t, out + t * ldo, ldo, s, r0, r1);
-    for (; t + 2 <= n; t += 2) tile<2>(buf, groups, Q + t * ldq, ldq, qsum.data() + t, out + t * ldo, ldo, s, r0, r1);
-    for (; t < n; ++t) tile<1>(buf, groups, Q + t * ldq, ldq, qsum.data() + t, out + t * ldo, ldo, s, r0, r1);
-  }
+  strips_by_token_tiles<6, 2>(
+      n, r0, r1, [&](int64_t s) { unpack(W, s, buf); },
+      [&](auto T, int64_t s, int64_t t) {
+        tile<decltype(T)::value>(buf, groups, Q + t * ldq, ldq, qsum.data() + t, out + t * ldo, ldo, s, r0, r1);
+      });
 }
 
 }  // namespace mmfree::kernels::avx2

@@ -470,56 +470,36 @@ MMFREE_TARGET_AVX512_VBMI inline void direct_strips_vbmi(const TernaryMatrix& W,
 
 // ---- the kernels (same contract as ternary_gemm_scalar) --------------------------------------
 
-// One token streams the strips; several tokens unpack planes once and tile over them.
-template <bool Prefetch>
+// One token streams the strips; several tokens unpack planes once and tile over them. Vbmi: TQ1
+// digits by byte permutes (the helpers then carry the VBMI target, and are called, not inlined).
+template <bool Prefetch, bool Vbmi = false>
 MMFREE_TARGET_AVX512 inline void ternary_gemm(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
                                               int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
   if (r0 >= r1) return;
   if (n == 1) {
     const int32_t qsum = sum_q(Q, W.padded_cols());
     if (W.format == TernaryFormat::TQ2) tq2_decode<Prefetch>(W, Q, qsum, out, r0, r1);
+    else if constexpr (Vbmi) tq1_decode_vbmi<Prefetch>(W, Q, qsum, out, r0, r1);
     else tq1_decode<Prefetch>(W, Q, qsum, out, r0, r1);
     return;
   }
-  gemm_strips(W.format == TernaryFormat::TQ2 ? unpack_tq2 : unpack_tq1, W, Q, ldq, n, out, ldo, r0, r1);
+  gemm_strips(W.format == TernaryFormat::TQ2 ? unpack_tq2 : Vbmi ? unpack_tq1_vbmi : unpack_tq1, W, Q, ldq, n, out, ldo, r0, r1);
 }
-template <bool Prefetch>
-MMFREE_TARGET_AVX512_VBMI inline void ternary_gemm_vbmi(const TernaryMatrix& W, const int8_t* Q, int64_t ldq,
-                                                        int64_t n, int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
-  if (r0 >= r1) return;
-  if (n == 1) {
-    const int32_t qsum = sum_q(Q, W.padded_cols());
-    if (W.format == TernaryFormat::TQ2) tq2_decode<Prefetch>(W, Q, qsum, out, r0, r1);
-    else tq1_decode_vbmi<Prefetch>(W, Q, qsum, out, r0, r1);
-    return;
-  }
-  gemm_strips(W.format == TernaryFormat::TQ2 ? unpack_tq2 : unpack_tq1_vbmi, W, Q, ldq, n, out, ldo, r0, r1);
-}
-
 
 // Every token count through the register-decoded tiles (one token: the streaming decoder).
-template <bool Prefetch>
+template <bool Prefetch, bool Vbmi = false>
 MMFREE_TARGET_AVX512 inline void ternary_gemm_direct(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
                                                      int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
   if (r0 >= r1) return;
-  if (n == 1) return ternary_gemm<Prefetch>(W, Q, ldq, n, out, ldo, r0, r1);
+  if (n == 1) return ternary_gemm<Prefetch, Vbmi>(W, Q, ldq, n, out, ldo, r0, r1);
   thread_local Scratch sums;
   int32_t* qsum = reinterpret_cast<int32_t*>(sums.get(size_t(n) * 4));
   for (int64_t t = 0; t < n; ++t) qsum[t] = sum_q(Q + t * ldq, W.padded_cols());
-  for (int64_t t = 0; t < n; t += kDirectTokenBlock)
-    direct_strips<Prefetch>(W, Q + t * ldq, ldq, std::min(kDirectTokenBlock, n - t), qsum + t, out + t * ldo, ldo, r0, r1);
-}
-template <bool Prefetch>
-MMFREE_TARGET_AVX512_VBMI inline void ternary_gemm_direct_vbmi(const TernaryMatrix& W, const int8_t* Q, int64_t ldq,
-                                                               int64_t n, int32_t* out, int64_t ldo, int64_t r0,
-                                                               int64_t r1) {
-  if (r0 >= r1) return;
-  if (n == 1) return ternary_gemm_vbmi<Prefetch>(W, Q, ldq, n, out, ldo, r0, r1);
-  thread_local Scratch sums;
-  int32_t* qsum = reinterpret_cast<int32_t*>(sums.get(size_t(n) * 4));
-  for (int64_t t = 0; t < n; ++t) qsum[t] = sum_q(Q + t * ldq, W.padded_cols());
-  for (int64_t t = 0; t < n; t += kDirectTokenBlock)
-    direct_strips_vbmi<Prefetch>(W, Q + t * ldq, ldq, std::min(kDirectTokenBlock, n - t), qsum + t, out + t * ldo, ldo, r0, r1);
+  for (int64_t t = 0; t < n; t += kDirectTokenBlock) {
+    const int64_t tn = std::min(kDirectTokenBlock, n - t);
+    if constexpr (Vbmi) direct_strips_vbmi<Prefetch>(W, Q + t * ldq, ldq, tn, qsum + t, out + t * ldo, ldo, r0, r1);
+    else direct_strips<Prefetch>(W, Q + t * ldq, ldq, tn, qsum + t, out + t * ldo, ldo, r0, r1);
+  }
 }
 
 }  // namespace mmfree::kernels::avx512

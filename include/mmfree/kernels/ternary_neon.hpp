@@ -18,6 +18,7 @@
 #include <cstring>
 #include <vector>
 
+#include "mmfree/kernels/strip_loop.hpp"
 #include "mmfree/ternary_format.hpp"
 
 #define MMFREE_TARGET_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
@@ -197,12 +198,12 @@ MMFREE_TARGET_DOTPROD inline void ternary_gemm_dotprod(const TernaryMatrix& W, c
   planes_buf.resize(size_t(groups * 64));
   qsum.resize(size_t(n));
   for (int64_t t = 0; t < n; ++t) qsum[size_t(t)] = sum_q(Q + t * ldq, W.padded_cols());
-  for (int64_t s = r0 / kStripRows; s * kStripRows < r1; ++s) {
-    unpack(W, s, planes_buf.data());
-    int64_t t = 0;
-    for (; t + 4 <= n; t += 4) tile<4>(planes_buf.data(), groups, Q + t * ldq, ldq, qsum.data() + t, out + t * ldo, ldo, s, r0, r1);
-    for (; t < n; ++t) tile<1>(planes_buf.data(), groups, Q + t * ldq, ldq, qsum.data() + t, out + t * ldo, ldo, s, r0, r1);
-  }
+  int8_t* buf = planes_buf.data();
+  strips_by_token_tiles<4, 1>(
+      n, r0, r1, [&](int64_t s) { unpack(W, s, buf); },
+      [&](auto T, int64_t s, int64_t t) {
+        tile<decltype(T)::value>(buf, groups, Q + t * ldq, ldq, qsum.data() + t, out + t * ldo, ldo, s, r0, r1);
+      });
 }
 
 }  // namespace mmfree::kernels::neon
