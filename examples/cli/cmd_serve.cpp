@@ -6,14 +6,19 @@
 #include <malloc.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <mutex>
+#include <thread>
 #include <set>
 #include <sstream>
 
@@ -266,6 +271,61 @@ class Sessions {
   std::set<std::string> busy_;
 };
 
+// Connections each get a thread of their own, up to `cap` at once (beyond it, new connections
+// wait in the listen backlog until one closes). A fixed pool let 300 clients that send a partial
+// request and wait hold every thread, and a good client's GET /health waited 8.9 s behind them;
+// an idle connection now holds only its own thread (a stack reserved, a few KB resident) until
+// its read timeout, never a good client's.
+class ConnectionThreads : public httplib::TaskQueue {
+ public:
+  explicit ConnectionThreads(size_t cap) : cap_(cap) {}
+  void enqueue(std::function<void()> fn) override {
+    std::unique_lock<std::mutex> l(mu_);
+    room_.wait(l, [&] { return running_ < cap_; });
+    ++running_;
+    l.unlock();
+    std::thread([this, fn = std::move(fn)] {
+      fn();
+      std::lock_guard<std::mutex> g(mu_);
+      --running_;
+      room_.notify_all();
+    }).detach();
+  }
+  // The server is stopping: every connection's thread finishes (as the fixed pool joined its own).
+  void shutdown() override {
+    std::unique_lock<std::mutex> l(mu_);
+    room_.wait(l, [&] { return running_ == 0; });
+  }
+  size_t open() {
+    std::lock_guard<std::mutex> g(mu_);
+    return running_;
+  }
+
+ private:
+  const size_t cap_;
+  std::mutex mu_;
+  std::condition_variable room_;
+  size_t running_ = 0;
+};
+
+// cpp-httplib 0.11 listens with a backlog of 5: a burst of connections (a few hundred clients
+// arriving together) overflows it, and the kernel drops their SYNs, so even a good client's
+// connection waits a second or more for the retry. The listening socket on `port` is found among
+// this process's descriptors and its backlog widened (listen() again changes it on Linux).
+void widen_listen_backlog(int port) {
+  for (int fd = 0; fd < 4096; ++fd) {
+    int listening = 0;
+    socklen_t len = sizeof listening;
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening) continue;
+    sockaddr_storage ss{};
+    socklen_t sl = sizeof ss;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &sl) != 0) continue;
+    const int p = ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
+                                           : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+    if (p == port) ::listen(fd, SOMAXCONN);
+  }
+}
+
 bool is_loopback(const std::string& host) { return host == "127.0.0.1" || host == "::1" || host == "localhost"; }
 
 void send_json(httplib::Response& res, int status, const json& body) {
@@ -287,7 +347,7 @@ void on_signal(int) {
 int cmd_serve(const Args& a) {
   a.allow({"host", "port", "parallel", "queue", "api-key", "api-key-file", "allow-public", "max-body", "state-dir", "sessions-memory",
            "session-store", "persist-every",
-           "max-prompt-tokens", "max-tokens", "timeout", "exit-with-parent", "name"});
+           "max-prompt-tokens", "max-tokens", "timeout", "exit-with-parent", "name", "max-connections"});
   const std::string host = a.has("host") ? a.str("host") : "127.0.0.1";
   const int port = a.has("port") ? int(mmfree::parse_int(a.str("port"), "--port", 0, 65535)) : 8080;
   mmfree::SchedulerOptions so;
@@ -333,14 +393,21 @@ int cmd_serve(const Args& a) {
   const auto started = std::chrono::steady_clock::now();
 
   httplib::Server svr;
-  // Every stream holds its connection's thread: enough threads for all active and queued
-  // sequences, plus a few for the short endpoints.
-  const size_t http_threads = size_t(so.max_active + so.max_queued + 8);
-  svr.new_task_queue = [http_threads] { return new httplib::ThreadPool(http_threads); };
+  // A thread per open connection (ConnectionThreads), at most --max-connections at once; the
+  // process may hold that many sockets (the soft limit is raised to the hard one).
+  const size_t max_connections = a.has("max-connections")
+      ? size_t(mmfree::parse_int(a.str("max-connections"), "--max-connections", so.max_active + so.max_queued + 4, 1 << 16))
+      : std::max<size_t>(2048, size_t(so.max_active + so.max_queued) * 2);
+  if (rlimit rl{}; getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  svr.new_task_queue = [max_connections] { return new ConnectionThreads(max_connections); };
   svr.set_payload_max_length(max_body);
   svr.set_read_timeout(10, 0);  // a slow sender loses its connection, not a scheduler slot
   svr.set_write_timeout(10, 0);
   svr.set_keep_alive_timeout(5);
+  svr.set_keep_alive_max_count(100);
   svr.set_tcp_nodelay(true);  // each streamed token leaves at once (Nagle would hold it for an ACK)
   svr.set_pre_routing_handler([&](const httplib::Request& req, httplib::Response& res) {
     // HTTP threads yield to the model's: a forward pass is hundreds of fork-join sections, and a
@@ -603,6 +670,7 @@ int cmd_serve(const Args& a) {
   if (port == 0) bound = svr.bind_to_any_port(host);
   else if (!svr.bind_to_port(host, port)) bound = -1;
   if (bound < 0) fail("--host " + host + " --port " + std::to_string(port), "cannot listen there (in use, or not an address of this machine)");
+  widen_listen_backlog(bound);
   g_server = &svr;
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);

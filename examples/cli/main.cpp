@@ -42,6 +42,8 @@ const std::vector<Command>& commands() {
        "  --max-body BYTES       request body limit (default 1 MiB)\n"
        "  --max-prompt-tokens N  (default 8192)   --max-tokens N  max_tokens ceiling (default 4096)\n"
        "  --timeout SECONDS      per request (default 600)\n"
+       "  --max-connections N    open connections at once, each with its own thread; beyond, new ones wait\n"
+       "                         in the listen backlog (default 2048, or 2x (parallel + queue) if more)\n"
        "  --name NAME            the model id in responses (default: the file name)\n"
        "  --state-dir DIR        sessions (\"session\": ID) are also kept in DIR, written atomically when\n"
        "                         each request ends: they survive a restart, even kill -9\n"
