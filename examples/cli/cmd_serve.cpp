@@ -10,12 +10,15 @@
 #include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <filesystem>
+#include <map>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -326,6 +329,127 @@ void widen_listen_backlog(int port) {
   }
 }
 
+// Limits cpp-httplib has no hook for, kept by a thread that looks at this process's sockets a few
+// times a second: connections per client address (beyond the limit, the newest that are not in
+// the middle of a request are shut down), and the time a connection may take to send a whole
+// request (a client trickling a byte every few seconds never hits the 10 s silence limit). The
+// HTTP handlers report which connections are inside a request (begin/end, keyed by peer address
+// and port); a connection waiting for its request longer than request_seconds is shut down, so
+// its thread's read fails and it closes.
+class ConnectionWarden {
+ public:
+  ConnectionWarden(int port, size_t per_address, double request_seconds)
+      : port_(port), per_address_(per_address), request_seconds_(request_seconds), th_([this] { run(); }) {}
+  ~ConnectionWarden() {
+    stop_ = true;
+    th_.join();
+  }
+  void begin(const std::string& addr, int port) {
+    std::lock_guard<std::mutex> g(mu_);
+    busy_.insert(addr + " " + std::to_string(port));
+  }
+  void end(const std::string& addr, int port) {
+    const std::string k = addr + " " + std::to_string(port);
+    std::lock_guard<std::mutex> g(mu_);
+    busy_.erase(k);
+    done_[k] = std::chrono::steady_clock::now();
+  }
+  size_t shut_down() const { return shut_; }
+
+ private:
+  struct Conn {
+    ino_t ino = 0;
+    std::string addr, key;
+    std::chrono::steady_clock::time_point seen;
+  };
+  static std::string address_of(const sockaddr_storage& ss, int* port) {
+    char buf[INET6_ADDRSTRLEN] = "";
+    if (ss.ss_family == AF_INET6) {
+      auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+      inet_ntop(AF_INET6, &a->sin6_addr, buf, sizeof buf);
+      *port = ntohs(a->sin6_port);
+    } else {
+      auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+      inet_ntop(AF_INET, &a->sin_addr, buf, sizeof buf);
+      *port = ntohs(a->sin_port);
+    }
+    return buf;
+  }
+  void run() {
+    while (!stop_) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      scan();
+    }
+  }
+  void scan() {
+    const auto now = std::chrono::steady_clock::now();
+    std::map<int, Conn> seen;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+      int fd = 0;
+      try {
+        fd = std::stoi(e.path().filename().string());
+      } catch (...) {
+        continue;
+      }
+      struct stat st {};
+      if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+      sockaddr_storage local{}, peer{};
+      socklen_t ll = sizeof local, pl = sizeof peer;
+      if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0) continue;
+      int lport = 0, pport = 0;
+      address_of(local, &lport);
+      if (lport != port_ || getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) continue;  // ours, connected
+      Conn c;
+      c.ino = st.st_ino;
+      c.addr = address_of(peer, &pport);
+      c.key = c.addr + " " + std::to_string(pport);
+      auto old = conns_.find(fd);
+      c.seen = old != conns_.end() && old->second.ino == c.ino ? old->second.seen : now;
+      seen[fd] = c;
+    }
+    conns_ = seen;
+    std::lock_guard<std::mutex> g(mu_);
+    std::map<std::string, std::vector<std::pair<std::chrono::steady_clock::time_point, int>>> idle_by_addr;
+    std::map<std::string, size_t> count;
+    for (auto& [fd, c] : conns_) {
+      ++count[c.addr];
+      if (busy_.count(c.key)) continue;
+      auto d = done_.find(c.key);
+      const auto since = d != done_.end() && d->second > c.seen ? d->second : c.seen;
+      if (std::chrono::duration<double>(now - since).count() > request_seconds_) {
+        ::shutdown(fd, SHUT_RDWR);
+        ++shut_;
+        continue;
+      }
+      idle_by_addr[c.addr].push_back({c.seen, fd});
+    }
+    for (auto& [addr, v] : idle_by_addr) {
+      if (count[addr] <= per_address_) continue;
+      std::sort(v.begin(), v.end());  // the newest last
+      for (size_t k = 0; k < count[addr] - per_address_ && k < v.size(); ++k) {
+        ::shutdown(v[v.size() - 1 - k].second, SHUT_RDWR);
+        ++shut_;
+      }
+    }
+    // Forget what no open connection refers to.
+    std::set<std::string> live;
+    for (auto& [fd, c] : conns_) live.insert(c.key);
+    for (auto it = done_.begin(); it != done_.end();) it = live.count(it->first) ? std::next(it) : done_.erase(it);
+  }
+
+  const int port_;
+  const size_t per_address_;
+  const double request_seconds_;
+  std::atomic<bool> stop_{false};
+  std::atomic<size_t> shut_{0};
+  std::mutex mu_;
+  std::set<std::string> busy_;
+  std::map<std::string, std::chrono::steady_clock::time_point> done_;
+  std::map<int, Conn> conns_;  // the scanning thread's own
+  std::thread th_;
+};
+
 bool is_loopback(const std::string& host) { return host == "127.0.0.1" || host == "::1" || host == "localhost"; }
 
 void send_json(httplib::Response& res, int status, const json& body) {
@@ -347,7 +471,8 @@ void on_signal(int) {
 int cmd_serve(const Args& a) {
   a.allow({"host", "port", "parallel", "queue", "api-key", "api-key-file", "allow-public", "max-body", "state-dir", "sessions-memory",
            "session-store", "persist-every",
-           "max-prompt-tokens", "max-tokens", "timeout", "exit-with-parent", "name", "max-connections"});
+           "max-prompt-tokens", "max-tokens", "timeout", "exit-with-parent", "name", "max-connections",
+           "max-connections-per-address", "request-time"});
   const std::string host = a.has("host") ? a.str("host") : "127.0.0.1";
   const int port = a.has("port") ? int(mmfree::parse_int(a.str("port"), "--port", 0, 65535)) : 8080;
   mmfree::SchedulerOptions so;
@@ -403,6 +528,10 @@ int cmd_serve(const Args& a) {
     setrlimit(RLIMIT_NOFILE, &rl);
   }
   svr.new_task_queue = [max_connections] { return new ConnectionThreads(max_connections); };
+  const size_t per_address = a.has("max-connections-per-address")
+      ? size_t(mmfree::parse_int(a.str("max-connections-per-address"), "--max-connections-per-address", 1, 1 << 16)) : 256;
+  const double request_time = a.has("request-time") ? mmfree::parse_double(a.str("request-time"), "--request-time", 0.1, 3600) : 30;
+  std::unique_ptr<ConnectionWarden> warden;  // started once the port is known
   svr.set_payload_max_length(max_body);
   svr.set_read_timeout(10, 0);  // a slow sender loses its connection, not a scheduler slot
   svr.set_write_timeout(10, 0);
@@ -414,6 +543,7 @@ int cmd_serve(const Args& a) {
     // pool thread kept waiting for a core by a thread writing a token stalls every section.
     static thread_local const bool lowered = setpriority(PRIO_PROCESS, id_t(syscall(SYS_gettid)), 10) == 0;
     (void)lowered;
+    if (warden) warden->begin(req.remote_addr, req.remote_port);
     ++requests;
     if (key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
     const std::string auth = req.get_header_value("Authorization");
@@ -442,7 +572,8 @@ int cmd_serve(const Args& a) {
     }
     send_error(res, 500, "server_error", msg);
   });
-  svr.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+  svr.set_logger([&](const httplib::Request& req, const httplib::Response& res) {
+    if (warden) warden->end(req.remote_addr, req.remote_port);
     std::fprintf(stderr, "%s %s %d\n", req.method.c_str(), req.path.c_str(), res.status);  // never bodies
   });
 
@@ -671,6 +802,7 @@ int cmd_serve(const Args& a) {
   else if (!svr.bind_to_port(host, port)) bound = -1;
   if (bound < 0) fail("--host " + host + " --port " + std::to_string(port), "cannot listen there (in use, or not an address of this machine)");
   widen_listen_backlog(bound);
+  warden = std::make_unique<ConnectionWarden>(bound, per_address, request_time);
   g_server = &svr;
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);

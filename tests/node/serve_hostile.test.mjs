@@ -206,7 +206,8 @@ test("1,000 idle connections do not delay a good client", { timeout: 120000 }, a
     await good();  // warm-up
     const alone = await good();
     await Promise.all(Array.from({ length: 1000 }, (_, i) => new Promise((resolve, reject) => {
-      const c = net.connect(s.port, "127.0.0.1", () => {
+      // 250 from each of 127.0.0.2-5: within the default 256 per address.
+      const c = net.connect({ port: s.port, host: "127.0.0.1", localAddress: `127.0.0.${2 + (i % 4)}` }, () => {
         if (i % 2) c.write("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\"");
         else c.write("GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ");
         resolve();
@@ -224,6 +225,41 @@ test("1,000 idle connections do not delay a good client", { timeout: 120000 }, a
     }
   } finally {
     for (const c of idle) c.destroy();
+    s.proc.kill("SIGTERM");
+  }
+});
+
+// Per-address and per-request limits: 80 connections from 127.0.0.2 that send part of a request
+// and then a byte every 0.5 s (never silent long enough for the read timeout): the 30 beyond
+// --max-connections-per-address 50 are closed at once, the rest once --request-time 2.5 s has
+// passed; a client from 127.0.0.1 is served meanwhile.
+test("connections per address and the time to send a request are bounded", { timeout: 60000 }, async () => {
+  const s = await serve(["--parallel", "4", "--max-connections-per-address", "50", "--request-time", "2.5"]);
+  const socks = [];
+  let closed = 0, trickle;
+  try {
+    for (let i = 0; i < 80; i++)
+      await new Promise((resolve, reject) => {
+        const c = net.connect({ port: s.port, host: "127.0.0.1", localAddress: "127.0.0.2" }, () => {
+          c.write("GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+          resolve();
+        });
+        c.on("error", () => {});
+        c.on("close", () => closed++);
+        socks.push(c);
+      });
+    const t0 = performance.now();
+    trickle = setInterval(() => { for (const c of socks) if (!c.destroyed) c.write("a"); }, 500);
+    await new Promise((r) => setTimeout(r, 1200));
+    assert.equal(closed, 30, "the connections beyond 50 from one address");
+    const h = await fetch(`${s.url}/health`);
+    assert.equal(h.status, 200);
+    while (closed < 80 && performance.now() - t0 < 8000) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(closed, 80, "every connection that did not finish its request in 2.5 s");
+    assert.ok(performance.now() - t0 > 2000, "none before the request time");
+  } finally {
+    clearInterval(trickle);
+    for (const c of socks) c.destroy();
     s.proc.kill("SIGTERM");
   }
 });
