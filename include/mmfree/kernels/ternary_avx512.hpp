@@ -5,9 +5,13 @@
 // into that row's int32 lane. 16 row sums build up in one register, and sum w*q = sum d*q - sum q.
 //
 // Decoding (one token) streams each strip once with 8 (TQ2) or 10 (TQ1) accumulators, so no
-// vpdpbusd waits on the previous one. Prefill unpacks the digit planes of two strips once per
-// call into a buffer that stays in L2, and then every tile of 12 tokens passes over it:
-// 24 accumulators, 2 digit loads and 12 broadcasts for 24 vpdpbusd per 4 columns.
+// vpdpbusd waits on the previous one. Several tokens run one of two ways, both measured by the
+// chooser: the buffered GEMM unpacks the digit planes of two strips once per call into a buffer
+// that stays in L2, and then every tile of 12 tokens passes over it (24 accumulators, 2 digit
+// loads and 12 broadcasts for 24 vpdpbusd per 4 columns); the direct kernels decode each chunk's
+// planes in registers and run a tile of up to 12 tokens on them, so weights stream from memory
+// once per pass and decoding overlaps the multiplies (the faster of the two at every batch size
+// measured on AMD Zen 5; README, "Several tokens per pass").
 #pragma once
 
 #if defined(__x86_64__)
