@@ -95,7 +95,11 @@ __attribute__((target("avx512f"))) inline uint64_t read_avx512(const uint8_t* p,
   __m512i acc = _mm512_setzero_si512();
   for (size_t i = b; i < e; i += 128)
     acc = _mm512_add_epi64(acc, _mm512_add_epi64(_mm512_loadu_si512(p + i), _mm512_loadu_si512(p + i + 64)));
-  return uint64_t(_mm512_reduce_add_epi64(acc));
+  alignas(64) uint64_t lanes[8];  // (combined unsigned: a signed reduce would overflow, UB)
+  _mm512_store_si512(lanes, acc);
+  uint64_t x = 0;
+  for (uint64_t v : lanes) x += v;
+  return x;
 }
 #endif
 
@@ -167,7 +171,9 @@ MMFREE_TARGET_AVX512 inline double vnni_chains(long iters) {
   __m512i t = a[0];
   #pragma GCC unroll 12
   for (int i = 1; i < 12; ++i) t = _mm512_add_epi32(t, a[i]);
-  volatile int sink = _mm512_reduce_add_epi32(t);
+  alignas(64) uint32_t lanes[16];  // (not _mm512_reduce_add_epi32: the sums overflow int, UB)
+  _mm512_store_si512(lanes, t);
+  volatile uint32_t sink = lanes[0] ^ lanes[15];
   (void)sink;
   return double(iters) * 12 * 64 / 1e9;  // GMAC
 }
