@@ -5,7 +5,7 @@
 // what the library does alone: `Model::step_batch` over the same numbers of sequences
 // (`mmfree-cli bench --batch`), which the scheduler's steps should reach, and its roofline.
 //
-//   node bench/serve_load.mjs --cli build/examples/mmfree-cli --model M.gguf [--streams 1,4,16,64]
+//   node bench/serve_load.mjs --cli build/cli/mmfree-cli --model M.gguf [--streams 1,4,16,64]
 //        [--tokens 64] [--threads 2] [--idle-sessions N] [--json out.json] [--svg out.svg]
 import { spawn, execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";

@@ -20,7 +20,8 @@
 
 #include "mmfree/mmfree.hpp"
 #include "mmfree/parse.hpp"
-#include "mmfree/server_api.hpp"
+#include "mmfree/serve/request.hpp"
+#include "mmfree/serve/stop_text.hpp"
 
 namespace mmfree::fuzz {
 
@@ -141,7 +142,7 @@ inline void check_wire(const nlohmann::json& doc) {
   if (!nlohmann::json::accept(w)) __builtin_trap();
 }
 
-// The server's request handling without sockets (server_api.hpp): the first byte picks the
+// The server's request handling without sockets (serve/request.hpp, serve/stop_text.hpp): the first byte picks the
 // endpoint, the rest is the body. A request is either parsed into values inside every limit,
 // or refused as an ApiError with a 4xx status; stop strings never release text that contains one.
 // A completion that parses runs on the tokenizer's model (kjv-tiny, beside it: a few tokens) to

@@ -4,7 +4,8 @@
 #
 #   scripts/setup.sh          build + tests: compiler, CMake, nlohmann-json, Eigen, GoogleTest,
 #                             Google Benchmark, Verilator + yosys (hw/), cpp-httplib, hiredis +
-#                             redis-server (sessions shared by replicas), Node
+#                             redis-server (state shared by replicas), nginx-light (a load
+#                             balancer in front of replicas, in a test), Node
 #   scripts/setup.sh --all    also what CI runs besides: clang (fuzzing), the AArch64 cross
 #                             compiler and qemu (NEON tests)
 set -euo pipefail
@@ -15,7 +16,7 @@ if [ "$(id -u)" -ne 0 ]; then
   sudo="sudo"
 fi
 pkgs=(build-essential cmake g++ pkgconf nlohmann-json3-dev libeigen3-dev libgtest-dev libgmock-dev
-      libbenchmark-dev libcpp-httplib-dev libhiredis-dev redis-server verilator yosys nextpnr-ice40)
+      libbenchmark-dev libcpp-httplib-dev libhiredis-dev redis-server nginx-light verilator yosys nextpnr-ice40)
 [ "${1:-}" = "--all" ] && pkgs+=(clang libclang-rt-dev g++-aarch64-linux-gnu qemu-user)
 # Node: the machine's own if it has one (Debian's npm package conflicts with NodeSource's nodejs).
 command -v node >/dev/null && command -v npm >/dev/null || pkgs+=(nodejs npm)

@@ -149,12 +149,10 @@ inline State read_state(const Model& m, std::istream& in, const std::string& nam
   return s;
 }
 
-// Writes atomically: readers see the old file or the new one, never half of one, even after a
-// crash or power loss.
-inline void save_state(const Model& m, const State& s, const std::string& path) {
-  std::ostringstream out;
-  write_state(m, s, out);
-  const std::string bytes = out.str();
+// Writes `bytes` to `path` atomically: readers see the old file or the new one, never half of
+// one, even after a crash or power loss (a temporary file in the same directory, fsync, rename,
+// fsync of the directory). A killed writer leaves only its temporary ".NAME.tmp.PID".
+inline void write_file_atomically(const std::string& path, const std::string& bytes) {
   const std::filesystem::path target(path);
   const std::filesystem::path dir = target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
   const std::string tmp = (dir / ("." + target.filename().string() + ".tmp." + std::to_string(::getpid()))).string();
@@ -182,6 +180,17 @@ inline void save_state(const Model& m, const State& s, const std::string& path) 
   }
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) ::fsync(dfd), ::close(dfd);  // the rename itself survives a crash
+}
+
+inline std::string state_bytes(const Model& m, const State& s) {
+  std::ostringstream out;
+  write_state(m, s, out);
+  return out.str();
+}
+
+// Writes atomically (write_file_atomically).
+inline void save_state(const Model& m, const State& s, const std::string& path) {
+  write_file_atomically(path, state_bytes(m, s));
 }
 
 inline State load_state(const Model& m, const std::string& path) {

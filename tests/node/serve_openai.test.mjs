@@ -25,7 +25,7 @@ test("a greedy completion equals mmfree-cli generate", async () => {
   const r = await client.completions.create(greedy);
   assert.equal(r.object, "text_completion");
   assert.equal(r.choices[0].finish_reason, "length");
-  assert.deepEqual(r.usage, { prompt_tokens: 4, completion_tokens: 24, total_tokens: 28 });
+  assert.deepEqual(r.usage, { prompt_tokens: 4, completion_tokens: 24, total_tokens: 28, prompt_tokens_details: { cached_tokens: 0 } });
   const out = execFileSync(cli, ["generate", "-p", greedy.prompt, "-n", "24", "--temperature", "0", "--no-stats"], { encoding: "utf8" });
   assert.equal(greedy.prompt + r.choices[0].text + "\n", out);
 });

@@ -27,7 +27,9 @@ test("a session continues exactly after kill -9 and a restart on the same --stat
     const r1 = await complete(s.url, { prompt: A, max_tokens: 8, session: "conv-1" });
     assert.equal(r1.status, 200);
     assert.equal(r1.json.session_position, A.length + 8);
-    assert.deepEqual(readdirSync(dir), ["conv-1.state"]);  // no temporary files left
+    // The session, and the prefix cache's folders; no temporary files left.
+    assert.deepEqual(readdirSync(dir).sort(), ["alias", "conv-1.state", "prefix"]);
+    assert.ok(readdirSync(join(dir, "prefix")).every((f) => !f.startsWith(".")));
     await kill9(s);
     s = await serve(["--state-dir", dir]);
     try {
@@ -88,7 +90,7 @@ test("with --sessions-memory, 2,000 sessions work: the least recently used wait 
     const evicted = Number(/^mmfree_sessions_evicted_total (\S+)$/m.exec(m)[1]);
     assert.ok(inMemory <= 120 && inMemory > 50, `${inMemory} in memory`);  // 1 MiB of 9 KB states
     assert.ok(evicted >= N - 120, `${evicted} evicted`);
-    assert.equal(readdirSync(dir).length, N);
+    assert.equal(readdirSync(dir).filter((f) => f.endsWith(".state")).length, N);
     for (const k of [0, 1, 7, 500, 1999]) {  // the oldest are on disk only
       const id = `s${k}`;
       const r = await complete(s.url, { prompt: [5], max_tokens: 3, session: id });
@@ -187,7 +189,8 @@ test("kill -9 at random moments during 50 streamed requests over 10 sessions: ev
     }
     console.log(`${kills} kills, ${cut} streams cut off (${persisted} of them had been persisted before the kill)`);
     assert.ok(kills >= 2);
-    assert.ok(readdirSync(dir).every((f) => f.endsWith(".state")), readdirSync(dir).join(" "));
+    // Sessions and the prefix cache's folders; no temporary files.
+    assert.ok(readdirSync(dir).every((f) => f.endsWith(".state") || f === "prefix" || f === "alias"), readdirSync(dir).join(" "));
   } finally {
     s.proc.kill("SIGTERM");
     rmSync(dir, { recursive: true, force: true });

@@ -1,6 +1,6 @@
-// mmfree: the OpenAI-compatible HTTP API, without the HTTP: parsing and validating request
-// bodies, stop strings over streamed text, and the response documents. mmfree-cli serve
-// (examples/cli/cmd_serve.cpp) binds these to sockets; the fuzz target drives them directly.
+// mmfree serving: requests of the OpenAI-compatible API, without the HTTP: parsing and
+// validating the bodies of /v1/completions, /tokenize and /detokenize. mmfree-cli serve
+// (cli/serve/) binds them to sockets; the fuzz target drives them directly.
 //
 // Conventions follow OpenAI's /v1/completions and llama-server's extensions (`top_k`, `min_p`,
 // `return_tokens`, /tokenize, /detokenize).
@@ -18,27 +18,10 @@
 #include "mmfree/error.hpp"
 #include "mmfree/generate.hpp"
 #include "mmfree/json_field.hpp"
+#include "mmfree/serve/documents.hpp"
 #include "mmfree/tokenizer.hpp"
 
 namespace mmfree::api {
-
-// A request the server refuses: the HTTP status and an OpenAI-style error body.
-struct ApiError : Error {
-  int status;
-  std::string type;
-  ApiError(int st, std::string ty, const std::string& msg) : Error(msg), status(st), type(std::move(ty)) {}
-};
-
-inline nlohmann::json error_body(int status, const std::string& type, const std::string& message) {
-  return {{"error", {{"message", message}, {"type", type}, {"code", status}}}};
-}
-
-// A document as the server sends it: always valid UTF-8, whatever text it holds (a generated
-// piece that ends inside a character, an error quoting the client's bytes): invalid bytes become
-// U+FFFD instead of an exception.
-inline std::string to_wire(const nlohmann::json& j) {
-  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-}
 
 // What a client may ask for, at most.
 struct Limits {
@@ -60,6 +43,8 @@ struct CompletionRequest {
   bool return_tokens = false;
   std::string model;
   std::string session;  // extension: continue (or begin) the named session's state
+  // extension: start from the state after an earlier completion (its "id"); the prompt follows it
+  std::string continue_from;
 };
 
 namespace detail {
@@ -170,6 +155,12 @@ inline CompletionRequest parse_completion(const std::string& body, const Tokeniz
           fail(w, "'session' may hold only letters, digits, '-', '_' and '.'");
       if (r.session[0] == '.') fail(w, "'session' must not start with '.'");
     }
+    r.continue_from = jf::string_or(j, "continue_from", "", w);
+    if (jf::has(j, "continue_from")) {
+      if (r.continue_from.size() < 6 || r.continue_from.size() > 128 || !r.continue_from.starts_with("cmpl-"))
+        fail(w, "'continue_from' must be the id of an earlier completion (\"cmpl-...\")");
+      if (!r.session.empty()) fail(w, "'continue_from' and 'session' both name a state to start from: give one");
+    }
     r.model = jf::string_or(j, "model", "", w);
     if (jf::integer_or(j, "n", 1, w, 1, 1 << 20) != 1) fail(w, "'n' other than 1 is not supported");
     if (jf::integer_or(j, "best_of", 1, w, 1, 1 << 20) != 1) fail(w, "'best_of' other than 1 is not supported");
@@ -204,59 +195,6 @@ inline nlohmann::json detokenize(const std::string& body, const Tokenizer& tok) 
       ids.push_back(int32_t(jf::integer(j["tokens"][i], "request", "tokens[" + std::to_string(i) + "]", 0, tok.vocab_size() - 1)));
     return nlohmann::json{{"content", tok.decode(ids)}};
   });
-}
-
-// Generated text with stop strings: text is released only once it cannot be the start of a
-// stop string, and everything from the first stop string on is never released.
-class StopText {
- public:
-  explicit StopText(std::vector<std::string> stops) : stops_(std::move(stops)) {}
-  // Appends decoded text; returns what may be sent now. stopped() turns true at a stop string.
-  std::string push(const std::string& piece) {
-    if (stopped_) return "";
-    text_ += piece;
-    size_t cut = text_.size();
-    for (auto& s : stops_) {
-      // Released text never holds the start of a stop string, so one cannot begin before sent_.
-      const size_t at = text_.find(s, sent_);
-      if (at != std::string::npos && at < cut) cut = at, stopped_ = true;
-    }
-    if (!stopped_)  // hold back a tail that may begin a stop string
-      for (auto& s : stops_)
-        for (size_t k = std::min(s.size() - 1, text_.size()); k > 0; --k)
-          if (text_.compare(text_.size() - k, k, s, 0, k) == 0) {
-            cut = std::min(cut, text_.size() - k);
-            break;
-          }
-    std::string out = cut > sent_ ? text_.substr(sent_, cut - sent_) : "";
-    sent_ = std::max(sent_, cut);
-    if (stopped_) text_.resize(cut);
-    return out;
-  }
-  // At the end: whatever was held back (no stop string completed).
-  std::string finish() {
-    if (stopped_ || sent_ >= text_.size()) return "";
-    std::string out = text_.substr(sent_);
-    sent_ = text_.size();
-    return out;
-  }
-  bool stopped() const { return stopped_; }
-  const std::string& text() const { return text_; }
-
- private:
-  std::vector<std::string> stops_;
-  std::string text_;
-  size_t sent_ = 0;
-  bool stopped_ = false;
-};
-
-inline nlohmann::json completion_choice(const std::string& text, const char* finish_reason) {
-  return {{"text", text}, {"index", 0}, {"logprobs", nullptr},
-          {"finish_reason", finish_reason ? nlohmann::json(finish_reason) : nlohmann::json(nullptr)}};
-}
-
-inline nlohmann::json usage(int64_t prompt, int64_t completion) {
-  return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
 }
 
 }  // namespace mmfree::api

@@ -11,6 +11,7 @@
 // generate() with the same options.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -57,6 +58,13 @@ struct Sequence {
   // is once it has read every token passed to on_token so far (for persisting in mid-stream).
   int64_t snapshot_every = 0;
   std::function<void(const State&)> on_snapshot;
+  // Prefix cache: `state` has already read prompt[0, cached) (a cached prefix: the sequence reads
+  // only the rest). While reading the prompt, once the state has read prompt[0, p) for each p in
+  // `checkpoints` (ascending, within (cached, prompt.size())), on_checkpoint(p, state) is called:
+  // a prompt chunk never runs past the next checkpoint.
+  size_t cached = 0;
+  std::vector<size_t> checkpoints;
+  std::function<void(size_t, const State&)> on_checkpoint;
 
   // The recurrent state; the scheduler's own bookkeeping below.
   State state;
@@ -106,6 +114,8 @@ class Scheduler {
     model_.check_ids(s->prompt);
     s->gen.sampling.validate();
     if (s->gen.max_new_tokens < 0) fail("max_tokens", "must be >= 0");
+    if (s->cached >= s->prompt.size()) fail("Sequence", "a cached prefix must leave at least the prompt's last token to read");
+    if (s->cached > 0 && s->state.position != int64_t(s->cached)) fail("Sequence", "a cached state's position must be its prefix's length");
     {
       std::lock_guard<std::mutex> l(mu_);
       if (int64_t(queue_.size()) >= opt_.max_queued) return false;
@@ -151,9 +161,12 @@ class Scheduler {
   }
 
   void start(Sequence& s) {
-    if (!s.continue_state) s.state = model_.new_state();
+    if (!s.continue_state && s.cached == 0) s.state = model_.new_state();
     s.sampler = std::make_unique<Sampler>(s.gen.sampling);
-    s.history.clear();
+    // The history (repetition penalty) holds the whole prompt, read or cached.
+    s.history.assign(s.prompt.begin(), s.prompt.begin() + long(s.cached));
+    s.prefilled = s.cached;
+    std::erase_if(s.checkpoints, [&](size_t p) { return p <= s.cached || p >= s.prompt.size(); });
     ++stats_.sequences;
   }
 
@@ -165,6 +178,7 @@ class Scheduler {
     s.on_done = nullptr;
     s.on_token = nullptr;
     s.on_snapshot = nullptr;
+    s.on_checkpoint = nullptr;
     done(f, msg);
   }
 
@@ -207,10 +221,16 @@ class Scheduler {
         ++decoding;
       }
     int64_t budget = opt_.prefill_chunk;
+    std::vector<Sequence*> checkpointed;  // sequences whose chunk ends at a checkpoint
     for (auto& s : active) {
       if (budget == 0) break;
       if (!s->on_done || s->prefilled >= s->prompt.size()) continue;
-      const size_t n = std::min(s->prompt.size() - s->prefilled, size_t(budget));
+      size_t n = std::min(s->prompt.size() - s->prefilled, size_t(budget));
+      auto cp = std::upper_bound(s->checkpoints.begin(), s->checkpoints.end(), s->prefilled);
+      if (cp != s->checkpoints.end() && *cp <= s->prefilled + n) {
+        n = *cp - s->prefilled;
+        checkpointed.push_back(s.get());
+      }
       for (size_t k = 0; k < n; ++k) ids.push_back(s->prompt[s->prefilled + k]), states.push_back(&s->state);
       s->history.insert(s->history.end(), s->prompt.begin() + long(s->prefilled), s->prompt.begin() + long(s->prefilled + n));
       s->prefilled += n;
@@ -225,6 +245,8 @@ class Scheduler {
     add_busy(t0);
     ++stats_.steps;
     stats_.batched_tokens += decoding;
+    for (Sequence* s : checkpointed)
+      if (s->on_checkpoint) s->on_checkpoint(s->prefilled, s->state);
     const size_t V = size_t(model_.vocab_size());
     for (size_t r = 0; r < rows.size(); ++r) {
       if (owners[r]->ending) {  // its last token is read: done
