@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 secs=60
 jobs=${MMFREE_FUZZ_JOBS:-$(nproc)}
 if [ "${1:-}" = "--long" ]; then secs=600; shift; elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then secs=$1; shift; fi
-all=(fuzz_safetensors fuzz_config fuzz_tokenizer_load fuzz_tokenizer_text fuzz_gguf fuzz_cli_numbers fuzz_server_request fuzz_state_file)
+all=(fuzz_safetensors fuzz_config fuzz_tokenizer_load fuzz_tokenizer_text fuzz_gguf fuzz_cli_numbers fuzz_server_request fuzz_state_file fuzz_prefix_record)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 
@@ -26,7 +26,7 @@ cmake --build $build -j"$(nproc)" >/dev/null || exit 1
 
 # Seeds: real files of each kind, small enough to mutate quickly.
 seeds=$build/seeds
-rm -rf "$seeds" && mkdir -p "$seeds"/{fuzz_safetensors,fuzz_config,fuzz_tokenizer_load,fuzz_tokenizer_text,fuzz_gguf,fuzz_cli_numbers,fuzz_server_request,fuzz_state_file}
+rm -rf "$seeds" && mkdir -p "$seeds"/{fuzz_safetensors,fuzz_config,fuzz_tokenizer_load,fuzz_tokenizer_text,fuzz_gguf,fuzz_cli_numbers,fuzz_server_request,fuzz_state_file,fuzz_prefix_record}
 data=tests/data/kjv-tiny
 cp $data/golden.safetensors "$seeds/fuzz_safetensors/"
 $build/cli/mmfree-cli logits --model $data --ids 1,2 --out "$seeds/fuzz_safetensors/small.safetensors" 2>/dev/null

@@ -20,6 +20,7 @@
 
 #include "mmfree/mmfree.hpp"
 #include "mmfree/parse.hpp"
+#include "mmfree/serve/prefix_cache.hpp"
 #include "mmfree/serve/request.hpp"
 #include "mmfree/serve/stop_text.hpp"
 
@@ -237,6 +238,26 @@ inline int state_file(const uint8_t* data, size_t size, const std::string& model
   return 0;
 }
 
+// Prefix cache records (serve/prefix_cache.hpp, docs/state-files.md) for the kjv-tiny model in
+// `model_dir`: refused as an Error, or a prefix and the state after it that encode back byte for
+// byte.
+inline int prefix_record(const uint8_t* data, size_t size, const std::string& model_dir) {
+  static const Model m = [&] {
+    ModelOptions o;
+    o.kernels = "scalar";
+    return load_model(model_dir, o);
+  }();
+  static serve::PrefixCache cache(m, serve::PrefixCacheOptions{});
+  const std::string bytes(reinterpret_cast<const char*>(data), size);
+  const std::vector<int32_t> ids = serve::PrefixCache::record_ids(bytes);
+  try {
+    const State s = cache.decode(bytes, ids, "fuzz.prefix");
+    if (s.position != int64_t(ids.size()) || cache.encode(ids, s) != bytes) __builtin_trap();
+  } catch (const Error&) {
+  }
+  return 0;
+}
+
 // Every target by name, as the corpus folders are named (tokenizer_text needs its tokenizer).
 inline std::map<std::string, std::function<int(const uint8_t*, size_t)>> all(const std::string& tokenizer_json) {
   return {{"fuzz_safetensors", safetensors},
@@ -248,6 +269,9 @@ inline std::map<std::string, std::function<int(const uint8_t*, size_t)>> all(con
           {"fuzz_server_request", [tokenizer_json](const uint8_t* d, size_t n) { return server_request(d, n, tokenizer_json); }},
           {"fuzz_state_file", [tokenizer_json](const uint8_t* d, size_t n) {
              return state_file(d, n, std::filesystem::path(tokenizer_json).parent_path().string());
+           }},
+          {"fuzz_prefix_record", [tokenizer_json](const uint8_t* d, size_t n) {
+             return prefix_record(d, n, std::filesystem::path(tokenizer_json).parent_path().string());
            }}};
 }
 
