@@ -51,7 +51,7 @@ namespace mmfree::serve {
 
 struct PrefixCacheOptions {
   size_t max_bytes = size_t(256) << 20;  // states, ids and tree nodes held in memory
-  int64_t interval = 512;                // checkpoints along a prompt (and at powers of two below it)
+  int64_t interval = 64;                 // checkpoints along a prompt (and at powers of two below it)
 };
 
 // Counters for /metrics (read from any thread).
@@ -66,6 +66,8 @@ class PrefixCache {
       : model_(m), opt_(opt), store_(store), fingerprint_(model_fingerprint(m)) {
     if (opt_.interval < 1) fail("--prefix-interval", "must be at least 1");
     state_floats_ = size_t(m.config().num_hidden_layers * m.config().input_dim());
+    // A state is one allocation: counted as the pages it takes (its block and malloc's header).
+    state_bytes_ = (state_floats_ * sizeof(float) + 16 + 4095) / 4096 * 4096;
     if (store_) {
       restore();
       writer_ = std::thread([this] { write_loop(); });
@@ -250,6 +252,7 @@ class PrefixCache {
     uint32_t version, n;
     std::memcpy(&version, b.data() + 4, 4), std::memcpy(&n, b.data() + 8, 4);
     if (version != 1) fail(name, "prefix entry version " + std::to_string(version) + " is not supported");
+    if (n == 0) fail(name, "holds an empty prefix");
     if (size_t(n) != ids.size() || 12 + size_t(n) * 4 > b.size() - 8) fail(name, "holds another prefix (its length differs)");
     if (std::memcmp(b.data() + 12, ids.data(), ids.size() * 4) != 0) fail(name, "holds another prefix (its ids differ)");
     std::istringstream in(b.substr(12 + size_t(n) * 4, b.size() - 8 - 12 - size_t(n) * 4));
@@ -260,7 +263,7 @@ class PrefixCache {
   static std::vector<int32_t> record_ids(const std::string& b) {
     uint32_t n = 0;
     if (b.size() >= 12) std::memcpy(&n, b.data() + 8, 4);
-    if (b.size() < 12 + size_t(n) * 4) return {};
+    if (n == 0 || b.size() < 12 + size_t(n) * 4) return {};
     std::vector<int32_t> ids(n);
     std::memcpy(ids.data(), b.data() + 12, size_t(n) * 4);
     return ids;
@@ -352,7 +355,7 @@ class PrefixCache {
   // Removes n's entry, then every node left with neither an entry nor children.
   void drop(Node* n) {
     if (n->entry) {
-      if (n->entry->local) bytes_ -= state_floats_ * sizeof(float);
+      if (n->entry->local) bytes_ -= state_bytes_;
       lru_.erase(n->entry->lru);
       by_id_.erase(n->entry->id);
       for (const std::string& a : n->entry->aliases) {
@@ -405,7 +408,7 @@ class PrefixCache {
     e.h.resize(state_floats_);
     size_t o = 0;
     for (const auto& v : s.h) std::copy(v.begin(), v.end(), e.h.begin() + long(o)), o += v.size();
-    bytes_ += state_floats_ * sizeof(float);
+    bytes_ += state_bytes_;
     ++stats_.inserted;
     if (persist && store_) enqueue({"prefix", e.id, encode(ids, s), std::vector<int32_t>(ids.begin(), ids.end())});
     evict(n);
@@ -564,7 +567,7 @@ class PrefixCache {
   PrefixCacheOptions opt_;
   StateStore* store_;
   const uint64_t fingerprint_;
-  size_t state_floats_ = 0;
+  size_t state_floats_ = 0, state_bytes_ = 0;
   PrefixCacheStats stats_;
 
   mutable std::mutex mu_;  // the tree, the LRU list, bytes_
