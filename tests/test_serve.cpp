@@ -283,7 +283,9 @@ TEST(PrefixCache, HoldsNoMoreThanItsCapLeastRecentlyUsedOut) {
     p.push_back(ids_of(20, 100 + k));
     c.insert(p.back(), state_after(p.back()));
     EXPECT_LE(c.bytes(), o.max_bytes);
-    if (k == 5) EXPECT_EQ(c.lookup(join(p[0], {5}), 20).length, 20u);  // p[0] used: it stays longer
+    if (k == 5) {
+      EXPECT_EQ(c.lookup(join(p[0], {5}), 20).length, 20u);  // p[0] used: it stays longer
+    }
   }
   EXPECT_LT(c.entries(), 10u);
   EXPECT_GT(c.entries(), 5u);

@@ -27,6 +27,7 @@
 #include <istream>
 #include <ostream>
 #include <sstream>
+#include <optional>
 #include <string>
 
 #include "mmfree/model.hpp"
@@ -83,12 +84,13 @@ inline uint64_t model_fingerprint(const Model& m) {
   return f.h;
 }
 
-inline void write_state(const Model& m, const State& s, std::ostream& out) {
+// fingerprint: model_fingerprint(m), when the caller keeps it (writing many states).
+inline void write_state(const Model& m, const State& s, std::ostream& out, std::optional<uint64_t> fingerprint = std::nullopt) {
   const Config& c = m.config();
   if (s.h.size() != size_t(c.num_hidden_layers)) fail("State", "does not belong to this model (wrong number of layers)");
   std::string buf;
   auto put = [&](const void* p, size_t n) { buf.append(static_cast<const char*>(p), n); };
-  const uint64_t fp = model_fingerprint(m);
+  const uint64_t fp = fingerprint ? *fingerprint : model_fingerprint(m);
   const int64_t pos = s.position;
   const uint32_t layers = uint32_t(c.num_hidden_layers), width = uint32_t(c.input_dim());
   put(kStateMagic, 4), put(&kStateVersion, 4), put(&fp, 8), put(&pos, 8), put(&layers, 4), put(&width, 4);
@@ -182,9 +184,9 @@ inline void write_file_atomically(const std::string& path, const std::string& by
   if (dfd >= 0) ::fsync(dfd), ::close(dfd);  // the rename itself survives a crash
 }
 
-inline std::string state_bytes(const Model& m, const State& s) {
+inline std::string state_bytes(const Model& m, const State& s, std::optional<uint64_t> fingerprint = std::nullopt) {
   std::ostringstream out;
-  write_state(m, s, out);
+  write_state(m, s, out, fingerprint);
   return out.str();
 }
 

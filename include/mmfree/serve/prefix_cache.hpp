@@ -236,7 +236,7 @@ class PrefixCache {
     auto put = [&](const void* p, size_t n) { b.append(static_cast<const char*>(p), n); };
     const uint32_t version = 1, n = uint32_t(ids.size());
     put(&version, 4), put(&n, 4), put(ids.data(), ids.size() * 4);
-    b += state_bytes(model_, s);
+    b += state_bytes(model_, s, fingerprint_);
     detail::Fnv64 f;
     f.add(b.data(), b.size());
     put(&f.h, 8);
@@ -392,7 +392,7 @@ class PrefixCache {
       n->entry->aliases.push_back(alias);
       alias_[alias] = n->entry->id;
       bytes_ += kAliasBytes;
-      if (persist && store_) enqueue({"alias", alias, n->entry->id, {}});
+      if (persist && store_) enqueue({"alias", alias, n->entry->id, {}, {}});
     }
     if (n->entry && n->entry->local) return touch(n), evict(n);  // the same ids give the same state
     if (!n->entry) {
@@ -410,7 +410,8 @@ class PrefixCache {
     for (const auto& v : s.h) std::copy(v.begin(), v.end(), e.h.begin() + long(o)), o += v.size();
     bytes_ += state_bytes_;
     ++stats_.inserted;
-    if (persist && store_) enqueue({"prefix", e.id, encode(ids, s), std::vector<int32_t>(ids.begin(), ids.end())});
+    // Encoded (checksums: ~1 ms for a 2.7B state) by the writer, never on the scheduler's thread.
+    if (persist && store_) enqueue({"prefix", e.id, "", std::vector<int32_t>(ids.begin(), ids.end()), e.h});
     evict(n);
   }
   // Oldest first until under the cap (never `keep`, just inserted: a cap below one state keeps one).
@@ -423,18 +424,19 @@ class PrefixCache {
         continue;
       }
       if (store_ && !store_->shared()) {  // its files go too
-        enqueue({"prefix", v->entry->id, "", {}});
-        for (const std::string& a : v->entry->aliases) enqueue({"alias", a, "", {}});
+        enqueue({"prefix", v->entry->id, "", {}, {}});
+        for (const std::string& a : v->entry->aliases) enqueue({"alias", a, "", {}, {}});
       }
       drop(v);
       ++stats_.evicted;
     }
   }
-  State unpack(const Entry& e, size_t position) const {
+  State unpack(const Entry& e, size_t position) const { return unpack_floats(e.h, position); }
+  State unpack_floats(const std::vector<float>& h, size_t position) const {
     State s = model_.new_state();
     s.position = int64_t(position);
     size_t o = 0;
-    for (auto& v : s.h) std::copy(e.h.begin() + long(o), e.h.begin() + long(o + v.size()), v.begin()), o += v.size();
+    for (auto& v : s.h) std::copy(h.begin() + long(o), h.begin() + long(o + v.size()), v.begin()), o += v.size();
     return s;
   }
 
@@ -523,16 +525,18 @@ class PrefixCache {
   }
 
   struct Write {
-    std::string kind, id, bytes;  // bytes empty: remove
-    std::vector<int32_t> ids;
+    std::string kind, id, bytes;  // a prefix: its ids and state (h) are encoded by the writer;
+    std::vector<int32_t> ids;     // else bytes, empty to remove
+    std::vector<float> h;
+    size_t size() const { return bytes.size() + h.size() * sizeof(float); }
   };
   void enqueue(Write w) {
     std::lock_guard<std::mutex> l(wmu_);
-    if (pending_bytes_ + w.bytes.size() > opt_.max_bytes) {  // the store cannot keep up: skip it
+    if (pending_bytes_ + w.size() > opt_.max_bytes) {  // the store cannot keep up: skip it
       ++stats_.dropped_writes;
       return;
     }
-    pending_bytes_ += w.bytes.size();
+    pending_bytes_ += w.size();
     queue_.push_back(std::move(w));
     wcv_.notify_all();
   }
@@ -545,8 +549,13 @@ class PrefixCache {
       queue_.pop_front();
       writing_ = true;
       l.unlock();
+      const size_t size = w.size();
       try {
-        if (w.bytes.empty()) {
+        if (!w.h.empty()) {
+          State st = unpack_floats(w.h, w.ids.size());
+          store_->put("prefix", w.id, encode(w.ids, st));
+          if (store_->shared()) store_->announce("prefix", w.id, summary(w.ids));
+        } else if (w.bytes.empty()) {
           store_->remove(w.kind, w.id);
         } else {
           store_->put(w.kind, w.id, w.bytes);
@@ -557,7 +566,7 @@ class PrefixCache {
         std::fprintf(stderr, "prefix cache: %s\n", e.what());
       }
       l.lock();
-      pending_bytes_ -= w.bytes.size();
+      pending_bytes_ -= size;
       writing_ = false;
       wdone_.notify_all();
     }
