@@ -35,7 +35,9 @@ size_t rss_bytes() {
 
 TEST(LongRun, TenThousandTokensFiniteAndFlatMemory) {
   Model m = load_model(kTiny, test::options(2));
-  Sampler s({.temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .min_p = 0.0f, .repeat_penalty = 1.0f, .repeat_last_n = 0, .seed = 1});
+  SamplerOptions so;
+  so.temperature = 1.0f, so.top_k = 0, so.top_p = 1.0f, so.min_p = 0.0f, so.repeat_penalty = 1.0f, so.repeat_last_n = 0, so.seed = 1;
+  Sampler s(so);
   State st = m.new_state();
   auto l = m.step(1, st);
   size_t rss_after_warmup = 0;

@@ -147,3 +147,75 @@ TEST(Perplexity, KjvDemoBundledMatchesReference) {
               100 * std::fabs(r.perplexity() / want - 1));
   EXPECT_NEAR(r.perplexity() / want, 1.0, 0.005);
 }
+
+TEST(Sampler, LogitBiasAndOpenAIPenalties) {
+  SamplerOptions o = plain();
+  o.logit_bias = {{4, std::log(16.0f)}};  // token 4: 1 -> 16, now the most likely
+  auto d = Sampler(o).distribution(kLogits, {});
+  EXPECT_EQ(d[0].id, 4);
+  EXPECT_NEAR(d[0].p, 16.0 / 31.0, 1e-6);
+  o = plain();
+  o.logit_bias = {{0, -100.0f}};
+  o.temperature = 0;
+  EXPECT_EQ(Sampler(o).sample(kLogits, {}), 1);  // banned in practice
+  // Penalties count what the sampler drew, not the history it is given.
+  o = plain();
+  o.temperature = 0;
+  o.frequency_penalty = 0.5f;
+  o.presence_penalty = 0.25f;
+  Sampler s(o);
+  const std::vector<float> l = {1.0f, 0.9f, 0.0f};
+  EXPECT_EQ(s.sample(l, {0, 0, 0, 0}), 0);  // nothing drawn yet: no penalty
+  EXPECT_EQ(s.counts().at(0), 1);
+  EXPECT_EQ(s.sample(l, {}), 1);  // 0: 1.0 - 0.5 - 0.25 = 0.25 < 0.9
+  EXPECT_EQ(s.sample(l, {}), 0);  // 1: 0.9 - 0.75 = 0.15 < 0.25
+  o.logit_bias = {{-1, 1.0f}};
+  EXPECT_THROW(Sampler{o}, Error);
+  o.logit_bias = {{1, 101.0f}};
+  EXPECT_THROW(Sampler{o}, Error);
+  o.logit_bias.clear();
+  o.presence_penalty = 2.5f;
+  EXPECT_THROW(Sampler{o}, Error);
+}
+
+// A filter that allows only even ids: draws never leave it, greedy takes the best allowed, and
+// the restricted distribution is the chain's renormalised.
+TEST(Sampler, FilterRestrictsDraws) {
+  struct Even : TokenFilter {
+    mutable int masks = 0;
+    bool allows(int32_t id) const override { return id % 2 == 0; }
+    void mask(std::vector<uint8_t>& m) const override {
+      ++masks;
+      for (size_t i = 0; i < m.size(); ++i) m[i] = i % 2 == 0;
+    }
+    void accept(int32_t) override {}
+  } even;
+  SamplerOptions o = plain();
+  o.temperature = 0;
+  EXPECT_EQ(Sampler(o).sample(kLogits, {}, &even), 0);
+  const std::vector<float> l = {0.0f, 3.0f, 1.0f, 2.0f};
+  EXPECT_EQ(Sampler(o).sample(l, {}, &even), 2);
+  o = plain();
+  o.seed = 7;
+  Sampler s(o);
+  even.masks = 0;
+  std::vector<int> count(5);
+  const int n = 20000;
+  for (int i = 0; i < n; ++i) count[size_t(s.sample(kLogits, {}, &even))]++;
+  EXPECT_EQ(count[1] + count[3], 0);
+  // allowed: p 0.5, 0.125, 0.0625 -> 0.5/0.6875 = 0.727, 0.182, 0.091
+  EXPECT_NEAR(count[0] / double(n), 0.5 / 0.6875, 0.015);
+  EXPECT_NEAR(count[4] / double(n), 0.0625 / 0.6875, 0.01);
+  EXPECT_EQ(even.masks, 0);  // a short distribution never needs the whole mask
+}
+
+TEST(Logprobs, LogSoftmaxAndTop) {
+  const auto r = token_logprob(kLogits, 2, 3);
+  EXPECT_NEAR(r.logprob, std::log(0.125), 1e-6);
+  ASSERT_EQ(r.top.size(), 3u);
+  EXPECT_EQ(r.top[0].first, 0);
+  EXPECT_NEAR(r.top[0].second, std::log(0.5), 1e-6);
+  EXPECT_EQ(r.top[2].first, 2);
+  EXPECT_EQ(token_logprob(kLogits, 3, 10).top.size(), 5u);
+  EXPECT_THROW(token_logprob(kLogits, 5), Error);
+}

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,9 @@ struct GenerateOptions {
   // prompt (read in parts, it gives the same logits as in one call: the recurrence is exact).
   std::function<void(double)> prefill_progress;
   int64_t progress_every = 1024;
+  // A constraint on the tokens drawn (a grammar: grammar_filter.hpp), made fresh for each
+  // generation: only tokens it allows are drawn, and generation ends when it allows none.
+  std::function<std::unique_ptr<TokenFilter>()> constraint;
 };
 
 struct GenerateStats {
@@ -73,13 +77,15 @@ GenerateStats generate_from(const BasicModel<Acc>& model, State& state, std::vec
   }
   st.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
   auto t_first = clock::now();
+  const std::unique_ptr<TokenFilter> filter = opt.constraint ? opt.constraint() : nullptr;
   for (int64_t i = 0; i < opt.max_new_tokens; ++i) {
-    const int32_t next = sampler.sample(logits, history);
+    const int32_t next = sampler.sample(logits, history, filter.get());
     if (i == 0) {
       t_first = clock::now();
       st.time_to_first_token = std::chrono::duration<double>(t_first - t0).count();
     }
-    if (next == opt.eos_id) break;
+    if (next < 0 || next == opt.eos_id) break;
+    if (filter) filter->accept(next);
     history.push_back(next);
     ++st.generated_tokens;
     const bool go_on = on_token(next);

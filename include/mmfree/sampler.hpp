@@ -1,7 +1,14 @@
 // mmfree: turning logits into the next token, llama.cpp style.
 //
-// Chain: repeat penalty over the last `repeat_last_n` tokens -> top-k -> top-p -> min-p ->
-// temperature -> draw. Temperature 0 is greedy (argmax after the penalty).
+// Chain: logit bias, OpenAI's presence and frequency penalties (over the tokens this sampler
+// drew), repeat penalty over the last `repeat_last_n` tokens of the history -> top-k -> top-p ->
+// min-p -> temperature -> draw. Temperature 0 is greedy (argmax after biases and penalties).
+//
+// A TokenFilter (a grammar, grammar.hpp) restricts the draw to the tokens it allows: the result is
+// drawn from the chain's distribution restricted to them (renormalised), or, when the chain kept
+// none of them, from the chain applied to the allowed tokens' logits alone. The filter is asked
+// about single tokens first (the drawn one, then a short distribution's), and for its whole mask
+// only when that is not enough, which keeps constrained decoding close to unconstrained speed.
 #pragma once
 
 #include <algorithm>
@@ -10,6 +17,8 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "mmfree/error.hpp"
@@ -24,6 +33,11 @@ struct SamplerOptions {
   float repeat_penalty = 1.0f;  // 1: off (llama.cpp default)
   int32_t repeat_last_n = 64;
   uint64_t seed = 0;
+  // OpenAI's: added to a token's logit (-100 bans it in practice, +100 all but forces it).
+  std::vector<std::pair<int32_t, float>> logit_bias;
+  // OpenAI's: logit -= frequency_penalty * count + presence_penalty * (count > 0), over the
+  // tokens this sampler has drawn (a request's generated text; the prompt is not counted).
+  float presence_penalty = 0, frequency_penalty = 0;
 
   void validate() const {
     if (!(temperature >= 0 && temperature <= 100)) fail("--temperature", "must be in [0, 100]");
@@ -32,7 +46,24 @@ struct SamplerOptions {
     if (!(min_p >= 0 && min_p <= 1)) fail("--min-p", "must be in [0, 1]");
     if (!(repeat_penalty > 0 && repeat_penalty <= 100)) fail("--repeat-penalty", "must be in (0, 100]");
     if (repeat_last_n < 0) fail("--repeat-last-n", "must be >= 0");
+    if (!(presence_penalty >= -2 && presence_penalty <= 2)) fail("presence_penalty", "must be in [-2, 2]");
+    if (!(frequency_penalty >= -2 && frequency_penalty <= 2)) fail("frequency_penalty", "must be in [-2, 2]");
+    for (const auto& [id, b] : logit_bias) {
+      if (id < 0) fail("logit_bias", "token ids must be >= 0, got " + std::to_string(id));
+      if (!(b >= -100 && b <= 100)) fail("logit_bias", "biases must be in [-100, 100]");
+    }
   }
+};
+
+// Which tokens may come next (a grammar). allows() answers for one token; mask() for all
+// (mask[id] != 0: allowed), and may cost a pass over the vocabulary; accept() moves on past a
+// token drawn (one that was allowed).
+class TokenFilter {
+ public:
+  virtual ~TokenFilter() = default;
+  virtual bool allows(int32_t id) const = 0;
+  virtual void mask(std::vector<uint8_t>& allowed) const = 0;
+  virtual void accept(int32_t id) = 0;
 };
 
 struct TokenProb {
@@ -50,7 +81,26 @@ class Sampler {
   // whole chain. For temperature 0 it is the argmax with probability 1.
   std::vector<TokenProb> distribution(const std::vector<float>& logits, const std::vector<int32_t>& history) const {
     std::vector<float> l = logits;
-    apply_repeat_penalty(l, history);
+    adjust(l, history);
+    return chain(l);
+  }
+
+  int32_t sample(const std::vector<float>& logits, const std::vector<int32_t>& history, const TokenFilter* filter = nullptr) {
+    std::vector<float> l = logits;
+    adjust(l, history);
+    auto d = chain(l);
+    int32_t t = draw(d);
+    if (filter && !filter->allows(t)) t = draw_allowed(l, d, *filter);
+    if (t >= 0) ++counts_[t];
+    return t;
+  }
+
+  // Tokens drawn so far, by id (the presence and frequency penalties count them).
+  const std::unordered_map<int32_t, int32_t>& counts() const { return counts_; }
+
+ private:
+  // The chain after biases and penalties, on logits `l`.
+  std::vector<TokenProb> chain(std::vector<float>& l) const {
     if (o_.temperature == 0) {
       const int32_t best = int32_t(std::max_element(l.begin(), l.end()) - l.begin());
       return {{best, 1.0f}};
@@ -89,11 +139,17 @@ class Sampler {
     return out;
   }
 
-  int32_t sample(const std::vector<float>& logits, const std::vector<int32_t>& history) {
-    const auto d = distribution(logits, history);
+  // Draws from d; `restricted`: d is part of a distribution, renormalised here.
+  int32_t draw(const std::vector<TokenProb>& d, bool restricted = false) {
+    if (d.empty()) return -1;
     if (d.size() == 1) return d[0].id;
     // 53 random bits to a double in [0, 1): the same on every standard library.
-    const double u = double(rng_() >> 11) * 0x1p-53;
+    double u = double(rng_() >> 11) * 0x1p-53;
+    if (restricted) {
+      double total = 0;
+      for (const auto& tp : d) total += tp.p;
+      u *= total;
+    }
     double cum = 0;
     for (const auto& tp : d) {
       cum += tp.p;
@@ -102,7 +158,41 @@ class Sampler {
     return d.back().id;
   }
 
- private:
+  // The first draw was forbidden: draw from d restricted to allowed tokens, or from the chain
+  // over the allowed tokens alone. -1 when the filter allows nothing at all.
+  int32_t draw_allowed(std::vector<float>& l, const std::vector<TokenProb>& d, const TokenFilter& f) {
+    std::vector<TokenProb> r;
+    if (d.size() <= 64) {
+      for (const auto& tp : d)
+        if (f.allows(tp.id)) r.push_back(tp);
+      if (!r.empty()) return draw(r, true);
+    }
+    std::vector<uint8_t> m(l.size(), 0);
+    f.mask(m);
+    if (d.size() > 64) {
+      for (const auto& tp : d)
+        if (m[size_t(tp.id)]) r.push_back(tp);
+      if (!r.empty()) return draw(r, true);
+    }
+    bool any = false;
+    for (size_t i = 0; i < l.size(); ++i)
+      if (!m[i]) l[i] = -INFINITY;
+      else any = true;
+    if (!any) return -1;
+    auto d2 = chain(l);
+    std::erase_if(d2, [&](const TokenProb& tp) { return !m[size_t(tp.id)]; });
+    return draw(d2, true);
+  }
+
+  void adjust(std::vector<float>& l, const std::vector<int32_t>& history) const {
+    for (const auto& [id, b] : o_.logit_bias)
+      if (size_t(id) < l.size()) l[size_t(id)] += b;
+    if (o_.presence_penalty != 0 || o_.frequency_penalty != 0)
+      for (const auto& [id, c] : counts_)
+        if (size_t(id) < l.size()) l[size_t(id)] -= o_.frequency_penalty * float(c) + o_.presence_penalty;
+    apply_repeat_penalty(l, history);
+  }
+
   void apply_repeat_penalty(std::vector<float>& l, const std::vector<int32_t>& history) const {
     if (o_.repeat_penalty == 1 || o_.repeat_last_n == 0) return;
     const size_t from = history.size() > size_t(o_.repeat_last_n) ? history.size() - size_t(o_.repeat_last_n) : 0;
@@ -127,6 +217,7 @@ class Sampler {
 
   SamplerOptions o_;
   std::mt19937_64 rng_;
+  std::unordered_map<int32_t, int32_t> counts_;
 };
 
 }  // namespace mmfree

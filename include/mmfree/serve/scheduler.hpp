@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "mmfree/generate.hpp"
+#include "mmfree/logprobs.hpp"
 #include "mmfree/model.hpp"
 #include "mmfree/sampler.hpp"
 
@@ -65,6 +66,19 @@ struct Sequence {
   size_t cached = 0;
   std::vector<size_t> checkpoints;
   std::function<void(size_t, const State&)> on_checkpoint;
+  // Log-probabilities (logprobs.hpp): with logprobs >= 0, on_logprob gets each generated token's
+  // (with the `logprobs` most likely), just before on_token; with prompt_logprobs too, every
+  // prompt token's after the first, in order, as the prompt is read (prompt = true). A prompt's
+  // logprobs need its logits, so the sequence reads it whole: `cached` must be 0.
+  int logprobs = -1;
+  bool prompt_logprobs = false;
+  std::function<void(const TokenLogprob&, bool prompt)> on_logprob;
+  // Restricts every draw (a grammar); its accept() is told each token drawn.
+  std::unique_ptr<TokenFilter> filter;
+  // Several choices from one prompt (OpenAI's n): once this sequence has read its prompt, each
+  // fork starts from a copy of its state and logits and decodes on its own (its own options,
+  // seed, callbacks), so the prompt is read once. Forks must not have prompts of their own.
+  std::vector<std::shared_ptr<Sequence>> forks;
 
   // The recurrent state; the scheduler's own bookkeeping below.
   State state;
@@ -116,6 +130,12 @@ class Scheduler {
     if (s->gen.max_new_tokens < 0) fail("max_tokens", "must be >= 0");
     if (s->cached >= s->prompt.size()) fail("Sequence", "a cached prefix must leave at least the prompt's last token to read");
     if (s->cached > 0 && s->state.position != int64_t(s->cached)) fail("Sequence", "a cached state's position must be its prefix's length");
+    if (s->prompt_logprobs && s->cached > 0) fail("Sequence", "prompt log-probabilities need the prompt read whole (no cached prefix)");
+    for (const auto& f : s->forks) {
+      if (!f || !f->prompt.empty() || f->continue_state || f->cached || !f->forks.empty()) fail("Sequence", "a fork starts from its parent's prompt and nothing else");
+      f->gen.sampling.validate();
+      if (f->gen.max_new_tokens < 0) fail("max_tokens", "must be >= 0");
+    }
     {
       std::lock_guard<std::mutex> l(mu_);
       if (int64_t(queue_.size()) >= opt_.max_queued) return false;
@@ -163,6 +183,7 @@ class Scheduler {
   void start(Sequence& s) {
     if (!s.continue_state && s.cached == 0) s.state = model_.new_state();
     s.sampler = std::make_unique<Sampler>(s.gen.sampling);
+    if (!s.filter && s.gen.constraint) s.filter = s.gen.constraint();
     // The history (repetition penalty) holds the whole prompt, read or cached.
     s.history.assign(s.prompt.begin(), s.prompt.begin() + long(s.cached));
     s.prefilled = s.cached;
@@ -179,14 +200,20 @@ class Scheduler {
     s.on_token = nullptr;
     s.on_snapshot = nullptr;
     s.on_checkpoint = nullptr;
+    s.on_logprob = nullptr;
+    auto forks = std::move(s.forks);  // forks that never started end with it
+    s.forks.clear();
     done(f, msg);
+    for (auto& k : forks) end(*k, f, msg);
   }
 
   // Draws the next token of s from s.logits; false when s ended.
   bool draw(Sequence& s) {
     if (s.generated >= s.gen.max_new_tokens) return end(s, Finish::Length), false;
-    const int32_t next = s.sampler->sample(s.logits, s.history);
-    if (next == s.gen.eos_id) return end(s, Finish::Stop), false;
+    const int32_t next = s.sampler->sample(s.logits, s.history, s.filter.get());
+    if (next < 0 || next == s.gen.eos_id) return end(s, Finish::Stop), false;  // EOS, or the filter allows nothing more
+    if (s.filter) s.filter->accept(next);
+    if (s.logprobs >= 0 && s.on_logprob) s.on_logprob(token_logprob(s.logits, next, s.logprobs), false);
     s.history.push_back(next);
     ++s.generated;
     ++stats_.generated_tokens;
@@ -210,13 +237,17 @@ class Scheduler {
     }
     std::vector<int32_t> ids;
     std::vector<State*> states;
-    std::vector<int64_t> rows;      // tokens whose logits are drawn from
-    std::vector<Sequence*> owners;  // ... and whose sequence draws
+    std::vector<int64_t> rows;  // tokens whose logits are used, ascending
+    struct Use {
+      Sequence* s;
+      int64_t prompt_pos;  // >= 0: logits after prompt[prompt_pos], for the logprob of the next
+    };
+    std::vector<Use> uses;  // one per row: -1 draws the sequence's next token
     int64_t decoding = 0;
     for (auto& s : active)
       if (s->on_done && s->prefilled == s->prompt.size() && s->next >= 0) {
         rows.push_back(int64_t(ids.size()));
-        owners.push_back(s.get());
+        uses.push_back({s.get(), -1});
         ids.push_back(s->next), states.push_back(&s->state), s->next = -1;
         ++decoding;
       }
@@ -231,15 +262,19 @@ class Scheduler {
         n = *cp - s->prefilled;
         checkpointed.push_back(s.get());
       }
-      for (size_t k = 0; k < n; ++k) ids.push_back(s->prompt[s->prefilled + k]), states.push_back(&s->state);
+      for (size_t k = 0; k < n; ++k) {
+        const size_t pos = s->prefilled + k;
+        if (s->prompt_logprobs && pos + 1 < s->prompt.size()) rows.push_back(int64_t(ids.size())), uses.push_back({s.get(), int64_t(pos)});
+        ids.push_back(s->prompt[pos]), states.push_back(&s->state);
+      }
       s->history.insert(s->history.end(), s->prompt.begin() + long(s->prefilled), s->prompt.begin() + long(s->prefilled + n));
       s->prefilled += n;
       budget -= int64_t(n);
       stats_.prompt_tokens += int64_t(n);
-      if (s->prefilled == s->prompt.size()) rows.push_back(int64_t(ids.size()) - 1), owners.push_back(s.get());
+      if (s->prefilled == s->prompt.size()) rows.push_back(int64_t(ids.size()) - 1), uses.push_back({s.get(), -1});
     }
     if (ids.empty()) return;
-    // forward_tokens wants ascending rows: decode rows come first, prompt ends after them.
+    // forward_tokens wants ascending rows: decode rows come first, prompt rows after them.
     const auto t0 = clock::now();
     const std::vector<float> logits = model_.forward_tokens(ids, states, rows);
     add_busy(t0);
@@ -248,18 +283,37 @@ class Scheduler {
     for (Sequence* s : checkpointed)
       if (s->on_checkpoint) s->on_checkpoint(s->prefilled, s->state);
     const size_t V = size_t(model_.vocab_size());
+    std::vector<std::shared_ptr<Sequence>> started;
     for (size_t r = 0; r < rows.size(); ++r) {
-      if (owners[r]->ending) {  // its last token is read: done
-        end(*owners[r], *owners[r]->ending);
+      Sequence& s = *uses[r].s;
+      const std::span<const float> row(logits.data() + r * V, V);
+      if (uses[r].prompt_pos >= 0) {
+        if (s.on_done && s.on_logprob) s.on_logprob(token_logprob(row, s.prompt[size_t(uses[r].prompt_pos) + 1], s.logprobs), true);
         continue;
       }
-      Sequence& s = *owners[r];
+      if (s.ending) {  // its last token is read: done
+        end(s, *s.ending);
+        continue;
+      }
+      if (!s.on_done) continue;
       if (s.snapshot_every > 0 && s.on_snapshot && s.generated > 0 && s.generated % s.snapshot_every == 0 &&
           s.prefilled == s.prompt.size() && r < size_t(decoding))
         s.on_snapshot(s.state);  // it has read every token passed on so far
-      s.logits.assign(logits.begin() + long(r * V), logits.begin() + long((r + 1) * V));
+      s.logits.assign(row.begin(), row.end());
+      if (r >= size_t(decoding))  // it has just read its prompt: its forks start from here
+        for (auto& f : s.forks) {
+          if (!f->on_done) continue;
+          start(*f);
+          f->state = s.state;
+          f->logits = s.logits;
+          f->history = s.history;
+          f->prefilled = f->prompt.size();
+          if (draw(*f)) started.push_back(f);
+        }
+      s.forks.clear();
       draw(s);
     }
+    for (auto& f : started) active.push_back(std::move(f));
   }
 
   void add_busy(clock::time_point t0) {
