@@ -19,6 +19,22 @@ mmfree::GenerateOptions generate_options(const Args& a) {
   if (a.has("repeat-penalty")) s.repeat_penalty = float(mmfree::parse_double(a.str("repeat-penalty"), "--repeat-penalty", 1e-3, 100));
   if (a.has("repeat-last-n")) s.repeat_last_n = int32_t(mmfree::parse_int(a.str("repeat-last-n"), "--repeat-last-n", 0, 1 << 20));
   if (a.has("seed")) s.seed = uint64_t(mmfree::parse_int(a.str("seed"), "--seed", 0, INT64_MAX));
+  if (a.has("presence-penalty")) s.presence_penalty = float(mmfree::parse_double(a.str("presence-penalty"), "--presence-penalty", -2, 2));
+  if (a.has("frequency-penalty")) s.frequency_penalty = float(mmfree::parse_double(a.str("frequency-penalty"), "--frequency-penalty", -2, 2));
+  if (a.has("logit-bias")) {  // ID:BIAS,ID:BIAS
+    const std::string v = a.str("logit-bias");
+    size_t i = 0;
+    while (i < v.size()) {
+      size_t j = v.find(',', i);
+      if (j == std::string::npos) j = v.size();
+      const std::string item = v.substr(i, j - i);
+      const size_t colon = item.find(':');
+      if (colon == std::string::npos) fail("--logit-bias", "expects ID:BIAS[,ID:BIAS...], got '" + item + "'");
+      s.logit_bias.emplace_back(int32_t(mmfree::parse_int(item.substr(0, colon), "--logit-bias id", 0, INT32_MAX)),
+                                float(mmfree::parse_double(item.substr(colon + 1), "--logit-bias bias", -100, 100)));
+      i = j + 1;
+    }
+  }
   s.validate();
   g.prefill_progress = [](double f) { progress("reading the prompt", f); };
   return g;
@@ -38,7 +54,8 @@ void print_stats(const mmfree::Model& m, const mmfree::GenerateStats& st) {
 
 int cmd_generate(const Args& a) {
   a.allow({"ids", "prompt", "file", "interactive", "save-state", "load-state", "max-new-tokens", "temperature", "top-k", "top-p", "min-p",
-           "repeat-penalty", "repeat-last-n", "seed", "print-ids", "no-stats"});
+           "repeat-penalty", "repeat-last-n", "seed", "print-ids", "no-stats", "presence-penalty", "frequency-penalty",
+           "logit-bias", "grammar", "json-schema"});
   const bool interactive = a.on("interactive");
   const int given = int(a.has("ids")) + int(a.has("prompt")) + int(a.has("file"));
   if (given > 1 || (given == 0 && !interactive && !a.has("load-state")))
@@ -49,7 +66,11 @@ int cmd_generate(const Args& a) {
   std::optional<mmfree::Tokenizer> tok;
   std::string prompt_text;
   std::vector<int32_t> prompt;
-  if (a.has("prompt") || a.has("file") || interactive) {
+  for (const auto& [id, b] : g.sampling.logit_bias)
+    if (id >= m.vocab_size()) fail("--logit-bias", "token id " + std::to_string(id) + " is outside the vocabulary of " + std::to_string(m.vocab_size()));
+  if (a.has("grammar") && a.has("json-schema")) fail("generate", "give --grammar or --json-schema, not both");
+  const bool constrained = a.has("grammar") || a.has("json-schema");
+  if (a.has("prompt") || a.has("file") || interactive || constrained) {
     tok.emplace(mmfree::load_tokenizer(model_path(a)));
     if (tok->vocab_size() > m.vocab_size()) fail(tok->source(), "has more tokens than the model's vocabulary");
   }
@@ -61,7 +82,15 @@ int cmd_generate(const Args& a) {
     prompt = tok->encode(prompt_text, /*add_special=*/!a.has("load-state"));  // a loaded state continues: no BOS
     if (prompt.empty()) fail(a.has("prompt") ? "--prompt" : a.str("file"), "encodes to no tokens (and the tokenizer adds no BOS)");
   }
-  const bool ids_out = a.on("print-ids") || !tok;
+  if (constrained) {  // every token drawn keeps the text a prefix of the grammar's language
+    const std::string file = a.str(a.has("grammar") ? "grammar" : "json-schema");
+    const std::string text = read_text_file(file);
+    auto grammar = std::make_shared<const mmfree::Grammar>(
+        mmfree::Grammar::parse(a.has("grammar") ? text : mmfree::JsonSchemaGrammar::convert_text(text, file), file));
+    auto trie = std::make_shared<const mmfree::TokenTrie>(*tok);
+    g.constraint = [grammar, trie] { return std::make_unique<mmfree::GrammarFilter>(grammar, trie); };
+  }
+  const bool ids_out = a.on("print-ids") || !(a.has("prompt") || a.has("file") || interactive);
   g.eos_id = a.on("print-ids") ? -1 : int32_t(m.config().eos_token_id);  // --print-ids: exactly -n tokens
 
   // One state for the whole run: in interactive mode each turn continues from it.

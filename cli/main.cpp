@@ -29,6 +29,10 @@ const std::vector<Command>& commands() {
        "  -n, --max-new-tokens N tokens to generate (per turn; default 128)\n"
        "  --temperature T --top-k K --top-p P --min-p P --repeat-penalty R --repeat-last-n N --seed S\n"
        "                         sampling (temperature 0: greedy)\n"
+       "  --presence-penalty P --frequency-penalty F   OpenAI's penalties over the generated tokens\n"
+       "  --logit-bias ID:B[,ID:B...]                  added to those tokens' logits (-100 ... 100)\n"
+       "  --grammar FILE.gbnf | --json-schema FILE.json  only text the grammar (llama.cpp's GBNF) or\n"
+       "                         the schema allows; generation ends where it is complete\n"
        "  --print-ids            print the token ids (prompt and generated) instead of text; exactly -n tokens\n"
        "  --no-stats             no statistics line on stderr\n",
        cmd_generate},

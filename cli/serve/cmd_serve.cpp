@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "commands.hpp"
+#include "mmfree/grammar_filter.hpp"
 #include "mmfree/serve/prefix_cache.hpp"
 #include "mmfree/serve/request.hpp"
 #include "mmfree/serve/scheduler.hpp"
@@ -39,27 +40,47 @@ using namespace std::chrono_literals;
 using mmfree::Finish;
 
 // One completion request between the HTTP thread that serves it and the scheduler thread that
-// produces its tokens. The scheduler's callbacks only append here and notify.
+// produces its tokens: one Choice per sequence (n, best_of). The scheduler's callbacks only
+// append here and notify.
 struct Job {
   std::mutex mu;
   std::condition_variable cv;
   struct Piece {
+    size_t choice = 0;
     std::string text;
     std::vector<int32_t> tokens;
+    std::vector<mmfree::api::LogprobEntry> logprobs;
   };
-  std::deque<Piece> pieces;   // produced, not yet sent (streaming)
-  std::string text;           // everything released so far
-  std::vector<int32_t> tokens;
-  bool done = false;
-  mmfree::State final_state;  // keep_state: the state after every token returned
+  std::deque<Piece> pieces;  // produced, not yet sent (streaming)
+  struct Choice {
+    std::string text;  // everything released so far
+    std::vector<int32_t> tokens;
+    std::vector<mmfree::api::LogprobEntry> logprobs;  // with echo and logprobs, the prompt's first
+    double sum_logprob = 0;                          // of the generated tokens (best_of)
+    int64_t offset = 0;                              // bytes of text the logprobs have covered
+    bool done = false, announced = false;
+    Finish finish = Finish::Length;
+    std::string error;
+    // Weak: the sequence's callbacks hold the Job, so a strong pointer back would be a cycle that
+    // leaked both (~30 KB a request on kjv-demo, a state and a row of logits each).
+    std::weak_ptr<mmfree::Sequence> seq;
+  };
+  std::vector<Choice> choices;
+  int64_t prompt_seen = 0;  // prompt log-probabilities received
+  mmfree::State final_state;  // keep_state (choice 0): the state after every token returned
   std::optional<mmfree::State> snapshot;  // sessions, --persist-every: a mid-stream state to persist
-  Finish finish = Finish::Length;
-  std::string error;
-  // Weak: the sequence's callbacks hold the Job, so a strong pointer back would be a cycle that
-  // leaked both (~30 KB a request on kjv-demo, a state and a row of logits each).
-  std::weak_ptr<mmfree::Sequence> seq;
+  bool all_done() const {
+    return std::all_of(choices.begin(), choices.end(), [](const Choice& c) { return c.done; });
+  }
+  // The first choice that failed, or the last one (they all answered).
+  const Choice& outcome() const {
+    for (const auto& c : choices)
+      if (mmfree::api::http_status(c.finish) != 200) return c;
+    return choices.back();
+  }
   void cancel() {
-    if (auto s = seq.lock()) s->cancelled = true;
+    for (auto& c : choices)
+      if (auto s = c.seq.lock()) s->cancelled = true;
   }
 };
 
@@ -143,6 +164,7 @@ struct Service {
   mmfree::serve::Sessions& sessions;
   mmfree::serve::PrefixCache* cache;  // nullptr: --prefix-cache 0
   mmfree::Scheduler& sched;
+  std::shared_ptr<const mmfree::TokenTrie> trie;  // the vocabulary's bytes, for grammars
   std::atomic<int64_t> requests{0}, rejected{0}, errors{0};
   const std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 
@@ -160,10 +182,13 @@ struct Service {
       return refuse(res, e.status, e.type, e.what());
     }
     auto job = std::make_shared<Job>();
+    job->choices.resize(size_t(r.best_of));
     auto seq = std::make_shared<mmfree::Sequence>();
     std::shared_ptr<SessionHold> hold;
     int64_t cached = 0;
+    size_t own = 0;  // where this request's own prompt begins (after a continued completion's ids)
     const std::string id = new_completion_id();
+    const bool prompt_logprobs = r.echo && r.logprobs >= 0;
 
     if (!r.session.empty()) {  // a session: continue its state (409 while another request holds it)
       std::optional<mmfree::State> st;
@@ -193,48 +218,106 @@ struct Service {
                         "completion '" + r.continue_from + "' is not held (never made here, or evicted from the prefix cache): send its whole text instead");
         if (!continue_text(r))
           return refuse(res, 400, "invalid_request_error", "request: 'prompt' encodes to no tokens (continue_from needs at least one new token)");
+        own = before->size();
         r.prompt.insert(r.prompt.begin(), before->begin(), before->end());
         if (int64_t(r.prompt.size()) > lim.max_prompt_tokens)
           return refuse(res, 400, "invalid_request_error", "request: the continued prompt has " + std::to_string(r.prompt.size()) +
                                                                " tokens, more than the " + std::to_string(lim.max_prompt_tokens) + " the server allows");
       }
-      use_prefix_cache(*seq, r.prompt);
+      // Prompt log-probabilities need the prompt's logits: it is read whole (checkpoints still kept).
+      use_prefix_cache(*seq, r.prompt, /*lookup=*/!prompt_logprobs);
       cached = int64_t(seq->cached);
     } else if (!r.continue_from.empty()) {
       return refuse(res, 404, "not_found_error", "completion '" + r.continue_from + "' is not held: the server runs without a prefix cache");
     }
 
-    seq->prompt = r.prompt;
-    seq->gen = r.gen;
-    seq->deadline = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+    // The echoed prompt: this request's own part, as the client sent it.
+    const std::vector<int32_t> own_prompt(r.prompt.begin() + long(own), r.prompt.end());
+    const std::string echo_text = !r.echo ? "" : r.prompt_was_text ? r.prompt_text : tok.decode(own_prompt);
+    if (prompt_logprobs) {  // the prompt's tokens first, the first of the text without a log-probability
+      mmfree::IncrementalDecoder d(tok);
+      auto& c0 = job->choices[0];
+      for (size_t i = 0; i < own_prompt.size(); ++i) {
+        mmfree::api::LogprobEntry e;
+        e.id = own_prompt[i];
+        e.text = d.push(e.id);
+        e.offset = c0.offset;
+        c0.offset += int64_t(e.text.size());
+        c0.logprobs.push_back(std::move(e));
+      }
+    }
+
+    // Every choice: the first sequence reads the prompt, the others fork from it (its state is
+    // copied once read) and sample with seed + index.
+    std::vector<std::shared_ptr<mmfree::Sequence>> seqs{seq};
+    for (int k = 1; k < r.best_of; ++k) seqs.push_back(std::make_shared<mmfree::Sequence>());
+    const bool want_logprobs = r.logprobs >= 0 || r.best_of > r.n;
+    for (size_t k = 0; k < seqs.size(); ++k) {
+      auto& s = *seqs[k];
+      if (k == 0) s.prompt = r.prompt;
+      s.gen = r.gen;
+      s.gen.sampling.seed = r.gen.sampling.seed + k;
+      if (r.grammar) s.gen.constraint = [g = r.grammar, t = trie] { return std::make_unique<mmfree::GrammarFilter>(g, t); };
+      s.deadline = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                                           std::chrono::duration<double>(timeout));
-    // Decoder and stop strings run on the scheduler thread; only their output crosses over.
-    auto dec = std::make_shared<mmfree::IncrementalDecoder>(tok);
-    if (r.prompt_was_text)
-      for (int32_t t : r.prompt) dec->push(t);  // continue the prompt's spacing
-    auto stop = std::make_shared<mmfree::api::StopText>(r.stop);
-    seq->on_token = [job, dec, stop](int32_t t) {
-      const std::string out = stop->push(dec->push(t));
-      std::lock_guard<std::mutex> l(job->mu);
-      job->tokens.push_back(t);
-      job->text += out;
-      job->pieces.push_back({out, {t}});
-      job->cv.notify_all();
-      return !stop->stopped();
-    };
-    mmfree::Sequence* raw_seq = seq.get();  // alive while the scheduler calls on_done
-    seq->on_done = [job, dec, stop, raw_seq](Finish f, const std::string& msg) {
-      const bool answered = f == Finish::Stop || f == Finish::Length;
-      const std::string tail = answered ? stop->push(dec->finish()) + stop->finish() : "";
-      std::lock_guard<std::mutex> l(job->mu);
-      if (!tail.empty()) job->text += tail, job->pieces.push_back({tail, {}});
-      if (raw_seq->keep_state && answered) job->final_state = std::move(raw_seq->state);  // it has ended: the state moves out
-      job->done = true;
-      job->finish = f;
-      job->error = msg;
-      job->cv.notify_all();
-    };
-    job->seq = seq;
+      // Decoder and stop strings run on the scheduler thread; only their output crosses over.
+      auto dec = std::make_shared<mmfree::IncrementalDecoder>(tok);
+      if (r.prompt_was_text)
+        for (int32_t t : r.prompt) dec->push(t);  // continue the prompt's spacing
+      auto stop = std::make_shared<mmfree::api::StopText>(r.stop);
+      auto lp = std::make_shared<std::optional<mmfree::TokenLogprob>>();  // the token's, until on_token
+      if (want_logprobs) {
+        s.logprobs = std::max(r.logprobs, 0);
+        s.prompt_logprobs = k == 0 && prompt_logprobs;
+        s.on_logprob = [job, lp, own, this](const mmfree::TokenLogprob& t, bool in_prompt) {
+          if (!in_prompt) return void(*lp = t);
+          std::lock_guard<std::mutex> l(job->mu);
+          // Prompt tokens arrive from the second on; those before this request's own part are not echoed.
+          auto& es = job->choices[0].logprobs;
+          const size_t pos = size_t(job->prompt_seen++) + 1;
+          if (pos < own) return;
+          auto& e = es[pos - own];
+          e.logprob = t.logprob;
+          e.top = tops(t);
+        };
+      }
+      s.on_token = [job, dec, stop, lp, k, this](int32_t t) {
+        const std::string piece = dec->push(t);
+        const std::string out = stop->push(piece);
+        std::lock_guard<std::mutex> l(job->mu);
+        auto& c = job->choices[k];
+        c.tokens.push_back(t);
+        c.text += out;
+        Job::Piece p{k, out, {t}, {}};
+        if (lp->has_value()) {
+          mmfree::api::LogprobEntry e{t, piece, (*lp)->logprob, tops(**lp), c.offset};
+          c.offset += int64_t(piece.size());
+          c.sum_logprob += (*lp)->logprob;
+          c.logprobs.push_back(e);
+          p.logprobs.push_back(std::move(e));
+          lp->reset();
+        }
+        job->pieces.push_back(std::move(p));
+        job->cv.notify_all();
+        return !stop->stopped();
+      };
+      mmfree::Sequence* raw_seq = &s;  // alive while the scheduler calls on_done
+      s.on_done = [job, dec, stop, raw_seq, k](Finish f, const std::string& msg) {
+        const bool answered = f == Finish::Stop || f == Finish::Length;
+        const std::string tail = answered ? stop->push(dec->finish()) + stop->finish() : "";
+        std::lock_guard<std::mutex> l(job->mu);
+        auto& c = job->choices[k];
+        if (!tail.empty()) c.text += tail, job->pieces.push_back({k, tail, {}, {}});
+        if (raw_seq->keep_state && answered) job->final_state = std::move(raw_seq->state);  // it has ended: the state moves out
+        c.done = true;
+        c.finish = f;
+        c.error = msg;
+        job->cv.notify_all();
+      };
+      job->choices[k].seq = seqs[k];
+      if (k > 0) seq->forks.push_back(seqs[k]);
+    }
+    if (r.best_of > 1 || r.n > 1) seq->keep_state = seq->continue_state;  // a completion of several choices is not held under its id
     try {
       if (!sched.submit(seq)) {
         res.set_header("Retry-After", "1");
@@ -245,38 +328,83 @@ struct Service {
     }
     const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
     auto prompt = std::make_shared<const std::vector<int32_t>>(r.prompt);
-    auto doc = [id, created, name = name](const std::string& text, const char* reason) {
-      return json{{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", name},
-                  {"choices", {mmfree::api::completion_choice(text, reason)}}};
+    auto doc = [id, created, name = name](json choices) {
+      return json{{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", name}, {"choices", std::move(choices)}};
+    };
+    const bool with_top = r.logprobs > 0;
+    auto choice_logprobs = [&r, with_top](const std::vector<mmfree::api::LogprobEntry>& es) {
+      return r.logprobs >= 0 ? mmfree::api::logprobs_doc(es, with_top) : json(nullptr);
+    };
+    auto generated = [](const Job& j) {
+      int64_t n = 0;
+      for (const auto& c : j.choices) n += int64_t(c.tokens.size());
+      return n;
     };
 
     if (!r.stream) {
       {
         std::unique_lock<std::mutex> l(job->mu);
-        job->cv.wait(l, [&] { return job->done; });
+        job->cv.wait(l, [&] { return job->all_done(); });
       }
-      const int64_t position = finish(*job, hold.get(), *prompt, id);
-      const int status = mmfree::api::http_status(job->finish);
-      if (status != 200) return send_error(res, status, status == 504 ? "timeout" : "server_error", failure_message(*job));
-      json body = doc(job->text, mmfree::finish_reason(job->finish));
-      body["usage"] = mmfree::api::usage(int64_t(prompt->size()), int64_t(job->tokens.size()), cached);
-      if (r.return_tokens) body["tokens"] = job->tokens;
+      const int64_t position = finish(*job, hold.get(), *prompt, id, r.n == 1 && r.best_of == 1);
+      const auto& outcome = job->outcome();
+      const int status = mmfree::api::http_status(outcome.finish);
+      if (status != 200) return send_error(res, status, status == 504 ? "timeout" : "server_error", failure_message(outcome));
+      // best_of: the n choices of highest summed log-probability, in the order they were made.
+      std::vector<size_t> order(job->choices.size());
+      for (size_t k = 0; k < order.size(); ++k) order[k] = k;
+      if (r.best_of > r.n) {
+        std::stable_sort(order.begin(), order.end(),
+                         [&](size_t a, size_t b) { return job->choices[a].sum_logprob > job->choices[b].sum_logprob; });
+        order.resize(size_t(r.n));
+        std::sort(order.begin(), order.end());
+      }
+      json choices = json::array();
+      for (size_t i = 0; i < order.size(); ++i) {
+        const auto& c = job->choices[order[i]];
+        std::vector<mmfree::api::LogprobEntry> es = c.logprobs;
+        std::string text = c.text;
+        if (r.echo) {
+          text = echo_text + text;
+          if (order[i] != 0 && prompt_logprobs) es.insert(es.begin(), job->choices[0].logprobs.begin(), job->choices[0].logprobs.begin() + long(own_prompt.size()));
+        }
+        json ch = mmfree::api::completion_choice(text, mmfree::finish_reason(c.finish), int64_t(i), choice_logprobs(es));
+        if (r.return_tokens) ch["tokens"] = c.tokens;
+        choices.push_back(std::move(ch));
+      }
+      json body = doc(std::move(choices));
+      body["usage"] = mmfree::api::usage(int64_t(prompt->size()), generated(*job), cached);
+      if (r.return_tokens) body["tokens"] = job->choices[0].tokens;
       if (position >= 0) body["session_position"] = position;
       return send_json(res, 200, body);
     }
 
-    // Server-sent events: one chunk per token, then the finish reason, usage if asked, [DONE].
+    // Server-sent events: with echo the prompt first; one chunk per token (each with its choice's
+    // index), each choice's finish reason, usage if asked, [DONE].
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, job, r, id, doc, prompt, hold, cached](size_t, httplib::DataSink& sink) {
+        [this, job, r, id, doc, prompt, hold, cached, echo_text, choice_logprobs, generated, own_prompt](size_t, httplib::DataSink& sink) {
           auto event = [&](const json& j) {
             const std::string s = "data: " + mmfree::api::to_wire(j) + "\n\n";
             return sink.write(s.data(), s.size());
           };
           std::unique_lock<std::mutex> l(job->mu);
+          if (r.echo) {  // the prompt's log-probabilities are known once it has been read
+            if (r.logprobs >= 0) job->cv.wait(l, [&] { return job->prompt_seen + 1 >= int64_t(prompt->size()) || job->all_done(); });
+            json chs = json::array();
+            for (size_t k = 0; k < job->choices.size(); ++k) {
+              std::vector<mmfree::api::LogprobEntry> es(job->choices[0].logprobs.begin(),
+                                                         job->choices[0].logprobs.begin() + long(r.logprobs >= 0 ? own_prompt.size() : 0));
+              chs.push_back(mmfree::api::completion_choice(echo_text, nullptr, int64_t(k), choice_logprobs(es)));
+            }
+            l.unlock();
+            const bool ok = event(doc(chs));
+            l.lock();
+            if (!ok) return job->cancel(), false;
+          }
           for (;;) {
-            job->cv.wait_for(l, 200ms, [&] { return job->done || !job->pieces.empty(); });
+            job->cv.wait_for(l, 200ms, [&] { return job->all_done() || !job->pieces.empty(); });
             if (job->snapshot && hold) {
               const mmfree::State st = std::move(*job->snapshot);
               job->snapshot.reset();
@@ -287,30 +415,43 @@ struct Service {
             while (!job->pieces.empty()) {
               Job::Piece p = std::move(job->pieces.front());
               job->pieces.pop_front();
-              json c = doc(p.text, nullptr);
+              json ch = mmfree::api::completion_choice(p.text, nullptr, int64_t(p.choice), choice_logprobs(p.logprobs));
+              if (r.return_tokens) ch["tokens"] = p.tokens;
+              json c = doc(json::array({ch}));
               if (r.return_tokens) c["tokens"] = p.tokens;
               l.unlock();
               const bool ok = event(c);
               l.lock();
               if (!ok) return job->cancel(), false;  // the client went away
             }
-            if (job->done) break;
+            // A choice that has ended and whose pieces are all sent: its finish reason.
+            for (size_t k = 0; k < job->choices.size(); ++k) {
+              auto& c = job->choices[k];
+              if (!c.done || c.announced || mmfree::api::http_status(c.finish) != 200 || job->choices.size() == 1) continue;
+              c.announced = true;
+              json ch = mmfree::api::completion_choice("", mmfree::finish_reason(c.finish), int64_t(k), choice_logprobs({}));
+              l.unlock();
+              const bool ok = event(doc(json::array({ch})));
+              l.lock();
+              if (!ok) return job->cancel(), false;
+            }
+            if (job->all_done() && job->pieces.empty()) break;
             if (!sink.is_writable()) return job->cancel(), false;
           }
           l.unlock();
-          const int64_t position = finish(*job, hold.get(), *prompt, id);  // kept before the client hears "done"
-          const int status = mmfree::api::http_status(job->finish);
+          const int64_t position = finish(*job, hold.get(), *prompt, id, r.n == 1);  // kept before the client hears "done"
+          const auto& outcome = job->outcome();
+          const int status = mmfree::api::http_status(outcome.finish);
           if (status != 200) {
-            event(mmfree::api::error_body(status, status == 504 ? "timeout" : "server_error", failure_message(*job)));
-          } else {
-            json c = doc("", mmfree::finish_reason(job->finish));
+            event(mmfree::api::error_body(status, status == 504 ? "timeout" : "server_error", failure_message(outcome)));
+          } else if (job->choices.size() == 1) {
+            json c = doc(json::array({mmfree::api::completion_choice("", mmfree::finish_reason(outcome.finish), 0, choice_logprobs({}))}));
             if (position >= 0) c["session_position"] = position;
             event(c);
           }
           if (r.include_usage) {
-            json u = doc("", nullptr);
-            u["choices"] = json::array();
-            u["usage"] = mmfree::api::usage(int64_t(prompt->size()), int64_t(job->tokens.size()), cached);
+            json u = doc(json::array());
+            u["usage"] = mmfree::api::usage(int64_t(prompt->size()), generated(*job), cached);
             event(u);
           }
           const std::string done = "data: [DONE]\n\n";
@@ -319,6 +460,13 @@ struct Service {
           return true;
         },
         [job](bool) { job->cancel(); });  // ended either way: a cancelled sequence stops
+  }
+
+  // Alternatives as OpenAI names them: the text of each token (a lone byte as <0xNN>).
+  std::vector<std::pair<std::string, double>> tops(const mmfree::TokenLogprob& t) const {
+    std::vector<std::pair<std::string, double>> out;
+    for (const auto& [i, lp] : t.top) out.emplace_back(tok.is_special(i) ? tok.piece(i) : tok.piece_text(i), lp);
+    return out;
   }
 
   // A text prompt that continues a state is encoded again without BOS; false when nothing is left.
@@ -330,8 +478,8 @@ struct Service {
   // The sequence starts from the longest cached prefix of its prompt (never the whole prompt: its
   // last token is read for the logits), leaves checkpoints along the rest, and keeps its state
   // to the end, for the cache (finish()).
-  void use_prefix_cache(mmfree::Sequence& seq, const std::vector<int32_t>& prompt) {
-    auto hit = cache->lookup(prompt, prompt.size() - 1);
+  void use_prefix_cache(mmfree::Sequence& seq, const std::vector<int32_t>& prompt, bool lookup = true) {
+    auto hit = lookup ? cache->lookup(prompt, prompt.size() - 1) : mmfree::serve::PrefixCache::Hit{};
     if (hit.length > 0) seq.state = std::move(hit.state), seq.cached = hit.length;
     seq.checkpoints = cache->checkpoints(prompt, hit.length);
     auto ids = std::make_shared<const std::vector<int32_t>>(prompt);
@@ -342,15 +490,15 @@ struct Service {
   // After a sequence ended (on the HTTP thread): a session continues from its final state; a
   // completion's final state enters the prefix cache under its id. Returns the session's position
   // (-1: no session, or it stays where it was).
-  int64_t finish(Job& job, SessionHold* hold, const std::vector<int32_t>& prompt, const std::string& id) {
-    const bool answered = mmfree::api::http_status(job.finish) == 200;
+  int64_t finish(Job& job, SessionHold* hold, const std::vector<int32_t>& prompt, const std::string& id, bool held) {
+    const bool answered = mmfree::api::http_status(job.outcome().finish) == 200;
     if (hold) {
       hold->release(answered ? &job.final_state : nullptr);
       return answered ? job.final_state.position : -1;
     }
-    if (cache && answered) {
+    if (cache && answered && held) {
       std::vector<int32_t> ids = prompt;
-      ids.insert(ids.end(), job.tokens.begin(), job.tokens.end());
+      ids.insert(ids.end(), job.choices[0].tokens.begin(), job.choices[0].tokens.end());
       try {
         cache->insert(ids, job.final_state, id);
       } catch (const mmfree::Error& e) {
@@ -360,8 +508,8 @@ struct Service {
     return -1;
   }
 
-  static std::string failure_message(const Job& job) {
-    return job.finish == Finish::Timeout ? "request timed out (--timeout)" : job.error.empty() ? "generation failed" : job.error;
+  static std::string failure_message(const Job::Choice& c) {
+    return c.finish == Finish::Timeout ? "request timed out (--timeout)" : c.error.empty() ? "generation failed" : c.error;
   }
 
   // GET /metrics: Prometheus text.
@@ -468,7 +616,8 @@ int cmd_serve(const Args& a) {
   std::unique_ptr<mmfree::serve::PrefixCache> cache;
   if (po.max_bytes > 0) cache = std::make_unique<mmfree::serve::PrefixCache>(model, po, store.get());
   mmfree::Scheduler sched(model, so);
-  Service service{model, tok, name, lim, timeout, persist_every, sessions, cache.get(), sched};
+  Service service{model, tok, name, lim, timeout, persist_every, sessions, cache.get(), sched,
+                  std::make_shared<const mmfree::TokenTrie>(tok)};
   auto& requests = service.requests;
   auto& errors = service.errors;
 

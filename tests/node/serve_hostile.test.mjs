@@ -57,7 +57,7 @@ test("200 hostile requests: each gets its error, a good client is served exactly
       [JSON.stringify({ prompt: "x", seed: 1.5 }), 400, "'seed' must be an integer"],
       [JSON.stringify({ prompt: "x", stop: "" }), 400, "must not be empty"],
       [JSON.stringify({ prompt: "x", stop: ["a", "b", "c", "d", "e"] }), 400, "'stop' has more than"],
-      [JSON.stringify({ prompt: "x", logprobs: 3 }), 400, "'logprobs' is not supported"],
+      [JSON.stringify({ prompt: "x", logprobs: 21 }), 400, "'logprobs' is out of range"],
       [JSON.stringify({ prompt: "x", stream_options: 3 }), 400, "'stream_options' must be an object"],
       [JSON.stringify({ prompt: "x".repeat(70000) }), 413, "larger than the server allows"],
       [JSON.stringify({ prompt: Array(9000).fill(5) }), 400, "more than 8192 tokens"],

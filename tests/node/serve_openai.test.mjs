@@ -110,7 +110,9 @@ test("malformed requests get 4xx naming the problem, and the server stays health
     [JSON.stringify({ prompt: "x", temperature: -1 }), 400, "'temperature' is out of range"],
     [JSON.stringify({ prompt: "x", top_p: 0 }), 400, "'top_p' is out of range"],
     [JSON.stringify({ prompt: "x", stop: [1] }), 400, "'stop[0]' must be a string"],
-    [JSON.stringify({ prompt: "x", n: 2 }), 400, "'n' other than 1"],
+    [JSON.stringify({ prompt: "x", n: 17 }), 400, "'n' is out of range"],
+    [JSON.stringify({ prompt: "x", suffix: "y" }), 400, "'suffix' is not supported"],
+    [JSON.stringify({ prompt: "x", n: 2, best_of: 1 }), 400, "'best_of' must be at least 'n'"],
     [JSON.stringify({ prompt: "x", stream: "yes" }), 400, "'stream' must be true or false"],
     [JSON.stringify({ prompt: "x".repeat(2 << 20) }), 413, "larger than the server allows"],
   ];

@@ -4,7 +4,10 @@
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "mmfree/error.hpp"
 #include "mmfree/serve/scheduler.hpp"
@@ -29,9 +32,43 @@ inline std::string to_wire(const nlohmann::json& j) {
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-inline nlohmann::json completion_choice(const std::string& text, const char* finish_reason) {
-  return {{"text", text}, {"index", 0}, {"logprobs", nullptr},
+inline nlohmann::json completion_choice(const std::string& text, const char* finish_reason, int64_t index = 0,
+                                        nlohmann::json logprobs = nullptr) {
+  return {{"text", text}, {"index", index}, {"logprobs", std::move(logprobs)},
           {"finish_reason", finish_reason ? nlohmann::json(finish_reason) : nlohmann::json(nullptr)}};
+}
+
+// One token of OpenAI's completions `logprobs` object: its text, its log-probability (none for
+// a text's first token), the most likely alternatives, and where its text begins in the choice.
+struct LogprobEntry {
+  int32_t id = -1;
+  std::string text;
+  std::optional<double> logprob;
+  std::vector<std::pair<std::string, double>> top;
+  int64_t offset = 0;
+};
+
+// {"tokens", "token_logprobs", "top_logprobs", "text_offset"} as OpenAI sends them, and the ids
+// (`token_ids`, an extension: texts of different tokens can be equal). top_logprobs is null
+// when no alternatives were asked for (logprobs: 0) and for a first token.
+inline nlohmann::json logprobs_doc(const std::vector<LogprobEntry>& es, bool with_top) {
+  nlohmann::json tokens = nlohmann::json::array(), lps = nlohmann::json::array(), tops = nlohmann::json::array(),
+                 offsets = nlohmann::json::array(), ids = nlohmann::json::array();
+  for (const auto& e : es) {
+    tokens.push_back(e.text);
+    lps.push_back(e.logprob ? nlohmann::json(*e.logprob) : nlohmann::json(nullptr));
+    if (with_top && e.logprob) {
+      nlohmann::json t = nlohmann::json::object();
+      for (const auto& [text, lp] : e.top)
+        if (!t.contains(text)) t[text] = lp;  // the most likely of tokens that read the same
+      tops.push_back(std::move(t));
+    } else {
+      tops.push_back(nullptr);
+    }
+    offsets.push_back(e.offset);
+    ids.push_back(e.id);
+  }
+  return {{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}, {"token_ids", ids}};
 }
 
 // cached: prompt tokens not read again (the prefix cache held the state after them).

@@ -9,6 +9,7 @@
 #include <cctype>
 #include <cstdint>
 #include <cstdio>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
@@ -17,7 +18,9 @@
 
 #include "mmfree/error.hpp"
 #include "mmfree/generate.hpp"
+#include "mmfree/grammar.hpp"
 #include "mmfree/json_field.hpp"
+#include "mmfree/json_schema_grammar.hpp"
 #include "mmfree/serve/documents.hpp"
 #include "mmfree/tokenizer.hpp"
 
@@ -30,6 +33,8 @@ struct Limits {
   int64_t default_max_tokens = 16;  // OpenAI's default
   int64_t max_stop_strings = 4;
   int64_t max_stop_length = 256;
+  int64_t max_choices = 16;          // n and best_of
+  int64_t max_grammar_bytes = 64 << 10;
 };
 
 struct CompletionRequest {
@@ -45,6 +50,11 @@ struct CompletionRequest {
   std::string session;  // extension: continue (or begin) the named session's state
   // extension: start from the state after an earlier completion (its "id"); the prompt follows it
   std::string continue_from;
+  int logprobs = -1;  // -1: none; else the top alternatives each token reports (0 ... 20)
+  bool echo = false;
+  int n = 1, best_of = 1;
+  // grammar, json_schema (extensions) or response_format: the constraint on the text, compiled
+  std::shared_ptr<const Grammar> grammar;
 };
 
 namespace detail {
@@ -81,11 +91,51 @@ inline nlohmann::json parse_object(const std::string& body) {
   if (!j.is_object()) throw ApiError(400, "invalid_request_error", "request: body must be a JSON object");
   return j;
 }
+// The text's constraint: `grammar` (GBNF, llama-server's field), `json_schema` (llama-server's)
+// or OpenAI's `response_format` ({"type": "json_object"} or {"type": "json_schema",
+// "json_schema": {"schema": ...}}); at most one. Schemas are read again from the body in order,
+// so properties come in the order the client wrote them.
+inline std::shared_ptr<const Grammar> constraint(const std::string& body, const nlohmann::json& j, const Limits& lim) {
+  namespace jf = json_field;
+  const std::string w = "request";
+  const int given = int(jf::has(j, "grammar")) + int(jf::has(j, "json_schema")) +
+                    int(jf::has(j, "response_format") && !(j["response_format"].is_object() && j["response_format"].value("type", "") == "text"));
+  if (given == 0) return nullptr;
+  if (given > 1) fail(w, "give one of 'grammar', 'json_schema' and 'response_format'");
+  std::string gbnf, where;
+  if (jf::has(j, "grammar")) {
+    gbnf = jf::string(j["grammar"], w, "grammar");
+    where = "request: 'grammar'";
+  } else {
+    const auto ordered = JsonSchemaGrammar::Json::parse(body);
+    if (jf::has(j, "json_schema")) {
+      if (!j["json_schema"].is_object()) jf::bad(w, "json_schema", "must be an object (a JSON Schema)", j["json_schema"]);
+      gbnf = JsonSchemaGrammar::convert(ordered["json_schema"], "request: 'json_schema'");
+    } else {
+      const auto& rf = j["response_format"];
+      if (!rf.is_object() || !rf.contains("type") || !rf["type"].is_string()) jf::bad(w, "response_format", "must be an object with a 'type'", rf);
+      const std::string type = rf["type"].get<std::string>();
+      if (type == "json_object") {
+        gbnf = JsonSchemaGrammar::any_value();
+      } else if (type == "json_schema") {
+        if (!rf.contains("json_schema") || !rf["json_schema"].is_object() || !rf["json_schema"].contains("schema"))
+          fail(w, "'response_format' of type json_schema needs 'json_schema': {'schema': ...}");
+        gbnf = JsonSchemaGrammar::convert(ordered["response_format"]["json_schema"]["schema"], "request: 'response_format.json_schema.schema'");
+      } else {
+        fail(w, "'response_format.type' must be 'text', 'json_object' or 'json_schema', not '" + type + "'");
+      }
+    }
+    where = "request: grammar of the schema";
+  }
+  if (int64_t(gbnf.size()) > lim.max_grammar_bytes) fail(w, "the grammar is larger than the server allows");
+  auto g = std::make_shared<Grammar>(Grammar::parse(gbnf, where));
+  GrammarMatcher check(*g);  // left recursion is refused here, not in the middle of a generation
+  return g;
+}
 }  // namespace detail
 
 // Parses the body of POST /v1/completions. Fields OpenAI defines that change results and that
-// mmfree does not implement (n > 1, best_of, logprobs, echo, suffix, logit_bias) are refused,
-// never silently ignored.
+// mmfree does not implement (suffix) are refused, never silently ignored.
 inline CompletionRequest parse_completion(const std::string& body, const Tokenizer& tok, int64_t vocab_size,
                                           const Limits& lim, int32_t eos_id) {
   namespace jf = json_field;
@@ -162,15 +212,33 @@ inline CompletionRequest parse_completion(const std::string& body, const Tokeniz
       if (!r.session.empty()) fail(w, "'continue_from' and 'session' both name a state to start from: give one");
     }
     r.model = jf::string_or(j, "model", "", w);
-    if (jf::integer_or(j, "n", 1, w, 1, 1 << 20) != 1) fail(w, "'n' other than 1 is not supported");
-    if (jf::integer_or(j, "best_of", 1, w, 1, 1 << 20) != 1) fail(w, "'best_of' other than 1 is not supported");
-    if (jf::has(j, "logprobs")) fail(w, "'logprobs' is not supported");
-    if (jf::boolean_or(j, "echo", false, w)) fail(w, "'echo' is not supported");
+    r.n = int(jf::integer_or(j, "n", 1, w, 1, lim.max_choices));
+    r.best_of = int(jf::integer_or(j, "best_of", r.n, w, 1, lim.max_choices));
+    if (r.best_of < r.n) fail(w, "'best_of' must be at least 'n'");
+    if (r.best_of > r.n && r.stream) fail(w, "'best_of' greater than 'n' cannot be streamed (the best are known at the end)");
+    if ((r.n > 1 || r.best_of > 1) && !r.session.empty()) fail(w, "'n' and 'best_of' cannot continue a session (which choice would it keep?)");
+    if (jf::has(j, "logprobs")) r.logprobs = int(jf::integer(j["logprobs"], w, "logprobs", 0, 20));
+    r.echo = jf::boolean_or(j, "echo", false, w);
+    if (r.echo && !r.session.empty()) fail(w, "'echo' cannot be combined with 'session'");
     if (jf::has(j, "suffix")) fail(w, "'suffix' is not supported (base models have no infill)");
-    if (jf::has(j, "logit_bias") && !(j["logit_bias"].is_object() && j["logit_bias"].empty()))
-      fail(w, "'logit_bias' is not supported");
-    if (jf::number_or(j, "presence_penalty", 0, w, -2, 2) != 0 || jf::number_or(j, "frequency_penalty", 0, w, -2, 2) != 0)
-      fail(w, "'presence_penalty' and 'frequency_penalty' are not supported (use repeat_penalty)");
+    if (jf::has(j, "logit_bias")) {
+      const auto& b = j["logit_bias"];
+      if (!b.is_object()) jf::bad(w, "logit_bias", "must be an object of token ids to biases", b);
+      for (auto it = b.begin(); it != b.end(); ++it) {
+        int64_t id = -1;
+        try {
+          size_t used = 0;
+          id = std::stoll(it.key(), &used);
+          if (used != it.key().size()) id = -1;
+        } catch (const std::exception&) {
+        }
+        if (id < 0 || id >= vocab_size) fail(w, "'logit_bias' key '" + it.key() + "' is not a token id of this model (0 ... " + std::to_string(vocab_size - 1) + ")");
+        s.logit_bias.emplace_back(int32_t(id), float(jf::number(it.value(), w, "logit_bias[" + it.key() + "]", -100, 100)));
+      }
+    }
+    s.presence_penalty = float(jf::number_or(j, "presence_penalty", 0, w, -2, 2));
+    s.frequency_penalty = float(jf::number_or(j, "frequency_penalty", 0, w, -2, 2));
+    r.grammar = detail::constraint(body, j, lim);
     return r;
   });
 }
