@@ -138,10 +138,88 @@ int bench_batches(const Args& a, const std::vector<int32_t>& threads, int64_t re
 
 }  // namespace
 
+// bench --grammar FILE / --json-schema FILE: decoding with the constraint against decoding
+// without, the same model in the same run, rounds interleaved. Sampling at temperature 1 with no
+// filters (the server's defaults): the widest distributions, so the most draws the grammar
+// refuses and the most whole masks. A document that is complete starts again (a fresh filter).
+int bench_grammar(const Args& a, int32_t threads, int64_t n, int64_t reps, bool json) {
+  const std::string path = model_path(a);
+  mmfree::ModelOptions o = model_options(a);
+  o.threads = threads;
+  mmfree::Model m = mmfree::load_model(path, o);
+  const mmfree::Tokenizer tok = mmfree::load_tokenizer(path);
+  const std::string file = a.str(a.has("grammar") ? "grammar" : "json-schema");
+  const std::string text = read_text_file(file);
+  auto grammar = std::make_shared<const mmfree::Grammar>(
+      mmfree::Grammar::parse(a.has("grammar") ? text : mmfree::JsonSchemaGrammar::convert_text(text, file), file));
+  auto trie = std::make_shared<const mmfree::TokenTrie>(tok);
+  // Counts and times the filter's whole masks.
+  struct Timed : mmfree::GrammarFilter {
+    using GrammarFilter::GrammarFilter;
+    mutable int64_t masks = 0;
+    mutable double mask_s = 0;
+    void mask(std::vector<uint8_t>& allowed) const override {
+      const auto t0 = std::chrono::steady_clock::now();
+      GrammarFilter::mask(allowed);
+      mask_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      ++masks;
+    }
+  };
+  const std::vector<int32_t> prompt = tok.encode("And God said");
+  std::vector<double> plain, constrained;
+  int64_t masks = 0, tokens = 0, documents = 0;
+  double mask_s = 0;
+  for (int64_t rep = 0; rep < reps + 1; ++rep)
+    for (int with = 0; with < 2; ++with) {
+      mmfree::SamplerOptions so;
+      so.temperature = 1, so.top_k = 0, so.top_p = 1, so.min_p = 0, so.seed = uint64_t(rep);
+      mmfree::Sampler sampler(so);
+      mmfree::State st = m.new_state();
+      std::vector<float> logits = m.prefill_last(prompt, st);
+      std::vector<int32_t> history = prompt;
+      std::unique_ptr<Timed> f;
+      if (with) f = std::make_unique<Timed>(grammar, trie);
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int64_t i = 0; i < n;) {
+        const int32_t t = sampler.sample(logits, history, f.get());
+        if (f && (t < 0 || t == tok.eos_id())) {  // complete: another document
+          if (rep > 0) masks += f->masks, mask_s += f->mask_s, ++documents;
+          f = std::make_unique<Timed>(grammar, trie);
+          continue;
+        }
+        if (f) f->accept(t);
+        history.push_back(t);
+        logits = m.step(t, st);
+        ++i;
+      }
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (rep == 0) continue;
+      (with ? constrained : plain).push_back(double(n) / s);
+      if (with) masks += f->masks, mask_s += f->mask_s, tokens += n;
+    }
+  const double tp = median(plain), tc = median(constrained);
+  const std::string cpu = mmfree::roofline::cpu_model();
+  if (json) {
+    std::printf("%s\n", nlohmann::json{{"model", path}, {"grammar", file}, {"cpu", cpu}, {"threads", threads}, {"tokens", n},
+                                       {"plain_tps", tp}, {"constrained_tps", tc}, {"ratio", tc / tp},
+                                       {"masks_per_token", double(masks) / double(tokens)},
+                                       {"mask_ms", masks ? mask_s / double(masks) * 1e3 : 0.0}, {"documents", documents}}
+                             .dump(2)
+                             .c_str());
+    return 0;
+  }
+  std::printf("| model | grammar | CPU | threads | plain tok/s | constrained tok/s | ratio | whole masks per token | ms per mask |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  std::printf("| %s | %s | %s | %d | %.1f | %.1f | %.2f | %.3f | %.2f |\n", std::filesystem::path(path).filename().c_str(),
+              std::filesystem::path(file).filename().c_str(), cpu.c_str(), threads, tp, tc, tc / tp,
+              double(masks) / double(tokens), masks ? mask_s / double(masks) * 1e3 : 0.0);
+  return 0;
+}
+
 // llama-bench style: prefill of -p tokens and decode of -n tokens, for each thread count,
 // repeated -r times; mean +- stddev. Figures come from the same model in this process.
 int cmd_bench(const Args& a) {
-  a.allow({"prompt-tokens", "max-new-tokens", "threads-list", "repetitions", "json", "batch"});
+  a.allow({"prompt-tokens", "max-new-tokens", "threads-list", "repetitions", "json", "batch", "grammar", "json-schema"});
   const std::string path = model_path(a);
   const int64_t p = a.has("prompt-tokens") ? mmfree::parse_int(a.str("prompt-tokens"), "-p", 1, 1 << 16) : 512;
   const int64_t n = a.has("max-new-tokens") ? mmfree::parse_int(a.str("max-new-tokens"), "-n", 1, 1 << 16) : 128;
@@ -154,6 +232,7 @@ int cmd_bench(const Args& a) {
     else threads.push_back(t);
   const bool json = a.on("json");
   if (a.has("batch")) return bench_batches(a, threads, reps, p, json);
+  if (a.has("grammar") || a.has("json-schema")) return bench_grammar(a, threads.back(), n, reps, json);
   struct Row {
     int threads;
     std::vector<double> pp, tg, ttft;

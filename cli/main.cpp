@@ -90,6 +90,8 @@ const std::vector<Command>& commands() {
        "  -r, --repetitions N    repetitions (default 3)\n"
        "  --batch 1,2,4,...      instead: step_batch over B sequences for each B, against the roofline\n"
        "                         (read bandwidth and int8 peak measured in the same run), and a prefill of -p\n"
+       "  --grammar F.gbnf | --json-schema F.json   instead: -n tokens decoded with the constraint against\n"
+       "                         without it (temperature 1, no filters; the last -t), and the cost of its masks\n"
        "  --json                 JSON instead of a table\n",
        cmd_bench},
       {"convert", "a Hugging Face checkpoint to GGUF",

@@ -444,6 +444,8 @@ class GrammarMatcher {
     return complete(feed(position(), bytes));
   }
   const Grammar& grammar() const { return *g_; }
+  // Changes when nodes are renumbered (positions from before no longer mean the same).
+  uint64_t epoch() const { return epoch_; }
 
  private:
   static constexpr int32_t kNone = -2;  // below the bottom of a stack
@@ -472,7 +474,10 @@ class GrammarMatcher {
         else expand(nodes_[size_t(parent)].elem, nodes_[size_t(parent)].parent, out, depth + 1);
         return;
       case Grammar::Element::Rule: {
-        const int32_t ret = node(elem + 1, parent);
+        // A call in tail position returns straight to its caller's caller: loops (x*, x+)
+        // keep their stacks the same height, so positions inside them repeat.
+        const bool tail = g_->elements()[size_t(elem + 1)].kind == Grammar::Element::End;
+        const int32_t ret = tail ? parent : node(elem + 1, parent);
         for (int32_t a : g_->alternatives(e.value)) expand(a, ret, out, depth + 1);
         return;
       }
@@ -509,6 +514,7 @@ class GrammarMatcher {
     for (auto& t : tops_) t = copy(copy, t);
     normalize(tops_);
     live_ = nodes_.size();
+    ++epoch_;
   }
 
   const Grammar* g_;
@@ -520,6 +526,7 @@ class GrammarMatcher {
   mutable std::vector<Node> nodes_;
   mutable std::unordered_map<uint64_t, int32_t> intern_;
   size_t live_ = 0;
+  uint64_t epoch_ = 0;
 };
 
 }  // namespace mmfree

@@ -5,7 +5,9 @@
 // almost every token falls at its first byte.
 #pragma once
 
+#include <array>
 #include <map>
+#include <unordered_map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -95,7 +97,15 @@ class GrammarFilter : public TokenFilter {
     allowed.assign(trie_->vocab_size(), 0);
     const auto p = m_.position();
     if (trie_->eos_id() >= 0 && GrammarMatcher::complete(p)) allowed[size_t(trie_->eos_id())] = 1;
-    walk(0, p, allowed);
+    // The walk meets few distinct positions (inside a string, every character leads back to the
+    // same one): each is numbered once and its successors looked up in a table, so a trie node
+    // costs a lookup, not a step of the pushdown automaton. The table is kept from one token to
+    // the next while the matcher's numbering holds: a string's positions recur at every token.
+    if (!walk_ || walk_epoch_ != m_.epoch() || walk_->positions.size() > 50000) {
+      walk_ = std::make_unique<Walk>(*this);
+      walk_epoch_ = m_.epoch();
+    }
+    walk(*walk_, 0, walk_->id(p), allowed);
   }
   void accept(int32_t id) override {
     if (id == trie_->eos_id()) return;
@@ -105,21 +115,58 @@ class GrammarFilter : public TokenFilter {
   bool complete() const { return GrammarMatcher::complete(m_.position()); }
 
  private:
-  void walk(int32_t n, const GrammarMatcher::Position& p, std::vector<uint8_t>& allowed) const {
+  struct KeyHash {
+    size_t operator()(const std::vector<int32_t>& k) const {
+      uint64_t h = 1469598103934665603ull;
+      for (int32_t v : k) h = (h ^ uint32_t(v)) * 1099511628211ull;
+      return size_t(h);
+    }
+  };
+  struct Walk {
+    explicit Walk(const GrammarFilter& filter) : f(filter) {}
+    const GrammarFilter& f;
+    std::vector<GrammarMatcher::Position> positions;
+    std::unordered_map<std::vector<int32_t>, int32_t, KeyHash> ids;  // a position's key -> its number
+    std::vector<std::array<int32_t, 256>> next;    // -2: not yet known, -1: refused
+    int32_t id(const GrammarMatcher::Position& p) {
+      std::vector<int32_t> key = p.tops;
+      key.push_back(int32_t(p.partial)), key.push_back(p.pending), key.push_back(p.length);
+      auto [it, fresh] = ids.try_emplace(std::move(key), int32_t(positions.size()));
+      if (fresh) {
+        positions.push_back(p);
+        next.emplace_back();
+        next.back().fill(-2);
+      }
+      return it->second;
+    }
+    int32_t step(int32_t s, uint8_t b) {
+      int32_t& n = next[size_t(s)][b];
+      if (n == -2) {
+        const auto q = f.m_.feed(positions[size_t(s)], b);
+        const int32_t k = GrammarMatcher::alive(q) ? id(q) : -1;
+        next[size_t(s)][b] = k;  // (`n` may dangle: id() can grow `next`)
+        return k;
+      }
+      return n;
+    }
+  };
+  void walk(Walk& w, int32_t n, int32_t s, std::vector<uint8_t>& allowed) const {
     const auto& node = trie_->nodes()[size_t(n)];
     for (int32_t c = node.child_begin; c < node.child_end; ++c) {
-      const auto q = m_.feed(p, trie_->child_byte()[size_t(c)]);
-      if (!GrammarMatcher::alive(q)) continue;
+      const int32_t q = w.step(s, trie_->child_byte()[size_t(c)]);
+      if (q < 0) continue;
       const int32_t k = trie_->child_node()[size_t(c)];
       const auto& kn = trie_->nodes()[size_t(k)];
       for (int32_t i = kn.id_begin; i < kn.id_end; ++i) allowed[size_t(trie_->ids()[size_t(i)])] = 1;
-      walk(k, q, allowed);
+      walk(w, k, q, allowed);
     }
   }
 
   std::shared_ptr<const Grammar> g_;
   std::shared_ptr<const TokenTrie> trie_;
   GrammarMatcher m_;
+  mutable std::unique_ptr<Walk> walk_;
+  mutable uint64_t walk_epoch_ = 0;
 };
 
 }  // namespace mmfree
