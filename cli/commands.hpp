@@ -14,5 +14,6 @@ int cmd_bench(const Args& a);       // cmd_bench.cpp
 int cmd_convert(const Args& a);     // cmd_convert.cpp
 int cmd_init_random(const Args& a); // cmd_convert.cpp
 int cmd_serve(const Args& a);       // cmd_serve.cpp
+int cmd_eval(const Args& a);        // cmd_eval.cpp
 
 }  // namespace cli

@@ -82,6 +82,14 @@ const std::vector<Command>& commands() {
        "  --window N             tokens scored per window (default 256)\n"
        "  --windows N            at most N windows (default 64)\n",
        cmd_perplexity},
+      {"eval", "multiple-choice questions scored by log-likelihood (acc and acc_norm, against chance)",
+       "  -f, --file Q.jsonl     one {\"context\": ..., \"choices\": [...], \"answer\": i} a line\n"
+       "  --server URL           also through a running mmfree-cli serve (echo + logprobs), compared\n"
+       "                         with the library's numbers (fails beyond 1e-4)\n"
+       "  --api-key KEY          the server's key\n"
+       "  --limit N              the first N questions\n"
+       "  --json                 JSON instead of text\n",
+       cmd_eval},
       {"info", "what a model is: architecture, parameters, memory, kernels, tokenizer", "", cmd_info},
       {"bench", "prefill and decode speed, llama-bench style",
        "  -p, --prompt-tokens N  prompt length (default 512)\n"

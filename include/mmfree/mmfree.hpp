@@ -25,6 +25,7 @@
 #include "mmfree/grammar.hpp"
 #include "mmfree/grammar_filter.hpp"
 #include "mmfree/json_schema_grammar.hpp"
+#include "mmfree/evaluate.hpp"
 #include "mmfree/logprobs.hpp"
 #include "mmfree/sampler.hpp"
 #include "mmfree/tokenizer.hpp"

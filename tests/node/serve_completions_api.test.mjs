@@ -231,3 +231,13 @@ test("what is still refused is named", async () => {
     assert.ok(r.json.error.message.includes(msg), `${JSON.stringify(body)}: ${r.json.error.message}`);
   }
 });
+
+test("mmfree-cli eval scores held-out questions through the server with the library's numbers", async () => {
+  const data = new URL("../data/kjv-choices.jsonl", import.meta.url).pathname;
+  const out = JSON.parse(execFileSync(cli, ["eval", "-f", data, "--server", server.url, "--limit", "40", "--json", "-t", "1"], { encoding: "utf8" }));
+  assert.equal(out.questions, 40);
+  assert.equal(out.server.choices_compared, 160);
+  assert.ok(out.server.max_abs_diff <= 1e-4, `${out.server.max_abs_diff}`);
+  assert.equal(out.server.acc, out.acc);
+  assert.ok(out.acc > out.chance, `${out.acc} vs chance ${out.chance}`);
+});
