@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-300}
 [ $# -gt 0 ] && shift
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(fuzz_safetensors fuzz_config fuzz_tokenizer_load fuzz_tokenizer_text fuzz_gguf fuzz_cli_numbers fuzz_server_request fuzz_state_file fuzz_prefix_record)
+[ ${#targets[@]} -eq 0 ] && targets=(fuzz_safetensors fuzz_config fuzz_tokenizer_load fuzz_tokenizer_text fuzz_gguf fuzz_cli_numbers fuzz_server_request fuzz_state_file fuzz_prefix_record fuzz_grammar)
 if [ "$secs" != 0 ]; then
   bash fuzz/run.sh "$secs" "${targets[@]}" || { echo "a target failed: fix it (and add the input to fuzz/regressions) first"; exit 1; }
 fi

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 secs=60
 jobs=${MMFREE_FUZZ_JOBS:-$(nproc)}
 if [ "${1:-}" = "--long" ]; then secs=600; shift; elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then secs=$1; shift; fi
-all=(fuzz_safetensors fuzz_config fuzz_tokenizer_load fuzz_tokenizer_text fuzz_gguf fuzz_cli_numbers fuzz_server_request fuzz_state_file fuzz_prefix_record)
+all=(fuzz_safetensors fuzz_config fuzz_tokenizer_load fuzz_tokenizer_text fuzz_gguf fuzz_cli_numbers fuzz_server_request fuzz_state_file fuzz_prefix_record fuzz_grammar)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 
@@ -26,7 +26,7 @@ cmake --build $build -j"$(nproc)" >/dev/null || exit 1
 
 # Seeds: real files of each kind, small enough to mutate quickly.
 seeds=$build/seeds
-rm -rf "$seeds" && mkdir -p "$seeds"/{fuzz_safetensors,fuzz_config,fuzz_tokenizer_load,fuzz_tokenizer_text,fuzz_gguf,fuzz_cli_numbers,fuzz_server_request,fuzz_state_file,fuzz_prefix_record}
+rm -rf "$seeds" && mkdir -p "$seeds"/{fuzz_safetensors,fuzz_config,fuzz_tokenizer_load,fuzz_tokenizer_text,fuzz_gguf,fuzz_cli_numbers,fuzz_server_request,fuzz_state_file,fuzz_prefix_record,fuzz_grammar}
 data=tests/data/kjv-tiny
 cp $data/golden.safetensors "$seeds/fuzz_safetensors/"
 $build/cli/mmfree-cli logits --model $data --ids 1,2 --out "$seeds/fuzz_safetensors/small.safetensors" 2>/dev/null
@@ -43,12 +43,17 @@ printf '\x01{"content":"In the beginning","add_special":false}' > $s/c
 printf '\x02{"tokens":[1,1142,333,2693]}' > $s/d
 printf '\x03ab|LORD|the\nIn the beginning God created the heaven and the earth. The LORD' > $s/e
 $build/cli/mmfree-cli generate --model $data --ids 1,2 -n 2 --print-ids --no-stats --save-state "$seeds/fuzz_state_file/a.state" >/dev/null 2>&1
+g=$seeds/fuzz_grammar
+{ cat examples/grammars/json.gbnf; printf '\0{"a": [1, "x\\u00e9"], "b": null}'; } > $g/json
+{ cat examples/grammars/verse.schema.json; printf '\0{"book": "Genesis", "chapter": 1, "words": ["a"], "holy": true}'; } > $g/schema
+{ cat examples/grammars/yes-no.gbnf; printf '\0 no, because it is so.'; } > $g/yesno
+printf 'root ::= [\xce\xb1-\xcf\x89]+ "\\u00e9" . ( "x" | [^a-c] ){2,3}\0\xce\xb1\xc3\xa9!xd' > $g/unicode
 printf '1,5,9' > "$seeds/fuzz_cli_numbers/a"; printf '0.95' > "$seeds/fuzz_cli_numbers/b"; printf -- '-3' > "$seeds/fuzz_cli_numbers/c"
 
 declare -A dict=([fuzz_config]=fuzz/json.dict [fuzz_tokenizer_load]=fuzz/json.dict [fuzz_safetensors]=fuzz/json.dict
-                 [fuzz_gguf]=fuzz/gguf.dict [fuzz_server_request]=fuzz/json.dict)
+                 [fuzz_gguf]=fuzz/gguf.dict [fuzz_server_request]=fuzz/json.dict [fuzz_grammar]=fuzz/json.dict)
 # Inputs past these sizes explore nothing new and run slowly (a 64 KiB text costs ~100x a 1 KiB one).
-declare -A maxlen=([fuzz_tokenizer_text]=1024 [fuzz_cli_numbers]=256 [fuzz_server_request]=4096)
+declare -A maxlen=([fuzz_tokenizer_text]=1024 [fuzz_cli_numbers]=256 [fuzz_server_request]=4096 [fuzz_grammar]=2400)
 mkdir -p $build/artifacts
 summary=$build/summary.txt
 printf '| target | seconds | runs | coverage (edges) | corpus files | findings |\n| --- | --- | --- | --- | --- | --- |\n' > $summary

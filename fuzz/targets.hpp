@@ -258,6 +258,44 @@ inline int prefix_record(const uint8_t* data, size_t size, const std::string& mo
   return 0;
 }
 
+// Grammars (grammar.hpp, json_schema_grammar.hpp): the input is a GBNF grammar (or, when it
+// starts with '{', a JSON Schema), a NUL byte, and a text. A grammar is refused as an Error or
+// compiled; then every prefix of a text it accepts is alive, and at the text's end (while short)
+// the trie walk's mask equals asking token by token (kjv-tiny's vocabulary).
+inline int grammar(const uint8_t* data, size_t size, const std::string& tokenizer_json) {
+  static const auto trie = std::make_shared<const TokenTrie>(Tokenizer::from_file(tokenizer_json));
+  const std::string in(reinterpret_cast<const char*>(data), size);
+  const size_t nul = in.find('\0');
+  const std::string spec = in.substr(0, nul), text = nul == std::string::npos ? "" : in.substr(nul + 1);
+  if (spec.size() > 2048 || text.size() > 256) return 0;
+  try {
+    auto g = std::make_shared<const Grammar>(Grammar::parse(!spec.empty() && spec[0] == '{' ? JsonSchemaGrammar::convert_text(spec) : spec, "fuzz"));
+    GrammarMatcher m(*g);
+    std::vector<GrammarMatcher::Position> path{m.position()};
+    for (char c : text) path.push_back(m.feed(path.back(), static_cast<uint8_t>(c)));
+    if (GrammarMatcher::complete(path.back()))
+      for (const auto& p : path)
+        if (!GrammarMatcher::alive(p)) __builtin_trap();
+    if (!GrammarMatcher::alive(path.back()) || text.size() > 32) return 0;
+    GrammarFilter f(g, trie);
+    for (char c : text) {  // walk the text a byte at a time where byte tokens allow it
+      const int32_t id = [&] {
+        for (int32_t i = 0; i < int32_t(trie->vocab_size()); ++i)
+          if (trie->bytes(i) == std::string(1, c)) return i;
+        return -1;
+      }();
+      if (id < 0 || !f.allows(id)) return 0;
+      f.accept(id);
+    }
+    std::vector<uint8_t> mask;
+    f.mask(mask);
+    for (int32_t i = 0; i < int32_t(trie->vocab_size()); ++i)
+      if ((mask[size_t(i)] != 0) != f.allows(i)) __builtin_trap();
+  } catch (const Error&) {
+  }
+  return 0;
+}
+
 // Every target by name, as the corpus folders are named (tokenizer_text needs its tokenizer).
 inline std::map<std::string, std::function<int(const uint8_t*, size_t)>> all(const std::string& tokenizer_json) {
   return {{"fuzz_safetensors", safetensors},
@@ -272,7 +310,8 @@ inline std::map<std::string, std::function<int(const uint8_t*, size_t)>> all(con
            }},
           {"fuzz_prefix_record", [tokenizer_json](const uint8_t* d, size_t n) {
              return prefix_record(d, n, std::filesystem::path(tokenizer_json).parent_path().string());
-           }}};
+           }},
+          {"fuzz_grammar", [tokenizer_json](const uint8_t* d, size_t n) { return grammar(d, n, tokenizer_json); }}};
 }
 
 }  // namespace mmfree::fuzz

@@ -449,6 +449,7 @@ class GrammarMatcher {
 
  private:
   static constexpr int32_t kNone = -2;  // below the bottom of a stack
+  static constexpr size_t kMaxTops = 20000, kMaxNodes = size_t(1) << 22;
   struct Node {
     int32_t elem;    // the next element to match (a Chars element at a top)
     int32_t parent;  // the node to return to, kNone at the bottom
@@ -465,7 +466,10 @@ class GrammarMatcher {
   }
   // Every top reachable from element `elem` with `parent` below it, without reading a character.
   void expand(int32_t elem, int32_t parent, std::vector<int32_t>& out, int depth) const {
-    if (depth > 2000) fail(g_->where(), "a rule can call itself without reading a character (left recursion)");
+    if (depth > 2000) fail(g_->where(), "a rule can call itself without reading a character (left recursion), or rules nest deeper than 2000 without one");
+    // A grammar so ambiguous that one character leaves this many parses alive would take the
+    // machine with it: it is refused (the limits are far above any practical grammar's).
+    if (out.size() > kMaxTops || nodes_.size() > kMaxNodes) fail(g_->where(), "is too ambiguous (over " + std::to_string(kMaxTops) + " parses alive at once)");
     const auto& e = g_->elements()[size_t(elem)];
     switch (e.kind) {
       case Grammar::Element::Chars: out.push_back(node(elem, parent)); return;

@@ -210,9 +210,14 @@ class Scheduler {
   // Draws the next token of s from s.logits; false when s ended.
   bool draw(Sequence& s) {
     if (s.generated >= s.gen.max_new_tokens) return end(s, Finish::Length), false;
-    const int32_t next = s.sampler->sample(s.logits, s.history, s.filter.get());
+    int32_t next;
+    try {  // a grammar that fails (too ambiguous) ends its own sequence, not the batch
+      next = s.sampler->sample(s.logits, s.history, s.filter.get());
+      if (next >= 0 && next != s.gen.eos_id && s.filter) s.filter->accept(next);
+    } catch (const std::exception& e) {
+      return end(s, Finish::Error, e.what()), false;
+    }
     if (next < 0 || next == s.gen.eos_id) return end(s, Finish::Stop), false;  // EOS, or the filter allows nothing more
-    if (s.filter) s.filter->accept(next);
     if (s.logprobs >= 0 && s.on_logprob) s.on_logprob(token_logprob(s.logits, next, s.logprobs), false);
     s.history.push_back(next);
     ++s.generated;
