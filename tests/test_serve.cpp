@@ -90,6 +90,61 @@ TEST(Scheduler, SequencesGetWhatGenerateGivesAloneOrTogether) {
   EXPECT_GT(sched.stats().batched_tokens.load(), sched.stats().steps.load());  // sequences did share passes
 }
 
+// n choices: forks start from a copy of the parent's state once it has read its prompt, and each
+// gets what generate() gives with its own seed. Prompt log-probabilities arrive in order and
+// equal those of one pass over the prompt; generated tokens' arrive before each token.
+TEST(Scheduler, ForksAndLogprobs) {
+  SchedulerOptions so;
+  so.max_active = 4;
+  so.prefill_chunk = 5;  // the prompt is read over several steps
+  Scheduler sched(model(), so);
+  const auto prompt = ids_of(23, 7);
+  Job parent(prompt, sampling(12, 50));
+  std::vector<std::unique_ptr<Job>> forks;
+  for (uint64_t k = 1; k <= 3; ++k) {
+    forks.push_back(std::make_unique<Job>(std::vector<int32_t>{}, sampling(8 + int64_t(k), 50 + k)));
+    parent.seq->forks.push_back(forks.back()->seq);
+  }
+  std::vector<double> prompt_lps, token_lps;
+  parent.seq->logprobs = 2;
+  parent.seq->prompt_logprobs = true;
+  parent.seq->on_logprob = [&](const TokenLogprob& t, bool in_prompt) {
+    (in_prompt ? prompt_lps : token_lps).push_back(t.logprob);
+    if (!in_prompt) {
+      EXPECT_EQ(t.top.size(), 2u);
+    }
+  };
+  ASSERT_TRUE(sched.submit(parent.seq));
+  EXPECT_EQ(parent.wait(), Finish::Length);
+  EXPECT_EQ(parent.tokens, reference(prompt, sampling(12, 50)));
+  for (uint64_t k = 1; k <= 3; ++k) {
+    EXPECT_EQ(forks[k - 1]->wait(), Finish::Length);
+    EXPECT_EQ(forks[k - 1]->tokens, reference(prompt, sampling(8 + int64_t(k), 50 + k))) << "fork " << k;
+  }
+  const auto all = join(prompt, parent.tokens);
+  const auto logits = model().prefill(std::span(all).first(all.size() - 1));
+  const size_t V = size_t(model().vocab_size());
+  ASSERT_EQ(prompt_lps.size(), prompt.size() - 1);
+  ASSERT_EQ(token_lps.size(), parent.tokens.size());
+  for (size_t i = 1; i < all.size(); ++i) {
+    const double want = token_logprob(std::span(logits).subspan((i - 1) * V, V), all[i]).logprob;
+    EXPECT_EQ(i < prompt.size() ? prompt_lps[i - 1] : token_lps[i - prompt.size()], want) << "token " << i;
+  }
+  // A parent cancelled before its prompt is read ends its forks too.
+  Job p2(ids_of(200, 8), sampling(4, 1));
+  Job f2({}, sampling(4, 2));
+  p2.seq->forks.push_back(f2.seq);
+  p2.seq->cancelled = true;
+  ASSERT_TRUE(sched.submit(p2.seq));
+  EXPECT_EQ(p2.wait(), Finish::Cancelled);
+  EXPECT_EQ(f2.wait(), Finish::Cancelled);
+  // A fork with a prompt of its own, or prompt log-probabilities over a cached prefix, is refused.
+  Job p3(ids_of(10, 9), sampling(2, 1));
+  p3.seq->forks.push_back(std::make_shared<Sequence>());
+  p3.seq->forks.back()->prompt = {1};
+  EXPECT_THROW(sched.submit(p3.seq), Error);
+}
+
 TEST(Scheduler, ALongPromptDoesNotStallDecodingSequences) {
   SchedulerOptions so;
   so.max_active = 4;
