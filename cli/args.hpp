@@ -98,4 +98,14 @@ inline void print_ids(const std::vector<int32_t>& ids) {
 // The whole of a file, or an error naming it.
 std::string read_text_file(const std::string& path);
 
+// --grammar FILE.gbnf or --json-schema FILE.json, compiled (nullptr when neither is given).
+inline std::shared_ptr<const mmfree::Grammar> grammar_from_args(const Args& a) {
+  if (a.has("grammar") && a.has("json-schema")) mmfree::fail("--grammar", "give --grammar or --json-schema, not both");
+  if (!a.has("grammar") && !a.has("json-schema")) return nullptr;
+  const std::string file = a.str(a.has("grammar") ? "grammar" : "json-schema");
+  const std::string text = read_text_file(file);
+  return std::make_shared<const mmfree::Grammar>(
+      mmfree::Grammar::parse(a.has("grammar") ? text : mmfree::JsonSchemaGrammar::convert_text(text, file), file));
+}
+
 }  // namespace cli

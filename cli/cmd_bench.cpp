@@ -149,9 +149,7 @@ int bench_grammar(const Args& a, int32_t threads, int64_t n, int64_t reps, bool 
   mmfree::Model m = mmfree::load_model(path, o);
   const mmfree::Tokenizer tok = mmfree::load_tokenizer(path);
   const std::string file = a.str(a.has("grammar") ? "grammar" : "json-schema");
-  const std::string text = read_text_file(file);
-  auto grammar = std::make_shared<const mmfree::Grammar>(
-      mmfree::Grammar::parse(a.has("grammar") ? text : mmfree::JsonSchemaGrammar::convert_text(text, file), file));
+  const auto grammar = grammar_from_args(a);
   auto trie = std::make_shared<const mmfree::TokenTrie>(tok);
   // Counts and times the filter's whole masks.
   struct Timed : mmfree::GrammarFilter {

@@ -68,8 +68,8 @@ int cmd_generate(const Args& a) {
   std::vector<int32_t> prompt;
   for (const auto& [id, b] : g.sampling.logit_bias)
     if (id >= m.vocab_size()) fail("--logit-bias", "token id " + std::to_string(id) + " is outside the vocabulary of " + std::to_string(m.vocab_size()));
-  if (a.has("grammar") && a.has("json-schema")) fail("generate", "give --grammar or --json-schema, not both");
-  const bool constrained = a.has("grammar") || a.has("json-schema");
+  const auto grammar = grammar_from_args(a);
+  const bool constrained = grammar != nullptr;
   if (a.has("prompt") || a.has("file") || interactive || constrained) {
     tok.emplace(mmfree::load_tokenizer(model_path(a)));
     if (tok->vocab_size() > m.vocab_size()) fail(tok->source(), "has more tokens than the model's vocabulary");
@@ -83,10 +83,6 @@ int cmd_generate(const Args& a) {
     if (prompt.empty()) fail(a.has("prompt") ? "--prompt" : a.str("file"), "encodes to no tokens (and the tokenizer adds no BOS)");
   }
   if (constrained) {  // every token drawn keeps the text a prefix of the grammar's language
-    const std::string file = a.str(a.has("grammar") ? "grammar" : "json-schema");
-    const std::string text = read_text_file(file);
-    auto grammar = std::make_shared<const mmfree::Grammar>(
-        mmfree::Grammar::parse(a.has("grammar") ? text : mmfree::JsonSchemaGrammar::convert_text(text, file), file));
     auto trie = std::make_shared<const mmfree::TokenTrie>(*tok);
     g.constraint = [grammar, trie] { return std::make_unique<mmfree::GrammarFilter>(grammar, trie); };
   }
