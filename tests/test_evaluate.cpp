@@ -12,14 +12,8 @@
 using namespace mmfree;
 
 namespace {
-const Model& model() {
-  static const Model m = load_model(test::bundled_model(), test::options(2));
-  return m;
-}
-const Tokenizer& tokenizer() {
-  static const Tokenizer t = load_tokenizer(test::bundled_model());
-  return t;
-}
+const Model& model() { return test::bundled(); }
+const Tokenizer& tokenizer() { return test::bundled_tokenizer(); }
 }  // namespace
 
 TEST(Evaluate, ChoiceScoreIsOnePassOverTheWholeText) {

@@ -22,14 +22,8 @@ bool prefix_ok(const Grammar& g, const std::string& text) {
   return GrammarMatcher::alive(m.feed(m.position(), text));
 }
 
-const Model& model() {
-  static const Model m = load_model(test::bundled_model(), test::options(2));
-  return m;
-}
-const Tokenizer& tokenizer() {
-  static const Tokenizer t = load_tokenizer(test::bundled_model());
-  return t;
-}
+const Model& model() { return test::bundled(); }
+const Tokenizer& tokenizer() { return test::bundled_tokenizer(); }
 std::shared_ptr<const TokenTrie> trie() {
   static const auto t = std::make_shared<const TokenTrie>(tokenizer());
   return t;

@@ -25,10 +25,7 @@ namespace {
 using serve::PrefixCache;
 using serve::PrefixCacheOptions;
 
-const Model& model() {
-  static const Model m = load_model(test::bundled_model(), test::options(2));
-  return m;
-}
+const Model& model() { return test::bundled(); }
 
 std::vector<int32_t> ids_of(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);

@@ -14,6 +14,7 @@
 
 #include "mmfree/error.hpp"
 #include "mmfree/model.hpp"
+#include "mmfree/model_file.hpp"
 
 namespace mmfree::test {
 
@@ -48,6 +49,15 @@ std::string error_of(F fn) {
 inline std::string data_dir() { return MMFREE_TEST_DATA; }
 // The bundled default model: kjv-demo converted to GGUF (its goldens are in data_dir()/kjv-demo).
 inline std::string bundled_model() { return MMFREE_TEST_DATA "/../../models/kjv-demo.gguf"; }
+// The bundled model on 2 threads and its tokenizer, loaded once per test program.
+inline const Model& bundled() {
+  static const Model m = load_model(bundled_model(), options(2));
+  return m;
+}
+inline const Tokenizer& bundled_tokenizer() {
+  static const Tokenizer t = load_tokenizer(bundled_model());
+  return t;
+}
 // The larger fixtures beside a clone (../shared/fixtures): only kjv-demo's Hugging Face weights
 // (27 MB) are used from there, to check the conversion that made the bundled model.
 inline std::string shared_dir() { return MMFREE_SHARED_FIXTURES; }
