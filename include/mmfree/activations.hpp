@@ -31,6 +31,7 @@ struct Activations {
   // The residual stream x, its normalised copy xn, and a sublayer's output y.
   std::vector<float> x, xn, y;  // [n, H]
   std::vector<float*> h;        // [n] the MLGRU state each token advances, in the current layer
+  std::vector<float*> snap;     // [n] where token t's state is copied after it (or null)
 
   // MLGRU (token mixer).
   std::vector<float> f, i, g, o;  // [n, D] forget gate, input, output gate, gated output

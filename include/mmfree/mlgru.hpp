@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "mmfree/activations.hpp"
@@ -59,8 +60,10 @@ struct MLGRU {
   // The same with token t's state in hs[t]: n consecutive tokens of one sequence (every hs[t]
   // the same vector, advanced in order), or n sequences decoding one token each (a batch).
   template <class Acc>
+  // With `snaps` (optional, one per token, null where not wanted), the state after token t is
+  // also copied to snaps[t]: the states a verification pass rolls back to (speculative.hpp).
   void forward(const float* x, int64_t n, float* const* hs, float* out, double eps, Activations& s,
-               const BasicExec<Acc>& ex) const {
+               const BasicExec<Acc>& ex, float* const* snaps = nullptr) const {
     const int64_t d = dim();
     s.reserve_mixer(n, d);
     // f, i and g read the same x: one rms factor per token, then three quantisations, spread
@@ -83,9 +86,11 @@ struct MLGRU {
       f_proj.dequantize_rows(n, s.fq, s.f.data(), d, c0, c1);
       i_proj.dequantize_rows(n, s.iq, s.i.data(), d, c0, c1);
       g_proj.dequantize_rows(n, s.gq, s.g.data(), d, c0, c1);
-      for (int64_t t = 0; t < n; ++t)
+      for (int64_t t = 0; t < n; ++t) {
         mlgru_step(s.f.data() + t * d + c0, s.i.data() + t * d + c0, lb ? lb + c0 : nullptr, c1 - c0, hs[t] + c0,
                    s.o.data() + t * d + c0);
+        if (snaps && snaps[t]) std::memcpy(snaps[t] + c0, hs[t] + c0, size_t(c1 - c0) * sizeof(float));
+      }
     });
     ex.for_range(n, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {

@@ -119,6 +119,23 @@ class BasicModel {
     const int32_t one[1] = {id};
     return prefill_last(one, state);
   }
+  // The verification pass of speculative decoding: logits for every token of `ids` ([T, V]),
+  // continuing from `state`, and after[t] = the state having consumed ids[0..t] (resized to T;
+  // its vectors are reused from call to call). `state` ends after all of them. One pass over the
+  // weights, and bit-identical to stepping token by token: rolling back to any after[t] costs a
+  // copy, never a recomputation.
+  std::vector<float> prefill_states(std::span<const int32_t> ids, State& state, std::vector<State>& after) const {
+    after.resize(ids.size());
+    std::vector<State*> snaps(ids.size());
+    for (size_t t = 0; t < ids.size(); ++t) {
+      if (after[t].h.size() != state.h.size() || (!state.h.empty() && after[t].h[0].size() != state.h[0].size()))
+        after[t] = new_state();
+      snaps[t] = &after[t];
+    }
+    std::vector<int64_t> rows(ids.size());
+    for (size_t i = 0; i < rows.size(); ++i) rows[i] = int64_t(i);
+    return forward_tokens(ids, std::vector<State*>(ids.size(), &state), rows, snaps);
+  }
   // One decoding step of B sequences at once: states[b] consumes ids[b]; returns [B, V] logits,
   // bit-identical to B calls of step(). Every BitLinear multiplies a [B, K] input, so the
   // weights are read once for the whole batch instead of B times.
@@ -132,10 +149,14 @@ class BasicModel {
   // logits of the tokens listed in `logit_rows` (ascending), [R, V]. Bit-identical to feeding
   // each sequence its tokens alone (prefill/step): every operation but the recurrence is per
   // token, and the recurrence runs in token order for each state.
+  // With `after` (optional; one per token, null where not wanted), *after[t] also receives the
+  // state of token t's sequence just after it (prefill_states).
   std::vector<float> forward_tokens(std::span<const int32_t> ids, std::span<State* const> states,
-                                    std::span<const int64_t> logit_rows) const {
+                                    std::span<const int64_t> logit_rows, std::span<State* const> after = {}) const {
     if (ids.size() != states.size())
       fail("forward_tokens", std::to_string(ids.size()) + " ids for " + std::to_string(states.size()) + " states");
+    if (!after.empty() && after.size() != ids.size())
+      fail("forward_tokens", std::to_string(ids.size()) + " ids for " + std::to_string(after.size()) + " snapshots");
     for (size_t i = 0; i < logit_rows.size(); ++i)
       if (logit_rows[i] < 0 || logit_rows[i] >= int64_t(ids.size()) || (i && logit_rows[i] <= logit_rows[i - 1]))
         fail("forward_tokens", "logit rows must be ascending token indices");
@@ -144,6 +165,8 @@ class BasicModel {
     if (ids.empty()) return logits;
     check_ids(ids);
     for (State* s : states) check_state(*s);
+    for (State* s : after)
+      if (s) check_state(*s);
     Lease lease(*this);
     size_t r = 0;
     // Passes of at most prefill_chunk tokens; the recurrence carries exactly across them.
@@ -152,8 +175,8 @@ class BasicModel {
       std::vector<int64_t> local;  // this chunk's logit rows
       const size_t r_first = r;
       for (; r < logit_rows.size() && logit_rows[r] < int64_t(t0 + m); ++r) local.push_back(logit_rows[r] - int64_t(t0));
-      forward(ids.data() + t0, int64_t(m), states.data() + t0, logits.data() + r_first * size_t(V), local, lease.scratch,
-              lease.ex);
+      forward(ids.data() + t0, int64_t(m), states.data() + t0, after.empty() ? nullptr : after.data() + t0,
+              logits.data() + r_first * size_t(V), local, lease.scratch, lease.ex);
     }
     return logits;
   }
@@ -191,8 +214,9 @@ class BasicModel {
   // The forward pass over m tokens; token t advances the recurrent state *sts[t] (the same
   // State for consecutive tokens of one sequence, or one per sequence in a batch). Writes the
   // logits of the tokens in `logit_rows` (ascending), one row of `logits` each.
-  void forward(const int32_t* ids, int64_t m, State* const* sts, float* logits, std::span<const int64_t> logit_rows,
-               Activations& a, const BasicExec<Acc>& ex) const {
+  // `snaps` (may be null): where token t's state is copied after it (null entries: nowhere).
+  void forward(const int32_t* ids, int64_t m, State* const* sts, State* const* snaps, float* logits,
+               std::span<const int64_t> logit_rows, Activations& a, const BasicExec<Acc>& ex) const {
     const Config& c = w_.config;
     const int64_t H = c.hidden_size;
     const double eps = c.rms_norm_eps;
@@ -207,16 +231,23 @@ class BasicModel {
       const Block& b = w_.blocks[l];
       a.h.resize(size_t(m));
       for (int64_t t = 0; t < m; ++t) a.h[size_t(t)] = sts[t]->h[l].data();
+      if (snaps) {
+        a.snap.resize(size_t(m));
+        for (int64_t t = 0; t < m; ++t) a.snap[size_t(t)] = snaps[t] ? snaps[t]->h[l].data() : nullptr;
+      }
       // Token mixer: x += mlgru(rmsnorm(x)), advancing this layer's recurrent states.
       rmsnorm_rows(x, m, b.attn_norm.data(), eps, xn, ex);
-      b.attn.forward(xn, m, a.h.data(), y, eps, a, ex);
+      b.attn.forward(xn, m, a.h.data(), y, eps, a, ex, snaps ? a.snap.data() : nullptr);
       add_rows(x, y, m, ex);
       // Channel mixer: x += glu(rmsnorm(x)).
       rmsnorm_rows(x, m, b.mlp_norm.data(), eps, xn, ex);
       b.mlp.forward(xn, m, y, a, ex);
       add_rows(x, y, m, ex);
     }
-    for (int64_t t = 0; t < m; ++t) ++sts[t]->position;
+    for (int64_t t = 0; t < m; ++t) {
+      ++sts[t]->position;
+      if (snaps && snaps[t]) snaps[t]->position = sts[t]->position;
+    }
     if (logit_rows.empty()) return;  // a prompt chunk whose logits nobody reads
 
     // logits = lm_head(rmsnorm(x)), for the rows asked for only.

@@ -95,6 +95,44 @@ class Sampler {
     return t;
   }
 
+  // Speculative sampling (Leviathan et al., Chen et al., 2023). `proposed` was drawn by a drafter
+  // from q (empty q: a drafter that proposes one token for certain, a point mass). It is kept with
+  // probability min(1, p/q), p being the distribution sample() would draw from; otherwise the
+  // token returned is drawn from max(0, p - q), renormalised. Either way the token returned is
+  // distributed exactly as sample()'s; `kept` says which happened. At temperature 0 this is
+  // "kept iff it is the argmax", and no random number is used.
+  int32_t verify(const std::vector<float>& logits, const std::vector<int32_t>& history, int32_t proposed,
+                 const std::vector<TokenProb>& q, bool& kept) {
+    const std::vector<TokenProb> d = distribution(logits, history);
+    std::unordered_map<int32_t, double> qm;
+    if (q.empty()) qm[proposed] = 1.0;
+    for (const auto& tp : q) qm[tp.id] = tp.p;
+    auto q_of = [&](int32_t id) {
+      const auto it = qm.find(id);
+      return it == qm.end() ? 0.0 : it->second;
+    };
+    double px = 0;
+    for (const auto& tp : d)
+      if (tp.id == proposed) px = tp.p;
+    const double qx = q_of(proposed);
+    kept = px > 0 && (px >= qx || double(rng_() >> 11) * 0x1p-53 < px / qx);
+    int32_t t = proposed;
+    if (!kept) {
+      std::vector<TokenProb> r;
+      for (const auto& tp : d) {
+        const double rest = double(tp.p) - q_of(tp.id);
+        if (rest > 0) r.push_back({tp.id, float(rest)});
+      }
+      t = r.empty() ? draw(d) : draw(r, /*restricted=*/true);
+    }
+    if (t >= 0) ++counts_[t];
+    return t;
+  }
+
+  // One draw from a distribution (distribution()'s), with this sampler's random numbers; the
+  // penalties do not count it (a drafter's proposal).
+  int32_t draw_from(const std::vector<TokenProb>& d) { return draw(d); }
+
   // Tokens drawn so far, by id (the presence and frequency penalties count them).
   const std::unordered_map<int32_t, int32_t>& counts() const { return counts_; }
 

@@ -1,0 +1,200 @@
+// mmfree: speculative decoding's drafters and the rule that sets how many tokens they draft.
+//
+// A drafter guesses the next few tokens; the model reads the pending token and every guess in one
+// pass (BasicModel::prefill_states, which costs about one step while decoding is memory-bound),
+// keeps the guesses it agrees with (Sampler::verify), adds one token of its own, and rolls its
+// recurrent state back to just after the last token kept: a copy of one D-vector per layer. The
+// loop that does this is generate_from's (generate.hpp). Greedy output is identical to plain
+// decoding; sampled output has exactly the model's distribution (docs/speculative.md).
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "mmfree/error.hpp"
+#include "mmfree/model.hpp"
+#include "mmfree/sampler.hpp"
+
+namespace mmfree {
+
+struct Draft {
+  std::vector<int32_t> tokens;
+  // q[i]: the distribution tokens[i] was drawn from (speculative sampling needs it); empty, or
+  // empty for a token: that token was proposed for certain (a point mass).
+  std::vector<std::vector<TokenProb>> q;
+};
+
+class Drafter {
+ public:
+  virtual ~Drafter() = default;
+  // Up to k tokens to follow `history` (the prompt and every token emitted so far).
+  virtual Draft propose(const std::vector<int32_t>& history, int k) = 0;
+  // How many tokens of the last proposal were kept: the history goes on with those and one more.
+  virtual void kept(int n) { (void)n; }
+};
+
+// Prompt-lookup decoding: the longest suffix of the history (at most n_max tokens, at least n_min)
+// that occurred before proposes what followed its latest earlier occurrence. No second model;
+// strong wherever the output repeats its input (quotations, extraction, edits, code).
+class LookupDrafter : public Drafter {
+ public:
+  explicit LookupDrafter(int n_max = 3, int n_min = 1) : n_max_(n_max), n_min_(n_min) {
+    if (n_min < 1 || n_max < n_min) fail("--lookup", "n-gram length must be at least 1");
+  }
+  Draft propose(const std::vector<int32_t>& h, int k) override {
+    Draft d;
+    const int64_t L = int64_t(h.size());
+    for (int64_t n = std::min<int64_t>(n_max_, L - 1); n >= n_min_ && k > 0; --n) {
+      const int32_t* key = h.data() + L - n;
+      // The latest earlier occurrence that has at least one token after it.
+      for (int64_t i = L - n - 1; i >= 0; --i) {
+        if (!std::equal(key, key + n, h.data() + i)) continue;
+        const int64_t from = i + n, to = std::min(L, from + k);
+        d.tokens.assign(h.begin() + from, h.begin() + to);
+        return d;
+      }
+    }
+    return d;
+  }
+
+ private:
+  int n_max_, n_min_;
+};
+
+// A smaller model of the same vocabulary drafts, greedily at temperature 0 and otherwise by
+// sampling its own distribution (which it reports as q). It keeps its own state, and rolls it back
+// like the target's: one copy per drafted token.
+template <class Acc>
+class DraftModelDrafter : public Drafter {
+ public:
+  DraftModelDrafter(const BasicModel<Acc>& draft, SamplerOptions o) : m_(draft), sampler_(without_penalties(o)) {
+    state_ = m_.new_state();
+  }
+  Draft propose(const std::vector<int32_t>& h, int k) override {
+    Draft d;
+    if (k <= 0 || h.empty()) return d;
+    // Catch up with the history (the tokens kept and the one the target added); start afresh when
+    // the history is not the one this state has read.
+    if (seen_.size() > h.size() || !std::equal(seen_.begin(), seen_.end(), h.begin())) {
+      state_ = m_.new_state();
+      seen_.clear();
+    }
+    if (seen_.size() == h.size()) {  // nothing new to read: step the last token again from a copy
+      state_ = m_.new_state();
+      seen_.clear();
+    }
+    logits_ = m_.prefill_last(std::span<const int32_t>(h.data() + seen_.size(), h.size() - seen_.size()), state_);
+    seen_ = h;
+    snaps_.resize(size_t(k));
+    snaps_[0] = state_;
+    const bool greedy = sampler_.options().temperature == 0;
+    for (int i = 0; i < k; ++i) {
+      int32_t t;
+      if (greedy) {
+        t = int32_t(std::max_element(logits_.begin(), logits_.end()) - logits_.begin());
+      } else {
+        std::vector<int32_t> ctx = seen_;
+        ctx.insert(ctx.end(), d.tokens.begin(), d.tokens.end());
+        auto q = sampler_.distribution(logits_, ctx);
+        t = sampler_.draw_from(q);
+        d.q.push_back(std::move(q));
+      }
+      d.tokens.push_back(t);
+      if (i + 1 < k) {
+        logits_ = m_.step(t, state_);
+        snaps_[size_t(i + 1)] = state_;
+      }
+    }
+    drafted_ = d.tokens;
+    return d;
+  }
+  void kept(int n) override {
+    // snaps_[i] has read the history and the first i drafted tokens; the last one never was.
+    const int k = int(drafted_.size());
+    if (k == 0) return;
+    const int at = std::min(n, k - 1);
+    state_ = snaps_[size_t(at)];
+    seen_.insert(seen_.end(), drafted_.begin(), drafted_.begin() + at);
+  }
+
+ private:
+  static SamplerOptions without_penalties(SamplerOptions o) {
+    o.presence_penalty = o.frequency_penalty = 0;  // they count drawn tokens; a draft draws many it drops
+    return o;
+  }
+  const BasicModel<Acc>& m_;
+  Sampler sampler_;
+  State state_;
+  std::vector<State> snaps_;
+  std::vector<float> logits_;
+  std::vector<int32_t> seen_, drafted_;
+};
+
+// The draft model must speak the target's vocabulary.
+template <class Acc>
+void check_draft_model(const BasicModel<Acc>& target, const BasicModel<Acc>& draft, const std::string& draft_path) {
+  if (draft.vocab_size() != target.vocab_size())
+    fail(draft_path, "cannot draft for this model: vocabulary of " + std::to_string(draft.vocab_size()) +
+                         " tokens, the model has " + std::to_string(target.vocab_size()));
+}
+
+// How many tokens to draft: the k that maximises the expected tokens per pass,
+// (1 - a^(k+1)) / (1 - a) for acceptance rate a, over the pass's measured cost (the model's pass
+// over k + 1 tokens and the drafter's time for k). Both are measured as decoding goes, with
+// recent passes weighing most, so a drafter that is rarely right soon drafts nothing (k = 0: a
+// plain step) and is tried again only as the evidence against it fades.
+class DraftLength {
+ public:
+  explicit DraftLength(int max_k, bool adaptive = true) : max_k_(std::max(0, max_k)), adaptive_(adaptive) {}
+
+  int next() const {
+    if (!adaptive_ || max_k_ == 0) return max_k_;
+    if (pass_[0] == 0) return 0;  // a plain step first: what drafting is weighed against
+    const double a = std::min(0.99, (kept_ + 1.0) / (drafted_ + 2.0));  // Laplace's rule, decayed counts
+    int best = 0;
+    double best_rate = 1.0 / cost(0);
+    for (int k = 1; k <= max_k_; ++k) {
+      const double tokens = (1 - std::pow(a, k + 1)) / (1 - a);
+      const double rate = tokens / cost(k);
+      if (rate > best_rate) best = k, best_rate = rate;
+    }
+    return best;
+  }
+  // A pass that drafted k tokens (the drafter took draft_seconds), kept n, and took pass_seconds.
+  void record(int k, int n, double pass_seconds, double draft_seconds) {
+    kept_ = kept_ * kDecay + n;
+    drafted_ = drafted_ * kDecay + k;
+    auto ema = [](double& v, double x) { v = v > 0 ? v + 0.25 * (x - v) : x; };
+    if (size_t(k) < pass_.size()) ema(pass_[size_t(k)], pass_seconds);
+    if (k > 0) ema(draft_per_token_, draft_seconds / k);
+  }
+  double acceptance() const { return (kept_ + 1.0) / (drafted_ + 2.0); }
+
+ private:
+  static constexpr double kDecay = 0.99;  // evidence halves in ~70 passes
+  // Seconds of a pass over k + 1 tokens plus drafting k. A length not measured yet is
+  // interpolated between the nearest measured ones, or, past the longest, guessed at 10% more per
+  // token (optimistic, so that longer drafts get tried; next() measures k = 0 first).
+  double cost(int k) const {
+    int lo = k, hi = k;
+    while (lo >= 0 && pass_[size_t(lo)] == 0) --lo;
+    while (hi <= max_k_ && pass_[size_t(hi)] == 0) ++hi;
+    double c;
+    if (lo == k) c = pass_[size_t(k)];
+    else if (lo >= 0 && hi <= max_k_) c = pass_[size_t(lo)] + (pass_[size_t(hi)] - pass_[size_t(lo)]) * (k - lo) / (hi - lo);
+    else if (lo >= 0) c = pass_[size_t(lo)] * (1 + 0.1 * (k - lo));
+    else c = 1 + 0.1 * k;
+    return c + draft_per_token_ * k;
+  }
+  int max_k_;
+  bool adaptive_;
+  double kept_ = 0, drafted_ = 0, draft_per_token_ = 0;
+  std::vector<double> pass_ = std::vector<double>(65, 0.0);
+};
+
+}  // namespace mmfree
