@@ -108,4 +108,28 @@ inline std::shared_ptr<const mmfree::Grammar> grammar_from_args(const Args& a) {
       mmfree::Grammar::parse(a.has("grammar") ? text : mmfree::JsonSchemaGrammar::convert_text(text, file), file));
 }
 
+// --draft MODEL or --lookup N (and --draft-tokens K): speculative decoding's drafter for `g`,
+// whose sampling it follows. The draft model, when there is one, is loaded into `draft` (the
+// drafter refers to it).
+inline void drafter_from_args(const Args& a, const mmfree::Model& target, mmfree::GenerateOptions& g,
+                              std::shared_ptr<const mmfree::Model>& draft) {
+  if (a.has("draft") && a.has("lookup")) mmfree::fail("--draft", "give --draft MODEL or --lookup N, not both");
+  if (a.has("draft-tokens") && !a.has("draft") && !a.has("lookup"))
+    mmfree::fail("--draft-tokens", "needs a drafter: --draft MODEL or --lookup N");
+  if (a.has("draft-tokens")) g.draft_tokens = int(mmfree::parse_int(a.str("draft-tokens"), "--draft-tokens", 1, 64));
+  if (a.has("lookup")) {
+    const int n = int(mmfree::parse_int(a.str("lookup"), "--lookup", 1, 64));
+    g.drafter = [n] { return std::make_unique<mmfree::LookupDrafter>(n); };
+  } else if (a.has("draft")) {
+    mmfree::ModelOptions o = model_options(a);
+    o.kernels.clear();  // the target's forced kernels may not suit the draft's shapes; it measures its own
+    o.pool = target.options().pool;  // the two run in turn: one set of threads
+    draft = std::make_shared<const mmfree::Model>(mmfree::load_model(a.str("draft"), o));
+    mmfree::check_draft_model(target, *draft, a.str("draft"));
+    mmfree::SamplerOptions s = g.sampling;
+    s.seed = g.sampling.seed ^ 0x9e3779b97f4a7c15ull;  // the drafter draws its own random numbers
+    g.drafter = [d = draft, s] { return std::make_unique<mmfree::DraftModelDrafter<mmfree::CpuAccumulate>>(*d, s); };
+  }
+}
+
 }  // namespace cli

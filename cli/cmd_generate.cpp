@@ -48,6 +48,10 @@ void print_stats(const mmfree::Model& m, const mmfree::GenerateStats& st) {
                (long long)st.generated_tokens, st.time_to_first_token * 1e3, double(mmfree::peak_rss_bytes()) / (1 << 20),
                m.options().threads, m.kernel_choice().decode.chosen.name, m.kernel_choice().batch.chosen.name,
                m.kernel_choice().prefill.chosen.name);
+  if (st.passes > 0)
+    std::fprintf(stderr, "speculative: accepted %lld of %lld drafted (%.0f%%), %.2f tokens per pass\n", (long long)st.accepted,
+                 (long long)st.drafted, st.drafted ? 100.0 * double(st.accepted) / double(st.drafted) : 0.0,
+                 double(st.generated_tokens) / double(st.passes));
 }
 
 }  // namespace
@@ -55,7 +59,7 @@ void print_stats(const mmfree::Model& m, const mmfree::GenerateStats& st) {
 int cmd_generate(const Args& a) {
   a.allow({"ids", "prompt", "file", "interactive", "save-state", "load-state", "max-new-tokens", "temperature", "top-k", "top-p", "min-p",
            "repeat-penalty", "repeat-last-n", "seed", "print-ids", "no-stats", "presence-penalty", "frequency-penalty",
-           "logit-bias", "grammar", "json-schema"});
+           "logit-bias", "grammar", "json-schema", "draft", "draft-tokens", "lookup"});
   const bool interactive = a.on("interactive");
   const int given = int(a.has("ids")) + int(a.has("prompt")) + int(a.has("file"));
   if (given > 1 || (given == 0 && !interactive && !a.has("load-state")))
@@ -63,6 +67,8 @@ int cmd_generate(const Args& a) {
   mmfree::GenerateOptions g = generate_options(a);
 
   mmfree::Model m = load(a);
+  std::shared_ptr<const mmfree::Model> draft;
+  drafter_from_args(a, m, g, draft);
   std::optional<mmfree::Tokenizer> tok;
   std::string prompt_text;
   std::vector<int32_t> prompt;

@@ -34,6 +34,10 @@ const std::vector<Command>& commands() {
        "  --grammar FILE.gbnf | --json-schema FILE.json  only text the grammar (llama.cpp's GBNF) or\n"
        "                         the schema allows; generation ends where it is complete\n"
        "  --print-ids            print the token ids (prompt and generated) instead of text; exactly -n tokens\n"
+       "  --draft MODEL          speculative decoding: a smaller model of the same vocabulary drafts tokens and\n"
+       "                         one pass of this model checks them (greedy output unchanged; sampling exact)\n"
+       "  --lookup N             speculative decoding drafting from n-grams (up to N tokens) of the text so far\n"
+       "  --draft-tokens K       at most K drafted tokens per pass (default 8; fewer as acceptance says)\n"
        "  --no-stats             no statistics line on stderr\n",
        cmd_generate},
       {"serve", "an OpenAI-compatible HTTP server that decodes all its requests as one batch",
@@ -100,6 +104,10 @@ const std::vector<Command>& commands() {
        "                         (read bandwidth and int8 peak measured in the same run), and a prefill of -p\n"
        "  --grammar F.gbnf | --json-schema F.json   instead: -n tokens decoded with the constraint against\n"
        "                         without it (temperature 1, no filters; the last -t), and the cost of its masks\n"
+       "  --speculate A[,A...]   instead: speculative decoding with a synthetic drafter whose tokens are right\n"
+       "                         with probability A, against plain decoding (tokens/s, tokens per pass), and\n"
+       "                         the cost of a verification pass of k + 1 tokens (-p defaults to 32 here)\n"
+       "  --draft-tokens K       with --speculate: drafts of at most K tokens (default 8)\n"
        "  --json                 JSON instead of a table\n",
        cmd_bench},
       {"convert", "a Hugging Face checkpoint to GGUF",

@@ -28,29 +28,6 @@ const std::vector<int32_t>& prompt() {
   return p;
 }
 
-// Proposes a script's tokens (the plain run's continuation), each wrong with probability 1 - alpha.
-class ScriptDrafter : public Drafter {
- public:
-  ScriptDrafter(std::vector<int32_t> script, size_t prompt_len, double alpha, uint64_t seed, int32_t vocab)
-      : script_(std::move(script)), prompt_len_(prompt_len), alpha_(alpha), rng_(seed), vocab_(vocab) {}
-  Draft propose(const std::vector<int32_t>& h, int k) override {
-    Draft d;
-    for (size_t g = h.size() - prompt_len_; d.tokens.size() < size_t(k) && g < script_.size(); ++g) {
-      int32_t t = script_[g];
-      if (std::uniform_real_distribution<double>(0, 1)(rng_) >= alpha_) t = (t + 1 + int32_t(rng_() % 7)) % vocab_;
-      d.tokens.push_back(t);
-    }
-    return d;
-  }
-
- private:
-  std::vector<int32_t> script_;
-  size_t prompt_len_;
-  double alpha_;
-  std::mt19937_64 rng_;
-  int32_t vocab_;
-};
-
 SamplerOptions greedy() {
   SamplerOptions o;
   o.temperature = 0;
@@ -190,16 +167,16 @@ TEST(Speculative, GreedyIdenticalForEveryDrafterKernelAndLength) {
         EXPECT_LE(st.accepted, st.drafted);
         g.drafter = [&] { return std::make_unique<DraftModelDrafter<CpuAccumulate>>(tiny, greedy()); };
         EXPECT_EQ(run(m, p, g, &st), plain) << "draft model";
-        g.drafter = [&] { return std::make_unique<ScriptDrafter>(plain, p.size(), 1.0, 1, int32_t(m.vocab_size())); };
+        g.drafter = [&] { return std::make_unique<ScriptedDrafter>(plain, p.size(), 1.0, 1, int32_t(m.vocab_size())); };
         EXPECT_EQ(run(m, p, g, &st), plain) << "always right";
         if (!adaptive) {
           EXPECT_EQ(st.accepted, st.drafted);
           EXPECT_LE(st.passes, 40 / (k + 1) + 1);
         }
-        g.drafter = [&] { return std::make_unique<ScriptDrafter>(plain, p.size(), 0.0, 2, int32_t(m.vocab_size())); };
+        g.drafter = [&] { return std::make_unique<ScriptedDrafter>(plain, p.size(), 0.0, 2, int32_t(m.vocab_size())); };
         EXPECT_EQ(run(m, p, g, &st), plain) << "always wrong";
         EXPECT_EQ(st.accepted, 0);
-        g.drafter = [&] { return std::make_unique<ScriptDrafter>(plain, p.size(), 0.6, 3, int32_t(m.vocab_size())); };
+        g.drafter = [&] { return std::make_unique<ScriptedDrafter>(plain, p.size(), 0.6, 3, int32_t(m.vocab_size())); };
         EXPECT_EQ(run(m, p, g, &st), plain) << "right 60% of the time";
       }
     }
@@ -227,7 +204,7 @@ TEST(Speculative, EndsInsideAPassLikePlainDecoding) {
           if (spec) {
             oo.draft_tokens = 4;
             oo.adaptive_draft = false;
-            oo.drafter = [&] { return std::make_unique<ScriptDrafter>(plain, p.size(), 1.0, 1, int32_t(m.vocab_size())); };
+            oo.drafter = [&] { return std::make_unique<ScriptedDrafter>(plain, p.size(), 1.0, 1, int32_t(m.vocab_size())); };
           }
           State s = m.new_state();
           std::vector<float> logits;

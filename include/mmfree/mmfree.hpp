@@ -22,6 +22,7 @@
 #include "mmfree/thread_pool.hpp"
 #include "mmfree/version.hpp"
 #include "mmfree/generate.hpp"
+#include "mmfree/speculative.hpp"
 #include "mmfree/grammar.hpp"
 #include "mmfree/grammar_filter.hpp"
 #include "mmfree/json_schema_grammar.hpp"

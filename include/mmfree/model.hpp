@@ -51,6 +51,10 @@ struct ModelOptions {
   int64_t prefill_chunk = 128;
   // Weights in 2 MiB pages (weight_arena.hpp): decoding streams them ~1.3x faster.
   bool huge_pages = true;
+  // Run on this pool instead of one of the model's own (threads is then its size): models used in
+  // turn, such as a draft model and its target, share one set of threads instead of two sets
+  // that would spin against each other.
+  std::shared_ptr<ThreadPool> pool;
 
   // Every option checked once, for the loader and the model alike.
   void validate() const {
@@ -64,11 +68,13 @@ class BasicModel {
  public:
   // `pool` (optional) is the loader's, reused: it must have opt.threads threads. `acc` is the
   // ternary accumulate every BitLinear runs through.
-  BasicModel(ModelWeights w, const ModelOptions& opt, std::unique_ptr<ThreadPool> pool = nullptr, Acc acc = {})
+  BasicModel(ModelWeights w, const ModelOptions& opt, std::shared_ptr<ThreadPool> pool = nullptr, Acc acc = {})
       : w_(std::move(w)), opt_(opt), pool_(std::move(pool)) {
     opt.validate();
-    if (!pool_) pool_ = std::make_unique<ThreadPool>(opt.threads);
-    pool_mutex_ = std::make_unique<std::mutex>();
+    if (!pool_) pool_ = opt.pool;
+    if (!pool_) pool_ = std::make_shared<ThreadPool>(opt.threads);
+    opt_.threads = pool_->size();
+    opt_.pool = pool_;
     exec_.accumulate = std::move(acc);
     if (!w_.arena) copy_into_arena(w_, opt_.format.value_or(w_.lm_head.weights().format), opt_.huge_pages, *pool_);
     const TernaryFormat f = format();
@@ -202,7 +208,7 @@ class BasicModel {
     std::unique_lock<std::mutex> lock;
     BasicExec<Acc> ex;
     Activations& scratch;
-    explicit Lease(const BasicModel& m) : lock(*m.pool_mutex_, std::try_to_lock), ex(m.exec_), scratch(thread_scratch()) {
+    explicit Lease(const BasicModel& m) : lock(m.pool_->driver(), std::try_to_lock), ex(m.exec_), scratch(thread_scratch()) {
       ex.pool = lock.owns_lock() ? m.pool_.get() : nullptr;
     }
     static Activations& thread_scratch() {
@@ -276,8 +282,7 @@ class BasicModel {
   ModelOptions opt_;
   BasicExec<Acc> exec_;
   kernels::KernelChoice choice_;
-  std::unique_ptr<ThreadPool> pool_;
-  std::unique_ptr<std::mutex> pool_mutex_;
+  std::shared_ptr<ThreadPool> pool_;
 };
 
 // The model on this CPU's kernels: what every loader returns and every user holds.

@@ -33,12 +33,12 @@ inline ModelWeights load_weights(const std::string& path, const ModelOptions& op
   return HfLoader(path).load(opt.format.value_or(kDefaultFormat), opt.huge_pages, pool);
 }
 
-// Loads with opt.threads threads, then keeps the pool for the Model.
+// Loads with opt.threads threads (or opt.pool's), then keeps the pool for the Model.
 // Kernels are chosen by measuring them on this CPU (kernels/chooser.hpp) unless opt forces them
 // or brings its own choose_kernels.
 inline Model load_model(const std::string& path, const ModelOptions& opt = {}) {
   opt.validate();
-  auto pool = std::make_unique<ThreadPool>(opt.threads);
+  std::shared_ptr<ThreadPool> pool = opt.pool ? opt.pool : std::make_shared<ThreadPool>(opt.threads);
   ModelWeights w = load_weights(path, opt, *pool);
   ModelOptions o = opt;
   if (o.kernels.empty() && !o.choose_kernels) {

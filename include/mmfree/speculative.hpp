@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -133,6 +134,35 @@ class DraftModelDrafter : public Drafter {
   std::vector<State> snaps_;
   std::vector<float> logits_;
   std::vector<int32_t> seen_, drafted_;
+};
+
+// For measuring the mechanism (bench --speculate) and for tests: proposes a continuation known in
+// advance (a plain run's output after a prompt of prompt_len tokens), each token replaced by a
+// wrong one with probability 1 - alpha. Synthetic: says nothing about how often a real drafter
+// is right.
+class ScriptedDrafter : public Drafter {
+ public:
+  ScriptedDrafter(std::vector<int32_t> script, size_t prompt_len, double alpha, uint64_t seed, int32_t vocab)
+      : script_(std::move(script)), prompt_len_(prompt_len), alpha_(alpha), rng_(seed), vocab_(vocab) {
+    if (!(alpha >= 0 && alpha <= 1)) fail("alpha", "must be in [0, 1]");
+    if (vocab < 9) fail("vocab", "too small to propose wrong tokens");
+  }
+  Draft propose(const std::vector<int32_t>& h, int k) override {
+    Draft d;
+    for (size_t g = h.size() - prompt_len_; d.tokens.size() < size_t(k) && g < script_.size(); ++g) {
+      int32_t t = script_[g];
+      if (std::uniform_real_distribution<double>(0, 1)(rng_) >= alpha_) t = (t + 1 + int32_t(rng_() % 7)) % vocab_;
+      d.tokens.push_back(t);
+    }
+    return d;
+  }
+
+ private:
+  std::vector<int32_t> script_;
+  size_t prompt_len_;
+  double alpha_;
+  std::mt19937_64 rng_;
+  int32_t vocab_;
 };
 
 // The draft model must speak the target's vocabulary.

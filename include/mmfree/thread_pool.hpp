@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -49,6 +50,9 @@ class ThreadPool {
   }
 
   int size() const { return n_; }
+  // Held by whoever drives the pool (one caller at a time): models sharing a pool (a draft model
+  // and its target) take turns, and a caller that finds it taken computes on its own thread.
+  std::mutex& driver() { return driver_; }
 
   // Calls fn(i) for i in [0, n_tasks) across the pool; returns when all are done.
   // Not re-entrant: callers serialise use of one pool (Model does).
@@ -121,6 +125,7 @@ class ThreadPool {
   std::atomic<int> pending_{0};
   int n_tasks_ = 0;
   const std::function<void(int)>* fn_ = nullptr;
+  std::mutex driver_;
 };
 
 }  // namespace mmfree

@@ -1,0 +1,140 @@
+// mmfree-cli bench --speculate: the mechanism of speculative decoding, measured with a synthetic
+// drafter (ScriptedDrafter) that proposes the model's own greedy continuation, each token wrong
+// with probability 1 - ALPHA. It says how fast decoding gets at a given acceptance rate, not how
+// often a real drafter is right (README, "Speculative decoding").
+#include <chrono>
+
+#include "commands.hpp"
+#include "mmfree/roofline.hpp"
+
+namespace cli {
+
+namespace {
+
+double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+}  // namespace
+
+int bench_speculate(const Args& a, int32_t threads, int64_t prompt_tokens, int64_t n, int64_t reps, bool json) {
+  std::vector<double> alphas;
+  {
+    const std::string v = a.str("speculate");
+    size_t i = 0;
+    while (i <= v.size()) {
+      size_t j = v.find(',', i);
+      if (j == std::string::npos) j = v.size();
+      alphas.push_back(mmfree::parse_double(v.substr(i, j - i), "--speculate", 0, 1));
+      i = j + 1;
+    }
+  }
+  const int max_k = a.has("draft-tokens") ? int(mmfree::parse_int(a.str("draft-tokens"), "--draft-tokens", 1, 64)) : 8;
+  const std::string path = model_path(a);
+  mmfree::ModelOptions o = model_options(a);
+  o.threads = threads;
+  const mmfree::Model m = mmfree::load_model(path, o);
+  const int32_t V = int32_t(m.vocab_size());
+  std::vector<int32_t> prompt(static_cast<size_t>(prompt_tokens));
+  for (int64_t i = 0; i < prompt_tokens; ++i) prompt[size_t(i)] = int32_t(1 + (i * 7919) % (V - 1));
+  using clk = std::chrono::steady_clock;
+  auto seconds_since = [](clk::time_point t) { return std::chrono::duration<double>(clk::now() - t).count(); };
+
+  mmfree::GenerateOptions g;
+  g.sampling.temperature = 0;
+  g.max_new_tokens = n;
+  g.draft_tokens = max_k;
+  std::vector<int32_t> truth;
+  mmfree::generate(m, prompt, g, [&](int32_t t) { return truth.push_back(t), true; });  // the script, and a warm-up
+
+  // Plain decoding and each ALPHA in interleaved rounds, so that a neighbour's burst on a shared
+  // machine slows all alike; medians over the rounds.
+  struct Run {
+    double alpha;
+    std::vector<double> tps, per_pass, acceptance, mean_k;
+  };
+  std::vector<Run> runs;
+  for (double al : alphas) runs.push_back({al, {}, {}, {}, {}});
+  std::vector<double> plain_tps;
+  for (int64_t r = 0; r < reps; ++r) {
+    const auto st = mmfree::generate(m, prompt, g, [&](int32_t) { return true; });
+    plain_tps.push_back(st.decode_tokens_per_second());
+    for (Run& run : runs) {
+      mmfree::GenerateOptions sg = g;
+      sg.drafter = [&, al = run.alpha, r] {
+        return std::make_unique<mmfree::ScriptedDrafter>(truth, prompt.size(), al, uint64_t(r) + 1, V);
+      };
+      std::vector<int32_t> out;
+      const auto ss = mmfree::generate(m, prompt, sg, [&](int32_t t) { return out.push_back(t), true; });
+      if (out != truth) fail("bench --speculate", "speculative output differs from plain decoding (a bug: please report it)");
+      // Decode speed over the same span as plain decoding's: every token after the first.
+      run.tps.push_back(ss.decode_tokens_per_second());
+      run.per_pass.push_back(double(ss.generated_tokens) / double(std::max<int64_t>(1, ss.passes)));
+      run.acceptance.push_back(ss.drafted ? double(ss.accepted) / double(ss.drafted) : 0.0);
+      run.mean_k.push_back(double(ss.drafted) / double(std::max<int64_t>(1, ss.passes)));
+    }
+  }
+
+  // A verification pass over k + 1 tokens against one decoding step, k = 1 .. max(8, max_k).
+  const int kmax = std::max(8, max_k);
+  mmfree::State base = m.new_state();
+  m.prefill_last(prompt, base);
+  std::vector<std::vector<double>> pass_s(size_t(kmax + 1));
+  std::vector<mmfree::State> after;
+  for (int64_t r = 0; r < 3 * reps; ++r) {
+    for (int k = 0; k <= kmax; ++k) {
+      std::vector<int32_t> ids(size_t(k + 1));
+      for (int i = 0; i <= k; ++i) ids[size_t(i)] = truth[size_t(i) % truth.size()];
+      mmfree::State s = base;
+      const int iters = 8;
+      const auto t0 = clk::now();
+      for (int it = 0; it < iters; ++it) {
+        s = base;
+        if (k == 0) m.step(ids[0], s);
+        else m.prefill_states(ids, s, after);
+      }
+      pass_s[size_t(k)].push_back(seconds_since(t0) / iters);
+    }
+  }
+  const double step_s = median_of(pass_s[0]);
+  const double plain = median_of(plain_tps);
+  const std::string cpu = mmfree::roofline::cpu_model();
+  const auto& c = m.config();
+  const std::string desc = std::to_string(c.num_hidden_layers) + "x" + std::to_string(c.hidden_size) + " " +
+                           mmfree::format_name(m.format());
+  if (json) {
+    nlohmann::json costs = nlohmann::json::array();
+    for (int k = 1; k <= kmax; ++k)
+      costs.push_back({{"k", k}, {"tokens", k + 1}, {"ms", median_of(pass_s[size_t(k)]) * 1e3},
+                       {"of_step", median_of(pass_s[size_t(k)]) / step_s}});
+    nlohmann::json out = nlohmann::json::array();
+    for (const Run& run : runs)
+      out.push_back({{"alpha", run.alpha}, {"speedup", median_of(run.tps) / plain}, {"tps", median_of(run.tps)},
+                     {"plain_tps", plain}, {"tokens_per_pass", median_of(run.per_pass)},
+                     {"acceptance", median_of(run.acceptance)}, {"mean_draft", median_of(run.mean_k)},
+                     {"drafter", "synthetic"}, {"max_draft", max_k}, {"tokens", n}, {"model", path}, {"desc", desc},
+                     {"cpu", cpu}, {"threads", threads}, {"step_ms", step_s * 1e3}, {"pass_cost", costs}});
+    std::printf("%s\n", out.dump(2).c_str());
+    return 0;
+  }
+  std::printf("synthetic drafter (the model's own greedy tokens, each wrong with probability 1 - alpha); %s, %s, %d threads, "
+              "%lld tokens, drafts of at most %d\n\n",
+              cpu.c_str(), desc.c_str(), threads, (long long)n, max_k);
+  std::printf("| alpha | tok/s | plain tok/s | speedup | tokens per pass | accepted | mean draft |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
+  for (const Run& run : runs)
+    std::printf("| %.2f | %.1f | %.1f | %.2fx | %.2f | %.0f%% | %.2f |\n", run.alpha, median_of(run.tps), plain,
+                median_of(run.tps) / plain, median_of(run.per_pass), 100 * median_of(run.acceptance), median_of(run.mean_k));
+  std::printf("\nverification pass of k + 1 tokens, against one decoding step (%.2f ms)\n\n", step_s * 1e3);
+  std::printf("| k |");
+  for (int k = 1; k <= kmax; ++k) std::printf(" %d |", k);
+  std::printf("\n| --- |");
+  for (int k = 1; k <= kmax; ++k) std::printf(" --- |");
+  std::printf("\n| x step |");
+  for (int k = 1; k <= kmax; ++k) std::printf(" %.2f |", median_of(pass_s[size_t(k)]) / step_s);
+  std::printf("\n");
+  return 0;
+}
+
+}  // namespace cli
