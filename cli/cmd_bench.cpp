@@ -218,7 +218,7 @@ int bench_grammar(const Args& a, int32_t threads, int64_t n, int64_t reps, bool 
 // repeated -r times; mean +- stddev. Figures come from the same model in this process.
 int cmd_bench(const Args& a) {
   a.allow({"prompt-tokens", "max-new-tokens", "threads-list", "repetitions", "json", "batch", "grammar", "json-schema", "speculate",
-           "draft-tokens"});
+           "draft-tokens", "draft", "lookup", "file"});
   const std::string path = model_path(a);
   const int64_t p = a.has("prompt-tokens") ? mmfree::parse_int(a.str("prompt-tokens"), "-p", 1, 1 << 16) : 512;
   const int64_t n = a.has("max-new-tokens") ? mmfree::parse_int(a.str("max-new-tokens"), "-n", 1, 1 << 16) : 128;
@@ -232,6 +232,7 @@ int cmd_bench(const Args& a) {
   const bool json = a.on("json");
   if (a.has("batch")) return bench_batches(a, threads, reps, p, json);
   if (a.has("grammar") || a.has("json-schema")) return bench_grammar(a, threads.back(), n, reps, json);
+  if (a.has("draft") || a.has("lookup")) return bench_drafter(a, threads.back(), n, reps, json);
   if (a.has("speculate")) return bench_speculate(a, threads.back(), a.has("prompt-tokens") ? p : 32, n, reps, json);
   struct Row {
     int threads;

@@ -137,4 +137,81 @@ int bench_speculate(const Args& a, int32_t threads, int64_t prompt_tokens, int64
   return 0;
 }
 
+// bench --draft MODEL | --lookup N -f PROMPTS: a real drafter on real text. Each line of PROMPTS is
+// a prompt; each is decoded greedily with and without the drafter (alternately, -r times), and
+// the drafter's acceptance and the speedup are reported over all of them.
+int bench_drafter(const Args& a, int32_t threads, int64_t n, int64_t reps, bool json) {
+  if (!a.has("file")) fail("bench --draft/--lookup", "give the prompts, one per line: -f FILE");
+  const std::string path = model_path(a);
+  mmfree::ModelOptions o = model_options(a);
+  o.threads = threads;
+  const mmfree::Model m = mmfree::load_model(path, o);
+  const mmfree::Tokenizer tok = mmfree::load_tokenizer(path);
+  mmfree::GenerateOptions g;
+  g.sampling.temperature = 0;
+  g.max_new_tokens = n;
+  g.eos_id = int32_t(m.config().eos_token_id);
+  mmfree::GenerateOptions sg = g;
+  std::shared_ptr<const mmfree::Model> draft;
+  drafter_from_args(a, m, sg, draft);
+  // The rate at which the drafter is right, measured with drafts of a fixed length (the adaptive
+  // length drafts little where it is often wrong, which would leave the rate poorly measured).
+  mmfree::GenerateOptions fixed = sg;
+  fixed.adaptive_draft = false;
+  if (!a.has("draft-tokens")) fixed.draft_tokens = 4;
+  std::vector<std::vector<int32_t>> prompts;
+  {
+    const std::string text = read_text_file(a.str("file"));
+    size_t i = 0;
+    while (i < text.size()) {
+      size_t j = text.find('\n', i);
+      if (j == std::string::npos) j = text.size();
+      if (j > i) prompts.push_back(tok.encode(text.substr(i, j - i), true));
+      i = j + 1;
+    }
+  }
+  if (prompts.empty()) fail(a.str("file"), "has no prompts (one per line)");
+  double plain_s = 0, spec_s = 0;
+  int64_t plain_tokens = 0, spec_tokens = 0, drafted = 0, accepted = 0, passes = 0, right = 0, wrong = 0;
+  for (int64_t r = 0; r < reps; ++r)
+    for (const auto& p : prompts) {
+      std::vector<int32_t> x, y;
+      const auto a0 = mmfree::generate(m, p, g, [&](int32_t t) { return x.push_back(t), true; });
+      const auto a1 = mmfree::generate(m, p, sg, [&](int32_t t) { return y.push_back(t), true; });
+      if (x != y) fail("bench", "speculative output differs from plain decoding (a bug: please report it)");
+      // Whole decode time, first token included, so that both count the same tokens.
+      plain_s += a0.decode_seconds + a0.time_to_first_token - a0.prefill_seconds;
+      spec_s += a1.decode_seconds + a1.time_to_first_token - a1.prefill_seconds;
+      plain_tokens += a0.generated_tokens, spec_tokens += a1.generated_tokens;
+      drafted += a1.drafted, accepted += a1.accepted, passes += a1.passes;
+      std::vector<int32_t> z;
+      const auto a2 = mmfree::generate(m, p, fixed, [&](int32_t t) { return z.push_back(t), true; });
+      if (z != x) fail("bench", "speculative output differs from plain decoding (a bug: please report it)");
+      right += a2.accepted, wrong += a2.rejected;
+    }
+  const double alpha = right + wrong ? double(right) / double(right + wrong) : 0.0;
+  const double pt = double(plain_tokens) / plain_s, st = double(spec_tokens) / spec_s;
+  const std::string drafter = a.has("draft") ? "draft " + a.str("draft") : "lookup " + a.str("lookup");
+  const std::string cpu = mmfree::roofline::cpu_model();
+  if (json) {
+    std::printf("%s\n", nlohmann::json{{"model", path}, {"drafter", drafter}, {"prompts", a.str("file")},
+                                       {"cpu", cpu}, {"threads", threads}, {"tokens", spec_tokens},
+                                       {"plain_tps", pt}, {"tps", st}, {"speedup", st / pt},
+                                       {"acceptance", drafted ? double(accepted) / double(drafted) : 0.0},
+                                       {"alpha", alpha}, {"alpha_draft_tokens", fixed.draft_tokens},
+                                       {"tokens_per_pass", double(spec_tokens) / double(std::max<int64_t>(1, passes))}}
+                            .dump(2)
+                            .c_str());
+    return 0;
+  }
+  std::printf("| model | drafter | prompts | CPU | threads | plain tok/s | tok/s | speedup | accepted | tokens per pass | "
+              "alpha (drafts of %d) |\n", fixed.draft_tokens);
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  std::printf("| %s | %s | %zu | %s | %d | %.1f | %.1f | %.2fx | %lld of %lld (%.0f%%) | %.2f | %.2f |\n", path.c_str(),
+              drafter.c_str(), prompts.size(), cpu.c_str(), threads, pt, st, st / pt, (long long)accepted, (long long)drafted,
+              drafted ? 100.0 * double(accepted) / double(drafted) : 0.0,
+              double(spec_tokens) / double(std::max<int64_t>(1, passes)), alpha);
+  return 0;
+}
+
 }  // namespace cli

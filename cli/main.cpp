@@ -107,7 +107,9 @@ const std::vector<Command>& commands() {
        "  --speculate A[,A...]   instead: speculative decoding with a synthetic drafter whose tokens are right\n"
        "                         with probability A, against plain decoding (tokens/s, tokens per pass), and\n"
        "                         the cost of a verification pass of k + 1 tokens (-p defaults to 32 here)\n"
-       "  --draft-tokens K       with --speculate: drafts of at most K tokens (default 8)\n"
+       "  --draft MODEL | --lookup N  -f PROMPTS   instead: a real drafter on real text, greedy, against plain\n"
+       "                         decoding: acceptance and speedup over the prompts of PROMPTS (one per line)\n"
+       "  --draft-tokens K       with --speculate, --draft or --lookup: drafts of at most K tokens (default 8)\n"
        "  --json                 JSON instead of a table\n",
        cmd_bench},
       {"convert", "a Hugging Face checkpoint to GGUF",

@@ -65,6 +65,35 @@ TEST(Cli, GenerateGreedyPrintsIds) {
   EXPECT_EQ(r.out, expect + "\n");
 }
 
+// Speculative decoding changes how fast, never what: the goldens again, drafted by kjv-tiny for the
+// bundled model and by lookup, with the acceptance on the stats line.
+TEST(Cli, GenerateWithADrafterPrintsTheSameIds) {
+  const std::string ids = " --ids 1,1142,333,2693,1142,333 -n 40 --temperature 0 --print-ids";
+  const CliRun plain = run_cli("generate" + ids);
+  ASSERT_EQ(plain.code, 0) << plain.err;
+  for (const std::string& drafter : std::vector<std::string>{" --draft " + kTiny, " --lookup 2", " --lookup 3 --draft-tokens 3"}) {
+    SCOPED_TRACE(drafter);
+    const CliRun r = run_cli("generate" + ids + drafter);
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(r.out, plain.out);
+    EXPECT_NE(r.err.find("speculative: accepted "), std::string::npos) << r.err;
+  }
+  struct Case {
+    std::string args, msg;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"--draft " + kTiny + " --lookup 2", "--draft: give --draft MODEL or --lookup N, not both"},
+           {"--draft-tokens 4", "--draft-tokens: needs a drafter"},
+           {"--lookup 2 --draft-tokens 0", "--draft-tokens: '0' is out of range"},
+           {"--lookup 0", "--lookup: '0' is out of range"},
+           {"--draft /nonexistent/model", "/nonexistent/model"},
+           {"--draft " + data_dir() + "/odd-b", "cannot draft for this model"}}) {
+    const CliRun r = run_cli("generate --ids 1,5 -n 3 " + c.args);
+    EXPECT_NE(r.code, 0) << c.args;
+    EXPECT_NE(r.err.find(c.msg), std::string::npos) << c.args << ": " << r.err;
+  }
+}
+
 TEST(Cli, BadInputsFailWithMessages) {
   struct Case {
     std::string args, msg;

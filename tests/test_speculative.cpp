@@ -126,6 +126,9 @@ TEST(Speculative, LookupProposesWhatFollowedTheLatestMatch) {
   const std::vector<int32_t> h2 = {7, 8, 9, 10, 5, 8, 9, 11, 7, 8, 9};
   EXPECT_EQ(d.propose(h2, 1).tokens, (std::vector<int32_t>{10}));
   EXPECT_TRUE(d.propose({1, 2, 3, 4}, 3).tokens.empty());
+  // One token in common is not enough by default; it is with n_min = 1.
+  EXPECT_TRUE(d.propose({4, 5, 6, 4}, 2).tokens.empty());
+  EXPECT_EQ(LookupDrafter(3, 1).propose({4, 5, 6, 4}, 2).tokens, (std::vector<int32_t>{5, 6}));
   EXPECT_TRUE(d.propose({5}, 3).tokens.empty());
   EXPECT_NE(test::error_of([] { LookupDrafter bad(0); }).find("--lookup"), std::string::npos);
 }
@@ -171,11 +174,14 @@ TEST(Speculative, GreedyIdenticalForEveryDrafterKernelAndLength) {
         EXPECT_EQ(run(m, p, g, &st), plain) << "always right";
         if (!adaptive) {
           EXPECT_EQ(st.accepted, st.drafted);
+          EXPECT_EQ(st.rejected, 0);
           EXPECT_LE(st.passes, 40 / (k + 1) + 1);
         }
         g.drafter = [&] { return std::make_unique<ScriptedDrafter>(plain, p.size(), 0.0, 2, int32_t(m.vocab_size())); };
         EXPECT_EQ(run(m, p, g, &st), plain) << "always wrong";
         EXPECT_EQ(st.accepted, 0);
+        EXPECT_EQ(st.rejected, st.drafted ? st.passes - (st.passes - st.rejected) : 0);
+        EXPECT_GT(st.rejected, 0);
         g.drafter = [&] { return std::make_unique<ScriptedDrafter>(plain, p.size(), 0.6, 3, int32_t(m.vocab_size())); };
         EXPECT_EQ(run(m, p, g, &st), plain) << "right 60% of the time";
       }

@@ -50,7 +50,10 @@ struct GenerateOptions {
 struct GenerateStats {
   int64_t prompt_tokens = 0, generated_tokens = 0;
   double prefill_seconds = 0, decode_seconds = 0, time_to_first_token = 0;
-  int64_t passes = 0, drafted = 0, accepted = 0;  // speculative decoding: model passes, tokens drafted and kept
+  // Speculative decoding: model passes, tokens drafted, kept, and refused (at most one a pass: the
+  // rest of a draft after a refusal is never checked). accepted / (accepted + rejected) is the
+  // rate at which the drafter's tokens are right, whatever the draft lengths.
+  int64_t passes = 0, drafted = 0, accepted = 0, rejected = 0;
   double prefill_tokens_per_second() const { return prefill_seconds > 0 ? double(prompt_tokens) / prefill_seconds : 0; }
   double decode_tokens_per_second() const {
     return decode_seconds > 0 && generated_tokens > 1 ? double(generated_tokens - 1) / decode_seconds : 0;
@@ -193,6 +196,7 @@ GenerateStats generate_speculative(const BasicModel<Acc>& model, State& state, s
       const int32_t t = i < nd ? sampler.verify(li, history, d.tokens[size_t(i)],
                                                 size_t(i) < d.q.size() ? d.q[size_t(i)] : std::vector<TokenProb>{}, ok)
                                : sampler.sample(li, history);
+      if (i < nd && !ok) ++st.rejected;
       const size_t before = history.size();
       const bool go = emit(t);
       if (history.size() > before) {

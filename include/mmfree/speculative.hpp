@@ -39,13 +39,14 @@ class Drafter {
   virtual void kept(int n) { (void)n; }
 };
 
-// Prompt-lookup decoding: the longest suffix of the history (at most n_max tokens, at least n_min)
-// that occurred before proposes what followed its latest earlier occurrence. No second model;
-// strong wherever the output repeats its input (quotations, extraction, edits, code).
+// Prompt-lookup decoding: the longest suffix of the history (at most n_max tokens, at least n_min;
+// by default 2, as one token matches almost anywhere) that occurred before proposes what followed
+// its latest earlier occurrence. No second model; strong wherever the output repeats its input
+// (quotations, extraction, edits, code).
 class LookupDrafter : public Drafter {
  public:
-  explicit LookupDrafter(int n_max = 3, int n_min = 1) : n_max_(n_max), n_min_(n_min) {
-    if (n_min < 1 || n_max < n_min) fail("--lookup", "n-gram length must be at least 1");
+  explicit LookupDrafter(int n_max = 3, int n_min = 2) : n_max_(n_max), n_min_(std::min(n_min, n_max)) {
+    if (n_min < 1 || n_max < 1) fail("--lookup", "n-gram length must be at least 1");
   }
   Draft propose(const std::vector<int32_t>& h, int k) override {
     Draft d;
