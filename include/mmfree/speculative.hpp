@@ -186,7 +186,7 @@ class DraftLength {
   int next() const {
     if (!adaptive_ || max_k_ == 0) return max_k_;
     if (pass_[0] == 0) return 0;  // a plain step first: what drafting is weighed against
-    const double a = std::min(0.99, (kept_ + 1.0) / (drafted_ + 2.0));  // Laplace's rule, decayed counts
+    const double a = std::min(0.99, acceptance());
     int best = 0;
     double best_rate = 1.0 / cost(0);
     for (int k = 1; k <= max_k_; ++k) {
@@ -204,13 +204,14 @@ class DraftLength {
     if (size_t(k) < pass_.size()) ema(pass_[size_t(k)], pass_seconds);
     if (k > 0) ema(draft_per_token_, draft_seconds / k);
   }
-  double acceptance() const { return (kept_ + 1.0) / (drafted_ + 2.0); }
+  // Kept over drafted with half a token of each to start from (0.5 before any evidence).
+  double acceptance() const { return (kept_ + 0.5) / (drafted_ + 1.0); }
 
  private:
   static constexpr double kDecay = 0.99;  // evidence halves in ~70 passes
   // Seconds of a pass over k + 1 tokens plus drafting k. A length not measured yet is
-  // interpolated between the nearest measured ones, or, past the longest, guessed at 10% more per
-  // token (optimistic, so that longer drafts get tried; next() measures k = 0 first).
+  // interpolated between the nearest measured ones, or, past the longest, extrapolated along the
+  // slope of the two longest measured (25% a token while only one is: next() measures k = 0 first).
   double cost(int k) const {
     int lo = k, hi = k;
     while (lo >= 0 && pass_[size_t(lo)] == 0) --lo;
@@ -218,8 +219,15 @@ class DraftLength {
     double c;
     if (lo == k) c = pass_[size_t(k)];
     else if (lo >= 0 && hi <= max_k_) c = pass_[size_t(lo)] + (pass_[size_t(hi)] - pass_[size_t(lo)]) * (k - lo) / (hi - lo);
-    else if (lo >= 0) c = pass_[size_t(lo)] * (1 + 0.1 * (k - lo));
-    else c = 1 + 0.1 * k;
+    else if (lo >= 0) {  // past the longest measured: along the slope of the two longest
+      int below = lo - 1;
+      while (below >= 0 && pass_[size_t(below)] == 0) --below;
+      const double slope = below >= 0 ? std::max(0.0, (pass_[size_t(lo)] - pass_[size_t(below)]) / (lo - below))
+                                      : 0.25 * pass_[size_t(lo)];
+      c = pass_[size_t(lo)] + slope * (k - lo);
+    } else {
+      c = 1 + 0.25 * k;
+    }
     return c + draft_per_token_ * k;
   }
   int max_k_;
