@@ -108,28 +108,40 @@ inline std::shared_ptr<const mmfree::Grammar> grammar_from_args(const Args& a) {
       mmfree::Grammar::parse(a.has("grammar") ? text : mmfree::JsonSchemaGrammar::convert_text(text, file), file));
 }
 
-// --draft MODEL or --lookup N (and --draft-tokens K): speculative decoding's drafter for `g`,
-// whose sampling it follows. The draft model, when there is one, is loaded into `draft` (the
-// drafter refers to it).
-inline void drafter_from_args(const Args& a, const mmfree::Model& target, mmfree::GenerateOptions& g,
-                              std::shared_ptr<const mmfree::Model>& draft) {
+// --draft MODEL or --lookup N (and --draft-tokens K): what drafts for speculative decoding.
+struct DrafterArgs {
+  std::shared_ptr<const mmfree::Model> draft;  // --draft: loaded, sharing the target's threads
+  int lookup = 0;                              // --lookup N
+  int draft_tokens = 8;
+  explicit operator bool() const { return draft || lookup > 0; }
+  // g's drafter, following g.sampling (a draft model samples as the target does, with its own
+  // random numbers), and its draft length bound.
+  void apply(mmfree::GenerateOptions& g) const {
+    g.draft_tokens = draft_tokens;
+    if (lookup > 0) {
+      g.drafter = [n = lookup] { return std::make_unique<mmfree::LookupDrafter>(n); };
+    } else if (draft) {
+      mmfree::SamplerOptions s = g.sampling;
+      s.seed ^= 0x9e3779b97f4a7c15ull;
+      g.drafter = [d = draft, s] { return std::make_unique<mmfree::DraftModelDrafter<mmfree::CpuAccumulate>>(*d, s); };
+    }
+  }
+};
+inline DrafterArgs drafter_args(const Args& a, const mmfree::Model& target) {
+  DrafterArgs d;
   if (a.has("draft") && a.has("lookup")) mmfree::fail("--draft", "give --draft MODEL or --lookup N, not both");
   if (a.has("draft-tokens") && !a.has("draft") && !a.has("lookup"))
     mmfree::fail("--draft-tokens", "needs a drafter: --draft MODEL or --lookup N");
-  if (a.has("draft-tokens")) g.draft_tokens = int(mmfree::parse_int(a.str("draft-tokens"), "--draft-tokens", 1, 64));
-  if (a.has("lookup")) {
-    const int n = int(mmfree::parse_int(a.str("lookup"), "--lookup", 1, 64));
-    g.drafter = [n] { return std::make_unique<mmfree::LookupDrafter>(n); };
-  } else if (a.has("draft")) {
+  if (a.has("draft-tokens")) d.draft_tokens = int(mmfree::parse_int(a.str("draft-tokens"), "--draft-tokens", 1, 64));
+  if (a.has("lookup")) d.lookup = int(mmfree::parse_int(a.str("lookup"), "--lookup", 1, 64));
+  if (a.has("draft")) {
     mmfree::ModelOptions o = model_options(a);
     o.kernels.clear();  // the target's forced kernels may not suit the draft's shapes; it measures its own
     o.pool = target.options().pool;  // the two run in turn: one set of threads
-    draft = std::make_shared<const mmfree::Model>(mmfree::load_model(a.str("draft"), o));
-    mmfree::check_draft_model(target, *draft, a.str("draft"));
-    mmfree::SamplerOptions s = g.sampling;
-    s.seed = g.sampling.seed ^ 0x9e3779b97f4a7c15ull;  // the drafter draws its own random numbers
-    g.drafter = [d = draft, s] { return std::make_unique<mmfree::DraftModelDrafter<mmfree::CpuAccumulate>>(*d, s); };
+    d.draft = std::make_shared<const mmfree::Model>(mmfree::load_model(a.str("draft"), o));
+    mmfree::check_draft_model(target, *d.draft, a.str("draft"));
   }
+  return d;
 }
 
 }  // namespace cli

@@ -152,8 +152,8 @@ int bench_drafter(const Args& a, int32_t threads, int64_t n, int64_t reps, bool 
   g.max_new_tokens = n;
   g.eos_id = int32_t(m.config().eos_token_id);
   mmfree::GenerateOptions sg = g;
-  std::shared_ptr<const mmfree::Model> draft;
-  drafter_from_args(a, m, sg, draft);
+  const DrafterArgs drafter_set = drafter_args(a, m);
+  drafter_set.apply(sg);
   // The rate at which the drafter is right, measured with drafts of a fixed length (the adaptive
   // length drafts little where it is often wrong, which would leave the rate poorly measured).
   mmfree::GenerateOptions fixed = sg;

@@ -67,8 +67,8 @@ int cmd_generate(const Args& a) {
   mmfree::GenerateOptions g = generate_options(a);
 
   mmfree::Model m = load(a);
-  std::shared_ptr<const mmfree::Model> draft;
-  drafter_from_args(a, m, g, draft);
+  const DrafterArgs drafter = drafter_args(a, m);
+  drafter.apply(g);
   std::optional<mmfree::Tokenizer> tok;
   std::string prompt_text;
   std::vector<int32_t> prompt;

@@ -87,6 +87,55 @@ TEST(Scheduler, SequencesGetWhatGenerateGivesAloneOrTogether) {
   EXPECT_GT(sched.stats().batched_tokens.load(), sched.stats().steps.load());  // sequences did share passes
 }
 
+// Speculative decoding in the scheduler: greedy sequences with a drafter (right 70% of the time,
+// or a lookup) give exactly what plain generate() gives, alone or among others, with or without
+// a prompt being read beside them, stopping anywhere inside a pass; a kept state has read every
+// token passed on, as plain decoding's has. With no room below the memory-bound limit, nobody drafts.
+TEST(Scheduler, SpeculativeSequencesGetWhatPlainDecodingGives) {
+  for (int64_t room : {16, 3, 0}) {
+    SCOPED_TRACE("speculative_tokens " + std::to_string(room));
+    SchedulerOptions so;
+    so.max_active = 4;
+    so.prefill_chunk = 5;
+    so.speculative_tokens = room;
+    Scheduler sched(model(), so);
+    std::vector<std::unique_ptr<Job>> runs;
+    std::vector<std::vector<int32_t>> want;
+    std::vector<State> want_state;
+    for (uint32_t k = 0; k < 6; ++k) {
+      GenerateOptions g = sampling(7 + 5 * k, 0, 0);  // greedy
+      g.eos_id = k == 5 ? 2 : -1;
+      const std::vector<int32_t> prompt = ids_of(4 + 6 * k, k);
+      want.push_back(reference(prompt, g));
+      // The plain state after the prompt and every token passed on.
+      State st = model().new_state();
+      model().prefill_last(join(prompt, want.back()), st);
+      want_state.push_back(std::move(st));
+      if (k % 2 == 0) {
+        g.drafter = [script = want.back(), n = prompt.size(), k] {
+          return std::make_unique<ScriptedDrafter>(script, n, 0.7, k + 1, 4096);
+        };
+      } else {
+        g.drafter = [] { return std::make_unique<LookupDrafter>(2, 1); };
+      }
+      g.draft_tokens = 4;
+      runs.push_back(std::make_unique<Job>(prompt, g));
+      runs.back()->seq->keep_state = true;
+    }
+    for (auto& r : runs) ASSERT_TRUE(sched.submit(r->seq));
+    for (size_t k = 0; k < runs.size(); ++k) {
+      runs[k]->wait();
+      EXPECT_EQ(runs[k]->tokens, want[k]) << "sequence " << k;
+      EXPECT_EQ(runs[k]->final_state.position, want_state[k].position) << "sequence " << k;
+      EXPECT_EQ(runs[k]->final_state.h, want_state[k].h) << "sequence " << k;
+    }
+    const int64_t generated = sched.stats().generated_tokens.load(), steps = sched.stats().steps.load();
+    if (room == 16) {
+      EXPECT_LT(steps, generated) << "drafts were kept, several tokens a step";
+    }
+  }
+}
+
 // n choices: forks start from a copy of the parent's state once it has read its prompt, and each
 // gets what generate() gives with its own seed. Prompt log-probabilities arrive in order and
 // equal those of one pass over the prompt; generated tokens' arrive before each token.

@@ -22,6 +22,7 @@
 
 #include "commands.hpp"
 #include "mmfree/grammar_filter.hpp"
+#include "mmfree/roofline.hpp"
 #include "mmfree/serve/prefix_cache.hpp"
 #include "mmfree/serve/request.hpp"
 #include "mmfree/serve/scheduler.hpp"
@@ -165,6 +166,7 @@ struct Service {
   mmfree::serve::PrefixCache* cache;  // nullptr: --prefix-cache 0
   mmfree::Scheduler& sched;
   std::shared_ptr<const mmfree::TokenTrie> trie;  // the vocabulary's bytes, for grammars
+  DrafterArgs drafter;                             // --draft / --lookup: speculative decoding
   std::atomic<int64_t> requests{0}, rejected{0}, errors{0};
   const std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 
@@ -258,6 +260,7 @@ struct Service {
       s.gen = r.gen;
       s.gen.sampling.seed = r.gen.sampling.seed + k;
       if (r.grammar) s.gen.constraint = [g = r.grammar, t = trie] { return std::make_unique<mmfree::GrammarFilter>(g, t); };
+      if (drafter) drafter.apply(s.gen);  // used while steps are memory-bound (SchedulerOptions::speculative_tokens)
       s.deadline = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                                           std::chrono::duration<double>(timeout));
       // Decoder and stop strings run on the scheduler thread; only their output crosses over.
@@ -529,6 +532,8 @@ struct Service {
     metric("mmfree_generated_tokens_total", "counter", "tokens generated", double(st.generated_tokens.load()));
     metric("mmfree_decode_steps_total", "counter", "batched decode steps", double(st.steps.load()));
     metric("mmfree_decode_batch_tokens_total", "counter", "tokens decoded in batched steps", double(st.batched_tokens.load()));
+    metric("mmfree_speculative_drafted_tokens_total", "counter", "tokens drafted for speculative decoding", double(st.drafted_tokens.load()));
+    metric("mmfree_speculative_accepted_tokens_total", "counter", "drafted tokens the model kept", double(st.accepted_tokens.load()));
     metric("mmfree_busy_seconds_total", "counter", "seconds spent in forward passes", busy);
     metric("mmfree_generated_tokens_per_second", "gauge", "tokens generated per second of forward passes",
            busy > 0 ? double(st.generated_tokens.load()) / busy : 0);
@@ -557,11 +562,27 @@ struct Service {
 
 }  // namespace
 
+// Tokens a step can hold while reading the weights still takes longer than their multiply-adds:
+// (weight bytes / read bandwidth) / (MACs per token / int8 peak), both measured now; at least 1,
+// at most 16 (and 16 where no int8 peak is measured).
+int64_t memory_bound_tokens(const mmfree::Model& m, double& bandwidth, double& peak) {
+  double bytes = 0, macs = 0;
+  mmfree::for_each_bitlinear(m.weights(), [&](const std::string&, const mmfree::BitLinear& l) {
+    bytes += double(l.weights().nbytes());
+    macs += double(l.in_features()) * double(l.out_features());
+  });
+  bandwidth = mmfree::roofline::bandwidth_now_gbs(m.options().threads);
+  peak = mmfree::roofline::int8_peak_gmacs(m.options().threads);
+  if (peak <= 0 || bandwidth <= 0) return 16;
+  return std::clamp<int64_t>(int64_t((bytes / bandwidth) / (macs / peak)), 1, 16);
+}
+
 int cmd_serve(const Args& a) {
   a.allow({"host", "port", "parallel", "queue", "api-key", "api-key-file", "allow-public", "max-body", "state-dir", "sessions-memory",
            "session-store", "persist-every",
            "max-prompt-tokens", "max-tokens", "timeout", "exit-with-parent", "name", "max-connections",
-           "max-connections-per-address", "request-time", "prefix-cache", "prefix-interval", "prefix-ttl"});
+           "max-connections-per-address", "request-time", "prefix-cache", "prefix-interval", "prefix-ttl", "draft", "lookup",
+           "draft-tokens", "speculative-tokens"});
   const std::string host = a.has("host") ? a.str("host") : "127.0.0.1";
   const int port = a.has("port") ? int(mmfree::parse_int(a.str("port"), "--port", 0, 65535)) : 8080;
   mmfree::SchedulerOptions so;
@@ -615,9 +636,16 @@ int cmd_serve(const Args& a) {
   if (a.has("prefix-interval")) po.interval = mmfree::parse_int(a.str("prefix-interval"), "--prefix-interval", 1, 1 << 24);
   std::unique_ptr<mmfree::serve::PrefixCache> cache;
   if (po.max_bytes > 0) cache = std::make_unique<mmfree::serve::PrefixCache>(model, po, store.get());
+  const DrafterArgs drafter = drafter_args(a, model);
+  if (a.has("speculative-tokens") && !drafter) fail("--speculative-tokens", "needs a drafter: --draft MODEL or --lookup N");
+  double knee_bw = 0, knee_peak = 0;
+  if (drafter)
+    so.speculative_tokens = a.has("speculative-tokens")
+                                ? mmfree::parse_int(a.str("speculative-tokens"), "--speculative-tokens", 0, 4096)
+                                : memory_bound_tokens(model, knee_bw, knee_peak);
   mmfree::Scheduler sched(model, so);
   Service service{model, tok, name, lim, timeout, persist_every, sessions, cache.get(), sched,
-                  std::make_shared<const mmfree::TokenTrie>(tok)};
+                  std::make_shared<const mmfree::TokenTrie>(tok), drafter};
   auto& requests = service.requests;
   auto& errors = service.errors;
 
@@ -722,6 +750,13 @@ int cmd_serve(const Args& a) {
   if (cache)
     std::fprintf(stderr, "prefix cache: %zu MiB, checkpoints every %lld tokens, %zu entries restored%s%s\n", po.max_bytes >> 20,
                  (long long)po.interval, cache->entries(), store ? " from " : "", store ? store->describe().c_str() : "");
+  if (drafter) {
+    std::fprintf(stderr, "speculative decoding: %s, drafts of up to %d tokens while a step holds fewer than %lld tokens",
+                 drafter.draft ? ("draft model " + a.str("draft")).c_str() : ("lookup " + std::to_string(drafter.lookup)).c_str(),
+                 drafter.draft_tokens, (long long)so.speculative_tokens);
+    if (knee_bw > 0) std::fprintf(stderr, " (memory-bound up to there at %.1f GB/s and %.0f GMAC/s, measured now)", knee_bw, knee_peak);
+    std::fprintf(stderr, "\n");
+  }
   std::fprintf(stderr, "listening on port %d\n", bound);
   std::fflush(stderr);
   svr.listen_after_bind();

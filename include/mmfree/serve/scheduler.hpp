@@ -75,6 +75,13 @@ struct Sequence {
   std::function<void(const TokenLogprob&, bool prompt)> on_logprob;
   // Restricts every draw (a grammar); its accept() is told each token drawn.
   std::unique_ptr<TokenFilter> filter;
+  // Speculative decoding: with gen.drafter (and no filter), the scheduler drafts tokens for this
+  // sequence while its steps are memory-bound (SchedulerOptions::speculative_tokens).
+  std::unique_ptr<Drafter> drafter;
+  std::unique_ptr<DraftLength> draft_length;
+  std::vector<State> after;  // the state after each token of this step's pass
+  Draft draft;               // this step's
+  double draft_seconds = 0;  // the drafter's time for it
   // Several choices from one prompt (OpenAI's n): once this sequence has read its prompt, each
   // fork starts from a copy of its state and logits and decodes on its own (its own options,
   // seed, callbacks), so the prompt is read once. Forks must not have prompts of their own.
@@ -89,17 +96,24 @@ struct Sequence {
   int64_t generated = 0;  // tokens passed to on_token
   int32_t next = -1;      // the token the next decode step consumes
   std::optional<Finish> ending;  // keep_state: ends once `next` is consumed
+  int64_t snapshot_due = 0;      // generated count at which on_snapshot is next called
 };
 
 struct SchedulerOptions {
   int64_t max_active = 16;     // sequences decoding at once (the batch)
   int64_t max_queued = 64;     // sequences waiting for a place; submit() refuses beyond
   int64_t prefill_chunk = 32;  // prompt tokens read per step, beside the decoding tokens
+  // Speculative decoding (sequences whose gen.drafter is set) fills steps up to this many tokens
+  // and no further: a step is bound by reading the weights up to about
+  // (weight bytes / bandwidth) / (MACs per token / int8 peak) tokens (roofline.hpp), and drafted
+  // tokens are nearly free only below that. When batching fills the steps, nobody drafts.
+  int64_t speculative_tokens = 0;
 };
 
 // Counters for /metrics (monotonic, read from any thread).
 struct SchedulerStats {
   std::atomic<int64_t> sequences{0}, prompt_tokens{0}, generated_tokens{0}, steps{0}, batched_tokens{0};
+  std::atomic<int64_t> drafted_tokens{0}, accepted_tokens{0};  // speculative decoding
   std::atomic<int64_t> active{0}, queued{0};
   std::atomic<double> busy_seconds{0};  // time spent in forward passes
 };
@@ -184,6 +198,11 @@ class Scheduler {
     if (!s.continue_state && s.cached == 0) s.state = model_.new_state();
     s.sampler = std::make_unique<Sampler>(s.gen.sampling);
     if (!s.filter && s.gen.constraint) s.filter = s.gen.constraint();
+    if (s.gen.drafter && !s.filter && opt_.speculative_tokens > 1) {
+      s.drafter = s.gen.drafter();
+      s.draft_length = std::make_unique<DraftLength>(s.gen.draft_tokens, s.gen.adaptive_draft);
+    }
+    s.snapshot_due = s.snapshot_every;
     // The history (repetition penalty) holds the whole prompt, read or cached.
     s.history.assign(s.prompt.begin(), s.prompt.begin() + long(s.cached));
     s.prefilled = s.cached;
@@ -207,6 +226,18 @@ class Scheduler {
     for (auto& k : forks) end(*k, f, msg);
   }
 
+  // Passes a token drawn from `logits` on (log-probability, history, on_token); the reason s
+  // ends with it, if it does.
+  std::optional<Finish> take(Sequence& s, int32_t next, std::span<const float> logits) {
+    if (s.logprobs >= 0 && s.on_logprob) s.on_logprob(token_logprob(logits, next, s.logprobs), false);
+    s.history.push_back(next);
+    ++s.generated;
+    ++stats_.generated_tokens;
+    if (!s.on_token(next)) return Finish::Stop;
+    if (s.generated >= s.gen.max_new_tokens) return Finish::Length;
+    return std::nullopt;
+  }
+
   // Draws the next token of s from s.logits; false when s ended.
   bool draw(Sequence& s) {
     if (s.generated >= s.gen.max_new_tokens) return end(s, Finish::Length), false;
@@ -218,17 +249,46 @@ class Scheduler {
       return end(s, Finish::Error, e.what()), false;
     }
     if (next < 0 || next == s.gen.eos_id) return end(s, Finish::Stop), false;  // EOS, or the filter allows nothing more
-    if (s.logprobs >= 0 && s.on_logprob) s.on_logprob(token_logprob(s.logits, next, s.logprobs), false);
-    s.history.push_back(next);
-    ++s.generated;
-    ++stats_.generated_tokens;
-    std::optional<Finish> f;
-    if (!s.on_token(next)) f = Finish::Stop;
-    else if (s.generated >= s.gen.max_new_tokens) f = Finish::Length;
+    const std::optional<Finish> f = take(s, next, s.logits);
     if (f && !s.keep_state) return end(s, *f), false;
     s.next = next;
     s.ending = f;
     return true;
+  }
+
+  // A sequence's rows of a speculative pass (its pending token and its draft): the drafted
+  // tokens kept in order, then the model's own; the state rolls back to after the last kept.
+  void verify(Sequence& s, const float* rows, double pass_seconds) {
+    const size_t V = size_t(model_.vocab_size());
+    const int nd = int(s.draft.tokens.size());
+    int kept = 0;
+    int32_t own = -1;
+    std::optional<Finish> f;
+    bool eos = false;
+    for (int i = 0; i <= nd; ++i) {
+      const std::vector<float> row(rows + size_t(i) * V, rows + size_t(i + 1) * V);
+      bool ok = false;
+      const int32_t t = i < nd ? s.sampler->verify(row, s.history, s.draft.tokens[size_t(i)],
+                                                   size_t(i) < s.draft.q.size() ? s.draft.q[size_t(i)] : std::vector<TokenProb>{}, ok)
+                               : s.sampler->sample(row, s.history);
+      if (t < 0 || t == s.gen.eos_id) {
+        eos = true;
+        break;
+      }
+      f = take(s, t, row);
+      if (ok) ++kept;
+      else own = t;
+      if (f || !ok) break;
+    }
+    s.drafter->kept(kept);
+    stats_.drafted_tokens += nd;
+    stats_.accepted_tokens += kept;
+    s.draft_length->record(nd, kept, pass_seconds, nd ? s.draft_seconds : 0);
+    std::swap(s.state, s.after[size_t(kept)]);  // it has read its pending token and the drafts kept
+    if (eos) return end(s, Finish::Stop);
+    if (f && (own < 0 || !s.keep_state)) return end(s, *f);  // own < 0: the state has read every token passed on
+    s.next = own;
+    s.ending = f;
   }
 
   // One scheduler step, one forward pass: the next token of every decoding sequence, plus up
@@ -248,14 +308,52 @@ class Scheduler {
       int64_t prompt_pos;  // >= 0: logits after prompt[prompt_pos], for the logprob of the next
     };
     std::vector<Use> uses;  // one per row: -1 draws the sequence's next token
+    std::vector<State*> snaps;  // per token: where a speculative pass keeps its state after it
+    std::vector<Sequence*> speculating;
+    std::vector<Sequence*> decoders;
+    size_t prompt_left = 0;
+    for (auto& s : active) {
+      if (s->on_done && s->prefilled == s->prompt.size() && s->next >= 0) decoders.push_back(s.get());
+      else if (s->on_done) prompt_left += s->prompt.size() - s->prefilled;
+    }
+    // Tokens the drafts may add while the step stays memory-bound.
+    int64_t spare = opt_.speculative_tokens - int64_t(decoders.size()) - std::min<int64_t>(int64_t(prompt_left), opt_.prefill_chunk);
     int64_t decoding = 0;
-    for (auto& s : active)
-      if (s->on_done && s->prefilled == s->prompt.size() && s->next >= 0) {
-        rows.push_back(int64_t(ids.size()));
-        uses.push_back({s.get(), -1});
-        ids.push_back(s->next), states.push_back(&s->state), s->next = -1;
-        ++decoding;
+    for (Sequence* s : decoders) {
+      s->draft.tokens.clear(), s->draft.q.clear();
+      if (s->drafter && !s->ending && spare > 0) {
+        const int k = int(std::min<int64_t>({int64_t(s->draft_length->next()), spare, s->gen.max_new_tokens - s->generated - 1}));
+        if (k > 0) {
+          const auto td = clock::now();
+          s->draft = s->drafter->propose(s->history, k);
+          s->draft_seconds = std::chrono::duration<double>(clock::now() - td).count();
+          if (int(s->draft.tokens.size()) > k) s->draft.tokens.resize(size_t(k));
+          model_.check_ids(s->draft.tokens);
+        }
+        if (!s->draft.tokens.empty() || k == 0) {  // measured even at k = 0: what drafting is weighed against
+          spare -= int64_t(s->draft.tokens.size());
+          speculating.push_back(s);
+          s->after.resize(s->draft.tokens.size() + 1);
+          for (auto& st : s->after)
+            if (st.h.size() != s->state.h.size()) st = model_.new_state();
+          rows.push_back(int64_t(ids.size()));
+          uses.push_back({s, -2});
+          for (size_t i = 0; i <= s->draft.tokens.size(); ++i) {
+            if (i > 0) rows.push_back(int64_t(ids.size())), uses.push_back({s, -3});
+            ids.push_back(i == 0 ? s->next : s->draft.tokens[i - 1]), states.push_back(&s->state);
+            snaps.resize(ids.size(), nullptr);
+            snaps.back() = &s->after[i];
+          }
+          s->next = -1;
+          decoding += int64_t(s->draft.tokens.size()) + 1;
+          continue;
+        }
       }
+      rows.push_back(int64_t(ids.size()));
+      uses.push_back({s, -1});
+      ids.push_back(s->next), states.push_back(&s->state), s->next = -1;
+      ++decoding;
+    }
     int64_t budget = opt_.prefill_chunk;
     std::vector<Sequence*> checkpointed;  // sequences whose chunk ends at a checkpoint
     for (auto& s : active) {
@@ -281,7 +379,9 @@ class Scheduler {
     if (ids.empty()) return;
     // forward_tokens wants ascending rows: decode rows come first, prompt rows after them.
     const auto t0 = clock::now();
-    const std::vector<float> logits = model_.forward_tokens(ids, states, rows);
+    if (!snaps.empty()) snaps.resize(ids.size(), nullptr);
+    const std::vector<float> logits = model_.forward_tokens(ids, states, rows, snaps);
+    const double pass_seconds = std::chrono::duration<double>(clock::now() - t0).count();
     add_busy(t0);
     ++stats_.steps;
     stats_.batched_tokens += decoding;
@@ -296,14 +396,26 @@ class Scheduler {
         if (s.on_done && s.on_logprob) s.on_logprob(token_logprob(row, s.prompt[size_t(uses[r].prompt_pos) + 1], s.logprobs), true);
         continue;
       }
+      if (uses[r].prompt_pos == -3) continue;  // a drafted token's row: read with its sequence's first
+      if (uses[r].prompt_pos == -2) {          // a speculative pass: its rows follow this one
+        if (!s.on_done) continue;
+        if (s.snapshot_every > 0 && s.on_snapshot && s.generated > 0 && s.generated >= s.snapshot_due) {
+          s.snapshot_due = s.generated + s.snapshot_every;
+          s.on_snapshot(s.after[0]);  // it has read every token passed on so far
+        }
+        verify(s, logits.data() + r * V, pass_seconds);
+        continue;
+      }
       if (s.ending) {  // its last token is read: done
         end(s, *s.ending);
         continue;
       }
       if (!s.on_done) continue;
-      if (s.snapshot_every > 0 && s.on_snapshot && s.generated > 0 && s.generated % s.snapshot_every == 0 &&
-          s.prefilled == s.prompt.size() && r < size_t(decoding))
+      if (s.snapshot_every > 0 && s.on_snapshot && s.generated > 0 && s.generated >= s.snapshot_due &&
+          s.prefilled == s.prompt.size() && r < size_t(decoding)) {
+        s.snapshot_due = s.generated + s.snapshot_every;
         s.on_snapshot(s.state);  // it has read every token passed on so far
+      }
       s.logits.assign(row.begin(), row.end());
       if (r >= size_t(decoding))  // it has just read its prompt: its forks start from here
         for (auto& f : s.forks) {
