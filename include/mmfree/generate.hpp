@@ -43,6 +43,9 @@ struct GenerateOptions {
   // decoding, and sampled output has exactly the model's distribution. Set aside under a
   // constraint (a grammar cannot be rolled back).
   std::function<std::unique_ptr<Drafter>()> drafter;
+  // Called with each token passed on, just before on_token, and the logits it was drawn from
+  // (the model's raw output: log-probabilities, logprobs.hpp).
+  std::function<void(int32_t, const std::vector<float>&)> on_logits;
   int draft_tokens = 8;         // at most this many per pass, fewer as acceptance says (1 .. 64)
   bool adaptive_draft = true;   // false: always draft_tokens (as many as the drafter gives)
 };
@@ -108,6 +111,7 @@ GenerateStats generate_from(const BasicModel<Acc>& model, State& state, std::vec
     if (filter) filter->accept(next);
     history.push_back(next);
     ++st.generated_tokens;
+    if (opt.on_logits) opt.on_logits(next, logits);
     const bool go_on = on_token(next);
     if (consume_generated || (go_on && i + 1 < opt.max_new_tokens)) logits = model.step(next, state);
     if (!go_on) break;
@@ -138,7 +142,7 @@ GenerateStats generate_speculative(const BasicModel<Acc>& model, State& state, s
   bool done = opt.max_new_tokens == 0;
   // Emits t; false when generation ends with it (EOS, which is not emitted; the caller said stop;
   // the limit).
-  auto emit = [&](int32_t t) {
+  auto emit = [&](int32_t t, const std::vector<float>& from) {
     if (st.generated_tokens == 0) {
       t_first = clock::now();
       st.time_to_first_token = std::chrono::duration<double>(t_first - t0).count();
@@ -149,6 +153,7 @@ GenerateStats generate_speculative(const BasicModel<Acc>& model, State& state, s
     }
     history.push_back(t);
     ++st.generated_tokens;
+    if (opt.on_logits) opt.on_logits(t, from);
     if (!on_token(t) || st.generated_tokens >= opt.max_new_tokens) done = true;
     return !done;
   };
@@ -164,7 +169,7 @@ GenerateStats generate_speculative(const BasicModel<Acc>& model, State& state, s
     pending = true;
   } else if (!done) {
     const size_t before = history.size();
-    emit(sampler.sample(logits, history));
+    emit(sampler.sample(logits, history), logits);
     pending = history.size() > before;
   }
   st.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
@@ -198,7 +203,7 @@ GenerateStats generate_speculative(const BasicModel<Acc>& model, State& state, s
                                : sampler.sample(li, history);
       if (i < nd && !ok) ++st.rejected;
       const size_t before = history.size();
-      const bool go = emit(t);
+      const bool go = emit(t, li);
       if (history.size() > before) {
         if (ok) ++kept;         // a drafted token, read by this pass
         else pending = true;    // the model's own draw, read by the next

@@ -38,7 +38,8 @@ class Model(_mmfree.Model):
     def create_completion(self, prompt, max_tokens=16, temperature=0.8, top_p=0.95, top_k=40, min_p=0.05,
                           repeat_penalty=1.0, seed=None, stop=None, stream=False, presence_penalty=0.0,
                           frequency_penalty=0.0, logit_bias=None, repeat_last_n=64, grammar=None, json_schema=None,
-                          draft_model=None, lookup=None, draft_tokens=8, state=None, stop_at_eos=True, add_bos=None):
+                          draft_model=None, lookup=None, draft_tokens=8, state=None, stop_at_eos=True, add_bos=None,
+                          logprobs=None):
         """An OpenAI-shaped completion (a dict), or with ``stream=True`` an iterator of chunks.
 
         ``prompt`` is text or a list of token ids. ``stop``: a string or strings that end the text
@@ -47,6 +48,8 @@ class Model(_mmfree.Model):
         length) decode speculatively: the same output, faster when the drafts are right.
         ``state``: continue a conversation held in a State (it reads the prompt and every token
         returned; without one, each call starts afresh). ``seed`` None draws one at random.
+        ``logprobs`` (0-20): OpenAI's logprobs object for the generated tokens (log-softmax of
+        the model's raw logits, with that many alternatives), plus ``token_ids``.
         """
         if isinstance(prompt, (str, bytes)):
             ids = self.tokenize(prompt, add_bos=(state is None or state.position == 0) if add_bos is None else add_bos)
@@ -64,37 +67,77 @@ class Model(_mmfree.Model):
                                  float(repeat_penalty), int(repeat_last_n), int(seed), float(presence_penalty),
                                  float(frequency_penalty), {int(k): float(v) for k, v in (logit_bias or {}).items()},
                                  stop, bool(stop_at_eos), grammar, json_schema, draft_model, int(lookup or 0),
-                                 int(draft_tokens), state)
+                                 int(draft_tokens), state, -1 if logprobs is None else int(logprobs))
         cid = "cmpl-" + uuid.uuid4().hex
         created = int(time.time())
         if stream:
-            return self._stream(gen, cid, created)
+            return self._stream(gen, cid, created, logprobs is not None)
         pieces = []
+        lp = _Logprobs(self) if logprobs is not None else None
         try:
             while (item := gen.next()) is not None:
                 pieces.append(item[1])
+                if lp is not None:
+                    lp.add(item)
         finally:
             gen.cancel()
         st = gen.stats()
+        text = b"".join(pieces).decode("utf-8", errors="replace")
         return {
             "id": cid, "object": "text_completion", "created": created, "model": self.path,
-            "choices": [{"text": b"".join(pieces).decode("utf-8", errors="replace"), "index": 0, "logprobs": None,
+            "choices": [{"text": text, "index": 0, "logprobs": lp.result(len(text)) if lp is not None else None,
                          "finish_reason": st["finish_reason"]}],
             "usage": {"prompt_tokens": st["prompt_tokens"], "completion_tokens": st["completion_tokens"],
                       "total_tokens": st["prompt_tokens"] + st["completion_tokens"]},
             "timings": st,
         }
 
-    def _stream(self, gen, cid, created):
-        def chunk(text, finish):
+    def _stream(self, gen, cid, created, want_logprobs):
+        def chunk(text, finish, lp=None):
             return {"id": cid, "object": "text_completion", "created": created, "model": self.path,
-                    "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+                    "choices": [{"text": text, "index": 0, "logprobs": lp, "finish_reason": finish}]}
+        offset = 0
         try:
             while (item := gen.next()) is not None:
-                if item[1]:
+                if want_logprobs and item[0] >= 0:  # one chunk per token, with its log-probability
+                    one = _Logprobs(self)
+                    one.add(item, offset)
+                    text = item[1].decode("utf-8", errors="replace")
+                    yield chunk(text, None, one.result(None))
+                    offset += len(text)
+                elif item[1]:
                     yield chunk(item[1].decode("utf-8", errors="replace"), None)  # whole characters only
             yield chunk("", gen.stats()["finish_reason"])
         finally:
             gen.cancel()  # the consumer stopped early (break, close, Ctrl-C): the generation ends
 
     __call__ = create_completion
+
+
+class _Logprobs:
+    """OpenAI's completion logprobs object, built token by token."""
+
+    def __init__(self, model):
+        self.tokens, self.token_logprobs, self.top_logprobs, self.text_offset, self.token_ids = [], [], [], [], []
+        self.model = model
+        self.offset = 0
+
+    def add(self, item, offset=None):
+        token_id, _, piece, lp = item
+        if token_id < 0 or lp is None:
+            return
+        text = piece.decode("utf-8", errors="replace")
+        self.tokens.append(text)
+        self.token_ids.append(token_id)
+        self.token_logprobs.append(lp[0])
+        self.top_logprobs.append({self.model.detokenize([t]).decode("utf-8", errors="replace"): v for t, v in lp[1]})
+        self.text_offset.append(self.offset if offset is None else offset)
+        self.offset += len(text)
+
+    def result(self, text_length):
+        n = len(self.tokens)
+        if text_length is not None:  # tokens cut by a stop string are not part of the text
+            while n and self.text_offset[n - 1] >= text_length:
+                n -= 1
+        return {"tokens": self.tokens[:n], "token_logprobs": self.token_logprobs[:n], "top_logprobs": self.top_logprobs[:n],
+                "text_offset": self.text_offset[:n], "token_ids": self.token_ids[:n]}

@@ -83,12 +83,14 @@ class Generation {
  public:
   struct Item {
     int32_t id;
-    std::string text;
+    std::string text;   // released now (stop strings held back until they cannot begin one)
+    std::string piece;  // this token's own text (the decoder's)
+    std::optional<mmfree::TokenLogprob> logprob;
   };
 
   Generation(std::shared_ptr<const PyModel> model, std::vector<int32_t> prompt, mmfree::GenerateOptions g,
-             std::vector<std::string> stops, std::shared_ptr<PyState> state, std::shared_ptr<const PyModel> draft)
-      : model_(std::move(model)), draft_(std::move(draft)), state_(std::move(state)), stop_(std::move(stops)) {
+             std::vector<std::string> stops, std::shared_ptr<PyState> state, std::shared_ptr<const PyModel> draft, int logprobs)
+      : model_(std::move(model)), draft_(std::move(draft)), state_(std::move(state)), stop_(std::move(stops)), logprobs_(logprobs) {
     model_->m.check_ids(prompt);
     thread_ = std::thread([this, prompt = std::move(prompt), g = std::move(g)] { run(prompt, g); });
   }
@@ -158,10 +160,15 @@ class Generation {
       mmfree::State local = model_->m.new_state();
       mmfree::State& s = state_ ? state_->s : local;
       int64_t n = 0;
-      st = mmfree::generate_from(model_->m, s, logits, prompt, g, sampler, history, [&](int32_t id) {
-        std::string text = stop_.push(dec.push(id));
+      std::optional<mmfree::TokenLogprob> lp;
+      mmfree::GenerateOptions go = g;
+      if (logprobs_ >= 0) go.on_logits = [&](int32_t id, const std::vector<float>& l) { lp = mmfree::token_logprob(l, id, logprobs_); };
+      st = mmfree::generate_from(model_->m, s, logits, prompt, go, sampler, history, [&](int32_t id) {
+        std::string piece = dec.push(id);
+        std::string text = stop_.push(piece);
         ++n;
-        push({id, std::move(text)});
+        push({id, std::move(text), std::move(piece), std::move(lp)});
+        lp.reset();
         if (stop_.stopped()) finish = "stop";
         return !stop_.stopped() && !cancelled_;
       }, /*consume_generated=*/state_ != nullptr);
@@ -170,7 +177,7 @@ class Generation {
         if (n < g.max_new_tokens) finish = "stop";  // EOS
         std::string tail = stop_.push(dec.finish());
         tail += stop_.finish();
-        if (!tail.empty()) push({-1, std::move(tail)});
+        if (!tail.empty()) push({-1, std::move(tail), "", std::nullopt});
       }
     } catch (const std::exception& e) {
       std::lock_guard<std::mutex> l(mu_);
@@ -191,6 +198,7 @@ class Generation {
   std::shared_ptr<const PyModel> model_, draft_;
   std::shared_ptr<PyState> state_;
   mmfree::api::StopText stop_;
+  int logprobs_ = -1;  // with >= 0: each token's log-probability and this many alternatives
   std::thread thread_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
@@ -349,7 +357,7 @@ PYBIND11_MODULE(_mmfree, mod) {
                        float presence_penalty, float frequency_penalty, const std::map<int32_t, float>& logit_bias,
                        std::vector<std::string> stop, bool stop_at_eos, std::optional<std::string> grammar,
                        std::optional<std::string> json_schema, std::shared_ptr<PyModel> draft, int lookup, int draft_tokens,
-                       std::shared_ptr<PyState> state) {
+                       std::shared_ptr<PyState> state, int logprobs) {
              mmfree::GenerateOptions g;
              g.max_new_tokens = max_tokens;
              auto& s = g.sampling;
@@ -382,17 +390,24 @@ PYBIND11_MODULE(_mmfree, mod) {
              std::vector<int32_t> p = ids_of(prompt);
              if (p.empty()) throw mmfree::Error("prompt: is empty (no tokens to start from)");
              if (state) model->state_of(*state);
-             return std::make_unique<Generation>(model, std::move(p), std::move(g), std::move(stop), state, draft);
+             if (logprobs > 20) throw mmfree::Error("logprobs: at most 20");
+             return std::make_unique<Generation>(model, std::move(p), std::move(g), std::move(stop), state, draft, logprobs);
            }),
            py::arg("model"), py::arg("prompt"), py::arg("max_tokens"), py::arg("temperature"), py::arg("top_k"),
            py::arg("top_p"), py::arg("min_p"), py::arg("repeat_penalty"), py::arg("repeat_last_n"), py::arg("seed"),
            py::arg("presence_penalty"), py::arg("frequency_penalty"), py::arg("logit_bias"), py::arg("stop"),
            py::arg("stop_at_eos"), py::arg("grammar"), py::arg("json_schema"), py::arg("draft_model"), py::arg("lookup"),
-           py::arg("draft_tokens"), py::arg("state"))
+           py::arg("draft_tokens"), py::arg("state"), py::arg("logprobs") = -1)
       .def("next", [](Generation& g) -> py::object {
         auto it = g.next();
         if (!it) return py::none();
-        return py::make_tuple(it->id, py::bytes(it->text));
+        py::object lp = py::none();
+        if (it->logprob) {
+          py::list top;
+          for (const auto& [id, v] : it->logprob->top) top.append(py::make_tuple(id, v));
+          lp = py::make_tuple(it->logprob->logprob, top);
+        }
+        return py::make_tuple(it->id, py::bytes(it->text), py::bytes(it->piece), lp);
       })
       .def("cancel", &Generation::cancel)
       .def("stats", &Generation::stats);

@@ -244,3 +244,19 @@ def test_bad_input_raises_exceptions_naming_it(model, tmp_path):
     with pytest.raises(ValueError, match="json_schema|grammar"):
         model.create_completion("x", grammar="root ::= (")
     assert isinstance(mmfree.Error("x"), ValueError)
+
+
+def test_logprobs_are_the_log_softmax_of_the_logits(model):
+    out = model.create_completion("And God said", max_tokens=12, temperature=0, logprobs=3)
+    lp = out["choices"][0]["logprobs"]
+    ids = model.tokenize("And God said")
+    rows = model.prefill(ids + lp["token_ids"])
+    for i, (t, v) in enumerate(zip(lp["token_ids"], lp["token_logprobs"])):
+        row = rows[len(ids) - 1 + i].astype(np.float64)
+        want = row[t] - (row.max() + np.log(np.exp(row - row.max()).sum()))
+        assert abs(v - want) < 1e-4
+        assert len(lp["top_logprobs"][i]) <= 3 and max(lp["top_logprobs"][i].values()) >= v - 1e-9  # greedy: its own is the top
+    assert "".join(lp["tokens"]) == out["choices"][0]["text"]
+    streamed = [c["choices"][0]["logprobs"] for c in model.create_completion("And God said", max_tokens=12, temperature=0,
+                                                                            logprobs=3, stream=True)]
+    assert [s["token_ids"][0] for s in streamed if s] == lp["token_ids"]
