@@ -75,7 +75,7 @@ class Model(_mmfree.Model):
         pieces = []
         lp = _Logprobs(self) if logprobs is not None else None
         try:
-            while (item := gen.next()) is not None:
+            for item in gen.all():
                 pieces.append(item[1])
                 if lp is not None:
                     lp.add(item)

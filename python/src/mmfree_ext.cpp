@@ -106,6 +106,7 @@ class Generation {
   // still incomplete), or None at the end. Waits with the GIL released, and lets Python's signal
   // handlers run (Ctrl-C raises KeyboardInterrupt here; the generation is then cancelled).
   std::optional<Item> next() {
+    streaming_ = true;
     for (;;) {
       {
         py::gil_scoped_release unlocked;
@@ -131,6 +132,31 @@ class Generation {
     return std::nullopt;
   }
   void cancel() { cancelled_ = true; }
+
+  // Every item, once the generation has ended: no wake-up per token (they would take a core from
+  // the model's threads), only every 50 ms for Python's signal handlers.
+  std::vector<Item> all() {
+    streaming_ = false;
+    for (;;) {
+      {
+        py::gil_scoped_release unlocked;
+        std::unique_lock<std::mutex> l(mu_);
+        if (cv_.wait_for(l, std::chrono::milliseconds(50), [&] { return done_; })) break;
+      }
+      if (PyErr_CheckSignals() != 0) {
+        cancel();
+        throw py::error_already_set();
+      }
+    }
+    std::vector<Item> out(std::make_move_iterator(items_.begin()), std::make_move_iterator(items_.end()));
+    items_.clear();
+    if (thread_.joinable()) {
+      py::gil_scoped_release unlocked;
+      thread_.join();
+    }
+    if (!error_.empty()) throw mmfree::Error(error_);
+    return out;
+  }
 
   py::dict stats() const {
     std::lock_guard<std::mutex> l(mu_);
@@ -192,13 +218,14 @@ class Generation {
   void push(Item it) {
     std::lock_guard<std::mutex> l(mu_);
     items_.push_back(std::move(it));
-    cv_.notify_all();
+    if (streaming_) cv_.notify_all();
   }
 
   std::shared_ptr<const PyModel> model_, draft_;
   std::shared_ptr<PyState> state_;
   mmfree::api::StopText stop_;
   int logprobs_ = -1;  // with >= 0: each token's log-probability and this many alternatives
+  std::atomic<bool> streaming_{true};  // false: all() collects at the end; pushes wake nobody
   std::thread thread_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
@@ -409,6 +436,19 @@ PYBIND11_MODULE(_mmfree, mod) {
         }
         return py::make_tuple(it->id, py::bytes(it->text), py::bytes(it->piece), lp);
       })
+      .def("all", [](Generation& g) {
+        py::list out;
+        for (auto& it : g.all()) {
+          py::object lp = py::none();
+          if (it.logprob) {
+            py::list top;
+            for (const auto& [id, v] : it.logprob->top) top.append(py::make_tuple(id, v));
+            lp = py::make_tuple(it.logprob->logprob, top);
+          }
+          out.append(py::make_tuple(it.id, py::bytes(it.text), py::bytes(it.piece), lp));
+        }
+        return out;
+      }, "every token, once the generation has ended")
       .def("cancel", &Generation::cancel)
       .def("stats", &Generation::stats);
 }
