@@ -114,16 +114,14 @@ struct DrafterArgs {
   int lookup = 0;                              // --lookup N
   int draft_tokens = 8;
   explicit operator bool() const { return draft || lookup > 0; }
-  // g's drafter, following g.sampling (a draft model samples as the target does, with its own
-  // random numbers), and its draft length bound.
+  // g's drafter, following g.sampling (a draft model samples as the target does), and its draft
+  // length bound.
   void apply(mmfree::GenerateOptions& g) const {
     g.draft_tokens = draft_tokens;
     if (lookup > 0) {
       g.drafter = [n = lookup] { return std::make_unique<mmfree::LookupDrafter>(n); };
     } else if (draft) {
-      mmfree::SamplerOptions s = g.sampling;
-      s.seed ^= 0x9e3779b97f4a7c15ull;
-      g.drafter = [d = draft, s] { return std::make_unique<mmfree::DraftModelDrafter<mmfree::CpuAccumulate>>(*d, s); };
+      g.drafter = [d = draft, s = g.sampling] { return std::make_unique<mmfree::DraftModelDrafter<mmfree::CpuAccumulate>>(*d, s); };
     }
   }
 };

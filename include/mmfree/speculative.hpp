@@ -69,12 +69,13 @@ class LookupDrafter : public Drafter {
 };
 
 // A smaller model of the same vocabulary drafts, greedily at temperature 0 and otherwise by
-// sampling its own distribution (which it reports as q). It keeps its own state, and rolls it back
-// like the target's: one copy per drafted token.
+// sampling its own distribution (which it reports as q) with the target's options `o` and random
+// numbers of its own. It keeps its own state, and rolls it back like the target's: one copy per
+// drafted token.
 template <class Acc>
 class DraftModelDrafter : public Drafter {
  public:
-  DraftModelDrafter(const BasicModel<Acc>& draft, SamplerOptions o) : m_(draft), sampler_(without_penalties(o)) {
+  DraftModelDrafter(const BasicModel<Acc>& draft, SamplerOptions o) : m_(draft), sampler_(own_options(o)) {
     state_ = m_.new_state();
   }
   Draft propose(const std::vector<int32_t>& h, int k) override {
@@ -125,8 +126,9 @@ class DraftModelDrafter : public Drafter {
   }
 
  private:
-  static SamplerOptions without_penalties(SamplerOptions o) {
+  static SamplerOptions own_options(SamplerOptions o) {
     o.presence_penalty = o.frequency_penalty = 0;  // they count drawn tokens; a draft draws many it drops
+    o.seed ^= 0x9e3779b97f4a7c15ull;               // not the target's random numbers
     return o;
   }
   const BasicModel<Acc>& m_;

@@ -238,6 +238,17 @@ class Generation {
 
 std::vector<int32_t> ids_of(const py::object& o) { return o.cast<std::vector<int32_t>>(); }
 
+// (id, released text, the token's own text, (logprob, [(id, logprob), ...]) or None)
+py::tuple to_python(const Generation::Item& it) {
+  py::object lp = py::none();
+  if (it.logprob) {
+    py::list top;
+    for (const auto& [id, v] : it.logprob->top) top.append(py::make_tuple(id, v));
+    lp = py::make_tuple(it.logprob->logprob, top);
+  }
+  return py::make_tuple(it.id, py::bytes(it.text), py::bytes(it.piece), lp);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_mmfree, mod) {
@@ -410,9 +421,7 @@ PYBIND11_MODULE(_mmfree, mod) {
              if (lookup > 0) g.drafter = [lookup] { return std::make_unique<mmfree::LookupDrafter>(lookup); };
              if (draft) {
                mmfree::check_draft_model(model->m, draft->m, draft->path);
-               mmfree::SamplerOptions ds = s;
-               ds.seed ^= 0x9e3779b97f4a7c15ull;
-               g.drafter = [d = draft, ds] { return std::make_unique<mmfree::DraftModelDrafter<mmfree::CpuAccumulate>>(d->m, ds); };
+               g.drafter = [d = draft, s] { return std::make_unique<mmfree::DraftModelDrafter<mmfree::CpuAccumulate>>(d->m, s); };
              }
              std::vector<int32_t> p = ids_of(prompt);
              if (p.empty()) throw mmfree::Error("prompt: is empty (no tokens to start from)");
@@ -428,25 +437,11 @@ PYBIND11_MODULE(_mmfree, mod) {
       .def("next", [](Generation& g) -> py::object {
         auto it = g.next();
         if (!it) return py::none();
-        py::object lp = py::none();
-        if (it->logprob) {
-          py::list top;
-          for (const auto& [id, v] : it->logprob->top) top.append(py::make_tuple(id, v));
-          lp = py::make_tuple(it->logprob->logprob, top);
-        }
-        return py::make_tuple(it->id, py::bytes(it->text), py::bytes(it->piece), lp);
+        return to_python(*it);
       })
       .def("all", [](Generation& g) {
         py::list out;
-        for (auto& it : g.all()) {
-          py::object lp = py::none();
-          if (it.logprob) {
-            py::list top;
-            for (const auto& [id, v] : it.logprob->top) top.append(py::make_tuple(id, v));
-            lp = py::make_tuple(it.logprob->logprob, top);
-          }
-          out.append(py::make_tuple(it.id, py::bytes(it.text), py::bytes(it.piece), lp));
-        }
+        for (auto& it : g.all()) out.append(to_python(it));
         return out;
       }, "every token, once the generation has ended")
       .def("cancel", &Generation::cancel)
