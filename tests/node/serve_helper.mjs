@@ -18,3 +18,13 @@ export function serve(args = []) {
     proc.on("exit", (code) => reject(new Error(`server exited (${code}): ${err}`)));
   });
 }
+
+// Stops a child process (SIGTERM) and resolves once it has exited, so that a test removes its
+// directories only after the server has finished writing into them.
+export function stop(proc) {
+  return new Promise((resolve) => {
+    if (proc.exitCode !== null || proc.signalCode !== null) return resolve();
+    proc.once("exit", () => resolve());
+    proc.kill("SIGTERM");
+  });
+}

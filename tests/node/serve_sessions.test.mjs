@@ -9,7 +9,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import { cli, serve } from "./serve_helper.mjs";
+import { cli, serve, stop } from "./serve_helper.mjs";
 
 const kill9 = (s) => new Promise((ok) => { s.proc.removeAllListeners("exit"); s.proc.on("exit", ok); s.proc.kill("SIGKILL"); });
 
@@ -99,7 +99,7 @@ test("with --sessions-memory, 2,000 sessions work: the least recently used wait 
       assert.equal(r.json.session_position, 2 + 1 + 1 + 3);
     }
   } finally {
-    s.proc.kill("SIGTERM");
+    await stop(s.proc);
     rmSync(dir, { recursive: true, force: true });
   }
 });
@@ -192,7 +192,7 @@ test("kill -9 at random moments during 50 streamed requests over 10 sessions: ev
     // Sessions and the prefix cache's folders; no temporary files.
     assert.ok(readdirSync(dir).every((f) => f.endsWith(".state") || f === "prefix" || f === "alias"), readdirSync(dir).join(" "));
   } finally {
-    s.proc.kill("SIGTERM");
+    await stop(s.proc);
     rmSync(dir, { recursive: true, force: true });
   }
 });
@@ -233,7 +233,7 @@ test("two replicas sharing Redis: a session begun on one continues on the other 
       b.proc.kill("SIGTERM");
     }
   } finally {
-    redis.kill("SIGTERM");
+    await stop(redis);
     rmSync(dir, { recursive: true, force: true });
   }
 });
@@ -263,7 +263,7 @@ test("--persist-every: a stream killed in mid-flight continues from its last per
     assert.deepEqual(c.json.tokens, ref.json.tokens);
     console.log(`killed after ${got.length} tokens received; the session continued from token ${k}`);
   } finally {
-    s.proc.kill("SIGTERM");
+    await stop(s.proc);
     rmSync(dir, { recursive: true, force: true });
   }
 });
