@@ -1,6 +1,7 @@
 // Building blocks against straightforward float (double) implementations, odd sizes.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <random>
 
 #include "mmfree/mmfree.hpp"
@@ -213,4 +214,56 @@ TEST(Ops, ExpApproxWithinTwoUlp) {
   EXPECT_NEAR(sigmoid(0.0f), 0.5f, 0.0f);
   EXPECT_NEAR(silu(-200.0f), 0.0f, 1e-30f);
   EXPECT_NEAR(silu(3.0f), 3.0 / (1.0 + std::exp(-3.0)), 3e-7);
+}
+
+// The element-wise loops run as AVX-512, AVX2 or baseline clones (whichever this CPU takes) and
+// must give the bits of one element at a time: no fused multiply-adds in one clone and not in
+// another (the AVX-512 clones of silu and the recurrence contracted once, so results moved with
+// the CPU). Odd sizes: the groups of 16 and 8, their remainders, one element.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
+namespace {
+void mlgru_reference(const float* f, const float* i, const float* lb, int64_t d, float* h, float* o) {
+  for (int64_t c = 0; c < d; ++c) mlgru_step_one(f[c], i[c], lb ? lb[c] : 0.0f, h[c], o[c]);
+}
+void silu_mul_reference(const float* g, const float* u, int64_t n, float* a) {
+  for (int64_t c = 0; c < n; ++c) a[c] = silu(g[c]) * u[c];
+}
+}  // namespace
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
+TEST(Ops, ElementwiseLoopsGiveOneElementsBits) {
+  std::mt19937 rng(11);
+  for (int64_t n : {1, 7, 8, 15, 16, 17, 33, 2563}) {
+    const auto f = randn(rng, size_t(n), 3.0f), i = randn(rng, size_t(n), 3.0f), h0 = randn(rng, size_t(n));
+    std::vector<float> lb(static_cast<size_t>(n));
+    for (auto& x : lb) x = std::uniform_real_distribution<float>(0.0f, 0.9f)(rng);
+    for (const float* l : {static_cast<const float*>(nullptr), static_cast<const float*>(lb.data())}) {
+      std::vector<float> h = h0, o(static_cast<size_t>(n)), h_ref = h0, o_ref(static_cast<size_t>(n));
+      mlgru_step(f.data(), i.data(), l, n, h.data(), o.data());
+      mlgru_reference(f.data(), i.data(), l, n, h_ref.data(), o_ref.data());
+      EXPECT_EQ(0, std::memcmp(h.data(), h_ref.data(), size_t(n) * 4)) << "n = " << n;
+      EXPECT_EQ(0, std::memcmp(o.data(), o_ref.data(), size_t(n) * 4)) << "n = " << n;
+    }
+    std::vector<float> a(static_cast<size_t>(n)), a_ref(static_cast<size_t>(n));
+    silu_mul(f.data(), i.data(), n, a.data());
+    silu_mul_reference(f.data(), i.data(), n, a_ref.data());
+    EXPECT_EQ(0, std::memcmp(a.data(), a_ref.data(), size_t(n) * 4)) << "n = " << n;
+
+    std::vector<int32_t> acc(static_cast<size_t>(n));
+    for (auto& v : acc) v = std::uniform_int_distribution<int32_t>(-(1 << 26), 1 << 26)(rng);
+    std::vector<float> s(static_cast<size_t>(n)), x = f, y = f;
+    scale_ints(acc.data(), 0.37f, n, s.data());
+    add_into(x.data(), i.data(), n);
+    mul_into(y.data(), i.data(), n);
+    for (int64_t c = 0; c < n; ++c) {
+      ASSERT_EQ(s[size_t(c)], float(acc[size_t(c)]) * 0.37f);
+      ASSERT_EQ(x[size_t(c)], f[size_t(c)] + i[size_t(c)]);
+      ASSERT_EQ(y[size_t(c)], f[size_t(c)] * i[size_t(c)]);
+    }
+  }
 }
