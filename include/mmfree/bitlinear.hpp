@@ -68,14 +68,20 @@ class BitLinear {
       scale_ints(s.acc.data() + t * w_.rows + r0, w_.scale / s.s_x[size_t(t)], r1 - r0, out + t * ldo + r0);
   }
 
-  // The whole layer: out[t, r] for n tokens, rows spread over the pool.
+  // Steps 3-4 for n tokens already in s (quantize_input or quantize_tokens): out[t, r], rows
+  // spread over the pool.
   template <class Acc>
-  void forward(const float* x, int64_t n, float* out, int64_t ldo, BitLinearScratch& s, const BasicExec<Acc>& ex) const {
-    quantize_input(x, n, s, ex);
+  void forward_quantized(int64_t n, float* out, int64_t ldo, BitLinearScratch& s, const BasicExec<Acc>& ex) const {
     ex.for_rows(w_.rows, n, [&](int64_t r0, int64_t r1) {
       accumulate_rows(n, s, ex, r0, r1);
       dequantize_rows(n, s, out, ldo, r0, r1);
     });
+  }
+  // The whole layer: out[t, r] for n tokens.
+  template <class Acc>
+  void forward(const float* x, int64_t n, float* out, int64_t ldo, BitLinearScratch& s, const BasicExec<Acc>& ex) const {
+    quantize_input(x, n, s, ex);
+    forward_quantized(n, out, ldo, s, ex);
   }
   template <class Acc>
   void forward(const float* x, int64_t n, float* out, BitLinearScratch& s, const BasicExec<Acc>& ex) const {

@@ -27,10 +27,25 @@ struct GLU {
 
   template <class Acc>
   void forward(const float* x, int64_t n, float* out, Activations& s, const BasicExec<Acc>& ex) const {
+    reserve(n, s);
+    ex.for_range(n, 1, [&](int64_t t0, int64_t t1) { quantize_tokens(x, t0, t1, s, ex); });
+    forward_quantized(n, out, s, ex);
+  }
+
+  // The two halves of forward (as MLGRU's): scratch, the input's quantisation for tokens
+  // [t0, t1) on the calling thread, and everything after it.
+  void reserve(int64_t n, Activations& s) const {
+    s.reserve_glu(n, intermediate());
+    gate_proj.reserve(n, s.bl);
+  }
+  template <class Acc>
+  void quantize_tokens(const float* x, int64_t t0, int64_t t1, Activations& s, const BasicExec<Acc>& ex) const {
+    gate_proj.quantize_tokens(x, t0, t1, s.bl, ex);
+  }
+  template <class Acc>
+  void forward_quantized(int64_t n, float* out, Activations& s, const BasicExec<Acc>& ex) const {
     const int64_t inter = intermediate();
-    s.reserve_glu(n, inter);
     BitLinearScratch& bs = s.bl;
-    gate_proj.quantize_input(x, n, bs, ex);
     // Channel c needs rows c (gate) and I + c (up): each thread takes both rows of its
     // channels, so the activation joins the same parallel section.
     ex.for_rows(inter, n, [&](int64_t c0, int64_t c1) {

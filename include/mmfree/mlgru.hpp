@@ -59,22 +59,37 @@ struct MLGRU {
   }
   // The same with token t's state in hs[t]: n consecutive tokens of one sequence (every hs[t]
   // the same vector, advanced in order), or n sequences decoding one token each (a batch).
-  template <class Acc>
   // With `snaps` (optional, one per token, null where not wanted), the state after token t is
   // also copied to snaps[t]: the states a verification pass rolls back to (speculative.hpp).
+  template <class Acc>
   void forward(const float* x, int64_t n, float* const* hs, float* out, double eps, Activations& s,
                const BasicExec<Acc>& ex, float* const* snaps = nullptr) const {
+    reserve(n, s);
+    ex.for_range(n, 1, [&](int64_t t0, int64_t t1) { quantize_tokens(x, t0, t1, s, ex); });
+    forward_quantized(n, hs, out, eps, s, ex, snaps);
+  }
+
+  // The two halves of forward, so that a caller can join the quantisation to its own per-token
+  // work (the model: residual add and rmsnorm) in one parallel section.
+  void reserve(int64_t n, Activations& s) const {
+    s.reserve_mixer(n, dim());
+    f_proj.reserve(n, s.fq), i_proj.reserve(n, s.iq), g_proj.reserve(n, s.gq), o_proj.reserve(n, s.bl);
+  }
+  // f, i and g read the same x: one rms factor per token, then three quantisations, for tokens
+  // [t0, t1) on the calling thread.
+  template <class Acc>
+  void quantize_tokens(const float* x, int64_t t0, int64_t t1, Activations& s, const BasicExec<Acc>& ex) const {
+    const int64_t k = f_proj.in_features();
+    for (int64_t t = t0; t < t1; ++t) s.rms[size_t(t)] = rms_factor(ex.kernels.sum_squares(x + t * k, k), k, kBitLinearEps);
+    f_proj.quantize_tokens(x, t0, t1, s.fq, ex, s.rms.data());
+    i_proj.quantize_tokens(x, t0, t1, s.iq, ex, s.rms.data());
+    g_proj.quantize_tokens(x, t0, t1, s.gq, ex, s.rms.data());
+  }
+  // Everything after the quantisation (reserve and quantize_tokens first, for all n tokens).
+  template <class Acc>
+  void forward_quantized(int64_t n, float* const* hs, float* out, double eps, Activations& s, const BasicExec<Acc>& ex,
+                         float* const* snaps = nullptr) const {
     const int64_t d = dim();
-    s.reserve_mixer(n, d);
-    // f, i and g read the same x: one rms factor per token, then three quantisations, spread
-    // over the pool (for one token, the three are the tasks).
-    f_proj.rms_factors(x, n, s.rms.data(), ex);
-    f_proj.reserve(n, s.fq), i_proj.reserve(n, s.iq), g_proj.reserve(n, s.gq);
-    const BitLinear* proj[3] = {&f_proj, &i_proj, &g_proj};
-    BitLinearScratch* qs[3] = {&s.fq, &s.iq, &s.gq};
-    ex.for_range(3 * n, 1, [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j) proj[j % 3]->quantize_tokens(x, j / 3, j / 3 + 1, *qs[j % 3], ex, s.rms.data());
-    });
     const float* lb = lower_bound.empty() ? nullptr : lower_bound.data();
     // Channels are independent until g's norm: each thread computes its channels' rows of
     // f, i and g for all n tokens, then runs the recurrence over them. One parallel
@@ -92,16 +107,17 @@ struct MLGRU {
         if (snaps && snaps[t]) std::memcpy(snaps[t] + c0, hs[t] + c0, size_t(c1 - c0) * sizeof(float));
       }
     });
+    // o = rmsnorm(g) * silu(h), and o_proj's quantisation of it, per token in one section.
     ex.for_range(n, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        // o = rmsnorm(g) * silu(h): normalise g in place, then gate.
         float* o = s.o.data() + t * d;
         float* g = s.g.data() + t * d;
         ex.rmsnorm(g, g_norm.data(), d, eps, g);
         mul_into(o, g, d);
       }
+      o_proj.quantize_tokens(s.o.data(), t0, t1, s.bl, ex);
     });
-    o_proj.forward(s.o.data(), n, out, s.bl, ex);
+    o_proj.forward_quantized(n, out, o_proj.out_features(), s.bl, ex);
   }
 };
 

@@ -241,14 +241,22 @@ class BasicModel {
         a.snap.resize(size_t(m));
         for (int64_t t = 0; t < m; ++t) a.snap[size_t(t)] = snaps[t] ? snaps[t]->h[l].data() : nullptr;
       }
-      // Token mixer: x += mlgru(rmsnorm(x)), advancing this layer's recurrent states.
-      rmsnorm_rows(x, m, b.attn_norm.data(), eps, xn, ex);
-      b.attn.forward(xn, m, a.h.data(), y, eps, a, ex, snaps ? a.snap.data() : nullptr);
-      add_rows(x, y, m, ex);
+      // Token mixer: x += mlgru(rmsnorm(x)), advancing this layer's recurrent states. (The
+      // previous sublayer's y joins x here, in the same section as the norm and quantisation.)
+      b.attn.reserve(m, a);
+      per_token(m, ex, [&](int64_t t0, int64_t t1) {
+        if (l > 0) add_norm_rows(x, y, t0, t1, b.attn_norm.data(), eps, xn, ex);
+        else rmsnorm_rows(x, t0, t1, b.attn_norm.data(), eps, xn, ex);
+        b.attn.quantize_tokens(xn, t0, t1, a, ex);
+      });
+      b.attn.forward_quantized(m, a.h.data(), y, eps, a, ex, snaps ? a.snap.data() : nullptr);
       // Channel mixer: x += glu(rmsnorm(x)).
-      rmsnorm_rows(x, m, b.mlp_norm.data(), eps, xn, ex);
-      b.mlp.forward(xn, m, y, a, ex);
-      add_rows(x, y, m, ex);
+      b.mlp.reserve(m, a);
+      per_token(m, ex, [&](int64_t t0, int64_t t1) {
+        add_norm_rows(x, y, t0, t1, b.mlp_norm.data(), eps, xn, ex);
+        b.mlp.quantize_tokens(xn, t0, t1, a, ex);
+      });
+      b.mlp.forward_quantized(m, y, a, ex);
     }
     for (int64_t t = 0; t < m; ++t) {
       ++sts[t]->position;
@@ -256,26 +264,38 @@ class BasicModel {
     }
     if (logit_rows.empty()) return;  // a prompt chunk whose logits nobody reads
 
-    // logits = lm_head(rmsnorm(x)), for the rows asked for only.
+    // logits = lm_head(rmsnorm(x + the last block's y)), for the rows asked for only.
     const int64_t rows = int64_t(logit_rows.size());
-    ex.for_range(rows, 8, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) ex.rmsnorm(x + logit_rows[size_t(r)] * H, w_.final_norm.data(), H, eps, xn + r * H);
+    per_token(rows, ex, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t t = logit_rows[size_t(r)];
+        if (!w_.blocks.empty()) add_into(x + t * H, y + t * H, H);
+        ex.rmsnorm(x + t * H, w_.final_norm.data(), H, eps, xn + r * H);
+      }
     });
     w_.lm_head.forward(xn, rows, logits, a.bl, ex);
   }
 
-  // xn[t] = rmsnorm(x[t], w) for m tokens of H, tokens over the pool.
-  void rmsnorm_rows(const float* x, int64_t m, const float* w, double eps, float* xn, const BasicExec<Acc>& ex) const {
-    const int64_t H = w_.config.hidden_size;
-    ex.for_range(m, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) ex.rmsnorm(x + t * H, w, H, eps, xn + t * H);
-    });
+  // Per-token work (norms, residual adds, quantisation) for tokens [t0, t1), the tokens spread
+  // over the pool: one parallel section for everything between two products.
+  template <class Fn>
+  static void per_token(int64_t m, const BasicExec<Acc>& ex, const Fn& fn) {
+    ex.for_range(m, 1, [&](int64_t t0, int64_t t1) { fn(t0, t1); });
   }
-  // x += y over [m, H]: the residual add, tokens over the pool (a few microseconds a token;
-  // not worth fusing).
-  void add_rows(float* x, const float* y, int64_t m, const BasicExec<Acc>& ex) const {
+  // xn[t] = rmsnorm(x[t], w) for tokens [t0, t1) of H.
+  void rmsnorm_rows(const float* x, int64_t t0, int64_t t1, const float* w, double eps, float* xn,
+                    const BasicExec<Acc>& ex) const {
     const int64_t H = w_.config.hidden_size;
-    ex.for_range(m, 8, [&](int64_t t0, int64_t t1) { add_into(x + t0 * H, y + t0 * H, (t1 - t0) * H); });
+    for (int64_t t = t0; t < t1; ++t) ex.rmsnorm(x + t * H, w, H, eps, xn + t * H);
+  }
+  // x[t] += y[t] (the residual add), then xn[t] = rmsnorm(x[t], w), for tokens [t0, t1).
+  void add_norm_rows(float* x, const float* y, int64_t t0, int64_t t1, const float* w, double eps, float* xn,
+                     const BasicExec<Acc>& ex) const {
+    const int64_t H = w_.config.hidden_size;
+    for (int64_t t = t0; t < t1; ++t) {
+      add_into(x + t * H, y + t * H, H);
+      ex.rmsnorm(x + t * H, w, H, eps, xn + t * H);
+    }
   }
 
   ModelWeights w_;
