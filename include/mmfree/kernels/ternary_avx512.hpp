@@ -333,15 +333,22 @@ MMFREE_TARGET_AVX512 inline void gemm_strips(UnpackFn unpack, const TernaryMatri
 // weights stream from memory once per pass whatever the batch (the strip, 2-22 KB, stays in L1
 // for the next tile), and decoding overlaps the multiplies instead of running as a separate
 // memory-bound phase (unpacking into a buffer measured half of a step's time at 8 tokens on AMD
-// Zen 5). A chains per (token, strip) keep at least 8 vpdpbusd in flight for small tiles.
+// Zen 5). Several chains per (token, strip) keep at least 8 vpdpbusd in flight for small tiles.
+// TQ2 decodes without the shifts where it can (direct_tq2_scaled, direct_tq2 below): on AMD Zen
+// 4/5 a shift takes one of the two pipes that run vpdpbusd, and a 5-token step of the 2.7B preset
+// ran 7% faster without them (6 tokens 12%, 8 tokens 3%).
 
-inline constexpr int kDirectTile = 12;  // tokens per tile: 12 accumulators (A = 1) and room to decode
+inline constexpr int kDirectTile = 12;  // tokens per tile: 24 accumulators (TQ2) and room to decode
 // Tokens per pass over the weights: their activations (128 x K bytes) stay in L2 while the strips
 // stream under them (all 512 tokens of a prompt at once measured 18% slower on the 1.3B gate).
 inline constexpr int64_t kDirectTokenBlock = 128;
 
 template <int T>
 constexpr int direct_chains() { return T >= 8 ? 1 : T >= 4 ? 2 : T == 3 ? 3 : 4; }
+// How far ahead of its loads a direct kernel prefetches: further than the decoder's 3 KB, since
+// a tile of a few tokens streams nearly as fast and must also cover the multiplies' latency
+// (6 KB: a 5-token step of the 2.7B preset 5% faster on AMD Zen 5, 2 and 8 tokens 1-5%).
+inline constexpr int64_t kDirectPrefetchBytes = 6144;
 
 template <int T, int A>
 MMFREE_TARGET_AVX512 inline void store_tile(__m512i (&acc)[T][A], const int32_t* qsum, int32_t* out, int64_t ldo,
@@ -363,26 +370,67 @@ MMFREE_TARGET_AVX512 inline void plane_into_tile(__m512i (&acc)[T][A], __m512i d
   for (int j = 0; j < T; ++j) dpbusd_bcast(acc[j][P % A], d, x + j * ldq + 4 * P);
 }
 
+// TQ2 for small tiles (up to 6 tokens), without shifts: plane P is masked in place, so its digits
+// enter the products as d * 4^P (at most 192: still an unsigned byte), into an accumulator of its
+// own that is shifted back once, at the store (exact: every sum is a multiple of 4^P). The shifts
+// compete with vpdpbusd for the same two vector pipes on AMD Zen 4/5; the masks do not. A plane's
+// vpdpbusd adds at most 4 * 192 * 128 per lane and chunk, so rows of up to kScaledPlanesMaxCols
+// (padded) columns stay below 2^31; longer rows take direct_tq2.
+inline constexpr int64_t kScaledPlanesMaxCols = 16 * ((int64_t(1) << 31) - 1) / (4 * 192 * 128) / 16 * 16;
 template <int T, bool Prefetch>
-MMFREE_TARGET_AVX512 inline void direct_tq2(const TernaryMatrix& W, int64_t s, const int8_t* Q, int64_t ldq,
-                                            const int32_t* qsum, int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
-  constexpr int A = direct_chains<T>();
-  __m512i acc[T][A];
+MMFREE_TARGET_AVX512 inline void direct_tq2_scaled(const TernaryMatrix& W, int64_t s, const int8_t* Q, int64_t ldq,
+                                                   const int32_t* qsum, int32_t* out, int64_t ldo, int64_t r0,
+                                                   int64_t r1) {
+  __m512i acc[T][4];
   #pragma GCC unroll 12
   for (int j = 0; j < T; ++j)
     #pragma GCC unroll 4
-    for (int a = 0; a < A; ++a) acc[j][a] = _mm512_setzero_si512();
+    for (int a = 0; a < 4; ++a) acc[j][a] = _mm512_setzero_si512();
   const uint8_t* w = W.strip(s);
   for (int64_t c = 0; c < W.chunks; ++c) {
-    if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0);
+    if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kDirectPrefetchBytes), _MM_HINT_T0);
     const __m512i u = _mm512_loadu_si512(w + c * 64);
     const int8_t* x = Q + 16 * c;
-    plane_into_tile<T, A, 0>(acc, tq2_plane<0>(u), x, ldq);
-    plane_into_tile<T, A, 1>(acc, tq2_plane<1>(u), x, ldq);
-    plane_into_tile<T, A, 2>(acc, tq2_plane<2>(u), x, ldq);
-    plane_into_tile<T, A, 3>(acc, tq2_plane<3>(u), x, ldq);
+    plane_into_tile<T, 4, 0>(acc, _mm512_and_si512(u, _mm512_set1_epi8(0x03)), x, ldq);
+    plane_into_tile<T, 4, 1>(acc, _mm512_and_si512(u, _mm512_set1_epi8(0x0c)), x, ldq);
+    plane_into_tile<T, 4, 2>(acc, _mm512_and_si512(u, _mm512_set1_epi8(0x30)), x, ldq);
+    plane_into_tile<T, 4, 3>(acc, _mm512_and_si512(u, _mm512_set1_epi8(char(0xc0))), x, ldq);
   }
-  store_tile<T, A>(acc, qsum, out, ldo, s, r0, r1);
+  const __mmask16 m = row_mask(s, r0, r1);
+  #pragma GCC unroll 12
+  for (int j = 0; j < T; ++j) {
+    const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(acc[j][0], _mm512_srai_epi32(acc[j][1], 2)),
+                                         _mm512_add_epi32(_mm512_srai_epi32(acc[j][2], 4), _mm512_srai_epi32(acc[j][3], 6)));
+    store_rows(out + j * ldo + s * kStripRows, sum, qsum[j], m);
+  }
+}
+
+// TQ2 for any tile, with one shift per chunk instead of three: planes 0 and 1 are masked in
+// place, planes 2 and 3 the same after one shift by 4, so planes 0 and 2 (digits as they are)
+// share one accumulator per token and planes 1 and 3 (digits * 4) another, shifted back at the
+// store. Two chains per token, where the shifting kernel had one.
+template <int T, bool Prefetch>
+MMFREE_TARGET_AVX512 inline void direct_tq2(const TernaryMatrix& W, int64_t s, const int8_t* Q, int64_t ldq,
+                                                   const int32_t* qsum, int32_t* out, int64_t ldo, int64_t r0,
+                                                   int64_t r1) {
+  __m512i acc[T][2];
+  #pragma GCC unroll 12
+  for (int j = 0; j < T; ++j) acc[j][0] = acc[j][1] = _mm512_setzero_si512();
+  const uint8_t* w = W.strip(s);
+  for (int64_t c = 0; c < W.chunks; ++c) {
+    if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kDirectPrefetchBytes), _MM_HINT_T0);
+    const __m512i u = _mm512_loadu_si512(w + c * 64);
+    const __m512i v = _mm512_srli_epi16(u, 4);
+    const int8_t* x = Q + 16 * c;
+    plane_into_tile<T, 2, 0>(acc, _mm512_and_si512(u, _mm512_set1_epi8(0x03)), x, ldq);
+    plane_into_tile<T, 2, 1>(acc, _mm512_and_si512(u, _mm512_set1_epi8(0x0c)), x, ldq);
+    plane_into_tile<T, 2, 2>(acc, _mm512_and_si512(v, _mm512_set1_epi8(0x03)), x, ldq);
+    plane_into_tile<T, 2, 3>(acc, _mm512_and_si512(v, _mm512_set1_epi8(0x0c)), x, ldq);
+  }
+  const __mmask16 m = row_mask(s, r0, r1);
+  #pragma GCC unroll 12
+  for (int j = 0; j < T; ++j)
+    store_rows(out + j * ldo + s * kStripRows, _mm512_add_epi32(acc[j][0], _mm512_srai_epi32(acc[j][1], 2)), qsum[j], m);
 }
 
 // TQ1: the first digit by comparison, the other four either by comparisons (any AVX-512BW) or
@@ -394,7 +442,7 @@ MMFREE_TARGET_AVX512 inline void direct_tq2(const TernaryMatrix& W, int64_t s, c
     _Pragma("GCC unroll 4") for (int a = 0; a < A; ++a) acc[j][a] = _mm512_setzero_si512();          \
   const uint8_t* w = W.strip(s);                                                                     \
   for (int64_t c = 0; c < W.chunks; ++c) {                                                           \
-    if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0); \
+    if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kDirectPrefetchBytes), _MM_HINT_T0); \
     __m512i r = _mm512_loadu_si512(w + c * 64);                                                      \
     const int8_t* x = Q + 20 * c;                                                                    \
     plane_into_tile<T, A, 0>(acc, tq1_level(r, 81), x, ldq);                                         \
@@ -447,12 +495,28 @@ MMFREE_TARGET_AVX512_VBMI inline void direct_tq1_vbmi(const TernaryMatrix& W, in
     t += tn;                                                                                         \
   }
 
+// One strip against all n <= 6 tokens in one tile.
+#define MMFREE_DIRECT_SMALL_TILE(FN)                                                     \
+  switch (n) {                                                                          \
+    case 1: FN<1, Prefetch>(W, s, Q, ldq, qsum, out, ldo, r0, r1); break;               \
+    case 2: FN<2, Prefetch>(W, s, Q, ldq, qsum, out, ldo, r0, r1); break;               \
+    case 3: FN<3, Prefetch>(W, s, Q, ldq, qsum, out, ldo, r0, r1); break;               \
+    case 4: FN<4, Prefetch>(W, s, Q, ldq, qsum, out, ldo, r0, r1); break;               \
+    case 5: FN<5, Prefetch>(W, s, Q, ldq, qsum, out, ldo, r0, r1); break;               \
+    default: FN<6, Prefetch>(W, s, Q, ldq, qsum, out, ldo, r0, r1); break;              \
+  }
+
 template <bool Prefetch>
 MMFREE_TARGET_AVX512 inline void direct_strips(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
                                                const int32_t* qsum, int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
+  const bool scaled = n <= 6 && W.padded_cols() <= kScaledPlanesMaxCols;
   for (int64_t s = r0 / kStripRows; s * kStripRows < r1; ++s) {
     if (W.format == TernaryFormat::TQ2) {
-      MMFREE_DIRECT_TILES(direct_tq2)
+      if (scaled) {
+        MMFREE_DIRECT_SMALL_TILE(direct_tq2_scaled)
+      } else {
+        MMFREE_DIRECT_TILES(direct_tq2)
+      }
     } else {
       MMFREE_DIRECT_TILES(direct_tq1)
     }
@@ -462,15 +526,21 @@ template <bool Prefetch>
 MMFREE_TARGET_AVX512_VBMI inline void direct_strips_vbmi(const TernaryMatrix& W, const int8_t* Q, int64_t ldq,
                                                          int64_t n, const int32_t* qsum, int32_t* out, int64_t ldo,
                                                          int64_t r0, int64_t r1) {
+  const bool scaled = n <= 6 && W.padded_cols() <= kScaledPlanesMaxCols;
   for (int64_t s = r0 / kStripRows; s * kStripRows < r1; ++s) {
     if (W.format == TernaryFormat::TQ2) {
-      MMFREE_DIRECT_TILES(direct_tq2)
+      if (scaled) {
+        MMFREE_DIRECT_SMALL_TILE(direct_tq2_scaled)
+      } else {
+        MMFREE_DIRECT_TILES(direct_tq2)
+      }
     } else {
       MMFREE_DIRECT_TILES(direct_tq1_vbmi)
     }
   }
 }
 #undef MMFREE_DIRECT_TILES
+#undef MMFREE_DIRECT_SMALL_TILE
 
 // ---- the kernels (same contract as ternary_gemm_scalar) --------------------------------------
 
