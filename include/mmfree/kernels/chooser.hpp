@@ -11,7 +11,8 @@
 //  - batch (2 to KernelTable::batch_max tokens) is both: the same walk with batch_tokens tokens,
 //    so decoding the weights and streaming them from memory are timed together;
 //  - prefill (a chunk of tokens) is compute-bound: each candidate multiplies a chunk through a
-//    256-row slice of every distinct shape, weighted by that shape's share of the model's work.
+//    256-row slice of every distinct shape (a different layer's matrix each time, so the rows
+//    come from memory), weighted by that shape's share of the model's work.
 // Candidates are interleaved over rounds (so a noisy neighbour slows them alike), each scored by
 // its best round, and the incumbent (the first candidate in all_kernels' order) keeps its place
 // unless another is more than `near_tie` faster. All kernels are bit-exact, so the choice changes
@@ -147,22 +148,31 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
         }
         for (size_t i = 0; i < K; ++i) cost[i] = bytes[i] > 0 ? secs[i] / bytes[i] : 1e300;
       } else {
-        // Distinct shapes, each weighted by the work it does in the model.
-        std::map<std::pair<int64_t, int64_t>, std::pair<const TernaryMatrix*, double>> shapes;
+        // Distinct shapes, each weighted by the work it does in the model. Each sample takes the
+        // next matrix of every shape (the next layer's), so its rows come from memory as a pass
+        // over the model reads them, not from the cache of the previous sample: warm, a kernel
+        // without prefetching tied with its prefetching twin, and then ran passes of 24-32 tokens
+        // of the 2.7B preset 20-25% slower (AMD Zen 5).
+        struct Shape {
+          std::vector<const TernaryMatrix*> ms;
+          double macs = 0;
+          size_t next = 0;
+        };
+        std::map<std::pair<int64_t, int64_t>, Shape> shapes;
         for (auto* m : matrices) {
-          auto& e = shapes[{m->rows, m->cols}];
-          e.first = m;
-          e.second += double(m->rows) * double(m->cols);
+          Shape& e = shapes[{m->rows, m->cols}];
+          e.ms.push_back(m);
+          e.macs += double(m->rows) * double(m->cols);
         }
         auto sample = [&](const Kernel& k) {
           double total = 0;
           for (auto& [shape, e] : shapes) {
-            const TernaryMatrix& W = *e.first;
+            const TernaryMatrix& W = *e.ms[e.next++ % e.ms.size()];
             const int64_t rows = std::min(W.rows, opt.prefill_rows);
             const auto t0 = std::chrono::steady_clock::now();
             detail::run_rows(k, W, Q.data(), ldq, T, acc.data(), rows, pool);
             const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            total += s / (double(rows) * double(W.cols) * double(T)) * e.second;  // seconds for the model's MACs
+            total += s / (double(rows) * double(W.cols) * double(T)) * e.macs;  // seconds for the model's MACs
           }
           return total;
         };
@@ -172,7 +182,7 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
           return std::pair{c, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()};
         });
         double macs = 0;
-        for (auto& [shape, e] : shapes) macs += e.second;
+        for (auto& [shape, e] : shapes) macs += e.macs;
         for (auto& c : cost) c /= macs;  // seconds per MAC
       }
     }
