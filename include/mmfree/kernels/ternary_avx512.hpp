@@ -127,10 +127,12 @@ MMFREE_TARGET_AVX512_VBMI inline void tq1_planes_vbmi(__m512i v, const Tq1Regs& 
 
 // ---- one token: stream the strips -----------------------------------------------------------
 
-// How far ahead the prefetching variants fetch, in bytes: 3 KiB, not a multiple of 4 KiB, which
-// would alias with the demand loads in L1 (measured on an Intel Xeon with the row layout). The
-// chooser measures both variants; one sequential stream often needs no software prefetch at all.
-inline constexpr int64_t kPrefetchBytes = 3072;
+// How far ahead the prefetching variants fetch, in bytes: 6 KiB, not a multiple of 4 KiB, which
+// would alias with the demand loads in L1 (measured on an Intel Xeon with the row layout). 3 KiB
+// was enough at 30-40 GB/s; on AMD Zen 5 at 85 GB/s decoding one token of the 1.3B and 2.7B
+// presets ran 5-13% faster at 6 KiB, and steps of a few tokens 5%. The chooser measures both
+// variants; one sequential stream often needs no software prefetch at all.
+inline constexpr int64_t kPrefetchBytes = 6144;
 
 template <bool Prefetch>
 MMFREE_TARGET_AVX512 inline void tq2_decode(const TernaryMatrix& W, const int8_t* q, int32_t qsum, int32_t* out,
@@ -345,10 +347,6 @@ inline constexpr int64_t kDirectTokenBlock = 128;
 
 template <int T>
 constexpr int direct_chains() { return T >= 8 ? 1 : T >= 4 ? 2 : T == 3 ? 3 : 4; }
-// How far ahead of its loads a direct kernel prefetches: further than the decoder's 3 KB, since
-// a tile of a few tokens streams nearly as fast and must also cover the multiplies' latency
-// (6 KB: a 5-token step of the 2.7B preset 5% faster on AMD Zen 5, 2 and 8 tokens 1-5%).
-inline constexpr int64_t kDirectPrefetchBytes = 6144;
 
 template <int T, int A>
 MMFREE_TARGET_AVX512 inline void store_tile(__m512i (&acc)[T][A], const int32_t* qsum, int32_t* out, int64_t ldo,
@@ -388,7 +386,7 @@ MMFREE_TARGET_AVX512 inline void direct_tq2_scaled(const TernaryMatrix& W, int64
     for (int a = 0; a < 4; ++a) acc[j][a] = _mm512_setzero_si512();
   const uint8_t* w = W.strip(s);
   for (int64_t c = 0; c < W.chunks; ++c) {
-    if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kDirectPrefetchBytes), _MM_HINT_T0);
+    if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0);
     const __m512i u = _mm512_loadu_si512(w + c * 64);
     const int8_t* x = Q + 16 * c;
     plane_into_tile<T, 4, 0>(acc, _mm512_and_si512(u, _mm512_set1_epi8(0x03)), x, ldq);
@@ -418,7 +416,7 @@ MMFREE_TARGET_AVX512 inline void direct_tq2(const TernaryMatrix& W, int64_t s, c
   for (int j = 0; j < T; ++j) acc[j][0] = acc[j][1] = _mm512_setzero_si512();
   const uint8_t* w = W.strip(s);
   for (int64_t c = 0; c < W.chunks; ++c) {
-    if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kDirectPrefetchBytes), _MM_HINT_T0);
+    if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0);
     const __m512i u = _mm512_loadu_si512(w + c * 64);
     const __m512i v = _mm512_srli_epi16(u, 4);
     const int8_t* x = Q + 16 * c;
@@ -442,7 +440,7 @@ MMFREE_TARGET_AVX512 inline void direct_tq2(const TernaryMatrix& W, int64_t s, c
     _Pragma("GCC unroll 4") for (int a = 0; a < A; ++a) acc[j][a] = _mm512_setzero_si512();          \
   const uint8_t* w = W.strip(s);                                                                     \
   for (int64_t c = 0; c < W.chunks; ++c) {                                                           \
-    if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kDirectPrefetchBytes), _MM_HINT_T0); \
+    if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0); \
     __m512i r = _mm512_loadu_si512(w + c * 64);                                                      \
     const int8_t* x = Q + 20 * c;                                                                    \
     plane_into_tile<T, A, 0>(acc, tq1_level(r, 81), x, ldq);                                         \
