@@ -179,8 +179,11 @@ void check_draft_model(const BasicModel<Acc>& target, const BasicModel<Acc>& dra
 // How many tokens to draft: the k that maximises the expected tokens per pass,
 // (1 - a^(k+1)) / (1 - a) for acceptance rate a, over the pass's measured cost (the model's pass
 // over k + 1 tokens and the drafter's time for k). Both are measured as decoding goes, with
-// recent passes weighing most, so a drafter that is rarely right soon drafts nothing (k = 0: a
-// plain step) and is tried again only as the evidence against it fades.
+// recent passes weighing most. Drafting must beat a plain step by kMargin: pass costs come from a
+// noisy machine, and without a margin a drafter that is never right kept being tried whenever a
+// short pass happened to measure cheap (0.90x plain decoding on Zen 5). A drafter that is not
+// worth it drafts nothing (k = 0: a plain step) and is probed with one token once in kProbe
+// plain passes, so one that becomes right is noticed.
 class DraftLength {
  public:
   explicit DraftLength(int max_k, bool adaptive = true) : max_k_(std::max(0, max_k)), adaptive_(adaptive) {}
@@ -190,18 +193,25 @@ class DraftLength {
     if (pass_[0] == 0) return 0;  // a plain step first: what drafting is weighed against
     const double a = std::min(0.99, acceptance());
     int best = 0;
-    double best_rate = 1.0 / cost(0);
+    double best_rate = 0;
     for (int k = 1; k <= max_k_; ++k) {
       const double tokens = (1 - std::pow(a, k + 1)) / (1 - a);
       const double rate = tokens / cost(k);
       if (rate > best_rate) best = k, best_rate = rate;
     }
-    return best;
+    if (best_rate > kMargin / cost(0)) return best;
+    return plain_passes_ >= kProbe ? 1 : 0;
   }
   // A pass that drafted k tokens (the drafter took draft_seconds), kept n, and took pass_seconds.
+  // The acceptance evidence decays with drafting passes only: plain passes say nothing of it.
   void record(int k, int n, double pass_seconds, double draft_seconds) {
-    kept_ = kept_ * kDecay + n;
-    drafted_ = drafted_ * kDecay + k;
+    if (k > 0) {
+      kept_ = kept_ * kDecay + n;
+      drafted_ = drafted_ * kDecay + k;
+      plain_passes_ = 0;
+    } else {
+      ++plain_passes_;
+    }
     auto ema = [](double& v, double x) { v = v > 0 ? v + 0.25 * (x - v) : x; };
     if (size_t(k) < pass_.size()) ema(pass_[size_t(k)], pass_seconds);
     if (k > 0) ema(draft_per_token_, draft_seconds / k);
@@ -210,7 +220,9 @@ class DraftLength {
   double acceptance() const { return (kept_ + 0.5) / (drafted_ + 1.0); }
 
  private:
-  static constexpr double kDecay = 0.99;  // evidence halves in ~70 passes
+  static constexpr double kDecay = 0.97;    // evidence halves in ~23 drafting passes
+  static constexpr double kMargin = 1.05;   // drafting must promise 5% more tokens per second
+  static constexpr int kProbe = 64;         // plain passes between probes of a drafter not worth it
   // Seconds of a pass over k + 1 tokens plus drafting k. A length not measured yet is
   // interpolated between the nearest measured ones, or, past the longest, extrapolated along the
   // slope of the two longest measured (25% a token while only one is: next() measures k = 0 first).
@@ -235,6 +247,7 @@ class DraftLength {
   int max_k_;
   bool adaptive_;
   double kept_ = 0, drafted_ = 0, draft_per_token_ = 0;
+  int plain_passes_ = 0;
   std::vector<double> pass_ = std::vector<double>(65, 0.0);
 };
 
