@@ -13,11 +13,13 @@
 // so a program of two files that include mmfree fails to link ("multiple definition of
 // ...[clone .resolver]"); there these loops are compiled for the baseline only.
 // No contraction into fused multiply-adds: the AVX-512 clone may use them and the AVX2 and
-// baseline clones may not, and then sigmoid and silu would differ in their last bits from one
-// CPU to the next (GCC contracts by default under -std=gnu++).
+// baseline clones may not, and AArch64 always may, so sigmoid and silu would differ in their last
+// bits from one CPU to the next (GCC contracts by default under -std=gnu++).
 #if defined(__x86_64__) && defined(__linux__) && !defined(__SANITIZE_ADDRESS__) && !defined(__clang__)
 #define MMFREE_ELEMENTWISE_CLONES \
   __attribute__((target_clones("avx512f", "avx2", "default"), optimize("fp-contract=off")))
+#elif defined(__GNUC__) && !defined(__clang__)
+#define MMFREE_ELEMENTWISE_CLONES __attribute__((optimize("fp-contract=off")))
 #else
 #define MMFREE_ELEMENTWISE_CLONES
 #endif
