@@ -28,18 +28,15 @@ class BitLinear {
   const TernaryMatrix& weights() const { return w_; }
   const std::vector<float>& norm() const { return norm_; }
 
-  // The rms factor of each of n tokens of x (K floats each), for quantize_input: projections
-  // that read the same x compute it once.
+  // The rms factor of one token of x (K floats), for quantize_tokens: projections that read the
+  // same x compute it once.
   template <class Acc>
-  void rms_factors(const float* x, int64_t n, float* r, const BasicExec<Acc>& ex) const {
-    const int64_t k = w_.cols;
-    ex.for_range(n, 8, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) r[t] = rms_factor(ex.kernels.sum_squares(x + t * k, k), k, kBitLinearEps);
-    });
+  float input_rms(const float* x, const BasicExec<Acc>& ex) const {
+    return rms_factor(ex.kernels.sum_squares(x, w_.cols), w_.cols, kBitLinearEps);
   }
 
   // Step 1-2: rmsnorm + int8 quantisation of n tokens into s.q / s.s_x; `r`, when given, holds
-  // the tokens' rms factors (rms_factors). Tokens spread over the pool.
+  // the tokens' rms factors (input_rms). Tokens spread over the pool.
   template <class Acc>
   void quantize_input(const float* x, int64_t n, BitLinearScratch& s, const BasicExec<Acc>& ex, const float* r = nullptr) const {
     reserve(n, s);
@@ -51,7 +48,7 @@ class BitLinear {
                        const float* r = nullptr) const {
     const int64_t k = w_.cols, kp = activation_cols(k);
     for (int64_t t = t0; t < t1; ++t) {
-      const float rt = r ? r[t] : rms_factor(ex.kernels.sum_squares(x + t * k, k), k, kBitLinearEps);
+      const float rt = r ? r[t] : input_rms(x + t * k, ex);
       s.s_x[size_t(t)] = ex.kernels.scale_quantize(x + t * k, rt, norm_.data(), k, s.tmp.data() + t * k, s.q.data() + t * kp, kp);
     }
   }

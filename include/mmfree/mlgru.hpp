@@ -80,7 +80,7 @@ struct MLGRU {
   template <class Acc>
   void quantize_tokens(const float* x, int64_t t0, int64_t t1, Activations& s, const BasicExec<Acc>& ex) const {
     const int64_t k = f_proj.in_features();
-    for (int64_t t = t0; t < t1; ++t) s.rms[size_t(t)] = rms_factor(ex.kernels.sum_squares(x + t * k, k), k, kBitLinearEps);
+    for (int64_t t = t0; t < t1; ++t) s.rms[size_t(t)] = f_proj.input_rms(x + t * k, ex);
     f_proj.quantize_tokens(x, t0, t1, s.fq, ex, s.rms.data());
     i_proj.quantize_tokens(x, t0, t1, s.iq, ex, s.rms.data());
     g_proj.quantize_tokens(x, t0, t1, s.gq, ex, s.rms.data());

@@ -245,8 +245,7 @@ class BasicModel {
       // previous sublayer's y joins x here, in the same section as the norm and quantisation.)
       b.attn.reserve(m, a);
       per_token(m, ex, [&](int64_t t0, int64_t t1) {
-        if (l > 0) add_norm_rows(x, y, t0, t1, b.attn_norm.data(), eps, xn, ex);
-        else rmsnorm_rows(x, t0, t1, b.attn_norm.data(), eps, xn, ex);
+        add_norm_rows(x, l > 0 ? y : nullptr, t0, t1, b.attn_norm.data(), eps, xn, ex);
         b.attn.quantize_tokens(xn, t0, t1, a, ex);
       });
       b.attn.forward_quantized(m, a.h.data(), y, eps, a, ex, snaps ? a.snap.data() : nullptr);
@@ -282,18 +281,13 @@ class BasicModel {
   static void per_token(int64_t m, const BasicExec<Acc>& ex, const Fn& fn) {
     ex.for_range(m, 1, [&](int64_t t0, int64_t t1) { fn(t0, t1); });
   }
-  // xn[t] = rmsnorm(x[t], w) for tokens [t0, t1) of H.
-  void rmsnorm_rows(const float* x, int64_t t0, int64_t t1, const float* w, double eps, float* xn,
-                    const BasicExec<Acc>& ex) const {
-    const int64_t H = w_.config.hidden_size;
-    for (int64_t t = t0; t < t1; ++t) ex.rmsnorm(x + t * H, w, H, eps, xn + t * H);
-  }
-  // x[t] += y[t] (the residual add), then xn[t] = rmsnorm(x[t], w), for tokens [t0, t1).
+  // x[t] += y[t] (the residual add; none when y is null), then xn[t] = rmsnorm(x[t], w), for
+  // tokens [t0, t1).
   void add_norm_rows(float* x, const float* y, int64_t t0, int64_t t1, const float* w, double eps, float* xn,
                      const BasicExec<Acc>& ex) const {
     const int64_t H = w_.config.hidden_size;
     for (int64_t t = t0; t < t1; ++t) {
-      add_into(x + t * H, y + t * H, H);
+      if (y) add_into(x + t * H, y + t * H, H);
       ex.rmsnorm(x + t * H, w, H, eps, xn + t * H);
     }
   }

@@ -368,67 +368,55 @@ MMFREE_TARGET_AVX512 inline void plane_into_tile(__m512i (&acc)[T][A], __m512i d
   for (int j = 0; j < T; ++j) dpbusd_bcast(acc[j][P % A], d, x + j * ldq + 4 * P);
 }
 
-// TQ2 for small tiles (up to 6 tokens), without shifts: plane P is masked in place, so its digits
-// enter the products as d * 4^P (at most 192: still an unsigned byte), into an accumulator of its
-// own that is shifted back once, at the store (exact: every sum is a multiple of 4^P). The shifts
-// compete with vpdpbusd for the same two vector pipes on AMD Zen 4/5; the masks do not. A plane's
-// vpdpbusd adds at most 4 * 192 * 128 per lane and chunk, so rows of up to kScaledPlanesMaxCols
-// (padded) columns stay below 2^31; longer rows take direct_tq2.
+// TQ2 with the digit planes masked in place instead of shifted down. The shifts compete with
+// vpdpbusd for the same two vector pipes on AMD Zen 4/5; the masks do not. Plane P's digits enter
+// the products as d * 4^(P % S), into accumulator P % S of its token, shifted back once at the
+// store (exact: every such sum is a multiple of 4^(P % S)).
+//  - S = 4 (tiles of up to 6 tokens): no shift at all, 4 accumulators per token. A plane's vpdpbusd
+//    adds at most 4 * 192 * 128 per lane and chunk, so rows of up to kScaledPlanesMaxCols (padded)
+//    columns stay below 2^31; longer rows take S = 2.
+//  - S = 2 (any tile): one shift by 4 per chunk instead of three; planes 0 and 2 share one
+//    accumulator per token, 1 and 3 (digits * 4) another.
 inline constexpr int64_t kScaledPlanesMaxCols = 16 * ((int64_t(1) << 31) - 1) / (4 * 192 * 128) / 16 * 16;
-template <int T, bool Prefetch>
-MMFREE_TARGET_AVX512 inline void direct_tq2_scaled(const TernaryMatrix& W, int64_t s, const int8_t* Q, int64_t ldq,
+template <int T, int S, bool Prefetch>
+MMFREE_TARGET_AVX512 inline void direct_tq2_masked(const TernaryMatrix& W, int64_t s, const int8_t* Q, int64_t ldq,
                                                    const int32_t* qsum, int32_t* out, int64_t ldo, int64_t r0,
                                                    int64_t r1) {
-  __m512i acc[T][4];
+  static_assert(S == 2 || S == 4);
+  __m512i acc[T][S];
   #pragma GCC unroll 12
   for (int j = 0; j < T; ++j)
     #pragma GCC unroll 4
-    for (int a = 0; a < 4; ++a) acc[j][a] = _mm512_setzero_si512();
+    for (int a = 0; a < S; ++a) acc[j][a] = _mm512_setzero_si512();
   const uint8_t* w = W.strip(s);
   for (int64_t c = 0; c < W.chunks; ++c) {
     if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0);
     const __m512i u = _mm512_loadu_si512(w + c * 64);
+    const __m512i v = S == 2 ? _mm512_srli_epi16(u, 4) : u;  // planes 2 and 3
     const int8_t* x = Q + 16 * c;
-    plane_into_tile<T, 4, 0>(acc, _mm512_and_si512(u, _mm512_set1_epi8(0x03)), x, ldq);
-    plane_into_tile<T, 4, 1>(acc, _mm512_and_si512(u, _mm512_set1_epi8(0x0c)), x, ldq);
-    plane_into_tile<T, 4, 2>(acc, _mm512_and_si512(u, _mm512_set1_epi8(0x30)), x, ldq);
-    plane_into_tile<T, 4, 3>(acc, _mm512_and_si512(u, _mm512_set1_epi8(char(0xc0))), x, ldq);
+    plane_into_tile<T, S, 0>(acc, _mm512_and_si512(u, _mm512_set1_epi8(0x03)), x, ldq);
+    plane_into_tile<T, S, 1>(acc, _mm512_and_si512(u, _mm512_set1_epi8(0x0c)), x, ldq);
+    plane_into_tile<T, S, 2>(acc, _mm512_and_si512(v, _mm512_set1_epi8(S == 4 ? 0x30 : 0x03)), x, ldq);
+    plane_into_tile<T, S, 3>(acc, _mm512_and_si512(v, _mm512_set1_epi8(char(S == 4 ? 0xc0 : 0x0c))), x, ldq);
   }
   const __mmask16 m = row_mask(s, r0, r1);
   #pragma GCC unroll 12
   for (int j = 0; j < T; ++j) {
-    const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(acc[j][0], _mm512_srai_epi32(acc[j][1], 2)),
-                                         _mm512_add_epi32(_mm512_srai_epi32(acc[j][2], 4), _mm512_srai_epi32(acc[j][3], 6)));
+    __m512i sum = _mm512_add_epi32(acc[j][0], _mm512_srai_epi32(acc[j][1], 2));
+    if constexpr (S == 4) sum = _mm512_add_epi32(sum, _mm512_add_epi32(_mm512_srai_epi32(acc[j][2], 4), _mm512_srai_epi32(acc[j][3], 6)));
     store_rows(out + j * ldo + s * kStripRows, sum, qsum[j], m);
   }
 }
-
-// TQ2 for any tile, with one shift per chunk instead of three: planes 0 and 1 are masked in
-// place, planes 2 and 3 the same after one shift by 4, so planes 0 and 2 (digits as they are)
-// share one accumulator per token and planes 1 and 3 (digits * 4) another, shifted back at the
-// store. Two chains per token, where the shifting kernel had one.
+// The two forms under the names the tile switches call.
+template <int T, bool Prefetch>
+MMFREE_TARGET_AVX512 inline void direct_tq2_scaled(const TernaryMatrix& W, int64_t s, const int8_t* Q, int64_t ldq,
+                                                   const int32_t* qsum, int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
+  direct_tq2_masked<T, 4, Prefetch>(W, s, Q, ldq, qsum, out, ldo, r0, r1);
+}
 template <int T, bool Prefetch>
 MMFREE_TARGET_AVX512 inline void direct_tq2(const TernaryMatrix& W, int64_t s, const int8_t* Q, int64_t ldq,
-                                                   const int32_t* qsum, int32_t* out, int64_t ldo, int64_t r0,
-                                                   int64_t r1) {
-  __m512i acc[T][2];
-  #pragma GCC unroll 12
-  for (int j = 0; j < T; ++j) acc[j][0] = acc[j][1] = _mm512_setzero_si512();
-  const uint8_t* w = W.strip(s);
-  for (int64_t c = 0; c < W.chunks; ++c) {
-    if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0);
-    const __m512i u = _mm512_loadu_si512(w + c * 64);
-    const __m512i v = _mm512_srli_epi16(u, 4);
-    const int8_t* x = Q + 16 * c;
-    plane_into_tile<T, 2, 0>(acc, _mm512_and_si512(u, _mm512_set1_epi8(0x03)), x, ldq);
-    plane_into_tile<T, 2, 1>(acc, _mm512_and_si512(u, _mm512_set1_epi8(0x0c)), x, ldq);
-    plane_into_tile<T, 2, 2>(acc, _mm512_and_si512(v, _mm512_set1_epi8(0x03)), x, ldq);
-    plane_into_tile<T, 2, 3>(acc, _mm512_and_si512(v, _mm512_set1_epi8(0x0c)), x, ldq);
-  }
-  const __mmask16 m = row_mask(s, r0, r1);
-  #pragma GCC unroll 12
-  for (int j = 0; j < T; ++j)
-    store_rows(out + j * ldo + s * kStripRows, _mm512_add_epi32(acc[j][0], _mm512_srai_epi32(acc[j][1], 2)), qsum[j], m);
+                                            const int32_t* qsum, int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
+  direct_tq2_masked<T, 2, Prefetch>(W, s, Q, ldq, qsum, out, ldo, r0, r1);
 }
 
 // TQ1: the first digit by comparison, the other four either by comparisons (any AVX-512BW) or
