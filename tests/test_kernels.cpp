@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 
 #include <atomic>
+#include <cstring>
 #include <map>
 #include <optional>
 #include <set>
@@ -11,6 +12,7 @@
 
 #include "mmfree/kernels/chooser.hpp"
 #include "mmfree/kernels/dispatch.hpp"
+#include "mmfree/ops.hpp"
 #include "mmfree/ternary_format.hpp"
 #include "mmfree/thread_pool.hpp"
 #include "test_util.hpp"
@@ -56,6 +58,22 @@ void expect_kernels_match_scalar(std::mt19937& rng, TernaryFormat f, int64_t row
       ASSERT_EQ(got, ref) << k.name << " " << format_name(f) << " " << rows << "x" << cols << " n=" << n
                           << " threads=" << threads;
     }
+  // The dequantising twins: the bits of the integers through scale_ints, per-token scales.
+  std::vector<float> scale(static_cast<size_t>(n)), want(static_cast<size_t>(n * rows));
+  std::uniform_real_distribution<float> sd(1e-4f, 3.0f);
+  for (auto& v : scale) v = sd(rng);
+  for (int64_t t = 0; t < n; ++t) scale_ints(ref.data() + t * rows, scale[size_t(t)], rows, want.data() + t * rows);
+  for (const auto& k : ks) {
+    if (!k.gemm_scaled) continue;
+    for (int threads : {1, 3}) {
+      ThreadPool pool(threads);
+      std::vector<float> got(size_t(n * rows), -7.0f);
+      pool.for_range(rows, 1, [&](int64_t r0, int64_t r1) { k.gemm_scaled(m, q.data(), ld, n, scale.data(), got.data(), rows, r0, r1); });
+      ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0)
+          << k.name << " (dequantising) " << format_name(f) << " " << rows << "x" << cols << " n=" << n
+          << " threads=" << threads;
+    }
+  }
 }
 
 
@@ -93,9 +111,10 @@ TEST(ThreadPool, ForRangeCoversEveryIndexOnce) {
   }
 }
 
-// Every kernel equals the scalar reference bit for bit: K not a multiple of a chunk, 1 row,
-// 1 column, K = 1, rows around a strip, token counts around every register tile (1, 2, 4, 8
-// and 12 tokens, AMX's 16 and 32), 1 and 3 threads.
+// Every kernel equals the scalar reference bit for bit (and a dequantising twin the scalar
+// reference through scale_ints): K not a multiple of a chunk, 1 row, 1 column, K = 1, rows around
+// a strip, token counts around every register tile (1, 2, 4, 8 and 12 tokens, AMX's 16 and 32)
+// and past a block of 128 tokens, 1 and 3 threads.
 TEST(Kernels, BitExactWithScalarOnOddShapes) {
   std::mt19937 rng(7);
   const auto ks = kernels::available_kernels();
@@ -109,7 +128,7 @@ TEST(Kernels, BitExactWithScalarOnOddShapes) {
                                                 {13, 511}, {33, 1000}, {4, 2560}, {31, 4097}};
   for (auto f : kFormats)
     for (auto [rows, cols] : shapes)
-      for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 17, 25, 33}) {
+      for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 17, 25, 33, 130}) {
         expect_kernels_match_scalar(rng, f, rows, cols, n, ks);
         if (HasFatalFailure()) return;
       }

@@ -50,6 +50,7 @@ class BitLinear {
     for (int64_t t = t0; t < t1; ++t) {
       const float rt = r ? r[t] : input_rms(x + t * k, ex);
       s.s_x[size_t(t)] = ex.kernels.scale_quantize(x + t * k, rt, norm_.data(), k, s.tmp.data() + t * k, s.q.data() + t * kp, kp);
+      s.deq[size_t(t)] = w_.scale / s.s_x[size_t(t)];
     }
   }
   void reserve(int64_t n, BitLinearScratch& s) const { s.reserve(n, activation_cols(w_.cols), w_.cols, w_.rows); }
@@ -61,18 +62,24 @@ class BitLinear {
   }
   // Step 4 for rows [r0, r1): out[t, r] = acc * scale / s_x[t]; out has row stride `ldo`.
   void dequantize_rows(int64_t n, const BitLinearScratch& s, float* out, int64_t ldo, int64_t r0, int64_t r1) const {
-    for (int64_t t = 0; t < n; ++t)
-      scale_ints(s.acc.data() + t * w_.rows + r0, w_.scale / s.s_x[size_t(t)], r1 - r0, out + t * ldo + r0);
+    for (int64_t t = 0; t < n; ++t) scale_ints(s.acc.data() + t * w_.rows + r0, s.deq[size_t(t)], r1 - r0, out + t * ldo + r0);
+  }
+  // Steps 3-4 for rows [r0, r1) on the calling thread: in one pass where the kernel dequantises
+  // in its store (several tokens; the same bits), else through s.acc.
+  template <class Acc>
+  void forward_rows(int64_t n, BitLinearScratch& s, const BasicExec<Acc>& ex, float* out, int64_t ldo, int64_t r0,
+                    int64_t r1) const {
+    if (n > 1 && ex.ternary_accumulate_scaled(w_, s.q.data(), activation_cols(w_.cols), n, s.deq.data(), out, ldo, r0, r1))
+      return;
+    accumulate_rows(n, s, ex, r0, r1);
+    dequantize_rows(n, s, out, ldo, r0, r1);
   }
 
   // Steps 3-4 for n tokens already in s (quantize_input or quantize_tokens): out[t, r], rows
   // spread over the pool.
   template <class Acc>
   void forward_quantized(int64_t n, float* out, int64_t ldo, BitLinearScratch& s, const BasicExec<Acc>& ex) const {
-    ex.for_rows(w_.rows, n, [&](int64_t r0, int64_t r1) {
-      accumulate_rows(n, s, ex, r0, r1);
-      dequantize_rows(n, s, out, ldo, r0, r1);
-    });
+    ex.for_rows(w_.rows, n, [&](int64_t r0, int64_t r1) { forward_rows(n, s, ex, out, ldo, r0, r1); });
   }
   // The whole layer: out[t, r] for n tokens.
   template <class Acc>

@@ -14,8 +14,8 @@ namespace mmfree {
 // a = silu(gate) * up, element-wise (restrict: vectorised).
 MMFREE_ELEMENTWISE_CLONES inline void silu_mul(const float* __restrict gate, const float* __restrict up, int64_t n, float* __restrict a) {
   int64_t c = 0;
-  for (; c + 8 <= n; c += 8)  // fixed groups: -O2's cheap vectoriser takes them too
-    for (int k = 0; k < 8; ++k) a[c + k] = silu(gate[c + k]) * up[c + k];
+  for (; c + 16 <= n; c += 16)  // fixed groups of 16: -O2's cheap vectoriser takes them (8: half the speed)
+    for (int k = 0; k < 16; ++k) a[c + k] = silu(gate[c + k]) * up[c + k];
   for (; c < n; ++c) a[c] = silu(gate[c]) * up[c];
 }
 
@@ -49,10 +49,8 @@ struct GLU {
     // Channel c needs rows c (gate) and I + c (up): each thread takes both rows of its
     // channels, so the activation joins the same parallel section.
     ex.for_rows(inter, n, [&](int64_t c0, int64_t c1) {
-      gate_proj.accumulate_rows(n, bs, ex, c0, c1);
-      gate_proj.accumulate_rows(n, bs, ex, inter + c0, inter + c1);
-      gate_proj.dequantize_rows(n, bs, s.gate_up.data(), 2 * inter, c0, c1);
-      gate_proj.dequantize_rows(n, bs, s.gate_up.data(), 2 * inter, inter + c0, inter + c1);
+      gate_proj.forward_rows(n, bs, ex, s.gate_up.data(), 2 * inter, c0, c1);
+      gate_proj.forward_rows(n, bs, ex, s.gate_up.data(), 2 * inter, inter + c0, inter + c1);
       for (int64_t t = 0; t < n; ++t) {
         const float* gate = s.gate_up.data() + t * 2 * inter;
         silu_mul(gate + c0, gate + inter + c0, c1 - c0, s.act.data() + t * inter + c0);

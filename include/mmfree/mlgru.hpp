@@ -29,15 +29,16 @@ namespace mmfree {
 MMFREE_ELEMENTWISE_CLONES inline void mlgru_step(const float* __restrict f_pre, const float* __restrict i_pre,
                                                  const float* __restrict lb, int64_t d, float* __restrict h,
                                                  float* __restrict o) {
-  // Fixed groups of 8 (and restrict) so that -O2's cheap vectoriser takes them too.
+  // Fixed groups of 16 (and restrict) so that -O2's cheap vectoriser takes them too; groups of 8
+  // ran half as fast (2.8 against 1.4 ns per channel on AMD Zen 5, -O2 and -O3 alike).
   int64_t c = 0;
   if (lb) {
-    for (; c + 8 <= d; c += 8)
-      for (int k = 0; k < 8; ++k) mlgru_step_one(f_pre[c + k], i_pre[c + k], lb[c + k], h[c + k], o[c + k]);
+    for (; c + 16 <= d; c += 16)
+      for (int k = 0; k < 16; ++k) mlgru_step_one(f_pre[c + k], i_pre[c + k], lb[c + k], h[c + k], o[c + k]);
     for (; c < d; ++c) mlgru_step_one(f_pre[c], i_pre[c], lb[c], h[c], o[c]);
   } else {
-    for (; c + 8 <= d; c += 8)
-      for (int k = 0; k < 8; ++k) mlgru_step_one(f_pre[c + k], i_pre[c + k], 0.0f, h[c + k], o[c + k]);
+    for (; c + 16 <= d; c += 16)
+      for (int k = 0; k < 16; ++k) mlgru_step_one(f_pre[c + k], i_pre[c + k], 0.0f, h[c + k], o[c + k]);
     for (; c < d; ++c) mlgru_step_one(f_pre[c], i_pre[c], 0.0f, h[c], o[c]);
   }
 }
@@ -95,12 +96,9 @@ struct MLGRU {
     // f, i and g for all n tokens, then runs the recurrence over them. One parallel
     // section, and the exponentials are shared out too.
     ex.for_rows(d, n, [&](int64_t c0, int64_t c1) {
-      f_proj.accumulate_rows(n, s.fq, ex, c0, c1);
-      i_proj.accumulate_rows(n, s.iq, ex, c0, c1);
-      g_proj.accumulate_rows(n, s.gq, ex, c0, c1);
-      f_proj.dequantize_rows(n, s.fq, s.f.data(), d, c0, c1);
-      i_proj.dequantize_rows(n, s.iq, s.i.data(), d, c0, c1);
-      g_proj.dequantize_rows(n, s.gq, s.g.data(), d, c0, c1);
+      f_proj.forward_rows(n, s.fq, ex, s.f.data(), d, c0, c1);
+      i_proj.forward_rows(n, s.iq, ex, s.i.data(), d, c0, c1);
+      g_proj.forward_rows(n, s.gq, ex, s.g.data(), d, c0, c1);
       for (int64_t t = 0; t < n; ++t) {
         mlgru_step(s.f.data() + t * d + c0, s.i.data() + t * d + c0, lb ? lb + c0 : nullptr, c1 - c0, hs[t] + c0,
                    s.o.data() + t * d + c0);

@@ -26,6 +26,10 @@ namespace mmfree::kernels {
 // Every kernel: out[t * ldo + r] = row r of W . Q[t * ldq ...] for t < n, r in [r0, r1).
 using TernaryGemmFn = void (*)(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out,
                                int64_t ldo, int64_t r0, int64_t r1);
+// The same rows dequantised in the store: out[t * ldo + r] = float(row r of W . Q[t]) * scale[t]
+// (the bits of the integer kernel followed by scale_ints).
+using TernaryGemmScaledFn = void (*)(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
+                                     const float* scale, float* out, int64_t ldo, int64_t r0, int64_t r1);
 using ScaleQuantizeFn = float (*)(const float* x, float r, const float* w, int64_t n, float* tmp, int8_t* q,
                                   int64_t n_padded);
 using SumSquaresFn = double (*)(const float* x, int64_t n);
@@ -46,6 +50,7 @@ struct Kernel {
   TernaryGemmFn gemm = ternary_gemm_scalar;
   bool decode = true, batch = true, prefill = true;  // a candidate for the regime
   bool tq2 = true, tq1 = true;                      // a candidate for the format (all kernels compute both)
+  TernaryGemmScaledFn gemm_scaled = nullptr;        // its dequantising twin, where it has one
   bool for_format(TernaryFormat f) const { return f == TernaryFormat::TQ2 ? tq2 : tq1; }
   bool for_regime(Regime r) const { return r == Regime::Decode ? decode : r == Regime::Batch ? batch : prefill; }
 };
@@ -55,7 +60,7 @@ struct Kernel {
 inline const std::vector<Kernel>& all_kernels() {
   static const std::vector<Kernel> k = {
 #if defined(__x86_64__)
-      // name, ISA, kernel, decode, batch, prefill, tq2, tq1
+      // name, ISA, kernel, decode, batch, prefill, tq2, tq1[, dequantising twin]
       {"amx", Isa::Amx, amx::ternary_gemm, false, true, true, true, true},
       {"avx512", Isa::Avx512, avx512::ternary_gemm<false>, true, true, true, true, true},
       {"avx512-vbmi", Isa::Avx512Vbmi, avx512::ternary_gemm<false, true>, true, true, true, false, true},
@@ -63,10 +68,14 @@ inline const std::vector<Kernel>& all_kernels() {
       {"avx512-vbmi-prefetch", Isa::Avx512Vbmi, avx512::ternary_gemm<true, true>, true, false, false, false, true},
       // Several tokens with the planes decoded in registers (ternary_avx512.hpp): one token is
       // the plain decoder's, so these are no decode candidates of their own.
-      {"avx512-direct", Isa::Avx512, avx512::ternary_gemm_direct<false>, false, true, true, true, true},
-      {"avx512-vbmi-direct", Isa::Avx512Vbmi, avx512::ternary_gemm_direct<false, true>, false, true, true, false, true},
-      {"avx512-direct-prefetch", Isa::Avx512, avx512::ternary_gemm_direct<true>, false, true, true, true, true},
-      {"avx512-vbmi-direct-prefetch", Isa::Avx512Vbmi, avx512::ternary_gemm_direct<true, true>, false, true, true, false, true},
+      {"avx512-direct", Isa::Avx512, avx512::ternary_gemm_direct<false>, false, true, true, true, true,
+       avx512::ternary_gemm_direct_scaled<false>},
+      {"avx512-vbmi-direct", Isa::Avx512Vbmi, avx512::ternary_gemm_direct<false, true>, false, true, true, false, true,
+       avx512::ternary_gemm_direct_scaled<false, true>},
+      {"avx512-direct-prefetch", Isa::Avx512, avx512::ternary_gemm_direct<true>, false, true, true, true, true,
+       avx512::ternary_gemm_direct_scaled<true>},
+      {"avx512-vbmi-direct-prefetch", Isa::Avx512Vbmi, avx512::ternary_gemm_direct<true, true>, false, true, true, false, true,
+       avx512::ternary_gemm_direct_scaled<true, true>},
       {"avx2", Isa::Avx2, avx2::ternary_gemm, true, true, true, true, true},
 #endif
 #if defined(__aarch64__)
@@ -136,6 +145,15 @@ struct KernelTable {
   void gemm(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out, int64_t ldo, int64_t r0,
             int64_t r1) const {
     for_tokens(n).gemm(W, Q, ldq, n, out, ldo, r0, r1);
+  }
+  // The dequantising twin of gemm for the token count's kernel; false (nothing written) when
+  // that kernel has none.
+  bool gemm_scaled(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, const float* scale, float* out,
+                   int64_t ldo, int64_t r0, int64_t r1) const {
+    const TernaryGemmScaledFn f = for_tokens(n).gemm_scaled;
+    if (!f) return false;
+    f(W, Q, ldq, n, scale, out, ldo, r0, r1);
+    return true;
   }
 };
 
