@@ -8,6 +8,8 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <thread>
+#include <chrono>
 #include <random>
 
 #include "mmfree/kernels/chooser.hpp"
@@ -107,8 +109,39 @@ TEST(ThreadPool, ForRangeCoversEveryIndexOnce) {
         for (int64_t i = b; i < e; ++i) hits[size_t(i)]++;
       });
       for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+      std::vector<std::atomic<int>> again(static_cast<size_t>(n));
+      pool.for_range_balanced(n, 16, [&](int64_t b, int64_t e) {
+        EXPECT_EQ(b % 16, 0);
+        for (int64_t i = b; i < e; ++i) again[size_t(i)]++;
+      });
+      for (auto& h : again) ASSERT_EQ(h.load(), 1);
     }
   }
+}
+
+// for_range_balanced gives thread i range i, and moves work from a thread that is slower per
+// index (here each worker sleeps 4x as long per index as the calling thread) to the others;
+// every index is still covered once per call, and the shares stay within [1/2, 3/2] of equal.
+TEST(ThreadPool, BalancedRangesFollowEachThreadsSpeed) {
+  ThreadPool pool(2);
+  const auto caller = std::this_thread::get_id();
+  EXPECT_THAT(pool.shares(), ::testing::ElementsAre(0.5, 0.5));
+  for (int call = 0; call < 60; ++call) {
+    std::vector<std::atomic<int>> hits(1024);
+    std::atomic<int> first_on_caller{-1};
+    pool.for_range_balanced(1024, 16, [&](int64_t b, int64_t e) {
+      const bool on_caller = std::this_thread::get_id() == caller;
+      if (on_caller) first_on_caller = int(b);
+      std::this_thread::sleep_for(std::chrono::microseconds((on_caller ? 1 : 4) * (e - b)));
+      for (int64_t i = b; i < e; ++i) hits[size_t(i)]++;
+    });
+    for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+    ASSERT_EQ(first_on_caller.load(), 0) << "range 0 runs on the calling thread";
+  }
+  const auto s = pool.shares();
+  EXPECT_GT(s[0], 0.65);
+  EXPECT_LE(s[0], 0.75 + 1e-9);
+  EXPECT_NEAR(s[0] + s[1], 1.0, 1e-9);
 }
 
 // Every kernel equals the scalar reference bit for bit (and a dequantising twin the scalar

@@ -49,14 +49,16 @@ struct BasicExec {
     else if (n > 0)
       fn(0, n);
   }
-  // Rows of a BitLinear over the pool for a pass of `tokens` tokens: one range per thread up to 4
-  // tokens, two per thread beyond (handed out as threads come, so a core slowed by a neighbour
-  // gives one away). Each range costs a restart of the weight stream (its first reads are not
-  // prefetched) and a sum of the activations: four ranges per thread measured 2-8% slower than
-  // one at 2-64 tokens and in a 512-token prefill (AMD Zen 5, runs interleaved), two within 1%
-  // of one from 8 tokens on.
-  void for_rows(int64_t rows, int64_t tokens, const std::function<void(int64_t, int64_t)>& fn) const {
-    for_range(rows, kStripRows, fn, tokens > 4 ? 2 : 1);
+  // Rows of a BitLinear over the pool: one contiguous range per thread, sized by each thread's
+  // measured speed (ThreadPool::for_range_balanced). Each range costs a restart of the weight
+  // stream (its first reads are not prefetched) and a sum of the activations: four ranges per
+  // thread handed out as threads came measured 2-8% slower than one at 2-64 tokens and in a
+  // 512-token prefill (AMD Zen 5, runs interleaved).
+  void for_rows(int64_t rows, const std::function<void(int64_t, int64_t)>& fn) const {
+    if (pool && pool->size() > 1 && rows > kStripRows)
+      pool->for_range_balanced(rows, kStripRows, fn);
+    else if (rows > 0)
+      fn(0, rows);
   }
   // acc[t, r] = W[r] . q[t] for n tokens (q rows ldq apart, acc rows ldacc apart), rows [r0, r1).
   void ternary_accumulate(const TernaryMatrix& W, const int8_t* q, int64_t ldq, int64_t n, int32_t* acc,

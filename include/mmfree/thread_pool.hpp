@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -37,7 +38,8 @@ inline int available_cores() {
 class ThreadPool {
  public:
   // `threads` counts the calling thread: ThreadPool(1) runs everything inline.
-  explicit ThreadPool(int threads = 1) : n_(std::max(1, threads)) {
+  explicit ThreadPool(int threads = 1)
+      : n_(std::max(1, threads)), share_(size_t(n_), 1.0 / n_), took_(size_t(n_)) {
     for (int i = 1; i < n_; ++i) workers_.emplace_back([this, i] { worker(i); });
   }
   ThreadPool(const ThreadPool&) = delete;
@@ -61,21 +63,40 @@ class ThreadPool {
       for (int i = 0; i < n_tasks; ++i) fn(i);
       return;
     }
-    fn_ = &fn;
-    n_tasks_ = n_tasks;
-    next_.store(0, std::memory_order_relaxed);
-    pending_.store(n_ - 1, std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_acq_rel);
-    generation_.notify_all();
+    start(n_tasks, fn, false);
     drain();
-    // Spin briefly (the common case: workers finish within microseconds), then yield so a
-    // descheduled worker can run when the machine is oversubscribed.
-    for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
-      if (spin < 4000) MMFREE_PAUSE();
-      else std::this_thread::yield();
-    }
-    fn_ = nullptr;
+    finish();
   }
+
+  // Splits [0, n) into one contiguous range per thread (multiples of `grain`), thread i taking
+  // range i, sized by how fast each thread got through its range in earlier calls. On shared
+  // machines one vCPU often runs 5-20% slower than the other for long stretches; equal halves
+  // then leave the faster thread waiting at the end of every section (6% of a decoding step
+  // on AMD Zen 5), while ranges handed out as threads come cost a restart of the weight stream
+  // each. The shares move by a sixteenth of the measured difference per call, within [1/2, 3/2]
+  // of an equal share; a thread that the OS deschedules gives work away within a few calls.
+  void for_range_balanced(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+    const int64_t chunks = std::max<int64_t>(1, (n + grain - 1) / grain);
+    if (n_ == 1 || chunks < 2 * n_) return for_range(n, grain, fn, 1);
+    std::vector<int64_t> bound(size_t(n_) + 1, 0);
+    double cum = 0;
+    for (int i = 0; i < n_; ++i) {
+      cum += share_[size_t(i)];
+      bound[size_t(i) + 1] = i + 1 == n_ ? n : std::min(n, int64_t(cum * double(chunks) + 0.5) * grain);
+    }
+    const std::function<void(int)> task = [&](int i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      const int64_t b = bound[size_t(i)], e = std::max(b, bound[size_t(i) + 1]);
+      if (b < e) fn(b, e);
+      took_[size_t(i)].seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
+    start(n_, task, true);
+    task(0);
+    finish();
+    rebalance(bound);
+  }
+  // The current shares of for_range_balanced, one per thread (they sum to 1).
+  std::vector<double> shares() const { return share_; }
 
   // Splits [0, n) into `per_thread` contiguous ranges per thread, multiples of `grain`, handed
   // out as threads come for them: with several per thread, a thread slowed by a neighbour (a
@@ -90,6 +111,44 @@ class ThreadPool {
   }
 
  private:
+  void start(int n_tasks, const std::function<void(int)>& fn, bool pinned) {
+    fn_ = &fn;
+    n_tasks_ = n_tasks;
+    pinned_ = pinned;
+    next_.store(pinned ? n_tasks : 0, std::memory_order_relaxed);
+    pending_.store(n_ - 1, std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_acq_rel);
+    generation_.notify_all();
+  }
+  void finish() {
+    // Spin briefly (the common case: workers finish within microseconds), then yield so a
+    // descheduled worker can run when the machine is oversubscribed.
+    for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
+      if (spin < 4000) MMFREE_PAUSE();
+      else std::this_thread::yield();
+    }
+    fn_ = nullptr;
+  }
+  // Moves each share a sixteenth of the way to what would have made every thread finish
+  // together (its rows per second over the sum of all threads'). Calls too short to time
+  // (under 20 microseconds for some thread) leave the shares as they are.
+  void rebalance(const std::vector<int64_t>& bound) {
+    std::vector<double> rate(static_cast<size_t>(n_));
+    double sum = 0;
+    for (int i = 0; i < n_; ++i) {
+      const double rows = double(bound[size_t(i) + 1] - bound[size_t(i)]), sec = took_[size_t(i)].seconds;
+      if (rows <= 0 || sec < 20e-6) return;
+      rate[size_t(i)] = rows / sec;
+      sum += rate[size_t(i)];
+    }
+    double total = 0;
+    for (int i = 0; i < n_; ++i) {
+      double& s = share_[size_t(i)];
+      s = std::clamp(s + (rate[size_t(i)] / sum - s) / 16, 0.5 / n_, 1.5 / n_);
+      total += s;
+    }
+    for (double& s : share_) s /= total;
+  }
   void drain() {
     for (;;) {
       int i = next_.fetch_add(1, std::memory_order_relaxed);
@@ -97,7 +156,7 @@ class ThreadPool {
       (*fn_)(i);
     }
   }
-  void worker(int) {
+  void worker(int i) {
     uint64_t seen = 0;
     for (;;) {
       uint64_t g = generation_.load(std::memory_order_acquire);
@@ -112,7 +171,8 @@ class ThreadPool {
       }
       seen = g;
       if (stop_.load(std::memory_order_acquire)) return;
-      drain();
+      if (pinned_) (*fn_)(i);
+      else drain();
       pending_.fetch_sub(1, std::memory_order_acq_rel);
     }
   }
@@ -124,8 +184,14 @@ class ThreadPool {
   std::atomic<int> next_{0};
   std::atomic<int> pending_{0};
   int n_tasks_ = 0;
+  bool pinned_ = false;  // task i runs on thread i (for_range_balanced)
   const std::function<void(int)>* fn_ = nullptr;
   std::mutex driver_;
+  std::vector<double> share_;  // for_range_balanced: each thread's share of the range
+  struct alignas(64) Took {     // how long thread i took for its range (one line per thread)
+    double seconds = 0;
+  };
+  std::vector<Took> took_;
 };
 
 }  // namespace mmfree
