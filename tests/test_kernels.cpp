@@ -119,9 +119,10 @@ TEST(ThreadPool, ForRangeCoversEveryIndexOnce) {
   }
 }
 
-// for_range_balanced gives thread i range i, and moves work from a thread that is slower per
-// index (here each worker sleeps 4x as long per index as the calling thread) to the others;
-// every index is still covered once per call, and the shares stay within [1/2, 3/2] of equal.
+// for_range_balanced starts thread i on range i, and moves work from a thread that is slower per
+// index (here each worker sleeps 4x as long per index as the calling thread) to the others, at
+// once (the faster thread takes the slower one's last pieces) and over calls (the shares); every
+// index is still covered once per call, and the shares stay within [1/2, 3/2] of equal.
 TEST(ThreadPool, BalancedRangesFollowEachThreadsSpeed) {
   ThreadPool pool(2);
   const auto caller = std::this_thread::get_id();
@@ -131,7 +132,8 @@ TEST(ThreadPool, BalancedRangesFollowEachThreadsSpeed) {
     std::atomic<int> first_on_caller{-1};
     pool.for_range_balanced(1024, 16, [&](int64_t b, int64_t e) {
       const bool on_caller = std::this_thread::get_id() == caller;
-      if (on_caller) first_on_caller = int(b);
+      int none = -1;
+      if (on_caller) first_on_caller.compare_exchange_strong(none, int(b));
       std::this_thread::sleep_for(std::chrono::microseconds((on_caller ? 1 : 4) * (e - b)));
       for (int64_t i = b; i < e; ++i) hits[size_t(i)]++;
     });

@@ -49,14 +49,15 @@ struct BasicExec {
     else if (n > 0)
       fn(0, n);
   }
-  // Rows of a BitLinear over the pool: one contiguous range per thread, sized by each thread's
-  // measured speed (ThreadPool::for_range_balanced). Each range costs a restart of the weight
-  // stream (its first reads are not prefetched) and a sum of the activations: four ranges per
-  // thread handed out as threads came measured 2-8% slower than one at 2-64 tokens and in a
-  // 512-token prefill (AMD Zen 5, runs interleaved).
-  void for_rows(int64_t rows, const std::function<void(int64_t, int64_t)>& fn) const {
+  // Rows of a BitLinear over the pool for a pass of `tokens` tokens: one contiguous range per
+  // thread, sized by each thread's measured speed, whose last pieces a thread that finishes early
+  // takes over (ThreadPool::for_range_balanced; one piece per range for a single token). Four
+  // ranges per thread handed out as threads came measured 2-8% slower than one at 2-64 tokens and
+  // in a 512-token prefill (AMD Zen 5, runs interleaved): each range costs a restart of the
+  // weight stream and a sum of the activations.
+  void for_rows(int64_t rows, int64_t tokens, const std::function<void(int64_t, int64_t)>& fn) const {
     if (pool && pool->size() > 1 && rows > kStripRows)
-      pool->for_range_balanced(rows, kStripRows, fn);
+      pool->for_range_balanced(rows, kStripRows, fn, tokens > 1);
     else if (rows > 0)
       fn(0, rows);
   }

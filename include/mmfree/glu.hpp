@@ -48,7 +48,7 @@ struct GLU {
     BitLinearScratch& bs = s.bl;
     // Channel c needs rows c (gate) and I + c (up): each thread takes both rows of its
     // channels, so the activation joins the same parallel section.
-    ex.for_rows(inter, [&](int64_t c0, int64_t c1) {
+    ex.for_rows(inter, n, [&](int64_t c0, int64_t c1) {
       gate_proj.forward_rows(n, bs, ex, s.gate_up.data(), 2 * inter, c0, c1);
       gate_proj.forward_rows(n, bs, ex, s.gate_up.data(), 2 * inter, inter + c0, inter + c1);
       for (int64_t t = 0; t < n; ++t) {

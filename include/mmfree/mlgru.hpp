@@ -95,7 +95,7 @@ struct MLGRU {
     // Channels are independent until g's norm: each thread computes its channels' rows of
     // f, i and g for all n tokens, then runs the recurrence over them. One parallel
     // section, and the exponentials are shared out too.
-    ex.for_rows(d, [&](int64_t c0, int64_t c1) {
+    ex.for_rows(d, n, [&](int64_t c0, int64_t c1) {
       f_proj.forward_rows(n, s.fq, ex, s.f.data(), d, c0, c1);
       i_proj.forward_rows(n, s.iq, ex, s.i.data(), d, c0, c1);
       g_proj.forward_rows(n, s.gq, ex, s.g.data(), d, c0, c1);

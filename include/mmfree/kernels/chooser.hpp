@@ -26,6 +26,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mmfree/kernels/dispatch.hpp"
@@ -119,11 +120,14 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
         // Walk the matrices in order, each one streamed by one candidate: matrix j goes to
         // candidate (j + j / 7) % K (the offset moves each candidate across the 6-7 shapes of a
         // layer). Interleaving this finely, a noisy neighbour slows every candidate alike; each
-        // is scored by its total bytes over its total time, over a third of the budget.
+        // is scored by its total bytes over its total time, over a third of the budget, leaving
+        // out its slowest quarter of samples: one sample that took a preemption or a page-cache
+        // stall once scored a kernel at a tenth of its speed and lost it the batch regime (B = 4
+        // to 16 of the 1.3B preset then ran 20% slower).
         // Decode scores bytes per second; batch, MACs per second (its tokens: batch_tokens).
         const int64_t n = r == Regime::Decode ? 1 : opt.batch_tokens;
         const size_t K = cands.size();
-        std::vector<double> secs(K, 0), bytes(K, 0);
+        std::vector<std::vector<std::pair<double, double>>> samples(K);  // {seconds, bytes}
         for (size_t i = 0; i < K; ++i)  // warm-up: first-call allocations
           detail::run_rows(cands[i], *matrices[i % matrices.size()], Q.data(), ldq, n, acc.data(),
                            matrices[i % matrices.size()]->rows, pool);
@@ -135,8 +139,8 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
           const auto t0 = std::chrono::steady_clock::now();
           detail::run_rows(cands[i], W, Q.data(), ldq, n, acc.data(), W.rows, pool);
           const auto t1 = std::chrono::steady_clock::now();
-          secs[i] += std::chrono::duration<double>(t1 - t0).count();
-          bytes[i] += n == 1 ? double(W.nbytes()) : double(W.rows) * double(W.cols) * double(n);
+          samples[i].emplace_back(std::chrono::duration<double>(t1 - t0).count(),
+                                  n == 1 ? double(W.nbytes()) : double(W.rows) * double(W.cols) * double(n));
           total += W.nbytes();
           // Stop once every candidate has 2 samples and a third of the budget is spent, or `rounds`
           // samples' worth of bytes each are streamed, or (small models) `rounds` passes each.
@@ -146,7 +150,14 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
                                  j + 1 >= size_t(opt.rounds) * K * matrices.size()))
             break;
         }
-        for (size_t i = 0; i < K; ++i) cost[i] = bytes[i] > 0 ? secs[i] / bytes[i] : 1e300;
+        for (size_t i = 0; i < K; ++i) {
+          auto& v = samples[i];
+          std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.first * b.second < b.first * a.second; });
+          const size_t keep = std::max<size_t>(std::min<size_t>(v.size(), 2), v.size() - v.size() / 4);
+          double secs = 0, bytes = 0;
+          for (size_t k = 0; k < keep; ++k) secs += v[k].first, bytes += v[k].second;
+          cost[i] = bytes > 0 ? secs / bytes : 1e300;
+        }
       } else {
         // Distinct shapes, each weighted by the work it does in the model. Each sample takes the
         // next matrix of every shape (the next layer's), so its rows come from memory as a pass
