@@ -20,8 +20,13 @@ targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 
 build=build-fuzz
-cmake -S . -B $build -DMMFREE_FUZZ=ON -DMMFREE_BUILD_TESTS=OFF -DMMFREE_BUILD_EXAMPLES=ON \
-  -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null || exit 1
+# Seeds are made with mmfree-cli: the one MMFREE_CLI names (CI passes the suite's own, which saves
+# compiling it again with clang), else one built here beside the targets.
+cli=${MMFREE_CLI:-}
+if [ -n "$cli" ] && [ -x "$cli" ]; then with_cli=OFF; else with_cli=ON; cli=$build/cli/mmfree-cli; fi
+cmake -S . -B $build -DMMFREE_FUZZ=ON -DMMFREE_BUILD_TESTS=OFF -DMMFREE_BUILD_EXAMPLES=OFF -DMMFREE_BUILD_HW=OFF \
+  -DMMFREE_BUILD_PYTHON=OFF -DMMFREE_BUILD_CLI=$with_cli -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  >/dev/null || exit 1
 cmake --build $build -j"$(nproc)" >/dev/null || exit 1
 
 # Seeds: real files of each kind, small enough to mutate quickly.
@@ -29,20 +34,20 @@ seeds=$build/seeds
 rm -rf "$seeds" && mkdir -p "$seeds"/{fuzz_safetensors,fuzz_config,fuzz_tokenizer_load,fuzz_tokenizer_text,fuzz_gguf,fuzz_cli_numbers,fuzz_server_request,fuzz_state_file,fuzz_prefix_record,fuzz_grammar}
 data=tests/data/kjv-tiny
 cp $data/golden.safetensors "$seeds/fuzz_safetensors/"
-$build/cli/mmfree-cli logits --model $data --ids 1,2 --out "$seeds/fuzz_safetensors/small.safetensors" 2>/dev/null
+"$cli" logits --model $data --ids 1,2 --out "$seeds/fuzz_safetensors/small.safetensors" 2>/dev/null
 cp $data/config.json "$seeds/fuzz_config/"
 echo '{"hidden_size":96,"num_hidden_layers":2,"vocab_size":777,"use_lower_bound":false}' > "$seeds/fuzz_config/b.json"
 printf '%s' '{"model":{"type":"BPE","vocab":{"<unk>":0,"<s>":1,"a":2,"b":3,"ab":4},"merges":["a b"],"byte_fallback":true,"unk_token":"<unk>"},"added_tokens":[{"id":1,"content":"<s>","special":true}],"normalizer":{"type":"Sequence","normalizers":[{"type":"Prepend","prepend":"_"},{"type":"Replace","pattern":{"String":" "},"content":"_"}]},"decoder":{"type":"Sequence","decoders":[{"type":"ByteFallback"},{"type":"Fuse"},{"type":"Strip","content":" ","start":1,"stop":0}]}}' > "$seeds/fuzz_tokenizer_load/t.json"
 head -c 2000 tests/data/kjv-val.txt > "$seeds/fuzz_tokenizer_text/kjv.txt"
 printf 'na\xc3\xafve caf\xc3\xa9 <s> \xf0\x9f\xa6\x99 \xff' > "$seeds/fuzz_tokenizer_text/mixed.txt"
-$build/cli/mmfree-cli init-random --preset tiny --out "$seeds/fuzz_gguf/tiny.gguf" 2>/dev/null
+"$cli" init-random --preset tiny --out "$seeds/fuzz_gguf/tiny.gguf" 2>/dev/null
 s=$seeds/fuzz_server_request
 printf '\x00{"prompt":"In the beginning","max_tokens":16,"temperature":0.7,"top_k":40,"top_p":0.9,"min_p":0.05,"seed":3,"stop":["\\n","LORD"],"stream":true,"stream_options":{"include_usage":true},"return_tokens":true}' > $s/a
 printf '\x00{"prompt":[1,1142,333],"max_tokens":0,"n":1,"echo":false}' > $s/b
 printf '\x01{"content":"In the beginning","add_special":false}' > $s/c
 printf '\x02{"tokens":[1,1142,333,2693]}' > $s/d
 printf '\x03ab|LORD|the\nIn the beginning God created the heaven and the earth. The LORD' > $s/e
-$build/cli/mmfree-cli generate --model $data --ids 1,2 -n 2 --print-ids --no-stats --save-state "$seeds/fuzz_state_file/a.state" >/dev/null 2>&1
+"$cli" generate --model $data --ids 1,2 -n 2 --print-ids --no-stats --save-state "$seeds/fuzz_state_file/a.state" >/dev/null 2>&1
 g=$seeds/fuzz_grammar
 { cat examples/grammars/json.gbnf; printf '\0{"a": [1, "x\\u00e9"], "b": null}'; } > $g/json
 { cat examples/grammars/verse.schema.json; printf '\0{"book": "Genesis", "chapter": 1, "words": ["a"], "holy": true}'; } > $g/schema

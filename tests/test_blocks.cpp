@@ -6,6 +6,8 @@
 
 #include "mmfree/mmfree.hpp"
 
+namespace tests_blocks {  // this file's own names (the tests compile in unity batches)
+
 using namespace mmfree;
 
 namespace {
@@ -267,3 +269,5 @@ TEST(Ops, ElementwiseLoopsGiveOneElementsBits) {
     }
   }
 }
+
+}  // namespace tests_blocks

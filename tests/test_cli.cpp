@@ -9,6 +9,8 @@
 #include "mmfree/mmfree.hpp"
 #include "test_util.hpp"
 
+namespace tests_cli {  // this file's own names (the tests compile in unity batches)
+
 using namespace mmfree;
 using namespace mmfree::test;
 
@@ -329,3 +331,5 @@ TEST(Cli, InteractiveTurnsContinueTheState) {
   logits = m.prefill_last(t1, s1);
   EXPECT_EQ(int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin()), got[t1.size()]);
 }
+
+}  // namespace tests_cli

@@ -7,6 +7,8 @@
 #include "mmfree/mmfree.hpp"
 #include "test_util.hpp"
 
+namespace tests_concurrency {  // this file's own names (the tests compile in unity batches)
+
 using namespace mmfree;
 
 namespace {
@@ -85,3 +87,5 @@ TEST(Concurrency, OneModelManyStatesInParallel) {
   for (auto& t : ts) t.join();
   EXPECT_EQ(got, want);
 }
+
+}  // namespace tests_concurrency

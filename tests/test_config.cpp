@@ -3,6 +3,8 @@
 #include "mmfree/config.hpp"
 #include "test_util.hpp"
 
+namespace tests_config {  // this file's own names (the tests compile in unity batches)
+
 using namespace mmfree;
 using mmfree::test::error_of;
 using nlohmann::json;
@@ -40,3 +42,5 @@ TEST(Config, RefusesBadValues) {
   EXPECT_NE(err(json{{"hidden_size", 100}, {"num_heads", 3}}).find("divisible"), std::string::npos);
   EXPECT_NE(err(json::array()).find("not a JSON object"), std::string::npos);
 }
+
+}  // namespace tests_config

@@ -7,6 +7,8 @@
 #include "mmfree/mmfree.hpp"
 #include "test_util.hpp"
 
+namespace tests_conformance {  // this file's own names (the tests compile in unity batches)
+
 using namespace mmfree;
 using namespace mmfree::test;
 
@@ -223,3 +225,5 @@ TEST(Conformance, MixedPrefillAndDecodeBatchEqualsAlone) {
   EXPECT_EQ(a.position, 5);
   EXPECT_THROW(m.forward_tokens(ids, st, std::vector<int64_t>{5, 2}), Error);
 }
+
+}  // namespace tests_conformance

@@ -9,6 +9,8 @@
 #include "mmfree/model_file.hpp"
 #include "test_util.hpp"
 
+namespace tests_evaluate {  // this file's own names (the tests compile in unity batches)
+
 using namespace mmfree;
 
 namespace {
@@ -58,3 +60,5 @@ TEST(Evaluate, BadFilesAreNamed) {
   EXPECT_NE(with("\n\n").find("holds no questions"), std::string::npos);
   EXPECT_NE(test::error_of([] { read_multiple_choice("/nonexistent/q.jsonl"); }).find("/nonexistent/q.jsonl: cannot be opened"), std::string::npos);
 }
+
+}  // namespace tests_evaluate

@@ -7,7 +7,10 @@
 
 #include "mmfree/file_ternary.hpp"
 #include "mmfree/ternary_format.hpp"
+#include "mmfree/kernels/repack.hpp"
 #include "test_util.hpp"
+
+namespace tests_formats {  // this file's own names (the tests compile in unity batches)
 
 using namespace mmfree;
 using mmfree::test::error_of;
@@ -188,8 +191,6 @@ TEST(FileTernary, RefusesWhatIsNotExactlyTernary) {
 
 // ---- the fast repack (kernels/repack.hpp) against the scalar codecs ---------------------------
 
-#include "mmfree/kernels/repack.hpp"
-
 TEST(Repack, FastDecodeEqualsScalarForEveryType) {
   std::mt19937 rng(9);
   for (auto t : {TernaryFileType::I8, TernaryFileType::TQ2_0, TernaryFileType::TQ1_0, TernaryFileType::MMFREE_TQ2,
@@ -234,3 +235,5 @@ TEST(Repack, FastEncodeEqualsEncodeRow) {
       ASSERT_EQ(got, want) << format_name(f) << " chunks=" << chunks;
     }
 }
+
+}  // namespace tests_formats

@@ -9,6 +9,8 @@
 
 #include "../fuzz/targets.hpp"
 
+namespace tests_fuzz_replay {  // this file's own names (the tests compile in unity batches)
+
 namespace fs = std::filesystem;
 
 namespace {
@@ -48,3 +50,5 @@ TEST(FuzzReplay, TheKeptCorpus) {
   std::printf("[ replay ] %zu corpus inputs\n", n);
   EXPECT_GE(n, 6u);  // a corpus for every target
 }
+
+}  // namespace tests_fuzz_replay

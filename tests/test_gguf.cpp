@@ -6,6 +6,8 @@
 #include "mmfree/mmfree.hpp"
 #include "test_util.hpp"
 
+namespace tests_gguf {  // this file's own names (the tests compile in unity batches)
+
 using namespace mmfree;
 using namespace mmfree::test;
 
@@ -259,3 +261,5 @@ TEST(Gguf, RandomHfDirectoryLoadsAndConverts) {
   const std::vector<int32_t> ids = {1, 7, 99, 4000};
   EXPECT_EQ(load_model(d.file("rand.gguf")).prefill(ids), m.prefill(ids));
 }
+
+}  // namespace tests_gguf

@@ -12,6 +12,8 @@
 #include "mmfree/model_file.hpp"
 #include "test_util.hpp"
 
+namespace tests_grammar {  // this file's own names (the tests compile in unity batches)
+
 using namespace mmfree;
 
 namespace {
@@ -205,3 +207,5 @@ TEST(GrammarFilter, GeneratedJsonAlwaysParses) {
   }
   EXPECT_EQ(parsed, 40);
 }
+
+}  // namespace tests_grammar

@@ -9,6 +9,8 @@
 #include "mmfree/mmfree.hpp"
 #include "test_util.hpp"
 
+namespace tests_json_field {  // this file's own names (the tests compile in unity batches)
+
 using namespace mmfree;
 using namespace mmfree::test;
 using ::testing::HasSubstr;
@@ -163,3 +165,5 @@ TEST(JsonField, SafetensorsHeaderNumbers) {
   EXPECT_THAT(safetensors_error(R"({"w":{"dtype":32,"shape":[2],"data_offsets":[0,8]}})", 8),
               HasSubstr("'dtype' must be a string, got 32"));
 }
+
+}  // namespace tests_json_field

@@ -19,6 +19,8 @@
 #include "mmfree/thread_pool.hpp"
 #include "test_util.hpp"
 
+namespace tests_kernels {  // this file's own names (the tests compile in unity batches)
+
 using namespace mmfree;
 using mmfree::test::error_of;
 using mmfree::test::random_ternary;
@@ -411,3 +413,5 @@ TEST(Chooser, MeasuresEveryCandidate) {
     EXPECT_TRUE(found);
   }
 }
+
+}  // namespace tests_kernels

@@ -7,6 +7,8 @@
 #include "mmfree/mmfree.hpp"
 #include "test_util.hpp"
 
+namespace tests_safetensors {  // this file's own names (the tests compile in unity batches)
+
 using namespace mmfree;
 using namespace mmfree::test;
 
@@ -235,3 +237,5 @@ TEST(Loader, ShardedCheckpointEqualsSingleFile) {
   write_file(m + "/model.safetensors.index.json", "{\"weight_map\": 3}");
   expect_error([&] { load_model(m); }, {"model.safetensors.index.json", "weight_map"});
 }
+
+}  // namespace tests_safetensors

@@ -4,6 +4,8 @@
 #include "mmfree/mmfree.hpp"
 #include "test_util.hpp"
 
+namespace tests_sampler {  // this file's own names (the tests compile in unity batches)
+
 using namespace mmfree;
 
 namespace {
@@ -219,3 +221,5 @@ TEST(Logprobs, LogSoftmaxAndTop) {
   EXPECT_EQ(token_logprob(kLogits, 3, 10).top.size(), 5u);
   EXPECT_THROW(token_logprob(kLogits, 5), Error);
 }
+
+}  // namespace tests_sampler

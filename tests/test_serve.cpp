@@ -19,7 +19,7 @@
 #include "mmfree/serve/stop_text.hpp"
 #include "test_util.hpp"
 
-namespace mmfree {
+namespace mmfree::tests_serve {  // this file's own names (the tests compile in unity batches)
 namespace {
 
 using serve::PrefixCache;
@@ -495,4 +495,4 @@ TEST(Sessions, OneHolderAtATimeAndTheStateContinues) {
 }
 
 }  // namespace
-}  // namespace mmfree
+}  // namespace mmfree::tests_serve

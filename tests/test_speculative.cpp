@@ -11,6 +11,8 @@
 #include "mmfree/mmfree.hpp"
 #include "test_util.hpp"
 
+namespace tests_speculative {  // this file's own names (the tests compile in unity batches)
+
 using namespace mmfree;
 
 namespace {
@@ -382,3 +384,5 @@ TEST(Speculative, DraftLengthFollowsAcceptanceAndCost) {
   }
   EXPECT_EQ(k_after, 8);
 }
+
+}  // namespace tests_speculative

@@ -7,6 +7,8 @@
 #include "mmfree/mmfree.hpp"
 #include "test_util.hpp"
 
+namespace tests_state_file {  // this file's own names (the tests compile in unity batches)
+
 using namespace mmfree;
 using namespace mmfree::test;
 
@@ -121,3 +123,5 @@ TEST(StateFile, CliSaveAndLoadContinueOneGreedyRun) {
   EXPECT_NE(std::system(cmd.c_str()), 0);
   EXPECT_NE(read_file(d.file("e")).find("t.state: truncated"), std::string::npos) << read_file(d.file("e"));
 }
+
+}  // namespace tests_state_file

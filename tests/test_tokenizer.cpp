@@ -5,6 +5,8 @@
 #include "mmfree/mmfree.hpp"
 #include "test_util.hpp"
 
+namespace tests_tokenizer {  // this file's own names (the tests compile in unity batches)
+
 using namespace mmfree;
 using namespace mmfree::test;
 using nlohmann::json;
@@ -188,3 +190,5 @@ TEST(Tokenizer, BadFilesAreRefused) {
     EXPECT_NE(std::string(e.what()).find("absent.json: cannot open"), std::string::npos);
   }
 }
+
+}  // namespace tests_tokenizer
