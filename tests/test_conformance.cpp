@@ -224,6 +224,25 @@ TEST(Conformance, MixedPrefillAndDecodeBatchEqualsAlone) {
   EXPECT_EQ(c.h, c1.h);
   EXPECT_EQ(a.position, 5);
   EXPECT_THROW(m.forward_tokens(ids, st, std::vector<int64_t>{5, 2}), Error);
+
+  // forward_tokens_into: the same logits in a caller's buffer, which keeps its memory when a
+  // later pass asks for fewer rows (stale rows from a longer pass never leak into a shorter one).
+  State a2 = m.new_state(), b2 = m.new_state(), c2 = m.new_state();
+  m.prefill_last(std::vector<int32_t>{1, 1142, 333}, b2);
+  std::vector<State*> st2 = {&a2, &a2, &b2, &a2, &a2, &a2, &c2, &c2, &c2, &c2, &c2, &c2};
+  std::vector<float> buf(7 * size_t(V), 99.0f);
+  const float* mem = buf.data();
+  m.forward_tokens_into(ids, st2, rows, {}, buf);
+  ASSERT_EQ(buf.size(), 3 * size_t(V));
+  EXPECT_EQ(buf.data(), mem);
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), buf.begin()));
+  EXPECT_EQ(b2.h, b1.h);
+  State d = m.new_state(), d1 = m.new_state();
+  m.forward_tokens_into(std::vector<int32_t>{1}, std::vector<State*>{&d}, std::vector<int64_t>{0}, {}, buf);
+  const auto ld = m.step(1, d1);
+  ASSERT_EQ(buf.size(), size_t(V));
+  EXPECT_EQ(buf.data(), mem);
+  EXPECT_TRUE(std::equal(ld.begin(), ld.end(), buf.begin()));
 }
 
 }  // namespace tests_conformance

@@ -159,6 +159,17 @@ class BasicModel {
   // state of token t's sequence just after it (prefill_states).
   std::vector<float> forward_tokens(std::span<const int32_t> ids, std::span<State* const> states,
                                     std::span<const int64_t> logit_rows, std::span<State* const> after = {}) const {
+    std::vector<float> logits;
+    forward_tokens_into(ids, states, logit_rows, after, logits);
+    return logits;
+  }
+  // The same, into `logits` (resized to [R, V]; its memory kept from call to call). A server's
+  // steps reuse one buffer: a fresh one per step is a large block that malloc may map and unmap
+  // each time (the server returns blocks of 128 KiB and more to the system), and faulting its
+  // pages in cost 15% of a 16-token step of 1.3B on Zen 5.
+  void forward_tokens_into(std::span<const int32_t> ids, std::span<State* const> states,
+                           std::span<const int64_t> logit_rows, std::span<State* const> after,
+                           std::vector<float>& logits) const {
     if (ids.size() != states.size())
       fail("forward_tokens", std::to_string(ids.size()) + " ids for " + std::to_string(states.size()) + " states");
     if (!after.empty() && after.size() != ids.size())
@@ -167,8 +178,8 @@ class BasicModel {
       if (logit_rows[i] < 0 || logit_rows[i] >= int64_t(ids.size()) || (i && logit_rows[i] <= logit_rows[i - 1]))
         fail("forward_tokens", "logit rows must be ascending token indices");
     const int64_t V = vocab_size();
-    std::vector<float> logits(logit_rows.size() * size_t(V));
-    if (ids.empty()) return logits;
+    logits.resize(logit_rows.size() * size_t(V));
+    if (ids.empty()) return;
     check_ids(ids);
     for (State* s : states) check_state(*s);
     for (State* s : after)
@@ -184,7 +195,6 @@ class BasicModel {
       forward(ids.data() + t0, int64_t(m), states.data() + t0, after.empty() ? nullptr : after.data() + t0,
               logits.data() + r_first * size_t(V), local, lease.scratch, lease.ex);
     }
-    return logits;
   }
 
   // Every token id in [0, vocab_size), or an Error naming the first that is not: the one check,

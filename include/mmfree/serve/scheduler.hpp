@@ -380,7 +380,8 @@ class Scheduler {
     // forward_tokens wants ascending rows: decode rows come first, prompt rows after them.
     const auto t0 = clock::now();
     if (!snaps.empty()) snaps.resize(ids.size(), nullptr);
-    const std::vector<float> logits = model_.forward_tokens(ids, states, rows, snaps);
+    model_.forward_tokens_into(ids, states, rows, snaps, logits_);
+    const std::vector<float>& logits = logits_;
     const double pass_seconds = std::chrono::duration<double>(clock::now() - t0).count();
     add_busy(t0);
     ++stats_.steps;
@@ -443,6 +444,7 @@ class Scheduler {
   const Model& model_;
   SchedulerOptions opt_;
   SchedulerStats stats_;
+  std::vector<float> logits_;  // every step's, in one buffer (Model::forward_tokens_into)
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Sequence>> queue_;
