@@ -3,7 +3,8 @@
 // RSS is that of N streams), and reports aggregate decode tokens/s, per-stream tokens/s, time to
 // first token (p50, p99) and the server's peak resident memory. Also, measured in the same run,
 // what the library does alone: `Model::step_batch` over the same numbers of sequences
-// (`mmfree-cli bench --batch`), which the scheduler's steps should reach, and its roofline.
+// (`mmfree-cli bench --batch`, just before and just after each server run), which the scheduler's
+// steps should reach, and its roofline.
 //
 //   node bench/serve_load.mjs --cli build/cli/mmfree-cli --model M.gguf [--streams 1,4,16,64]
 //        [--tokens 64] [--threads 2] [--idle-sessions N] [--json out.json] [--svg out.svg]
@@ -68,11 +69,18 @@ const pct = (v, p) => { const s = [...v].sort((a, b) => a - b); return s[Math.mi
 // step_batch alone at each N, same model, same threads, this run.
 const sb = JSON.parse(execFileSync(cli, ["bench", "--model", model, "--batch", streams.join(","), "-p", "256", "-r", "3", "-t", threads, "--json"],
                                    { encoding: "utf8" }))[0];
-const stepBatch = (N) => sb.batches.find((x) => x.batch === N);
-const b = { desc: sb.desc, decode_kernel: sb.kernels, prefill_kernel: "", prefill_tps: sb.prefill.tok_s, decode_tps: stepBatch(1)?.tok_s ?? NaN };
+const b = { desc: sb.desc, decode_kernel: sb.kernels, prefill_kernel: "", prefill_tps: sb.prefill.tok_s,
+            decode_tps: sb.batches.find((x) => x.batch === 1)?.tok_s ?? NaN };
+// step_batch at N once more just before and just after the server's run at N, their mean the
+// figure the server is compared with: this machine's speed drifts 10-15% within minutes, and a
+// ceiling measured minutes away from the run it judges says more of the drift than of the server.
+const stepBatchNow = (N) => JSON.parse(execFileSync(cli, ["bench", "--model", model, "--batch", String(N), "-p", "16", "-r", "3", "-t", threads,
+                                                          "--json"], { encoding: "utf8" }))[0].batches[0];
 const rows = [];
 for (const N of streams) {
+  const before = stepBatchNow(N);
   const s = await serve(Math.max(N, 1));
+  let row;
   try {
     await stream(s.url, 0);  // warm-up (page cache, first touch of the scratch)
     const w0 = performance.now();
@@ -83,13 +91,16 @@ for (const N of streams) {
     const startAbs = Math.min(...res.map((r) => r.t0 - w0 + r.first)), endAbs = Math.max(...res.map((r) => r.t0 - w0 + r.last));
     const aggregate = (total - N) / ((endAbs - startAbs) / 1000);
     const perStream = res.map((r) => (r.n - 1) / ((r.last - r.first) / 1000));
-    rows.push({ streams: N, tokens_per_stream: tokens, aggregate_tps: aggregate, step_batch_tps: stepBatch(N).tok_s,
-                roofline_tps: stepBatch(N).roofline_tok_s, per_stream_tps_p50: pct(perStream, 0.5),
-                ttft_ms_p50: pct(res.map((r) => r.ttft), 0.5), ttft_ms_p99: pct(res.map((r) => r.ttft), 0.99),
-                wall_s: wall, peak_rss_mib: peakRss(s.proc.pid) });
+    row = { streams: N, tokens_per_stream: tokens, aggregate_tps: aggregate, per_stream_tps_p50: pct(perStream, 0.5),
+            ttft_ms_p50: pct(res.map((r) => r.ttft), 0.5), ttft_ms_p99: pct(res.map((r) => r.ttft), 0.99),
+            wall_s: wall, peak_rss_mib: peakRss(s.proc.pid) };
   } finally {
     s.proc.kill("SIGTERM");
   }
+  await new Promise((r) => s.proc.once("exit", r));
+  const after = stepBatchNow(N);
+  rows.push({ ...row, step_batch_tps: (before.tok_s + after.tok_s) / 2, step_batch_before_after_tps: [before.tok_s, after.tok_s],
+              roofline_tps: (before.roofline_tok_s + after.roofline_tok_s) / 2 });
 }
 // Sessions: continuing a 2,000-token conversation (16 new tokens) against re-sending all of it.
 let session;

@@ -261,13 +261,13 @@ int cmd_bench(const Args& a) {
       auto t0 = clk::now();
       auto logits = m.prefill_last(ids, st);
       const double pp = std::chrono::duration<double>(clk::now() - t0).count();
-      int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      int32_t next = int32_t(mmfree::argmax(logits.data(), int64_t(logits.size())));
       const double ttft = std::chrono::duration<double>(clk::now() - t0).count();
       mmfree::State s2 = m.new_state();
       logits = m.step(next, s2);
       auto t1 = clk::now();
       for (int64_t i = 0; i < n; ++i) {
-        next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        next = int32_t(mmfree::argmax(logits.data(), int64_t(logits.size())));
         logits = m.step(next, s2);
       }
       const double tg = std::chrono::duration<double>(clk::now() - t1).count();

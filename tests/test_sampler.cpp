@@ -1,6 +1,10 @@
 // Sampling: greedy equivalences, reproducibility, and the distributions of the filters.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <random>
+
 #include "mmfree/mmfree.hpp"
 #include "test_util.hpp"
 
@@ -33,6 +37,44 @@ TEST(Sampler, TemperatureZeroAndTopK1AreGreedy) {
   o.top_k = 1;
   Sampler k1(o);
   for (int i = 0; i < 20; ++i) EXPECT_EQ(k1.sample(l, {}), 1);
+}
+
+// argmax is greedy decoding's: the index std::max_element gives (the first of equal maxima) on
+// every length around the groups of 16, with the maximum at every position, ties, infinities.
+TEST(Sampler, ArgmaxIsMaxElement) {
+  std::mt19937 g(7);
+  std::uniform_int_distribution<int> small(-3, 3);
+  for (int64_t n : {1, 2, 15, 16, 17, 31, 32, 33, 47, 100, 1000, 32000, 32001}) {
+    for (int trial = 0; trial < 20; ++trial) {
+      std::vector<float> x(static_cast<size_t>(n));
+      for (auto& v : x) v = float(small(g));  // many ties
+      if (trial % 4 == 1) x[size_t(g() % uint64_t(n))] = 1e30f;
+      if (trial % 4 == 2) x[size_t(g() % uint64_t(n))] = INFINITY;
+      if (trial % 4 == 3) std::fill(x.begin(), x.end(), -INFINITY), x[size_t(n - 1)] = -1e30f;
+      ASSERT_EQ(argmax(x.data(), n), std::max_element(x.begin(), x.end()) - x.begin()) << "n " << n << " trial " << trial;
+    }
+    std::vector<float> x(static_cast<size_t>(n), -INFINITY);
+    EXPECT_EQ(argmax(x.data(), n), 0);
+    for (int64_t at : {int64_t(0), n / 2, n - 1}) {
+      std::fill(x.begin(), x.end(), -2.5f);
+      x[size_t(at)] = 0.5f;
+      EXPECT_EQ(argmax(x.data(), n), at) << "n " << n;
+      if (n - 1 - at != at) {
+        x[size_t(n - 1 - at)] = NAN;  // NaNs never win
+        EXPECT_EQ(argmax(x.data(), n), at) << "n " << n;
+      }
+    }
+  }
+  const std::vector<float> nans(5, NAN);
+  EXPECT_EQ(argmax(nans.data(), 5), 0);
+  // The sampler's greedy path takes it, with and without a filter or penalties.
+  SamplerOptions o = plain();
+  o.temperature = 0;
+  std::vector<float> l(40000, 1.0f);
+  l[39999] = 3.0f, l[12345] = 3.0f, l[20000] = 2.0f;
+  EXPECT_EQ(Sampler(o).sample(l, {}), 12345);
+  o.logit_bias = {{12345, -5.0f}};
+  EXPECT_EQ(Sampler(o).sample(l, {}), 39999);
 }
 
 TEST(Sampler, SameSeedSameDraws) {

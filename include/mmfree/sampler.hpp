@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "mmfree/error.hpp"
+#include "mmfree/ops.hpp"
 
 namespace mmfree {
 
@@ -80,12 +81,17 @@ class Sampler {
   // The distribution the next draw uses (sorted by probability, descending), after the
   // whole chain. For temperature 0 it is the argmax with probability 1.
   std::vector<TokenProb> distribution(const std::vector<float>& logits, const std::vector<int32_t>& history) const {
+    if (o_.temperature == 0 && !adjusts()) return {{int32_t(argmax(logits.data(), int64_t(logits.size()))), 1.0f}};
     std::vector<float> l = logits;
     adjust(l, history);
     return chain(l);
   }
 
   int32_t sample(const std::vector<float>& logits, const std::vector<int32_t>& history, const TokenFilter* filter = nullptr) {
+    if (o_.temperature == 0 && !adjusts()) {  // greedy: the logits as they are, no copy
+      const int32_t t = int32_t(argmax(logits.data(), int64_t(logits.size())));
+      if (!filter || filter->allows(t)) return ++counts_[t], t;
+    }
     std::vector<float> l = logits;
     adjust(l, history);
     auto d = chain(l);
@@ -140,7 +146,7 @@ class Sampler {
   // The chain after biases and penalties, on logits `l`.
   std::vector<TokenProb> chain(std::vector<float>& l) const {
     if (o_.temperature == 0) {
-      const int32_t best = int32_t(std::max_element(l.begin(), l.end()) - l.begin());
+      const int32_t best = int32_t(argmax(l.data(), int64_t(l.size())));
       return {{best, 1.0f}};
     }
     std::vector<int32_t> idx(l.size());
@@ -222,6 +228,11 @@ class Sampler {
     return draw(d2, true);
   }
 
+  // Whether adjust() can change any logit.
+  bool adjusts() const {
+    return !o_.logit_bias.empty() || o_.presence_penalty != 0 || o_.frequency_penalty != 0 ||
+           (o_.repeat_penalty != 1 && o_.repeat_last_n != 0);
+  }
   void adjust(std::vector<float>& l, const std::vector<int32_t>& history) const {
     for (const auto& [id, b] : o_.logit_bias)
       if (size_t(id) < l.size()) l[size_t(id)] += b;

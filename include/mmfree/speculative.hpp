@@ -99,7 +99,7 @@ class DraftModelDrafter : public Drafter {
     for (int i = 0; i < k; ++i) {
       int32_t t;
       if (greedy) {
-        t = int32_t(std::max_element(logits_.begin(), logits_.end()) - logits_.begin());
+        t = int32_t(argmax(logits_.data(), int64_t(logits_.size())));
       } else {
         std::vector<int32_t> ctx = seen_;
         ctx.insert(ctx.end(), d.tokens.begin(), d.tokens.end());
