@@ -69,7 +69,7 @@ std::vector<int32_t> prompt_ids(int64_t vocab) {
   for (int64_t i = 0; i < kPrompt; ++i) ids[size_t(i)] = int32_t(1 + (i * 7919) % (vocab - 1));
   return ids;
 }
-int32_t argmax(const std::vector<float>& v) { return int32_t(std::max_element(v.begin(), v.end()) - v.begin()); }
+int32_t argmax(const std::vector<float>& v) { return int32_t(mmfree::argmax(v.data(), int64_t(v.size()))); }
 
 // Bytes every decoded token must read: all packed matrices plus one embedding row (in format
 // `as`, when given, instead of the model's own).

@@ -13,7 +13,7 @@ int main(int argc, char** argv) try {
   std::vector<int32_t> prompt = {1, 1142, 333, 2693};  // <s> In the beginning
   std::vector<float> logits = model.prefill_last(prompt, state);
   for (int i = 0; i < 16; ++i) {
-    int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    int32_t next = int32_t(mmfree::argmax(logits.data(), int64_t(logits.size())));  // greedy
     std::printf("%d ", next);
     logits = model.step(next, state);
   }

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -178,8 +179,10 @@ void check_draft_model(const BasicModel<Acc>& target, const BasicModel<Acc>& dra
 
 // How many tokens to draft: the k that maximises the expected tokens per pass,
 // (1 - a^(k+1)) / (1 - a) for acceptance rate a, over the pass's measured cost (the model's pass
-// over k + 1 tokens and the drafter's time for k). Both are measured as decoding goes, with
-// recent passes weighing most. Drafting must beat a plain step by kMargin: pass costs come from a
+// over k + 1 tokens and the drafter's time for k). Both are measured as decoding goes: a pass's
+// cost is the median of the last few of its length, so that one slow pass (a neighbour's burst)
+// neither makes a plain step look dear nor flattens the cost's slope into long drafts that look
+// free. Drafting must beat a plain step by kMargin: pass costs come from a
 // noisy machine, and without a margin a drafter that is never right kept being tried whenever a
 // short pass happened to measure cheap (0.90x plain decoding on Zen 5). A drafter that is not
 // worth it drafts nothing (k = 0: a plain step) and is probed with one token once in kProbe
@@ -212,9 +215,15 @@ class DraftLength {
     } else {
       ++plain_passes_;
     }
-    auto ema = [](double& v, double x) { v = v > 0 ? v + 0.25 * (x - v) : x; };
-    if (size_t(k) < pass_.size()) ema(pass_[size_t(k)], pass_seconds);
-    if (k > 0) ema(draft_per_token_, draft_seconds / k);
+    if (size_t(k) < pass_.size()) {  // the median of its last kRecent passes
+      Recent& r = recent_[size_t(k)];
+      r.t[size_t(r.n++ % kRecent)] = pass_seconds;
+      std::array<double, kRecent> v = r.t;
+      const size_t m = size_t(std::min(r.n, kRecent));
+      std::sort(v.begin(), v.begin() + long(m));
+      pass_[size_t(k)] = m % 2 ? v[m / 2] : 0.5 * (v[m / 2 - 1] + v[m / 2]);
+    }
+    if (k > 0) draft_per_token_ = draft_per_token_ > 0 ? draft_per_token_ + 0.25 * (draft_seconds / k - draft_per_token_) : draft_seconds / k;
   }
   // Kept over drafted with half a token of each to start from (0.5 before any evidence).
   double acceptance() const { return (kept_ + 0.5) / (drafted_ + 1.0); }
@@ -248,6 +257,14 @@ class DraftLength {
   bool adaptive_;
   double kept_ = 0, drafted_ = 0, draft_per_token_ = 0;
   int plain_passes_ = 0;
+  // Seconds of a pass over k + 1 tokens: the median of the last kRecent (one slow pass in a few,
+  // common on a shared machine, moves it not at all; an average it moved by a quarter).
+  static constexpr int kRecent = 5;
+  struct Recent {
+    std::array<double, kRecent> t{};
+    int n = 0;
+  };
+  std::vector<Recent> recent_ = std::vector<Recent>(65);
   std::vector<double> pass_ = std::vector<double>(65, 0.0);
 };
 
