@@ -220,7 +220,8 @@ class DraftLength {
       r.t[size_t(r.n++ % kRecent)] = pass_seconds;
       std::array<double, kRecent> v = r.t;
       const size_t m = size_t(std::min(r.n, kRecent));
-      std::sort(v.begin(), v.begin() + long(m));
+      for (size_t a = 1; a < m; ++a)  // (insertion sort: std::sort on part of it drew GCC 12's -Warray-bounds)
+        for (size_t b = a; b > 0 && v[b - 1] > v[b]; --b) std::swap(v[b - 1], v[b]);
       pass_[size_t(k)] = m % 2 ? v[m / 2] : 0.5 * (v[m / 2 - 1] + v[m / 2]);
     }
     if (k > 0) draft_per_token_ = draft_per_token_ > 0 ? draft_per_token_ + 0.25 * (draft_seconds / k - draft_per_token_) : draft_seconds / k;
