@@ -69,14 +69,20 @@ void expect_kernels_match_scalar(std::mt19937& rng, TernaryFormat f, int64_t row
   for (int64_t t = 0; t < n; ++t) scale_ints(ref.data() + t * rows, scale[size_t(t)], rows, want.data() + t * rows);
   for (const auto& k : ks) {
     if (!k.gemm_scaled) continue;
-    for (int threads : {1, 3}) {
-      ThreadPool pool(threads);
-      std::vector<float> got(size_t(n * rows), -7.0f);
-      pool.for_range(rows, 1, [&](int64_t r0, int64_t r1) { k.gemm_scaled(m, q.data(), ld, n, scale.data(), got.data(), rows, r0, r1); });
-      ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0)
-          << k.name << " (dequantising) " << format_name(f) << " " << rows << "x" << cols << " n=" << n
-          << " threads=" << threads;
-    }
+    // The tokens' sums of q given (as BitLinear passes them) or not (the kernel sums them).
+    std::vector<int32_t> qsum(static_cast<size_t>(n));
+    for (int64_t t = 0; t < n; ++t) qsum[size_t(t)] = sum_int8(q.data() + t * ld, ld);
+    for (int threads : {1, 3})
+      for (const int32_t* sums : {static_cast<const int32_t*>(nullptr), static_cast<const int32_t*>(qsum.data())}) {
+        ThreadPool pool(threads);
+        std::vector<float> got(size_t(n * rows), -7.0f);
+        pool.for_range(rows, 1, [&](int64_t r0, int64_t r1) {
+          k.gemm_scaled(m, q.data(), ld, n, scale.data(), sums, got.data(), rows, r0, r1);
+        });
+        ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0)
+            << k.name << " (dequantising) " << format_name(f) << " " << rows << "x" << cols << " n=" << n
+            << " threads=" << threads << (sums ? " sums given" : "");
+      }
   }
 }
 

@@ -51,6 +51,7 @@ class BitLinear {
       const float rt = r ? r[t] : input_rms(x + t * k, ex);
       s.s_x[size_t(t)] = ex.kernels.scale_quantize(x + t * k, rt, norm_.data(), k, s.tmp.data() + t * k, s.q.data() + t * kp, kp);
       s.deq[size_t(t)] = w_.scale / s.s_x[size_t(t)];
+      s.qsum[size_t(t)] = sum_int8(s.q.data() + t * kp, kp);
     }
   }
   void reserve(int64_t n, BitLinearScratch& s) const { s.reserve(n, activation_cols(w_.cols), w_.cols, w_.rows); }
@@ -69,7 +70,8 @@ class BitLinear {
   template <class Acc>
   void forward_rows(int64_t n, BitLinearScratch& s, const BasicExec<Acc>& ex, float* out, int64_t ldo, int64_t r0,
                     int64_t r1) const {
-    if (n > 1 && ex.ternary_accumulate_scaled(w_, s.q.data(), activation_cols(w_.cols), n, s.deq.data(), out, ldo, r0, r1))
+    if (n > 1 && ex.ternary_accumulate_scaled(w_, s.q.data(), activation_cols(w_.cols), n, s.deq.data(), s.qsum.data(),
+                                              out, ldo, r0, r1))
       return;
     accumulate_rows(n, s, ex, r0, r1);
     dequantize_rows(n, s, out, ldo, r0, r1);

@@ -28,8 +28,8 @@ struct CpuAccumulate {
   // out[t, r] = float(acc[t, r]) * scale[t] in the kernel's store, where the kernel can (false:
   // nothing written).
   bool scaled(const kernels::KernelTable& k, const TernaryMatrix& W, const int8_t* q, int64_t ldq, int64_t n,
-              const float* scale, float* out, int64_t ldo, int64_t r0, int64_t r1) const {
-    return k.gemm_scaled(W, q, ldq, n, scale, out, ldo, r0, r1);
+              const float* scale, const int32_t* qsum, float* out, int64_t ldo, int64_t r0, int64_t r1) const {
+    return k.gemm_scaled(W, q, ldq, n, scale, qsum, out, ldo, r0, r1);
   }
 };
 
@@ -68,11 +68,12 @@ struct BasicExec {
   }
   // out[t, r] = float(W[r] . q[t]) * scale[t] in one pass, when the accumulate offers it (an
   // accumulate without `scaled`, such as hw/'s simulated core, never does) and the kernel for n
-  // tokens has a dequantising store; false (nothing written) otherwise.
+  // tokens has a dequantising store; false (nothing written) otherwise. `qsum`: each token's sum
+  // of q, or null.
   bool ternary_accumulate_scaled(const TernaryMatrix& W, const int8_t* q, int64_t ldq, int64_t n, const float* scale,
-                                 float* out, int64_t ldo, int64_t r0, int64_t r1) const {
-    if constexpr (requires { accumulate.scaled(kernels, W, q, ldq, n, scale, out, ldo, r0, r1); })
-      return accumulate.scaled(kernels, W, q, ldq, n, scale, out, ldo, r0, r1);
+                                 const int32_t* qsum, float* out, int64_t ldo, int64_t r0, int64_t r1) const {
+    if constexpr (requires { accumulate.scaled(kernels, W, q, ldq, n, scale, qsum, out, ldo, r0, r1); })
+      return accumulate.scaled(kernels, W, q, ldq, n, scale, qsum, out, ldo, r0, r1);
     else
       return false;
   }

@@ -118,6 +118,18 @@ MMFREE_ELEMENTWISE_CLONES inline int64_t argmax(const float* __restrict x, int64
   return 0;
 }
 
+// The sum of n int8 values (the kernels' offset term: digits d = w + 1 sum d . q, then subtract it).
+MMFREE_ELEMENTWISE_CLONES inline int32_t sum_int8(const int8_t* __restrict q, int64_t n) {
+  int32_t acc[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int k = 0; k < 16; ++k) acc[k] += q[i + k];
+  int32_t s = 0;
+  for (; i < n; ++i) s += q[i];
+  for (int k = 0; k < 16; ++k) s += acc[k];
+  return s;
+}
+
 // y = x / sqrt(mean(x^2) + eps) * w, the mean taken in double (see sum_squares).
 inline float rms_factor(double sum_sq, int64_t n, double eps) { return float(1.0 / std::sqrt(sum_sq / double(n) + eps)); }
 // `sum_sq` may be a SIMD twin of sum_squares (kernels/dispatch.hpp): the same bits.

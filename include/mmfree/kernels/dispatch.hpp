@@ -27,9 +27,12 @@ namespace mmfree::kernels {
 using TernaryGemmFn = void (*)(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out,
                                int64_t ldo, int64_t r0, int64_t r1);
 // The same rows dequantised in the store: out[t * ldo + r] = float(row r of W . Q[t]) * scale[t]
-// (the bits of the integer kernel followed by scale_ints).
+// (the bits of the integer kernel followed by scale_ints). `qsum`, when not null, holds each
+// token's sum of Q[t] (over W's padded columns), which the kernel would otherwise compute again
+// on every call: a product's rows come in several calls per thread.
 using TernaryGemmScaledFn = void (*)(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
-                                     const float* scale, float* out, int64_t ldo, int64_t r0, int64_t r1);
+                                     const float* scale, const int32_t* qsum, float* out, int64_t ldo, int64_t r0,
+                                     int64_t r1);
 using ScaleQuantizeFn = float (*)(const float* x, float r, const float* w, int64_t n, float* tmp, int8_t* q,
                                   int64_t n_padded);
 using SumSquaresFn = double (*)(const float* x, int64_t n);
@@ -148,11 +151,11 @@ struct KernelTable {
   }
   // The dequantising twin of gemm for the token count's kernel; false (nothing written) when
   // that kernel has none.
-  bool gemm_scaled(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, const float* scale, float* out,
-                   int64_t ldo, int64_t r0, int64_t r1) const {
+  bool gemm_scaled(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, const float* scale,
+                   const int32_t* qsum, float* out, int64_t ldo, int64_t r0, int64_t r1) const {
     const TernaryGemmScaledFn f = for_tokens(n).gemm_scaled;
     if (!f) return false;
-    f(W, Q, ldq, n, scale, out, ldo, r0, r1);
+    f(W, Q, ldq, n, scale, qsum, out, ldo, r0, r1);
     return true;
   }
 };
