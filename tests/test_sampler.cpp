@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <random>
 
 #include "mmfree/mmfree.hpp"
@@ -75,6 +76,32 @@ TEST(Sampler, ArgmaxIsMaxElement) {
   EXPECT_EQ(Sampler(o).sample(l, {}), 12345);
   o.logit_bias = {{12345, -5.0f}};
   EXPECT_EQ(Sampler(o).sample(l, {}), 39999);
+}
+
+// top_k_ids is std::partial_sort of all ids by (logit descending, id ascending), cut at k: on
+// ties (few distinct values), spread values, every k from one to more than there are ids, and
+// lengths on both sides of the blocks of 16; NaNs are never taken before numbers.
+TEST(Sampler, TopKIsPartialSort) {
+  std::mt19937 g(11);
+  for (int trial = 0; trial < 600; ++trial) {
+    const size_t n = trial % 10 == 0 ? 32000 : 1 + g() % 700;
+    std::vector<float> l(n);
+    for (auto& x : l)
+      x = trial % 3 == 0 ? float(int(g() % 7) - 3) : trial % 3 == 1 ? std::normal_distribution<float>(0, 3)(g) : float(g() % 1000) * 0.01f;
+    if (trial % 5 == 4) l[g() % n] = INFINITY, l[g() % n] = -INFINITY, l[g() % n] = -0.0f;
+    for (size_t k : {size_t(1), size_t(2), size_t(5), size_t(40), n / 9, n / 7, n, n + 3}) {
+      std::vector<int32_t> want(n);
+      std::iota(want.begin(), want.end(), 0);
+      const size_t kk = std::min(k, n);
+      std::partial_sort(want.begin(), want.begin() + long(kk), want.end(),
+                        [&](int32_t a, int32_t b) { return l[size_t(a)] != l[size_t(b)] ? l[size_t(a)] > l[size_t(b)] : a < b; });
+      want.resize(kk);
+      ASSERT_EQ(top_k_ids(l, k), want) << "n " << n << " k " << k << " trial " << trial;
+    }
+  }
+  std::vector<float> l(100, 1.0f);
+  l[3] = NAN, l[50] = 2.0f;
+  EXPECT_EQ(top_k_ids(l, 2), (std::vector<int32_t>{50, 0}));
 }
 
 TEST(Sampler, SameSeedSameDraws) {

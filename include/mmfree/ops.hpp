@@ -23,6 +23,15 @@
 #else
 #define MMFREE_ELEMENTWISE_CLONES
 #endif
+// The same for a scan that leaves early, which -O2's very cheap cost model leaves scalar.
+#if defined(__x86_64__) && defined(__linux__) && !defined(__SANITIZE_ADDRESS__) && !defined(__clang__)
+#define MMFREE_SCAN_CLONES \
+  __attribute__((target_clones("avx512f", "avx2", "default"), optimize("fp-contract=off", "vect-cost-model=dynamic")))
+#elif defined(__GNUC__) && !defined(__clang__)
+#define MMFREE_SCAN_CLONES __attribute__((optimize("fp-contract=off", "vect-cost-model=dynamic")))
+#else
+#define MMFREE_SCAN_CLONES
+#endif
 
 namespace mmfree {
 
@@ -116,6 +125,27 @@ MMFREE_ELEMENTWISE_CLONES inline int64_t argmax(const float* __restrict x, int64
   for (; i < n; ++i)
     if (x[i] == best) return i;
   return 0;
+}
+
+// A float's bits as an integer that orders like the float (NaNs above +inf): integer compares
+// vectorise where float ones (which may trap) do not.
+[[gnu::always_inline]] inline int32_t float_order_key(float f) {
+  int32_t b;
+  std::memcpy(&b, &f, sizeof b);
+  return b ^ ((b >> 31) & 0x7fffffff);
+}
+// The start of the first block of 16 in [from, n) (the last block shorter) that may hold an
+// x[i] > t: every such i is in a block returned (NaNs and -0 against +0 may be returned too: the
+// caller compares each value again); n when there is none. Top-k sampling's scan.
+MMFREE_SCAN_CLONES inline int64_t next_block_above(const float* __restrict x, int64_t from, int64_t n, float t) {
+  const int32_t kt = float_order_key(t);
+  int64_t i = from;
+  for (; i + 16 <= n; i += 16) {
+    int32_t any = 0;
+    for (int k = 0; k < 16; ++k) any |= float_order_key(x[i + k]) > kt;
+    if (any) return i;
+  }
+  return i < n ? i : n;
 }
 
 // The sum of n int8 values (the kernels' offset term: digits d = w + 1 sum d . q, then subtract it).

@@ -72,6 +72,44 @@ struct TokenProb {
   float p;
 };
 
+// The k ids of the largest logits, largest first (ties: the lower id first), as std::partial_sort
+// of all ids by that order gives them, without sorting 32,000 ids: one pass keeps the k best
+// seen so far in a heap and skips, 16 logits at a time, every block with none above the weakest
+// of them (45 us for 32,000 logits and k = 40 before, on Zen 5).
+inline std::vector<int32_t> top_k_ids(const std::vector<float>& l, size_t k) {
+  const size_t n = l.size();
+  k = std::min(k, n);
+  auto before = [&](int32_t a, int32_t b) { return l[size_t(a)] != l[size_t(b)] ? l[size_t(a)] > l[size_t(b)] : a < b; };
+  std::vector<int32_t> ids;
+  if (k == 0) return ids;
+  if (k > n / 8) {  // most of them: a plain partial sort
+    ids.resize(n);
+    std::iota(ids.begin(), ids.end(), 0);
+    std::partial_sort(ids.begin(), ids.begin() + long(k), ids.end(), before);
+    ids.resize(k);
+    return ids;
+  }
+  ids.resize(k);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::make_heap(ids.begin(), ids.end(), before);  // its top: the weakest kept
+  // A later id ranks above the weakest kept only with a strictly larger logit (an equal one has
+  // the higher id). NaNs never do.
+  float weakest = l[size_t(ids.front())];
+  auto offer = [&](size_t i) {
+    if (!(l[i] > weakest)) return;
+    std::pop_heap(ids.begin(), ids.end(), before);
+    ids.back() = int32_t(i);
+    std::push_heap(ids.begin(), ids.end(), before);
+    weakest = l[size_t(ids.front())];
+  };
+  for (size_t i = k; (i = size_t(next_block_above(l.data(), int64_t(i), int64_t(n), weakest))) < n;) {
+    const size_t end = std::min(n, i + 16);
+    for (; i < end; ++i) offer(i);
+  }
+  std::sort(ids.begin(), ids.end(), before);
+  return ids;
+}
+
 class Sampler {
  public:
   explicit Sampler(SamplerOptions o = {}) : o_(o), rng_(o.seed) { o_.validate(); }
@@ -149,13 +187,9 @@ class Sampler {
       const int32_t best = int32_t(argmax(l.data(), int64_t(l.size())));
       return {{best, 1.0f}};
     }
-    std::vector<int32_t> idx(l.size());
-    std::iota(idx.begin(), idx.end(), 0);
     // Top-k first keeps the sort small.
-    size_t k = o_.top_k > 0 ? std::min(size_t(o_.top_k), idx.size()) : idx.size();
-    std::partial_sort(idx.begin(), idx.begin() + long(k), idx.end(),
-                      [&](int32_t a, int32_t b) { return l[size_t(a)] != l[size_t(b)] ? l[size_t(a)] > l[size_t(b)] : a < b; });
-    idx.resize(k);
+    const size_t k = o_.top_k > 0 ? std::min(size_t(o_.top_k), l.size()) : l.size();
+    std::vector<int32_t> idx = top_k_ids(l, k);
     // Probabilities at temperature 1 decide top-p and min-p (as llama.cpp's default chain).
     std::vector<double> p = softmax(l, idx, 1.0);
     if (o_.top_p < 1) {
