@@ -234,7 +234,7 @@ TEST(Kernels, ExtremeValuesLongRows) {
 // rmsnorm + int8 quantisation: every ISA returns the scalar reference's bits (scale, codes,
 // normalised values, zero padding), on odd lengths, huge rows and exact .5 ties.
 TEST(Kernels, RmsnormQuantizeBitExactWithScalar) {
-  using RmsQuantizeFn = float (*)(const float*, const float*, int64_t, float*, int8_t*, int64_t);
+  using RmsQuantizeFn = float (*)(const float*, const float*, int64_t, float*, int8_t*, int64_t, int32_t*);
   struct Twin {
     const char* name;
     RmsQuantizeFn rq;
@@ -256,14 +256,18 @@ TEST(Kernels, RmsnormQuantizeBitExactWithScalar) {
       const int64_t np = activation_cols(n);
       std::vector<float> tmp_ref(static_cast<size_t>(n));
       std::vector<int8_t> q_ref(static_cast<size_t>(np), 99);
-      const float s_ref = rmsnorm_quantize(x.data(), w.data(), n, tmp_ref.data(), q_ref.data(), np);
+      int32_t qsum_ref = -1;
+      const float s_ref = rmsnorm_quantize(x.data(), w.data(), n, tmp_ref.data(), q_ref.data(), np, &qsum_ref);
+      ASSERT_EQ(qsum_ref, sum_int8(q_ref.data(), np)) << "n=" << n;
       for (const Twin& t : twins) {
         std::vector<float> tmp(static_cast<size_t>(n));
         std::vector<int8_t> q(static_cast<size_t>(np), 99);
-        const float s = t.rq(x.data(), w.data(), n, tmp.data(), q.data(), np);
+        int32_t qsum = -1;
+        const float s = t.rq(x.data(), w.data(), n, tmp.data(), q.data(), np, &qsum);
         ASSERT_EQ(std::memcmp(&s, &s_ref, sizeof s), 0) << t.name << " n=" << n;
         ASSERT_EQ(tmp, tmp_ref) << t.name << " n=" << n;
         ASSERT_EQ(q, q_ref) << t.name << " n=" << n << " kind=" << kind;
+        ASSERT_EQ(qsum, qsum_ref) << t.name << " n=" << n << " kind=" << kind;
         const double a = t.ss(x.data(), n), b = sum_squares(x.data(), n);
         ASSERT_EQ(std::memcmp(&a, &b, sizeof a), 0) << t.name << " n=" << n;
       }
@@ -274,6 +278,42 @@ TEST(Kernels, RmsnormQuantizeBitExactWithScalar) {
   std::vector<int8_t> q(16);
   EXPECT_EQ(quantize_int8(y.data(), int64_t(y.size()), q.data(), 16), 1.0f);
   EXPECT_EQ(std::vector<int8_t>(q.begin(), q.begin() + 9), (std::vector<int8_t>{127, 1, -1, 2, -3, 64, -127, 0, -127}));
+}
+
+// The SIMD quantisers round as trunc(v + copysign(0.49999997, v)), which must equal std::round
+// (half away from zero) on every float: here on the 96 floats either side of every integer and
+// every half in [-127, 127] (a row whose largest value is 127, so that v = y exactly).
+TEST(Kernels, QuantizeRoundsLikeStdRoundNearEveryHalf) {
+  std::vector<kernels::ScaleQuantizeFn> twins;
+#if defined(__x86_64__)
+  if (kernels::cpu_has(kernels::Isa::Avx2)) twins.push_back(kernels::avx2::scale_quantize);
+  if (kernels::cpu_has(kernels::Isa::Avx512)) twins.push_back(kernels::avx512::scale_quantize);
+#endif
+  std::vector<float> y = {127.0f, -127.0f};
+  for (int k = -254; k <= 254; ++k) {
+    float up = float(k) * 0.5f, down = up;
+    for (int u = 0; u < 96; ++u) {
+      up = std::nextafter(up, 1000.0f), down = std::nextafter(down, -1000.0f);
+      if (std::fabs(up) <= 127.0f) y.push_back(up);
+      if (std::fabs(down) <= 127.0f) y.push_back(down);
+    }
+    y.push_back(float(k) * 0.5f);
+  }
+  y.push_back(-0.0f);
+  const int64_t n = int64_t(y.size()), np = activation_cols(n);
+  const std::vector<float> ones(y.size(), 1.0f);
+  std::vector<float> tmp(y.size());
+  std::vector<int8_t> q_ref(static_cast<size_t>(np));
+  int32_t sum_ref = 0;
+  ASSERT_EQ(scale_quantize(y.data(), 1.0f, ones.data(), n, tmp.data(), q_ref.data(), np, &sum_ref), 1.0f);
+  for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(q_ref[i], int8_t(std::round(y[i]))) << y[i];
+  for (auto f : twins) {
+    std::vector<int8_t> q(size_t(np), 99);
+    int32_t sum = 0;
+    ASSERT_EQ(f(y.data(), 1.0f, ones.data(), n, tmp.data(), q.data(), np, &sum), 1.0f);
+    for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(q[i], q_ref[i]) << "y = " << y[i];
+    EXPECT_EQ(sum, sum_ref);
+  }
 }
 
 // ---- the chooser -----------------------------------------------------------------------------

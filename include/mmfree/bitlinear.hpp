@@ -49,9 +49,9 @@ class BitLinear {
     const int64_t k = w_.cols, kp = activation_cols(k);
     for (int64_t t = t0; t < t1; ++t) {
       const float rt = r ? r[t] : input_rms(x + t * k, ex);
-      s.s_x[size_t(t)] = ex.kernels.scale_quantize(x + t * k, rt, norm_.data(), k, s.tmp.data() + t * k, s.q.data() + t * kp, kp);
+      s.s_x[size_t(t)] = ex.kernels.scale_quantize(x + t * k, rt, norm_.data(), k, s.tmp.data() + t * k,
+                                                   s.q.data() + t * kp, kp, &s.qsum[size_t(t)]);
       s.deq[size_t(t)] = w_.scale / s.s_x[size_t(t)];
-      s.qsum[size_t(t)] = sum_int8(s.q.data() + t * kp, kp);
     }
   }
   void reserve(int64_t n, BitLinearScratch& s) const { s.reserve(n, activation_cols(w_.cols), w_.cols, w_.rows); }

@@ -170,30 +170,34 @@ inline void rmsnorm(const float* x, const float* w, int64_t n, double eps, float
 }
 
 // Per-token int8 quantisation: s_x = 127 / max(max|y|, 1e-5), q = clamp(round(y * s_x)).
-// Writes n codes and zeros up to n_padded; returns s_x.
-inline float quantize_int8(const float* y, int64_t n, int8_t* q, int64_t n_padded) {
+// Writes n codes and zeros up to n_padded; returns s_x. `qsum`, when given, gets the sum of the
+// codes (the kernels' offset term).
+inline float quantize_int8(const float* y, int64_t n, int8_t* q, int64_t n_padded, int32_t* qsum = nullptr) {
   float amax = 0;
   for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(y[i]));
   const float s = 127.0f / std::max(amax, 1e-5f);
+  int32_t sum = 0;
   for (int64_t i = 0; i < n; ++i) {
     const float v = std::round(y[i] * s);  // half away from zero, as the reference
     q[i] = int8_t(std::clamp(v, -128.0f, 127.0f));
+    sum += q[i];
   }
   for (int64_t i = n; i < n_padded; ++i) q[i] = 0;
+  if (qsum) *qsum = sum;
   return s;
 }
 
 // BitLinear's front given the rms factor r of x: tmp = x * r * w_norm, then quantize_int8, one
 // token. Projections that read the same x (the MLGRU's f, i, g) share r. `tmp` holds n floats.
 inline float scale_quantize(const float* x, float r, const float* w_norm, int64_t n, float* tmp, int8_t* q,
-                            int64_t n_padded) {
+                            int64_t n_padded, int32_t* qsum = nullptr) {
   for (int64_t i = 0; i < n; ++i) tmp[i] = x[i] * r * w_norm[i];
-  return quantize_int8(tmp, n, q, n_padded);
+  return quantize_int8(tmp, n, q, n_padded, qsum);
 }
 // The whole front: rmsnorm(x, w_norm, kBitLinearEps) then quantize_int8.
 inline float rmsnorm_quantize(const float* x, const float* w_norm, int64_t n, float* tmp, int8_t* q,
-                              int64_t n_padded) {
-  return scale_quantize(x, rms_factor(sum_squares(x, n), n, kBitLinearEps), w_norm, n, tmp, q, n_padded);
+                              int64_t n_padded, int32_t* qsum = nullptr) {
+  return scale_quantize(x, rms_factor(sum_squares(x, n), n, kBitLinearEps), w_norm, n, tmp, q, n_padded, qsum);
 }
 
 }  // namespace mmfree

@@ -34,7 +34,7 @@ using TernaryGemmScaledFn = void (*)(const TernaryMatrix& W, const int8_t* Q, in
                                      const float* scale, const int32_t* qsum, float* out, int64_t ldo, int64_t r0,
                                      int64_t r1);
 using ScaleQuantizeFn = float (*)(const float* x, float r, const float* w, int64_t n, float* tmp, int8_t* q,
-                                  int64_t n_padded);
+                                  int64_t n_padded, int32_t* qsum);
 using SumSquaresFn = double (*)(const float* x, int64_t n);
 
 // What a kernel needs from the CPU.
