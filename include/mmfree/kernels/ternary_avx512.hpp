@@ -382,8 +382,10 @@ MMFREE_TARGET_AVX512 inline void plane_into_tile(__m512i (&acc)[T][A], __m512i d
   for (int j = 0; j < T; ++j) dpbusd_bcast(acc[j][P % A], d, x + j * ldq + 4 * P);
 }
 
-// TQ2 with the digit planes masked in place instead of shifted down. The shifts compete with
-// vpdpbusd for the same two vector pipes on AMD Zen 4/5; the masks do not. Plane P's digits enter
+// TQ2 with the digit planes masked in place instead of shifted down. Every decoding op competes
+// with vpdpbusd on AMD Zen 4/5 (on a Zen 5 VM, 3 vpandd or 3 vpsrlw per 12 vpdpbusd took 15-20% of
+// their rate), so the fewer per chunk the better: 4 masks, where shifting then masking took 3 + 4
+// (a tile of T tokens is then bound to 4T / (4T + 4) of the int8 peak). Plane P's digits enter
 // the products as d * 4^(P % S), into accumulator P % S of its token, shifted back once at the
 // store (exact: every such sum is a multiple of 4^(P % S)).
 //  - S = 4 (tiles of up to 6 tokens): no shift at all, 4 accumulators per token. A plane's vpdpbusd
