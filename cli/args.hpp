@@ -40,7 +40,7 @@ struct Args {
   }
   // Every flag given must be one this command knows.
   void allow(std::vector<std::string> known, bool model_flags = true) const {
-    if (model_flags) known.insert(known.end(), {"model", "threads", "kernels", "format", "no-huge-pages"});
+    if (model_flags) known.insert(known.end(), {"model", "threads", "kernels", "format", "no-huge-pages", "interleaved"});
     auto check = [&](const std::string& k) {
       if (std::find(known.begin(), known.end(), k) == known.end())
         fail("--" + k, "unknown option for '" + std::string(command->name) + "' (see mmfree-cli " + command->name +
@@ -63,6 +63,12 @@ inline mmfree::ModelOptions model_options(const Args& a) {
   if (a.has("kernels")) o.kernels = a.str("kernels");
   if (a.has("format")) o.format = mmfree::parse_format(a.str("format"), "--format");
   if (a.on("no-huge-pages")) o.huge_pages = false;
+  if (a.has("interleaved")) {
+    const std::string v = a.str("interleaved");
+    if (v == "on") o.interleaved = true;
+    else if (v == "off") o.interleaved = false;
+    else if (v != "auto") mmfree::fail("--interleaved " + v, "expected auto, on or off");
+  }
   return o;
 }
 
@@ -77,7 +83,12 @@ inline std::string kernel_summary(const mmfree::Model& m) {
   char buf[64];
   if (m.options().kernels.empty()) std::snprintf(buf, sizeof buf, ", chosen by measurement in %.0f ms", c.seconds * 1e3);
   else std::snprintf(buf, sizeof buf, " (forced by --kernels)");
-  return s + buf;
+  s += buf;
+  if (m.interleaved_bytes()) {
+    std::snprintf(buf, sizeof buf, "; interleaved copy %.0f MiB", double(m.interleaved_bytes()) / (1 << 20));
+    s += buf;
+  }
+  return s;
 }
 
 // A one-line progress bar on stderr, redrawn when the percentage changes.

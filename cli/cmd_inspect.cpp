@@ -111,6 +111,14 @@ int cmd_info(const Args& a) {
               double(packed) / (1 << 20), mmfree::format_name(w.lm_head.weights().format),
               double(w.embeddings.nbytes()) / (1 << 20), mmfree::dtype_name(w.embeddings.dtype),
               double(4 * (ternary_params + emb + float_params)) / (1 << 20));
+  if (m.interleaved_bytes())
+    std::printf("interleaved  %.2f MiB: a second copy of the ternary weights, which the kernels for several tokens read\n",
+                double(m.interleaved_bytes()) / (1 << 20));
+  else
+    std::printf("interleaved  none (--interleaved: %s)\n",
+                !mmfree::kernels::interleaved_runs(m.format()) ? "no kernel for it on this CPU"
+                : m.options().interleaved == false          ? "off"
+                                                            : "not faster here, or no memory for it");
   std::printf("kernels      %s\n", kernel_summary(m).c_str());
   std::printf("threads      %d\n", m.options().threads);
   std::optional<mmfree::Tokenizer> t;

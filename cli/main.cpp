@@ -15,7 +15,10 @@ const char* kCommon =
     "  -t, --threads N        threads (default: every core this process may use)\n"
     "  --kernels NAME|DECODE,PREFILL   force kernels (default: chosen by measuring at load)\n"
     "  --format tq2|tq1       the ternary layout held in memory (default: the file's)\n"
-    "  --no-huge-pages        weights in ordinary pages\n";
+    "  --no-huge-pages        weights in ordinary pages\n"
+    "  --interleaved auto|on|off  a second copy of the weights that passes of several tokens\n"
+    "                         read faster (AVX-512); auto: kept where memory allows and it\n"
+    "                         measures faster (default)\n";
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> all = {

@@ -196,6 +196,55 @@ TEST(Conformance, StepBatchEqualsSeparateSteps) {
   }
 }
 
+// The interleaved copies (ModelOptions::interleaved) change which bytes the kernels read, never
+// a result: prefills, batched steps and verification passes are bit-identical with and without
+// them, on models whose rows are and are not multiples of a group (64 or 80), 1 and 2 threads.
+TEST(Conformance, InterleavedCopiesChangeNoBit) {
+  for (std::string dir : {data_dir() + "/kjv-tiny", data_dir() + "/odd-b", bundled_model()})
+    for (TernaryFormat f : {TernaryFormat::TQ2, TernaryFormat::TQ1})
+      for (int threads : {1, 2}) {
+        ModelOptions a = opts(threads, f), b = opts(threads, f);
+        a.interleaved = false;
+        b.interleaved = true;
+        // The kernels that read the copies for passes of several tokens (the chooser, measuring
+        // on models this small, may prefer others).
+        if (kernels::interleaved_runs(f))
+          b.kernels = f == TernaryFormat::TQ2 ? "avx512,avx512-interleaved,avx512-interleaved"
+                                              : "avx512-vbmi,avx512-vbmi-interleaved,avx512-vbmi-interleaved";
+        b.prefill_chunk = 37;  // passes of 37 and fewer tokens, both regimes
+        Model ma = load_model(dir, a), mb = load_model(dir, b);
+        const std::string label = dir + " " + format_name(f) + " threads " + std::to_string(threads);
+        EXPECT_EQ(ma.interleaved_bytes(), 0u) << label;
+        EXPECT_EQ(mb.interleaved_bytes() > 0, kernels::interleaved_runs(f)) << label;
+        if (kernels::interleaved_runs(f)) {
+          EXPECT_TRUE(mb.kernel_choice().batch.chosen.interleaved) << label;
+          EXPECT_TRUE(mb.kernel_choice().prefill.chosen.interleaved) << label;
+        }
+        const int64_t V = ma.vocab_size();
+        std::vector<int32_t> ids;
+        for (int i = 0; i < 100; ++i) ids.push_back(int32_t((17 * i + 3) % V));
+        EXPECT_EQ(ma.prefill(ids), mb.prefill(ids)) << label;
+        for (size_t B : {size_t(2), size_t(5), size_t(13)}) {
+          std::vector<State> sa(B, ma.new_state()), sb(B, mb.new_state());
+          std::vector<State*> pa, pb;
+          std::vector<int32_t> step_ids;
+          for (size_t k = 0; k < B; ++k) {
+            const std::vector<int32_t> history(ids.begin(), ids.begin() + long(k));
+            if (!history.empty()) ma.prefill_last(history, sa[k]), mb.prefill_last(history, sb[k]);
+            pa.push_back(&sa[k]), pb.push_back(&sb[k]);
+            step_ids.push_back(ids[k + 50]);
+          }
+          ASSERT_EQ(ma.step_batch(step_ids, pa), mb.step_batch(step_ids, pb)) << label << " B " << B;
+          for (size_t k = 0; k < B; ++k) EXPECT_EQ(sa[k].h, sb[k].h) << label << " B " << B;
+        }
+        State va = ma.new_state(), vb = mb.new_state();
+        std::vector<State> aa, ab;
+        const std::vector<int32_t> draft(ids.begin(), ids.begin() + 6);
+        EXPECT_EQ(ma.prefill_states(draft, va, aa), mb.prefill_states(draft, vb, ab)) << label;
+        for (size_t t = 0; t < draft.size(); ++t) EXPECT_EQ(aa[t].h, ab[t].h) << label << " position " << t;
+      }
+}
+
 // forward_tokens: prompts being read (several tokens of one sequence) and decoding sequences
 // (one token each) in one forward pass, the logits of chosen rows only: bit-identical to each
 // sequence alone.

@@ -14,6 +14,7 @@
 
 #include "mmfree/kernels/chooser.hpp"
 #include "mmfree/kernels/dispatch.hpp"
+#include "mmfree/interleaved_format.hpp"
 #include "mmfree/ops.hpp"
 #include "mmfree/ternary_format.hpp"
 #include "mmfree/thread_pool.hpp"
@@ -44,16 +45,25 @@ int32_t naive_dot(const int8_t* t, const int8_t* q, int64_t n) {
 
 const TernaryFormat kFormats[] = {TernaryFormat::TQ2, TernaryFormat::TQ1};
 
+// W with its interleaved copy where the layout takes it, so that every kernel (those that read
+// the copy and those that read the strips) runs on the same matrix.
+TernaryMatrix with_copy(TernaryMatrix W) { return interleavable(W) ? with_interleaved(std::move(W)) : W; }
+
 // Random rows x cols weights and n tokens through each kernel, rows split over 1 and 3 threads
 // at arbitrary points (mid-strip), against the scalar reference, bit for bit.
 void expect_kernels_match_scalar(std::mt19937& rng, TernaryFormat f, int64_t rows, int64_t cols, int64_t n,
                                  const std::vector<kernels::Kernel>& ks) {
   const int64_t ld = activation_cols(cols);
   auto t = random_ternary(rng, size_t(rows * cols));
-  auto m = pack_ternary(t.data(), rows, cols, f);
+  auto m = with_copy(pack_ternary(t.data(), rows, cols, f));
   auto q = random_q(rng, n, cols, ld);
   std::vector<int32_t> ref(size_t(n * rows));
   kernels::ternary_gemm_scalar(m, q.data(), ld, n, ref.data(), rows, 0, rows);
+  {  // the interleaved layout's scalar twin
+    std::vector<int32_t> got(size_t(n * rows), 12345);
+    kernels::ternary_gemm_interleaved_scalar(m, q.data(), ld, n, got.data(), rows, 0, rows);
+    ASSERT_EQ(got, ref) << "interleaved scalar " << format_name(f) << " " << rows << "x" << cols << " n=" << n;
+  }
   for (const auto& k : ks)
     for (int threads : {1, 3}) {
       ThreadPool pool(threads);
@@ -188,7 +198,7 @@ TEST(Kernels, TableRoutesEveryTokenCountBitExact) {
       for (int64_t n : {int64_t(1), int64_t(2), int64_t(3), kernels::kBatchMaxTokens, kernels::kBatchMaxTokens + 1}) {
         const int64_t ld = activation_cols(cols);
         auto t = random_ternary(rng, size_t(rows * cols));
-        auto m = pack_ternary(t.data(), rows, cols, f);
+        auto m = with_copy(pack_ternary(t.data(), rows, cols, f));
         auto q = random_q(rng, n, cols, ld);
         std::vector<int32_t> ref(size_t(n * rows));
         kernels::ternary_gemm_scalar(m, q.data(), ld, n, ref.data(), rows, 0, rows);
@@ -212,15 +222,15 @@ TEST(Kernels, TableRoutesEveryTokenCountBitExact) {
 // the store: rows of 349,520 columns are the longest they take, and longer ones go to the
 // shifting kernel, so both sides of that bound are here).
 TEST(Kernels, ExtremeValuesLongRows) {
-  for (const int64_t cols : {int64_t(20000), int64_t(349520), int64_t(349521)})
+  for (const int64_t cols : {int64_t(20000), kInterleavedMaxCols, int64_t(349520), int64_t(349521)})
   for (auto f : kFormats)
     for (int w : {-1, 1})
       for (int qv : {-128, 127})
         for (int64_t n : {1, 5, 8, 17}) {
-          if (cols > 20000 && n != 5) continue;
+          if (cols > 20000 && n != 5 && !(cols == kInterleavedMaxCols && n == 8)) continue;
           const int64_t ld = activation_cols(cols), rows = 17;
           std::vector<int8_t> t(size_t(rows * cols), int8_t(w));
-          auto m = pack_ternary(t.data(), rows, cols, f);
+          auto m = with_copy(pack_ternary(t.data(), rows, cols, f));
           std::vector<int8_t> q(size_t(n * ld), 0);
           for (int64_t i = 0; i < n; ++i) std::fill(q.begin() + i * ld, q.begin() + i * ld + cols, int8_t(qv));
           for (const auto& k : kernels::available_kernels()) {
@@ -229,6 +239,61 @@ TEST(Kernels, ExtremeValuesLongRows) {
             for (int32_t v : got) ASSERT_EQ(v, int32_t(w * qv * cols)) << k.name << " " << format_name(f) << " n=" << n;
           }
         }
+}
+
+// The interleaved layout (interleaved_format.hpp) holds the strips' weights, digit for digit,
+// rows past the end and columns past the end as padding digits (1), on shapes around a group
+// and a chunk; its scalar decoder and the builder agree with ternary_at.
+TEST(InterleavedLayout, HoldsTheStripsDigits) {
+  std::mt19937 rng(3);
+  for (auto f : kFormats)
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 1}, {16, 4}, {17, 5}, {63, 21}, {64, 37}, {65, 160},
+                              {79, 3}, {80, 19}, {81, 41}, {161, 257}}) {
+      auto t = random_ternary(rng, size_t(rows * cols));
+      const TernaryMatrix m = with_interleaved(pack_ternary(t.data(), rows, cols, f));
+      ASSERT_NE(m.interleaved, nullptr);
+      const int64_t chunks = interleaved_chunks(m), G = interleaved_group_rows(f);
+      EXPECT_EQ(chunks, (cols + 3) / 4);
+      EXPECT_EQ(int64_t(interleaved_bytes(m)), (rows + G - 1) / G * chunks * 64);
+      for (int64_t r = 0; r < interleaved_groups(m) * G; ++r)
+        for (int64_t c = 0; c < 4 * chunks; ++c) {
+          const int want = r < rows && c < cols ? t[size_t(r * cols + c)] + 1 : 1;
+          ASSERT_EQ(interleaved_digit(f, m.interleaved, chunks, r, c), want)
+              << format_name(f) << " " << rows << "x" << cols << " row " << r << " column " << c;
+        }
+    }
+  // Rows longer than the layout's bound keep to the strips, with a message naming the reason.
+  auto wide = TernaryMatrix::shape(TernaryFormat::TQ2, 1, kInterleavedMaxCols + 1);
+  EXPECT_FALSE(interleavable(wide));
+  EXPECT_THAT(error_of([&] { with_interleaved(wide); }), HasSubstr("interleaved copy"));
+}
+
+// A kernel that reads the copy, given a matrix without one, or rows split inside a group (each
+// range computes the group and stores only its own rows): the same bits as the scalar reference.
+TEST(InterleavedLayout, KernelsWithoutCopyOrMidGroupRanges) {
+  std::mt19937 rng(13);
+  for (const auto& k : kernels::available_kernels()) {
+    if (!k.interleaved) continue;
+    for (auto f : kFormats) {
+      if (!k.for_format(f)) continue;
+      const int64_t rows = 300, cols = 333, ld = activation_cols(cols);
+      auto t = random_ternary(rng, size_t(rows * cols));
+      const TernaryMatrix plain = pack_ternary(t.data(), rows, cols, f), copy = with_interleaved(plain);
+      for (int64_t n : {2, 7, 13}) {
+        auto q = random_q(rng, n, cols, ld);
+        std::vector<int32_t> ref(size_t(n * rows));
+        kernels::ternary_gemm_scalar(plain, q.data(), ld, n, ref.data(), rows, 0, rows);
+        for (const TernaryMatrix* m : {&plain, &copy})
+          for (int64_t step : {int64_t(1), int64_t(7), int64_t(16), int64_t(100)}) {
+            std::vector<int32_t> got(size_t(n * rows), 12345);
+            for (int64_t r0 = 0; r0 < rows; r0 += step)
+              k.gemm(*m, q.data(), ld, n, got.data(), rows, r0, std::min(rows, r0 + step));
+            ASSERT_EQ(got, ref) << k.name << " " << format_name(f) << " n=" << n << " ranges of " << step
+                                << (m == &plain ? " without the copy" : "");
+          }
+      }
+    }
+  }
 }
 
 // rmsnorm + int8 quantisation: every ISA returns the scalar reference's bits (scale, codes,
@@ -394,7 +459,8 @@ TEST(Chooser, CandidatesFollowRegimeAndFormat) {
     const bool simd = kernels::available_kernels().size() > 1;
     for (const auto& k : kernels::available_kernels())
       for (Regime r : kernels::kRegimes) {
-        const bool expected = k.for_regime(r) && k.for_format(f) && (!simd || k.isa != kernels::Isa::Scalar);
+        const bool expected = k.for_regime(r) && k.for_format(f) && (!simd || k.isa != kernels::Isa::Scalar) &&
+                              !k.interleaved;  // m has no interleaved copy
         EXPECT_EQ(seen[r].count(k.name) > 0, expected) << k.name << " " << regime_name(r) << " " << format_name(f);
       }
     EXPECT_EQ(seen[Regime::Decode].count("amx"), 0u);
@@ -405,6 +471,17 @@ TEST(Chooser, CandidatesFollowRegimeAndFormat) {
       EXPECT_EQ(seen[Regime::Prefill].count("avx512-direct"), 1u);
     }
     if (f == TernaryFormat::TQ2) { EXPECT_EQ(seen[Regime::Decode].count("avx512-vbmi"), 0u); }
+    // With the copy, the kernels that read it compete for the regimes of several tokens.
+    seen.clear();
+    auto t = std::vector<int8_t>(16 * 16, 1);
+    const TernaryMatrix c = with_interleaved(pack_ternary(t.data(), 16, 16, f));
+    kernels::choose_kernels({&c}, nullptr, o);
+    for (const auto& k : kernels::available_kernels()) {
+      if (!k.interleaved || !k.for_format(f)) continue;
+      EXPECT_EQ(seen[Regime::Batch].count(k.name), 1u) << k.name;
+      EXPECT_EQ(seen[Regime::Prefill].count(k.name), 1u) << k.name;
+      EXPECT_EQ(seen[Regime::Decode].count(k.name), 0u) << k.name;
+    }
   }
 }
 
@@ -431,6 +508,19 @@ TEST(Chooser, ForcedKernels) {
     t = kernels::forced_table("avx512-direct", TernaryFormat::TQ2);  // and a many-token kernel, decoding
     EXPECT_STREQ(t.decode.name, "avx512");
     EXPECT_STREQ(t.batch.name, "avx512-direct");
+    EXPECT_FALSE(t.reads_interleaved());
+    t = kernels::forced_table("avx512-interleaved", TernaryFormat::TQ2);
+    EXPECT_STREQ(t.decode.name, "avx512");
+    EXPECT_STREQ(t.batch.name, "avx512-interleaved");
+    EXPECT_TRUE(t.reads_interleaved());
+    // Rows split at whole groups only where the kernel for the pass reads the matrix's copy.
+    std::vector<int8_t> w(128 * 8, 0);
+    const TernaryMatrix plain = pack_ternary(w.data(), 128, 8, TernaryFormat::TQ2), copy = with_interleaved(plain);
+    EXPECT_EQ(t.row_grain(copy, 4), 64);
+    EXPECT_EQ(t.row_grain(plain, 4), kStripRows);
+    EXPECT_EQ(t.row_grain(copy, 1), kStripRows);
+    EXPECT_EQ(kernels::preferred_table(TernaryFormat::TQ2, true).batch.interleaved, true);
+    EXPECT_EQ(kernels::preferred_table(TernaryFormat::TQ2).batch.interleaved, false);
   }
   EXPECT_THAT(error_of([] { kernels::forced_table("scalar,scalar,scalar,scalar", TernaryFormat::TQ2); }),
               HasSubstr("expected NAME, DECODE,PREFILL or DECODE,BATCH,PREFILL"));
@@ -443,8 +533,8 @@ TEST(Chooser, ForcedKernels) {
 TEST(Chooser, MeasuresEveryCandidate) {
   std::mt19937 rng(5);
   auto t = random_ternary(rng, size_t(300 * 1000));
-  auto a = pack_ternary(t.data(), 300, 1000, TernaryFormat::TQ1);
-  auto b = pack_ternary(t.data(), 1000, 300, TernaryFormat::TQ1);
+  auto a = with_interleaved(pack_ternary(t.data(), 300, 1000, TernaryFormat::TQ1));
+  auto b = with_interleaved(pack_ternary(t.data(), 1000, 300, TernaryFormat::TQ1));
   ThreadPool pool(2);
   kernels::ChooserOptions o;
   o.rounds = 2;

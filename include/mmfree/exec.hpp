@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <type_traits>
 
 #include "mmfree/kernels/dispatch.hpp"
 #include "mmfree/ops.hpp"
@@ -55,11 +56,19 @@ struct BasicExec {
   // ranges per thread handed out as threads came measured 2-8% slower than one at 2-64 tokens and
   // in a 512-token prefill (AMD Zen 5, runs interleaved): each range costs a restart of the
   // weight stream and a sum of the activations.
-  void for_rows(int64_t rows, int64_t tokens, const std::function<void(int64_t, int64_t)>& fn) const {
-    if (pool && pool->size() > 1 && rows > kStripRows)
-      pool->for_range_balanced(rows, kStripRows, fn, tokens > 1);
+  // `grain` (row_grain): the multiple of rows the ranges start at.
+  void for_rows(int64_t rows, int64_t tokens, const std::function<void(int64_t, int64_t)>& fn,
+                int64_t grain = kStripRows) const {
+    if (pool && pool->size() > 1 && rows > grain)
+      pool->for_range_balanced(rows, grain, fn, tokens > 1);
     else if (rows > 0)
       fn(0, rows);
+  }
+  // The rows of W to split a pass of n tokens at: whole groups where the kernel reads W's
+  // interleaved copy (an accumulate other than the CPU's: strips).
+  int64_t row_grain(const TernaryMatrix& W, int64_t n) const {
+    if constexpr (std::is_same_v<Acc, CpuAccumulate>) return kernels.row_grain(W, n);
+    else return kStripRows;
   }
   // acc[t, r] = W[r] . q[t] for n tokens (q rows ldq apart, acc rows ldacc apart), rows [r0, r1).
   void ternary_accumulate(const TernaryMatrix& W, const int8_t* q, int64_t ldq, int64_t n, int32_t* acc,

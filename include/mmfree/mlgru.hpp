@@ -104,7 +104,7 @@ struct MLGRU {
                    s.o.data() + t * d + c0);
         if (snaps && snaps[t]) std::memcpy(snaps[t] + c0, hs[t] + c0, size_t(c1 - c0) * sizeof(float));
       }
-    });
+    }, ex.row_grain(f_proj.weights(), n));
     // o = rmsnorm(g) * silu(h), and o_proj's quantisation of it, per token in one section.
     ex.for_range(n, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {

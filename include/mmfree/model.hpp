@@ -51,6 +51,13 @@ struct ModelOptions {
   int64_t prefill_chunk = 128;
   // Weights in 2 MiB pages (weight_arena.hpp): decoding streams them ~1.3x faster.
   bool huge_pages = true;
+  // A second copy of the weights in the interleaved layout (interleaved_format.hpp), which passes
+  // of several tokens (batched decoding, verification, prefill) read 1.1-1.25x faster where the
+  // CPU runs such a kernel (AVX-512 VNNI; TQ1 also VBMI). Unset: built when such a kernel runs
+  // here and the memory has room for it twice over, then kept only if the chooser measures a kernel
+  // that reads it fastest; true: built wherever such a kernel runs (and used without a chooser);
+  // false: never. It costs the weights' size again in memory, never a different result.
+  std::optional<bool> interleaved;
   // Run on this pool instead of one of the model's own (threads is then its size): models used in
   // turn, such as a draft model and its target, share one set of threads instead of two sets
   // that would spin against each other.
@@ -78,17 +85,28 @@ class BasicModel {
     exec_.accumulate = std::move(acc);
     if (!w_.arena) copy_into_arena(w_, opt_.format.value_or(w_.lm_head.weights().format), opt_.huge_pages, *pool_);
     const TernaryFormat f = format();
+    const bool copies_run = kernels::interleaved_runs(f) && opt.interleaved.value_or(true);
+    auto add_copies = [&] { interleaved_bytes_ = add_interleaved_copies(w_, opt_.huge_pages, *pool_); };
     if (!opt.kernels.empty()) {
       choice_ = kernels::KernelChoice::of_table(kernels::forced_table(opt.kernels, f));
+      if (copies_run && choice_.table().reads_interleaved()) add_copies();
     } else if (opt.choose_kernels) {  // on the matrices in their final place, as they will run
+      if (copies_run && (opt.interleaved || interleaved_fits())) add_copies();
       std::vector<const TernaryMatrix*> ms;
       for_each_bitlinear(w_, [&](const std::string&, const BitLinear& l) { ms.push_back(&l.weights()); });
       choice_ = opt.choose_kernels(ms, pool_.get());
+      if (interleaved_bytes_ && !choice_.table().reads_interleaved() && !opt.interleaved) {
+        drop_interleaved_copies(w_);  // measured no faster here: not worth its memory
+        interleaved_bytes_ = 0;
+      }
     } else {
-      choice_ = kernels::KernelChoice::of_table(kernels::preferred_table(f));
+      if (copies_run && opt.interleaved.value_or(false)) add_copies();
+      choice_ = kernels::KernelChoice::of_table(kernels::preferred_table(f, interleaved_bytes_ > 0));
     }
     exec_.kernels = choice_.table();
   }
+  // Bytes of the interleaved copies the model holds (0: none; ModelOptions::interleaved).
+  size_t interleaved_bytes() const { return interleaved_bytes_; }
 
   const Config& config() const { return w_.config; }
   const ModelWeights& weights() const { return w_; }
@@ -306,6 +324,15 @@ class BasicModel {
   ModelOptions opt_;
   BasicExec<Acc> exec_;
   kernels::KernelChoice choice_;
+  size_t interleaved_bytes_ = 0;
+
+  // Room for the interleaved copies: at most half of the memory available now.
+  bool interleaved_fits() const {
+    size_t need = 0;
+    for_each_bitlinear(w_, [&](const std::string&, const BitLinear& l) { need += mmfree::interleaved_bytes(l.weights()); });
+    const size_t avail = available_memory();
+    return avail == 0 || 2 * need <= avail;
+  }
   std::shared_ptr<ThreadPool> pool_;
 };
 

@@ -80,6 +80,10 @@ struct TernaryMatrix {
   float scale = 1.0f;
   const uint8_t* data = nullptr;      // strips * strip_bytes() bytes
   std::shared_ptr<const void> owner;  // keeps `data` alive
+  // The same weights in the interleaved layout (interleaved_format.hpp), or null: a second copy
+  // that passes of a few tokens read where it was built (Model, ModelOptions::interleaved).
+  const uint8_t* interleaved = nullptr;
+  std::shared_ptr<const void> interleaved_owner;
 
   int64_t padded_cols() const { return chunks * chunk_cols(format); }  // columns including padding
   int64_t strip_bytes() const { return chunks * kChunkBytes; }

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -45,6 +46,22 @@ inline std::shared_ptr<uint8_t> alloc_huge(size_t n) {
   std::memset(p, 0, size);
   return std::shared_ptr<uint8_t>(static_cast<uint8_t*>(p), [](uint8_t* q) { std::free(q); });
 #endif
+}
+
+// Bytes of memory the system could give this process without swapping (Linux: MemAvailable),
+// or 0 where unknown.
+inline size_t available_memory() {
+#if defined(__linux__)
+  if (FILE* f = std::fopen("/proc/meminfo", "r")) {
+    char line[256];
+    unsigned long long kb = 0;
+    while (std::fgets(line, sizeof line, f))
+      if (std::sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
+    std::fclose(f);
+    return size_t(kb) * 1024;
+  }
+#endif
+  return 0;
 }
 
 // Tell the kernel that [p, p+n) of a file mapping will not be read again, so its pages

@@ -32,6 +32,7 @@
 #include "mmfree/config.hpp"
 #include "mmfree/embedding.hpp"
 #include "mmfree/glu.hpp"
+#include "mmfree/interleaved_format.hpp"
 #include "mmfree/mlgru.hpp"
 #include "mmfree/thread_pool.hpp"
 #include "mmfree/weight_arena.hpp"
@@ -184,6 +185,30 @@ inline void copy_into_arena(ModelWeights& w, TernaryFormat f, bool huge_pages, T
     }
     l = BitLinear(std::move(dst), l.norm());
   });
+}
+
+// Gives every BitLinear of w its interleaved copy (interleaved_format.hpp), in one arena of
+// `huge_pages` like the strips; returns the bytes it took. Matrices too wide for the layout keep
+// none (the kernels then read their strips).
+inline size_t add_interleaved_copies(ModelWeights& w, bool huge_pages, ThreadPool& pool) {
+  size_t total = 0;
+  for_each_bitlinear(w, [&](const std::string&, BitLinear& l) {
+    if (interleavable(l.weights())) total += WeightArena::slice_bytes(interleaved_bytes(l.weights()));
+  });
+  if (total == 0) return 0;
+  auto arena = std::make_shared<WeightArena>(total, huge_pages);
+  for_each_bitlinear(w, [&](const std::string&, BitLinear& l) {
+    if (!interleavable(l.weights())) return;
+    auto mem = arena->take(interleaved_bytes(l.weights()));
+    l = BitLinear(with_interleaved(l.weights(), std::move(mem),
+                                   [&](int64_t n, const auto& fn) { pool.for_range(n, 1, fn); }),
+                  l.norm());
+  });
+  return total;
+}
+// Drops the copies (their memory goes with the last matrix that held one).
+inline void drop_interleaved_copies(ModelWeights& w) {
+  for_each_bitlinear(w, [&](const std::string&, BitLinear& l) { l = BitLinear(without_interleaved(l.weights()), l.norm()); });
 }
 
 }  // namespace mmfree

@@ -8,8 +8,9 @@
 //    the model's matrices, walking the weights in model order, so every sample streams fresh
 //    weights from memory as decoding does (a model that fits in the cache is timed warm, as it
 //    runs);
-//  - batch (2 to KernelTable::batch_max tokens) is both: the same walk with batch_tokens tokens,
-//    so decoding the weights and streaming them from memory are timed together;
+//  - batch (2 to KernelTable::batch_max tokens) is both: the same walk, in rounds of
+//    batch_tokens[0] and batch_tokens[1] tokens by turns, so decoding the weights and streaming them
+//    from memory are timed together, at both ends of the band, each end weighing the same;
 //  - prefill (a chunk of tokens) is compute-bound: each candidate multiplies a chunk through a
 //    256-row slice of every distinct shape (a different layer's matrix each time, so the rows
 //    come from memory), weighted by that shape's share of the model's work.
@@ -36,12 +37,20 @@ namespace mmfree::kernels {
 
 struct ChooserOptions {
   int64_t prefill_tokens = 64;           // tokens per prefill sample (the model's chunk, at most)
-  int64_t batch_tokens = 6;              // tokens per batch sample (the middle of 2..16, geometrically)
+  // Tokens per batch sample, by turns: the memory-bound end of 2..16 and the compute-bound one. One
+  // size (6) sat where both bounds meet, and the kernels' scores swapped from load to load.
+  int64_t batch_tokens[2] = {4, 12};
   double near_tie = 0.03;                // a challenger must be this much faster to replace the incumbent
   int rounds = 5;                        // samples per candidate and regime, at most...
   double budget_seconds = 0.06;          // ...within this time for the three regimes (at least 2 rounds)
+  // The budget where the matrices hold interleaved copies: the kernels that read them beat the
+  // strips' by 7-21% in whole passes over the 1.3B preset's matrices (AMD Zen 5), which 20 ms per
+  // regime scored either way from load to load, and 100 ms scored right in 8 runs of 8.
+  double budget_seconds_interleaved = 0.3;
   size_t decode_sample_bytes = 16 << 20; // decode: bytes each candidate streams per round
-  int64_t prefill_rows = 256;            // rows of each shape per prefill sample
+  // Rows of each shape per prefill sample: whole strips (16) and whole groups of the interleaved
+  // copies (64, 80); 256 rows made the TQ1 copies' kernel compute 320 and score 14% low.
+  int64_t prefill_rows = 320;
   // Tests: seconds a kernel takes per unit of work in a regime; no measurement when set.
   std::function<double(const Kernel&, Regime)> timer;
 };
@@ -56,17 +65,20 @@ inline size_t pick(const std::vector<double>& cost, double near_tie) {
   return cost[best] * (1.0 + near_tie) < cost[0] ? best : 0;
 }
 
-inline std::vector<Kernel> candidates(Regime r, TernaryFormat f) {
+// `interleaved`: the matrices hold interleaved copies, which some kernels read.
+inline std::vector<Kernel> candidates(Regime r, TernaryFormat f, bool interleaved) {
   std::vector<Kernel> v;
   for (const Kernel& k : available_kernels())
-    if (k.for_regime(r) && k.for_format(f) && (k.isa != Isa::Scalar || v.empty())) v.push_back(k);
+    if (k.for_regime(r) && k.for_format(f) && (k.isa != Isa::Scalar || v.empty()) && (interleaved || !k.interleaved))
+      v.push_back(k);
   return v;  // scalar only when nothing else runs here
 }
 
 inline void run_rows(const Kernel& k, const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out,
                      int64_t rows, ThreadPool* pool) {
   if (pool && pool->size() > 1)
-    pool->for_range(rows, kStripRows, [&](int64_t r0, int64_t r1) { k.gemm(W, Q, ldq, n, out, rows, r0, r1); });
+    pool->for_range(rows, k.interleaved && W.interleaved ? interleaved_group_rows(W.format) : kStripRows,
+                    [&](int64_t r0, int64_t r1) { k.gemm(W, Q, ldq, n, out, rows, r0, r1); });
   else
     k.gemm(W, Q, ldq, n, out, rows, 0, rows);
 }
@@ -81,15 +93,20 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
   KernelChoice out;
   const TernaryFormat f = matrices.empty() ? TernaryFormat::TQ2 : matrices.front()->format;
   int64_t max_rows = 1, max_cols = 1;
-  for (auto* m : matrices) max_rows = std::max(max_rows, m->rows), max_cols = std::max(max_cols, m->cols);
-  const int64_t ldq = activation_cols(max_cols), T = std::max(opt.prefill_tokens, opt.batch_tokens);
+  bool interleaved = !matrices.empty();
+  for (auto* m : matrices) {
+    max_rows = std::max(max_rows, m->rows), max_cols = std::max(max_cols, m->cols);
+    interleaved = interleaved && m->interleaved;
+  }
+  const double budget = interleaved ? std::max(opt.budget_seconds, opt.budget_seconds_interleaved) : opt.budget_seconds;
+  const int64_t ldq = activation_cols(max_cols), T = std::max({opt.prefill_tokens, opt.batch_tokens[0], opt.batch_tokens[1]});
 
   // Random activations and a shared output buffer.
   std::vector<int8_t> Q(size_t(T * ldq), 0);
   std::mt19937 rng(7);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t c = 0; c < max_cols; ++c) Q[size_t(t * ldq + c)] = int8_t(int(rng() % 255) - 127);
-  std::vector<int32_t> acc(size_t(std::max(max_rows * opt.batch_tokens, T * std::min(max_rows, opt.prefill_rows))));
+  std::vector<int32_t> acc(size_t(std::max(max_rows * std::max(opt.batch_tokens[0], opt.batch_tokens[1]), T * std::min(max_rows, opt.prefill_rows))));
 
   // One warm-up sample per candidate (first-call allocations; it also times a round), then as
   // many interleaved rounds as fit in a third of the budget, between 2 and opt.rounds; each candidate
@@ -101,7 +118,7 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
       cost[i] = std::min(cost[i], c);
       round_seconds += s;
     }
-    const int rounds = std::clamp(int(opt.budget_seconds / 3 / std::max(round_seconds, 1e-9)) - 1, 1, opt.rounds - 1);
+    const int rounds = std::clamp(int(budget / 3 / std::max(round_seconds, 1e-9)) - 1, 1, opt.rounds - 1);
     for (int round = 0; round < rounds; ++round)
       for (size_t j = 0; j < cands.size(); ++j) {
         const size_t i = (j + size_t(round)) % cands.size();
@@ -111,52 +128,61 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
 
   for (Regime r : kRegimes) {
     RegimeChoice& rc = out.of(r);
-    const std::vector<Kernel> cands = detail::candidates(r, f);
+    const std::vector<Kernel> cands = detail::candidates(r, f, interleaved);
     std::vector<double> cost(cands.size(), 1e300);  // seconds per byte (decode) or per MAC (prefill)
     if (opt.timer) {
       for (size_t i = 0; i < cands.size(); ++i) cost[i] = opt.timer(cands[i], r);
     } else if (cands.size() > 1 && !matrices.empty()) {
       if (r != Regime::Prefill) {
         // Walk the matrices in order, each one streamed by one candidate: matrix j goes to
-        // candidate (j + j / 7) % K (the offset moves each candidate across the 6-7 shapes of a
-        // layer). Interleaving this finely, a noisy neighbour slows every candidate alike; each
-        // is scored by its total bytes over its total time, over a third of the budget, leaving
-        // out its slowest quarter of samples: one sample that took a preemption or a page-cache
-        // stall once scored a kernel at a tenth of its speed and lost it the batch regime (B = 4
-        // to 16 of the 1.3B preset then ran 20% slower).
-        // Decode scores bytes per second; batch, MACs per second (its tokens: batch_tokens).
-        const int64_t n = r == Regime::Decode ? 1 : opt.batch_tokens;
-        const size_t K = cands.size();
-        std::vector<std::vector<std::pair<double, double>>> samples(K);  // {seconds, bytes}
+        // candidate (j + j / K) % K (the offset moves each candidate across the 6-7 shapes of a
+        // layer; (j + j / 7) % K, as it was, never reached the eighth of 8 candidates).
+        // Interleaving this finely, a noisy neighbour slows every candidate alike; each is scored
+        // by its total bytes over its total time, over a third of the budget, leaving out its
+        // slowest quarter of samples: one sample that took a preemption or a page-cache stall once
+        // scored a kernel at a tenth of its speed and lost it the batch regime (B = 4 to 16 of the
+        // 1.3B preset then ran 20% slower).
+        // Decode scores bytes per second; batch, MACs per second, round j / K of batch_tokens[j / K % 2]
+        // tokens (every candidate's sample of a round has the same size), the two sizes scored
+        // apart and their costs per MAC added.
+        const bool batch = r == Regime::Batch;
+        const size_t K = cands.size(), sizes = batch ? 2 : 1;
+        auto tokens = [&](size_t j) { return batch ? opt.batch_tokens[j / K % 2] : int64_t(1); };
+        std::vector<std::vector<std::pair<double, double>>> samples(K * sizes);  // {seconds, bytes}
         for (size_t i = 0; i < K; ++i)  // warm-up: first-call allocations
-          detail::run_rows(cands[i], *matrices[i % matrices.size()], Q.data(), ldq, n, acc.data(),
+          detail::run_rows(cands[i], *matrices[i % matrices.size()], Q.data(), ldq, tokens(0), acc.data(),
                            matrices[i % matrices.size()]->rows, pool);
         const auto t_start = std::chrono::steady_clock::now();
         size_t total = 0;
         for (size_t j = 0;; ++j) {
-          const size_t i = (j + j / 7) % K;
+          const size_t i = (j + j / K) % K;
+          const int64_t n = tokens(j);
           const TernaryMatrix& W = *matrices[j % matrices.size()];
           const auto t0 = std::chrono::steady_clock::now();
           detail::run_rows(cands[i], W, Q.data(), ldq, n, acc.data(), W.rows, pool);
           const auto t1 = std::chrono::steady_clock::now();
-          samples[i].emplace_back(std::chrono::duration<double>(t1 - t0).count(),
-                                  n == 1 ? double(W.nbytes()) : double(W.rows) * double(W.cols) * double(n));
+          samples[i * sizes + (j / K) % sizes].emplace_back(
+              std::chrono::duration<double>(t1 - t0).count(),
+              n == 1 ? double(W.nbytes()) : double(W.rows) * double(W.cols) * double(n));
           total += W.nbytes();
           // Stop once every candidate has 2 samples and a third of the budget is spent, or `rounds`
           // samples' worth of bytes each are streamed, or (small models) `rounds` passes each.
           const double elapsed = std::chrono::duration<double>(t1 - t_start).count();
-          if (j + 1 >= 2 * K && (elapsed >= opt.budget_seconds / 3 ||
+          if (j + 1 >= 2 * sizes * K && (elapsed >= budget / 3 ||
                                  total >= size_t(opt.rounds) * K * opt.decode_sample_bytes ||
                                  j + 1 >= size_t(opt.rounds) * K * matrices.size()))
             break;
         }
         for (size_t i = 0; i < K; ++i) {
-          auto& v = samples[i];
-          std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.first * b.second < b.first * a.second; });
-          const size_t keep = std::max<size_t>(std::min<size_t>(v.size(), 2), v.size() - v.size() / 4);
-          double secs = 0, bytes = 0;
-          for (size_t k = 0; k < keep; ++k) secs += v[k].first, bytes += v[k].second;
-          cost[i] = bytes > 0 ? secs / bytes : 1e300;
+          cost[i] = 0;
+          for (size_t z = 0; z < sizes; ++z) {
+            auto& v = samples[i * sizes + z];
+            std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.first * b.second < b.first * a.second; });
+            const size_t keep = std::max<size_t>(std::min<size_t>(v.size(), 2), v.size() - v.size() / 4);
+            double secs = 0, bytes = 0;
+            for (size_t k = 0; k < keep; ++k) secs += v[k].first, bytes += v[k].second;
+            cost[i] += bytes > 0 ? secs / bytes / double(sizes) : 1e300;
+          }
         }
       } else {
         // Distinct shapes, each weighted by the work it does in the model. Each sample takes the

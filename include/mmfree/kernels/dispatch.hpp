@@ -12,10 +12,12 @@
 #include <vector>
 
 #include "mmfree/error.hpp"
+#include "mmfree/interleaved_format.hpp"
 #include "mmfree/kernels/quantize_simd.hpp"
 #include "mmfree/kernels/ternary_amx.hpp"
 #include "mmfree/kernels/ternary_avx2.hpp"
 #include "mmfree/kernels/ternary_avx512.hpp"
+#include "mmfree/kernels/ternary_avx512_interleaved.hpp"
 #include "mmfree/kernels/ternary_neon.hpp"
 #include "mmfree/kernels/ternary_scalar.hpp"
 #include "mmfree/ops.hpp"
@@ -54,6 +56,7 @@ struct Kernel {
   bool decode = true, batch = true, prefill = true;  // a candidate for the regime
   bool tq2 = true, tq1 = true;                      // a candidate for the format (all kernels compute both)
   TernaryGemmScaledFn gemm_scaled = nullptr;        // its dequantising twin, where it has one
+  bool interleaved = false;  // reads the matrices' interleaved copies (interleaved_format.hpp)
   bool for_format(TernaryFormat f) const { return f == TernaryFormat::TQ2 ? tq2 : tq1; }
   bool for_regime(Regime r) const { return r == Regime::Decode ? decode : r == Regime::Batch ? batch : prefill; }
 };
@@ -79,6 +82,12 @@ inline const std::vector<Kernel>& all_kernels() {
        avx512::ternary_gemm_direct_scaled<true>},
       {"avx512-vbmi-direct-prefetch", Isa::Avx512Vbmi, avx512::ternary_gemm_direct<true, true>, false, true, true, false, true,
        avx512::ternary_gemm_direct_scaled<true, true>},
+      // Passes of a few tokens on the interleaved copies (ternary_avx512_interleaved.hpp): chosen
+      // only where the model holds them (ModelOptions::interleaved).
+      {"avx512-interleaved", Isa::Avx512, avx512::ternary_gemm_interleaved<false>, false, true, true, true, false,
+       avx512::ternary_gemm_interleaved_scaled<false>, true},
+      {"avx512-vbmi-interleaved", Isa::Avx512Vbmi, avx512::ternary_gemm_interleaved<true>, false, true, true, false, true,
+       avx512::ternary_gemm_interleaved_scaled<true>, true},
       {"avx2", Isa::Avx2, avx2::ternary_gemm, true, true, true, true, true},
 #endif
 #if defined(__aarch64__)
@@ -144,6 +153,14 @@ struct KernelTable {
   SumSquaresFn sum_squares = mmfree::sum_squares;
 
   const Kernel& for_tokens(int64_t n) const { return n == 1 ? decode : n <= batch_max ? batch : prefill; }
+  // The multiple of rows to split W's rows at among threads for a pass of n tokens: whole groups
+  // where the kernel reads the interleaved copy (a range ending inside a group would compute the
+  // group twice), strips otherwise.
+  int64_t row_grain(const TernaryMatrix& W, int64_t n) const {
+    return for_tokens(n).interleaved && W.interleaved ? interleaved_group_rows(W.format) : kStripRows;
+  }
+  // Whether a kernel of the table reads interleaved copies (the model then builds them).
+  bool reads_interleaved() const { return decode.interleaved || batch.interleaved || prefill.interleaved; }
   const Kernel& for_regime(Regime r) const { return r == Regime::Decode ? decode : r == Regime::Batch ? batch : prefill; }
   void gemm(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out, int64_t ldo, int64_t r0,
             int64_t r1) const {
@@ -177,11 +194,21 @@ inline KernelTable make_table(const Kernel& decode, const Kernel& batch, const K
   return t;
 }
 
-// The first kernel of the preference order that can serve regime r for format f.
-inline Kernel incumbent(Regime r, TernaryFormat f) {
+// The first kernel of the preference order that can serve regime r for format f; with
+// `interleaved` (the matrices hold interleaved copies), the first that reads them, if any.
+inline Kernel incumbent(Regime r, TernaryFormat f, bool interleaved = false) {
+  if (interleaved)
+    for (const Kernel& k : available_kernels())
+      if (k.for_regime(r) && k.for_format(f) && k.interleaved) return k;
   for (const Kernel& k : available_kernels())
-    if (k.for_regime(r) && k.for_format(f)) return k;
+    if (k.for_regime(r) && k.for_format(f) && !k.interleaved) return k;
   return all_kernels().back();  // scalar
+}
+// Whether a kernel that reads interleaved copies runs here for format f.
+inline bool interleaved_runs(TernaryFormat f) {
+  for (const Kernel& k : available_kernels())
+    if (k.interleaved && k.for_format(f)) return true;
+  return false;
 }
 
 // A forced choice, as --kernels takes it: "NAME" for every regime, "DECODE,PREFILL" (the batch
@@ -235,8 +262,9 @@ struct KernelChoice {
 };
 
 // The preferred kernel of every regime for format f: what runs when nothing is measured.
-inline KernelTable preferred_table(TernaryFormat f) {
-  return make_table(incumbent(Regime::Decode, f), incumbent(Regime::Batch, f), incumbent(Regime::Prefill, f));
+inline KernelTable preferred_table(TernaryFormat f, bool interleaved = false) {
+  return make_table(incumbent(Regime::Decode, f, interleaved), incumbent(Regime::Batch, f, interleaved),
+                    incumbent(Regime::Prefill, f, interleaved));
 }
 
 // Names accepted by --kernels, for messages.

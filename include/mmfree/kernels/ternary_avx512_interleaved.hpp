@@ -1,0 +1,240 @@
+// mmfree: AVX-512 VNNI kernels on the interleaved layouts (interleaved_format.hpp), for passes of
+// a few tokens: batched decoding of a few sequences, the verification of drafted tokens.
+//
+// A chunk (4 columns of a group of 64 or 80 rows) is loaded once and turned into cumulative planes
+// (TQ2: u & 3, u & 15, u & 63 and u itself; TQ1: u mod 3, 9, 27 by byte permutes of r = u mod 81,
+// r, and u), each multiplied against the same broadcast of a token's 4 activation bytes. Per chunk
+// and tile of T tokens: 4T (TQ2) or 5T (TQ1) vpdpbusd against 3 or 7 decoding ops, where the
+// strips' register-decoded kernels take 4 and 10 (ternary_avx512.hpp). A tile holds 4T or 5T
+// accumulators: up to 6 tokens (TQ2) or 5 (TQ1) per tile; more tokens take several tiles over
+// the group, whose chunks are then read from L2.
+//
+// At the store, row r_j's sum T_j = (A_j - A_{j-1}) / base^j: an arithmetic shift (TQ2, exact while
+// the columns are at most kInterleavedMaxCols) or a multiply by the inverse of 3^j modulo 2^32
+// (TQ1, exact whatever the int32 sums wrapped to, because T_j itself fits in int32). The result is
+// the integer every kernel returns (ternary_scalar.hpp), bit for bit.
+#pragma once
+
+#include "mmfree/interleaved_format.hpp"
+#include "mmfree/kernels/ternary_avx512.hpp"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include "mmfree/kernels/simd_warnings.hpp"
+
+MMFREE_SIMD_WARNINGS_PUSH
+
+namespace mmfree::kernels::avx512 {
+
+inline constexpr int kInterleavedTileTq2 = 6;  // 24 accumulators
+inline constexpr int kInterleavedTileTq1 = 5;  // 25 accumulators
+
+// Rows of group g's plane k (strip P g + k) to store: T = the plane's row sums with the digits'
+// offset, qsum[j], taken away.
+template <int T, int P, class O>
+MMFREE_TARGET_AVX512 inline void store_group(const __m512i (&t)[T][P], const int32_t* qsum, const float* scale, O* out,
+                                             int64_t ldo, int64_t g, int64_t r0, int64_t r1) {
+  #pragma GCC unroll 5
+  for (int k = 0; k < P; ++k) {
+    const int64_t s = g * P + k;
+    const __mmask16 m = row_mask(s, r0, r1);
+    if (!m) continue;
+    #pragma GCC unroll 6
+    for (int j = 0; j < T; ++j) store_token_rows(out + j * ldo + s * kStripRows, t[j][k], qsum, scale, j, m);
+  }
+}
+
+// One tile of T tokens over group g of a TQ2 copy (`w`: the group's first chunk).
+template <int T, class O>
+MMFREE_TARGET_AVX512 inline void tq2_interleaved_tile(const uint8_t* w, int64_t chunks, const int8_t* Q, int64_t ldq,
+                                                      const int32_t* qsum, const float* scale, O* out, int64_t ldo,
+                                                      int64_t g, int64_t r0, int64_t r1) {
+  __m512i acc[T][4];
+  #pragma GCC unroll 6
+  for (int j = 0; j < T; ++j)
+    #pragma GCC unroll 4
+    for (int a = 0; a < 4; ++a) acc[j][a] = _mm512_setzero_si512();
+  for (int64_t c = 0; c < chunks; ++c) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0);
+    const __m512i u = _mm512_loadu_si512(w + c * 64);
+    const __m512i p0 = _mm512_and_si512(u, _mm512_set1_epi8(0x03));
+    const __m512i p1 = _mm512_and_si512(u, _mm512_set1_epi8(0x0f));
+    const __m512i p2 = _mm512_and_si512(u, _mm512_set1_epi8(0x3f));
+    #pragma GCC unroll 6
+    for (int j = 0; j < T; ++j) {
+      const __m512i x = _mm512_set1_epi32(load_le32(reinterpret_cast<const uint8_t*>(Q + j * ldq + 4 * c)));
+      dpbusd(acc[j][0], p0, x);
+      dpbusd(acc[j][1], p1, x);
+      dpbusd(acc[j][2], p2, x);
+      dpbusd(acc[j][3], u, x);
+    }
+  }
+  __m512i t[T][4];
+  #pragma GCC unroll 6
+  for (int j = 0; j < T; ++j) {
+    t[j][0] = acc[j][0];
+    t[j][1] = _mm512_srai_epi32(_mm512_sub_epi32(acc[j][1], acc[j][0]), 2);
+    t[j][2] = _mm512_srai_epi32(_mm512_sub_epi32(acc[j][2], acc[j][1]), 4);
+    t[j][3] = _mm512_srai_epi32(_mm512_sub_epi32(acc[j][3], acc[j][2]), 6);
+  }
+  store_group<T, 4>(t, qsum, scale, out, ldo, g, r0, r1);
+}
+
+// u mod 3, 9 and 27 of r = u mod 81 < 128, as vpermi2b tables.
+struct InterleavedTq1Tables {
+  alignas(64) uint8_t t[3][128];
+  InterleavedTq1Tables() {
+    for (int r = 0; r < 128; ++r) t[0][r] = uint8_t(r % 3), t[1][r] = uint8_t(r % 9), t[2][r] = uint8_t(r % 27);
+  }
+};
+inline const InterleavedTq1Tables& interleaved_tq1_tables() {
+  static const InterleavedTq1Tables t;
+  return t;
+}
+
+template <int T, class O>
+MMFREE_TARGET_AVX512_VBMI inline void tq1_interleaved_tile(const uint8_t* w, int64_t chunks, const int8_t* Q,
+                                                           int64_t ldq, const int32_t* qsum, const float* scale, O* out,
+                                                           int64_t ldo, int64_t g, int64_t r0, int64_t r1) {
+  const auto& tab = interleaved_tq1_tables();
+  const __m512i lo0 = _mm512_load_si512(tab.t[0]), hi0 = _mm512_load_si512(tab.t[0] + 64);
+  const __m512i lo1 = _mm512_load_si512(tab.t[1]), hi1 = _mm512_load_si512(tab.t[1] + 64);
+  const __m512i lo2 = _mm512_load_si512(tab.t[2]), hi2 = _mm512_load_si512(tab.t[2] + 64);
+  const __m512i v81 = _mm512_set1_epi8(81);
+  __m512i acc[T][5];
+  #pragma GCC unroll 5
+  for (int j = 0; j < T; ++j)
+    #pragma GCC unroll 5
+    for (int a = 0; a < 5; ++a) acc[j][a] = _mm512_setzero_si512();
+  for (int64_t c = 0; c < chunks; ++c) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0);
+    const __m512i u = _mm512_loadu_si512(w + c * 64);
+    // u < 243: u - 81 wraps above u where u < 81, so min takes one 81 away where it can.
+    __m512i r = _mm512_min_epu8(u, _mm512_sub_epi8(u, v81));
+    r = _mm512_min_epu8(r, _mm512_sub_epi8(r, v81));
+    const __m512i m0 = _mm512_permutex2var_epi8(lo0, r, hi0), m1 = _mm512_permutex2var_epi8(lo1, r, hi1),
+                  m2 = _mm512_permutex2var_epi8(lo2, r, hi2);
+    #pragma GCC unroll 5
+    for (int j = 0; j < T; ++j) {
+      const __m512i x = _mm512_set1_epi32(load_le32(reinterpret_cast<const uint8_t*>(Q + j * ldq + 4 * c)));
+      dpbusd(acc[j][0], m0, x);
+      dpbusd(acc[j][1], m1, x);
+      dpbusd(acc[j][2], m2, x);
+      dpbusd(acc[j][3], r, x);
+      dpbusd(acc[j][4], u, x);
+    }
+  }
+  // Exact division of the differences (multiples of 3^k) by 3^k: times its inverse mod 2^32.
+  const __m512i inv[4] = {_mm512_set1_epi32(int32_t(0xAAAAAAABu)), _mm512_set1_epi32(int32_t(0x38E38E39u)),
+                          _mm512_set1_epi32(int32_t(0x684BDA13u)), _mm512_set1_epi32(int32_t(0x781948B1u))};
+  __m512i t[T][5];
+  #pragma GCC unroll 5
+  for (int j = 0; j < T; ++j) {
+    t[j][0] = acc[j][0];
+    #pragma GCC unroll 4
+    for (int k = 1; k < 5; ++k) t[j][k] = _mm512_mullo_epi32(_mm512_sub_epi32(acc[j][k], acc[j][k - 1]), inv[k - 1]);
+  }
+  store_group<T, 5>(t, qsum, scale, out, ldo, g, r0, r1);
+}
+
+// Every token of the pass over the groups that rows [r0, r1) touch, tile after tile per group (a
+// group's chunks are in L2 for the tiles after the first).
+template <class O>
+MMFREE_TARGET_AVX512 inline void tq2_interleaved_groups(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
+                                                        const int32_t* qsum, const float* scale, O* out, int64_t ldo,
+                                                        int64_t r0, int64_t r1) {
+  const int64_t G = interleaved_group_rows(TernaryFormat::TQ2), chunks = interleaved_chunks(W);
+  for (int64_t g = r0 / G; g * G < r1; ++g) {
+    const uint8_t* w = W.interleaved + g * chunks * kChunkBytes;
+    for (int64_t t = 0; t < n;) {
+      const int64_t k = std::min<int64_t>(n - t, kInterleavedTileTq2);
+      const float* sc = scale ? scale + t : nullptr;
+      const int8_t* q = Q + t * ldq;
+      O* o = out + t * ldo;
+      switch (k) {
+        case 1: tq2_interleaved_tile<1>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
+        case 2: tq2_interleaved_tile<2>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
+        case 3: tq2_interleaved_tile<3>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
+        case 4: tq2_interleaved_tile<4>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
+        case 5: tq2_interleaved_tile<5>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
+        default: tq2_interleaved_tile<6>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
+      }
+      t += k;
+    }
+  }
+}
+template <class O>
+MMFREE_TARGET_AVX512_VBMI inline void tq1_interleaved_groups(const TernaryMatrix& W, const int8_t* Q, int64_t ldq,
+                                                             int64_t n, const int32_t* qsum, const float* scale, O* out,
+                                                             int64_t ldo, int64_t r0, int64_t r1) {
+  const int64_t G = interleaved_group_rows(TernaryFormat::TQ1), chunks = interleaved_chunks(W);
+  for (int64_t g = r0 / G; g * G < r1; ++g) {
+    const uint8_t* w = W.interleaved + g * chunks * kChunkBytes;
+    for (int64_t t = 0; t < n;) {
+      const int64_t k = std::min<int64_t>(n - t, kInterleavedTileTq1);
+      const float* sc = scale ? scale + t : nullptr;
+      const int8_t* q = Q + t * ldq;
+      O* o = out + t * ldo;
+      switch (k) {
+        case 1: tq1_interleaved_tile<1>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
+        case 2: tq1_interleaved_tile<2>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
+        case 3: tq1_interleaved_tile<3>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
+        case 4: tq1_interleaved_tile<4>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
+        default: tq1_interleaved_tile<5>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
+      }
+      t += k;
+    }
+  }
+}
+
+// The kernels (same contract as ternary_gemm_scalar and ternary_gemm_direct_scaled). A matrix
+// without its interleaved copy, or a TQ1 one on a CPU without VBMI (Vbmi = false), goes to the
+// strips' register-decoded kernels: the same bits, as always. Rows may start anywhere; a range
+// that starts or ends inside a group computes that group and stores only its own rows, so callers
+// split rows at multiples of interleaved_group_rows (KernelTable::row_grain) to do no work twice.
+template <bool Vbmi, class O>
+MMFREE_TARGET_AVX512 inline void interleaved_blocks(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
+                                                    const float* scale, const int32_t* given_qsum, O* out, int64_t ldo,
+                                                    int64_t r0, int64_t r1) {
+  thread_local Scratch sums;
+  const int32_t* qsum = given_qsum;
+  if (!qsum) {
+    int32_t* q = reinterpret_cast<int32_t*>(sums.get(size_t(n) * 4));
+    for (int64_t t = 0; t < n; ++t) q[t] = sum_q(Q + t * ldq, 4 * interleaved_chunks(W));
+    qsum = q;
+  }
+  // Tokens in blocks whose activations stay in L2 while a group's tiles go over them (as the
+  // strips' kernels do: kDirectTokenBlock).
+  for (int64_t t = 0; t < n; t += kDirectTokenBlock) {
+    const int64_t tn = std::min(kDirectTokenBlock, n - t);
+    const float* sc = scale ? scale + t : nullptr;
+    if (W.format == TernaryFormat::TQ2)
+      tq2_interleaved_groups(W, Q + t * ldq, ldq, tn, qsum + t, sc, out + t * ldo, ldo, r0, r1);
+    else if constexpr (Vbmi)
+      tq1_interleaved_groups(W, Q + t * ldq, ldq, tn, qsum + t, sc, out + t * ldo, ldo, r0, r1);
+  }
+}
+template <bool Vbmi = false>
+MMFREE_TARGET_AVX512 inline void ternary_gemm_interleaved(const TernaryMatrix& W, const int8_t* Q, int64_t ldq,
+                                                          int64_t n, int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
+  if (r0 >= r1) return;
+  if (!W.interleaved || n == 1 || (W.format == TernaryFormat::TQ1 && !Vbmi))
+    return ternary_gemm_direct<true, Vbmi>(W, Q, ldq, n, out, ldo, r0, r1);
+  interleaved_blocks<Vbmi, int32_t>(W, Q, ldq, n, nullptr, nullptr, out, ldo, r0, r1);
+}
+template <bool Vbmi = false>
+MMFREE_TARGET_AVX512 inline void ternary_gemm_interleaved_scaled(const TernaryMatrix& W, const int8_t* Q, int64_t ldq,
+                                                                 int64_t n, const float* scale, const int32_t* qsum,
+                                                                 float* out, int64_t ldo, int64_t r0, int64_t r1) {
+  if (r0 >= r1) return;
+  if (!W.interleaved || (W.format == TernaryFormat::TQ1 && !Vbmi))
+    return ternary_gemm_direct_scaled<true, Vbmi>(W, Q, ldq, n, scale, qsum, out, ldo, r0, r1);
+  interleaved_blocks<Vbmi, float>(W, Q, ldq, n, scale, qsum, out, ldo, r0, r1);
+}
+
+}  // namespace mmfree::kernels::avx512
+
+MMFREE_SIMD_WARNINGS_POP
+
+#endif  // __x86_64__
