@@ -48,7 +48,8 @@ const std::vector<TernaryMatrix>& matrices(const Shape& s, TernaryFormat f, bool
   std::mt19937 rng(1);
   std::vector<int8_t> t(size_t(s.out * s.in));
   for (auto& v : t) v = int8_t(int(rng() % 3) - 1);
-  cache.push_back(pack_ternary(t.data(), s.out, s.in, f, 0.01f));
+  // Each with its interleaved copy, which the *-interleaved kernels read (the others ignore it).
+  cache.push_back(with_interleaved(pack_ternary(t.data(), s.out, s.in, f, 0.01f)));
   const TernaryMatrix W0 = cache.front();  // a copy (shares the bytes): push_back moves cache's elements
   const char* gb = std::getenv("MMFREE_BENCH_ROTATE_GB");  // tests make it small
   const size_t want = rotate ? size_t((gb && *gb ? std::atof(gb) : 1.5) * 1e9) / W0.nbytes() + 1 : 1;
@@ -58,7 +59,7 @@ const std::vector<TernaryMatrix>& matrices(const Shape& s, TernaryFormat f, bool
     std::memcpy(buf.get(), W0.data, W0.nbytes());
     c.data = buf.get();
     c.owner = buf;
-    cache.push_back(c);
+    cache.push_back(with_interleaved(without_interleaved(c)));
   }
   return cache;
 }
@@ -86,7 +87,8 @@ void BM_Ternary(benchmark::State& state, Shape s, TernaryFormat f, kernels::Kern
     const TernaryMatrix& M = copies[which];
     which = (which + 1) % copies.size();
     const auto t0 = std::chrono::steady_clock::now();
-    pool.for_range(s.out, kStripRows, [&](int64_t r0, int64_t r1) { k.gemm(M, q.data(), ld, n, out.data(), s.out, r0, r1); });
+    pool.for_range(s.out, k.interleaved ? interleaved_group_rows(f) : kStripRows,
+                   [&](int64_t r0, int64_t r1) { k.gemm(M, q.data(), ld, n, out.data(), s.out, r0, r1); });
     benchmark::DoNotOptimize(out.data());
     run_secs += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     run_units += n == 1 ? bytes / 1e9 : macs / 1e9;

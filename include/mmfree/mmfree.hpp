@@ -7,6 +7,7 @@
 #include "mmfree/error.hpp"
 #include "mmfree/exec.hpp"
 #include "mmfree/glu.hpp"
+#include "mmfree/interleaved_format.hpp"
 #include "mmfree/load_gguf.hpp"
 #include "mmfree/load_hf.hpp"
 #include "mmfree/gguf.hpp"

@@ -90,6 +90,18 @@ def test_prefill_step_and_step_batch_agree(model):
             assert np.array_equal(rows[k], model.step(batch_ids[k], alone[k]))
 
 
+def test_interleaved_copies_change_no_bit(model):
+    # The same logits with and without the interleaved copy, whichever kernels read it.
+    ids = model.tokenize("And God said, Let there be light: and there was light")
+    off = mmfree.Model(MODEL, threads=2, interleaved=False)
+    on = mmfree.Model(MODEL, threads=2, interleaved=True)
+    assert off.kernel_choice["interleaved_bytes"] == 0
+    assert np.array_equal(off.prefill(ids), on.prefill(ids))
+    a = [off.new_state() for _ in range(5)]
+    b = [on.new_state() for _ in range(5)]
+    assert np.array_equal(off.step_batch(ids[:5], a), on.step_batch(ids[:5], b))
+
+
 def test_completion_shape_and_streaming_equal_non_streaming(model):
     for kw in ({"temperature": 0}, {"temperature": 1.0, "seed": 7}):
         out = model.create_completion("In the beginning", max_tokens=24, **kw)

@@ -48,8 +48,10 @@ struct ChooserOptions {
   // regime scored either way from load to load, and 100 ms scored right in 8 runs of 8.
   double budget_seconds_interleaved = 0.3;
   size_t decode_sample_bytes = 16 << 20; // decode: bytes each candidate streams per round
-  // Rows of each shape per prefill sample: whole strips (16) and whole groups of the interleaved
-  // copies (64, 80); 256 rows made the TQ1 copies' kernel compute 320 and score 14% low.
+  // Rows of each shape per prefill sample and thread: whole strips (16) and whole groups of the
+  // interleaved copies (64, 80), as many per thread. 256 rows made the TQ1 copies' kernel compute
+  // 320 and score 14% low; 320 rows on 2 threads split 3 TQ2 groups against 2, and it scored below
+  // the strips' kernel, which it beats by 19-23% in a 2.7B prefill.
   int64_t prefill_rows = 320;
   // Tests: seconds a kernel takes per unit of work in a regime; no measurement when set.
   std::function<double(const Kernel&, Regime)> timer;
@@ -98,6 +100,7 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
     max_rows = std::max(max_rows, m->rows), max_cols = std::max(max_cols, m->cols);
     interleaved = interleaved && m->interleaved;
   }
+  const int64_t threads = pool ? pool->size() : 1;
   const double budget = interleaved ? std::max(opt.budget_seconds, opt.budget_seconds_interleaved) : opt.budget_seconds;
   const int64_t ldq = activation_cols(max_cols), T = std::max({opt.prefill_tokens, opt.batch_tokens[0], opt.batch_tokens[1]});
 
@@ -106,7 +109,7 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
   std::mt19937 rng(7);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t c = 0; c < max_cols; ++c) Q[size_t(t * ldq + c)] = int8_t(int(rng() % 255) - 127);
-  std::vector<int32_t> acc(size_t(std::max(max_rows * std::max(opt.batch_tokens[0], opt.batch_tokens[1]), T * std::min(max_rows, opt.prefill_rows))));
+  std::vector<int32_t> acc(size_t(std::max(max_rows * std::max(opt.batch_tokens[0], opt.batch_tokens[1]), T * std::min(max_rows, opt.prefill_rows * threads))));
 
   // One warm-up sample per candidate (first-call allocations; it also times a round), then as
   // many interleaved rounds as fit in a third of the budget, between 2 and opt.rounds; each candidate
@@ -205,7 +208,7 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
           double total = 0;
           for (auto& [shape, e] : shapes) {
             const TernaryMatrix& W = *e.ms[e.next++ % e.ms.size()];
-            const int64_t rows = std::min(W.rows, opt.prefill_rows);
+            const int64_t rows = std::min(W.rows, opt.prefill_rows * threads);
             const auto t0 = std::chrono::steady_clock::now();
             detail::run_rows(k, W, Q.data(), ldq, T, acc.data(), rows, pool);
             const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
