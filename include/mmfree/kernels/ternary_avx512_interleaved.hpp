@@ -138,54 +138,33 @@ MMFREE_TARGET_AVX512_VBMI inline void tq1_interleaved_tile(const uint8_t* w, int
   store_group<T, 5>(t, qsum, scale, out, ldo, g, r0, r1);
 }
 
+// One tile of T tokens over one group (tq2_interleaved_tile<T> or tq1_interleaved_tile<T>).
+template <class O>
+using InterleavedTileFn = void (*)(const uint8_t* w, int64_t chunks, const int8_t* Q, int64_t ldq, const int32_t* qsum,
+                                   const float* scale, O* out, int64_t ldo, int64_t g, int64_t r0, int64_t r1);
+template <class O>
+inline constexpr InterleavedTileFn<O> kTq2Tiles[kInterleavedTileTq2] = {
+    tq2_interleaved_tile<1, O>, tq2_interleaved_tile<2, O>, tq2_interleaved_tile<3, O>,
+    tq2_interleaved_tile<4, O>, tq2_interleaved_tile<5, O>, tq2_interleaved_tile<6, O>};
+template <class O>
+inline constexpr InterleavedTileFn<O> kTq1Tiles[kInterleavedTileTq1] = {
+    tq1_interleaved_tile<1, O>, tq1_interleaved_tile<2, O>, tq1_interleaved_tile<3, O>, tq1_interleaved_tile<4, O>,
+    tq1_interleaved_tile<5, O>};
+
 // Every token of the pass over the groups that rows [r0, r1) touch, tile after tile per group (a
-// group's chunks are in L2 for the tiles after the first).
+// group's chunks are in L2 for the tiles after the first). tiles[k - 1] takes k tokens.
 template <class O>
-MMFREE_TARGET_AVX512 inline void tq2_interleaved_groups(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
-                                                        const int32_t* qsum, const float* scale, O* out, int64_t ldo,
-                                                        int64_t r0, int64_t r1) {
-  const int64_t G = interleaved_group_rows(TernaryFormat::TQ2), chunks = interleaved_chunks(W);
-  for (int64_t g = r0 / G; g * G < r1; ++g) {
-    const uint8_t* w = W.interleaved + g * chunks * kChunkBytes;
+inline void interleaved_groups(const InterleavedTileFn<O>* tiles, int64_t max_tile, const TernaryMatrix& W,
+                               const int8_t* Q, int64_t ldq, int64_t n, const int32_t* qsum, const float* scale, O* out,
+                               int64_t ldo, int64_t r0, int64_t r1) {
+  const int64_t G = interleaved_group_rows(W.format), chunks = interleaved_chunks(W);
+  for (int64_t g = r0 / G; g * G < r1; ++g)
     for (int64_t t = 0; t < n;) {
-      const int64_t k = std::min<int64_t>(n - t, kInterleavedTileTq2);
-      const float* sc = scale ? scale + t : nullptr;
-      const int8_t* q = Q + t * ldq;
-      O* o = out + t * ldo;
-      switch (k) {
-        case 1: tq2_interleaved_tile<1>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
-        case 2: tq2_interleaved_tile<2>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
-        case 3: tq2_interleaved_tile<3>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
-        case 4: tq2_interleaved_tile<4>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
-        case 5: tq2_interleaved_tile<5>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
-        default: tq2_interleaved_tile<6>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
-      }
+      const int64_t k = std::min(n - t, max_tile);
+      tiles[k - 1](W.interleaved + g * chunks * kChunkBytes, chunks, Q + t * ldq, ldq, qsum + t, scale ? scale + t : nullptr,
+                   out + t * ldo, ldo, g, r0, r1);
       t += k;
     }
-  }
-}
-template <class O>
-MMFREE_TARGET_AVX512_VBMI inline void tq1_interleaved_groups(const TernaryMatrix& W, const int8_t* Q, int64_t ldq,
-                                                             int64_t n, const int32_t* qsum, const float* scale, O* out,
-                                                             int64_t ldo, int64_t r0, int64_t r1) {
-  const int64_t G = interleaved_group_rows(TernaryFormat::TQ1), chunks = interleaved_chunks(W);
-  for (int64_t g = r0 / G; g * G < r1; ++g) {
-    const uint8_t* w = W.interleaved + g * chunks * kChunkBytes;
-    for (int64_t t = 0; t < n;) {
-      const int64_t k = std::min<int64_t>(n - t, kInterleavedTileTq1);
-      const float* sc = scale ? scale + t : nullptr;
-      const int8_t* q = Q + t * ldq;
-      O* o = out + t * ldo;
-      switch (k) {
-        case 1: tq1_interleaved_tile<1>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
-        case 2: tq1_interleaved_tile<2>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
-        case 3: tq1_interleaved_tile<3>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
-        case 4: tq1_interleaved_tile<4>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
-        default: tq1_interleaved_tile<5>(w, chunks, q, ldq, qsum + t, sc, o, ldo, g, r0, r1); break;
-      }
-      t += k;
-    }
-  }
 }
 
 // The kernels (same contract as ternary_gemm_scalar and ternary_gemm_direct_scaled). A matrix
@@ -210,9 +189,9 @@ MMFREE_TARGET_AVX512 inline void interleaved_blocks(const TernaryMatrix& W, cons
     const int64_t tn = std::min(kDirectTokenBlock, n - t);
     const float* sc = scale ? scale + t : nullptr;
     if (W.format == TernaryFormat::TQ2)
-      tq2_interleaved_groups(W, Q + t * ldq, ldq, tn, qsum + t, sc, out + t * ldo, ldo, r0, r1);
+      interleaved_groups<O>(kTq2Tiles<O>, kInterleavedTileTq2, W, Q + t * ldq, ldq, tn, qsum + t, sc, out + t * ldo, ldo, r0, r1);
     else if constexpr (Vbmi)
-      tq1_interleaved_groups(W, Q + t * ldq, ldq, tn, qsum + t, sc, out + t * ldo, ldo, r0, r1);
+      interleaved_groups<O>(kTq1Tiles<O>, kInterleavedTileTq1, W, Q + t * ldq, ldq, tn, qsum + t, sc, out + t * ldo, ldo, r0, r1);
   }
 }
 template <bool Vbmi = false>
