@@ -14,6 +14,7 @@
 
 #include "mmfree/kernels/chooser.hpp"
 #include "mmfree/kernels/dispatch.hpp"
+#include "mmfree/exec.hpp"
 #include "mmfree/interleaved_format.hpp"
 #include "mmfree/ops.hpp"
 #include "mmfree/ternary_format.hpp"
@@ -298,6 +299,47 @@ TEST(InterleavedLayout, KernelsWithoutCopyOrMidGroupRanges) {
 
 // rmsnorm + int8 quantisation: every ISA returns the scalar reference's bits (scale, codes,
 // normalised values, zero padding), on odd lengths, huge rows and exact .5 ties.
+// Sums of squares of several rows side by side (every twin, rows 1-9: whole tiles of 4 and the
+// rest; odd lengths and strides) return each row's sum_squares bits; rmsnorm_rows, out of place
+// and in place, each row's rmsnorm bits.
+TEST(Kernels, SumSquaresRowsBitExactWithScalar) {
+  std::vector<std::pair<const char*, kernels::SumSquaresRowsFn>> twins = {{"scalar", sum_squares_rows}};
+#if defined(__x86_64__)
+  if (kernels::cpu_has(kernels::Isa::Avx2)) twins.push_back({"avx2", kernels::avx2::sum_squares_rows});
+  if (kernels::cpu_has(kernels::Isa::Avx512)) twins.push_back({"avx512", kernels::avx512::sum_squares_rows});
+#endif
+  std::mt19937 rng(21);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  const Exec ex;
+  for (int64_t n : {1, 7, 8, 9, 17, 2048, 5633})
+    for (int64_t rows = 1; rows <= 9; ++rows) {
+      const int64_t ld = n + 3;
+      std::vector<float> x(static_cast<size_t>(rows * ld)), w(static_cast<size_t>(n));
+      for (auto& v : x) v = g(rng) * 30.0f;
+      for (auto& v : w) v = 1.0f + 0.1f * g(rng);
+      for (const auto& [name, f] : twins) {
+        std::vector<double> got(static_cast<size_t>(rows), -1.0);
+        f(x.data(), ld, rows, n, got.data());
+        for (int64_t r = 0; r < rows; ++r) {
+          const double want = sum_squares(x.data() + r * ld, n);
+          ASSERT_EQ(std::memcmp(&got[size_t(r)], &want, sizeof want), 0) << name << " n=" << n << " rows=" << rows << " r=" << r;
+        }
+      }
+      std::vector<float> want(x.size(), 0.0f), got(x.size(), 0.0f), inplace = x;
+      for (int64_t r = 0; r < rows; ++r) {  // the definition, written out
+        const float f = float(1.0 / std::sqrt(sum_squares(x.data() + r * ld, n) / double(n) + 1e-6));
+        for (int64_t i = 0; i < n; ++i) want[size_t(r * ld + i)] = x[size_t(r * ld + i)] * f * w[size_t(i)];
+      }
+      ex.rmsnorm_rows(x.data(), w.data(), rows, n, ld, 1e-6, got.data());
+      ex.rmsnorm_rows(inplace.data(), w.data(), rows, n, ld, 1e-6, inplace.data());
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t i = 0; i < n; ++i) {
+          ASSERT_EQ(got[size_t(r * ld + i)], want[size_t(r * ld + i)]) << "n=" << n << " rows=" << rows;
+          ASSERT_EQ(inplace[size_t(r * ld + i)], want[size_t(r * ld + i)]) << "in place, n=" << n << " rows=" << rows;
+        }
+    }
+}
+
 TEST(Kernels, RmsnormQuantizeBitExactWithScalar) {
   using RmsQuantizeFn = float (*)(const float*, const float*, int64_t, float*, int8_t*, int64_t, int32_t*);
   struct Twin {

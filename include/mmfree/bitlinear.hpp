@@ -28,15 +28,9 @@ class BitLinear {
   const TernaryMatrix& weights() const { return w_; }
   const std::vector<float>& norm() const { return norm_; }
 
-  // The rms factor of one token of x (K floats), for quantize_tokens: projections that read the
-  // same x compute it once.
-  template <class Acc>
-  float input_rms(const float* x, const BasicExec<Acc>& ex) const {
-    return rms_factor(ex.kernels.sum_squares(x, w_.cols), w_.cols, kBitLinearEps);
-  }
-
   // Step 1-2: rmsnorm + int8 quantisation of n tokens into s.q / s.s_x; `r`, when given, holds
-  // the tokens' rms factors (input_rms). Tokens spread over the pool.
+  // the tokens' rms factors (ex.rms_factors with kBitLinearEps: projections that read the same x
+  // compute them once). Tokens spread over the pool.
   template <class Acc>
   void quantize_input(const float* x, int64_t n, BitLinearScratch& s, const BasicExec<Acc>& ex, const float* r = nullptr) const {
     reserve(n, s);
@@ -47,8 +41,10 @@ class BitLinear {
   void quantize_tokens(const float* x, int64_t t0, int64_t t1, BitLinearScratch& s, const BasicExec<Acc>& ex,
                        const float* r = nullptr) const {
     const int64_t k = w_.cols, kp = activation_cols(k);
+    float own[4];  // the rms factors of 4 tokens at a time, where r is not given
     for (int64_t t = t0; t < t1; ++t) {
-      const float rt = r ? r[t] : input_rms(x + t * k, ex);
+      if (!r && (t - t0) % 4 == 0) ex.rms_factors(x + t * k, k, std::min<int64_t>(4, t1 - t), k, kBitLinearEps, own);
+      const float rt = r ? r[t] : own[(t - t0) % 4];
       s.s_x[size_t(t)] = ex.kernels.scale_quantize(x + t * k, rt, norm_.data(), k, s.tmp.data() + t * k,
                                                    s.q.data() + t * kp, kp, &s.qsum[size_t(t)]);
       s.deq[size_t(t)] = w_.scale / s.s_x[size_t(t)];

@@ -90,6 +90,26 @@ struct BasicExec {
   void rmsnorm(const float* x, const float* w, int64_t n, double eps, float* y) const {
     mmfree::rmsnorm(x, w, n, eps, y, kernels.sum_squares);
   }
+  // The rms factors of `rows` rows of n floats, ld apart: out[r] = rms_factor(sum_squares(row r)),
+  // the sums taken 4 rows at a time (each row's sum is a chain bound by the latency of its adds).
+  void rms_factors(const float* x, int64_t ld, int64_t rows, int64_t n, double eps, float* out) const {
+    double s[4];
+    for (int64_t r = 0; r < rows; r += 4) {
+      const int64_t k = std::min<int64_t>(4, rows - r);
+      kernels.sum_squares_rows(x + r * ld, ld, k, n, s);
+      for (int64_t j = 0; j < k; ++j) out[r + j] = rms_factor(s[j], n, eps);
+    }
+  }
+  // rmsnorm of `rows` rows (x and y rows ld apart; y may be x), 4 at a time: the same bits as
+  // rmsnorm row by row.
+  void rmsnorm_rows(const float* x, const float* w, int64_t rows, int64_t n, int64_t ld, double eps, float* y) const {
+    float r[4];
+    for (int64_t t = 0; t < rows; t += 4) {
+      const int64_t k = std::min<int64_t>(4, rows - t);
+      rms_factors(x + t * ld, ld, k, n, eps, r);
+      for (int64_t j = 0; j < k; ++j) rms_scale(x + (t + j) * ld, r[j], w, n, y + (t + j) * ld);
+    }
+  }
 };
 
 using Exec = BasicExec<CpuAccumulate>;

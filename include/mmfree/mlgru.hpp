@@ -81,7 +81,7 @@ struct MLGRU {
   template <class Acc>
   void quantize_tokens(const float* x, int64_t t0, int64_t t1, Activations& s, const BasicExec<Acc>& ex) const {
     const int64_t k = f_proj.in_features();
-    for (int64_t t = t0; t < t1; ++t) s.rms[size_t(t)] = f_proj.input_rms(x + t * k, ex);
+    ex.rms_factors(x + t0 * k, k, t1 - t0, k, kBitLinearEps, s.rms.data() + t0);
     f_proj.quantize_tokens(x, t0, t1, s.fq, ex, s.rms.data());
     i_proj.quantize_tokens(x, t0, t1, s.iq, ex, s.rms.data());
     g_proj.quantize_tokens(x, t0, t1, s.gq, ex, s.rms.data());
@@ -107,11 +107,10 @@ struct MLGRU {
     }, ex.row_grain(f_proj.weights(), n));
     // o = rmsnorm(g) * silu(h), and o_proj's quantisation of it, per token in one section.
     ex.for_range(n, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        float* o = s.o.data() + t * d;
-        float* g = s.g.data() + t * d;
-        ex.rmsnorm(g, g_norm.data(), d, eps, g);
-        mul_into(o, g, d);
+      for (int64_t t = t0; t < t1; t += 4) {
+        const int64_t k = std::min<int64_t>(4, t1 - t);
+        ex.rmsnorm_rows(s.g.data() + t * d, g_norm.data(), k, d, d, eps, s.g.data() + t * d);
+        for (int64_t j = t; j < t + k; ++j) mul_into(s.o.data() + j * d, s.g.data() + j * d, d);
       }
       o_proj.quantize_tokens(s.o.data(), t0, t1, s.bl, ex);
     });

@@ -314,9 +314,11 @@ class BasicModel {
   void add_norm_rows(float* x, const float* y, int64_t t0, int64_t t1, const float* w, double eps, float* xn,
                      const BasicExec<Acc>& ex) const {
     const int64_t H = w_.config.hidden_size;
-    for (int64_t t = t0; t < t1; ++t) {
-      if (y) add_into(x + t * H, y + t * H, H);
-      ex.rmsnorm(x + t * H, w, H, eps, xn + t * H);
+    for (int64_t t = t0; t < t1; t += 4) {  // 4 tokens at a time: their sums of squares side by side
+      const int64_t k = std::min<int64_t>(4, t1 - t);
+      if (y)
+        for (int64_t j = t; j < t + k; ++j) add_into(x + j * H, y + j * H, H);
+      ex.rmsnorm_rows(x + t * H, w, k, H, H, eps, xn + t * H);
     }
   }
 

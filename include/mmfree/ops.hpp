@@ -80,6 +80,12 @@ inline double sum_squares(const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) s[i % 8] += double(x[i]) * double(x[i]);
   return ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
 }
+// sum_squares of `rows` rows of n floats, ld apart, into out[0 .. rows). The SIMD twins
+// (kernels/quantize_simd.hpp) run several rows' chains side by side: one row's sum is a chain
+// of dependent adds, bound by their latency.
+inline void sum_squares_rows(const float* x, int64_t ld, int64_t rows, int64_t n, double* out) {
+  for (int64_t r = 0; r < rows; ++r) out[r] = sum_squares(x + r * ld, n);
+}
 
 // Element-wise loops a pass runs over every token (each result exactly rounded, so every SIMD
 // width returns the same bits): out = float(acc) * s, x += y, x *= y.
@@ -162,11 +168,21 @@ MMFREE_ELEMENTWISE_CLONES inline int32_t sum_int8(const int8_t* __restrict q, in
 
 // y = x / sqrt(mean(x^2) + eps) * w, the mean taken in double (see sum_squares).
 inline float rms_factor(double sum_sq, int64_t n, double eps) { return float(1.0 / std::sqrt(sum_sq / double(n) + eps)); }
+// y = x * r * w: two float multiplies, each rounded, in the reference's order. y may be x.
+// Each group of 16 is read before it is written, so the groups vectorise without alias checks.
+MMFREE_ELEMENTWISE_CLONES inline void rms_scale(const float* x, float r, const float* __restrict w, int64_t n, float* y) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    float v[16];
+    for (int k = 0; k < 16; ++k) v[k] = x[i + k] * r * w[i + k];
+    for (int k = 0; k < 16; ++k) y[i + k] = v[k];
+  }
+  for (; i < n; ++i) y[i] = x[i] * r * w[i];
+}
 // `sum_sq` may be a SIMD twin of sum_squares (kernels/dispatch.hpp): the same bits.
 inline void rmsnorm(const float* x, const float* w, int64_t n, double eps, float* y,
                     double (*sum_sq)(const float*, int64_t) = sum_squares) {
-  const float r = rms_factor(sum_sq(x, n), n, eps);
-  for (int64_t i = 0; i < n; ++i) y[i] = x[i] * r * w[i];
+  rms_scale(x, rms_factor(sum_sq(x, n), n, eps), w, n, y);
 }
 
 // Per-token int8 quantisation: s_x = 127 / max(max|y|, 1e-5), q = clamp(round(y * s_x)).

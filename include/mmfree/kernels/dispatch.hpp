@@ -38,6 +38,7 @@ using TernaryGemmScaledFn = void (*)(const TernaryMatrix& W, const int8_t* Q, in
 using ScaleQuantizeFn = float (*)(const float* x, float r, const float* w, int64_t n, float* tmp, int8_t* q,
                                   int64_t n_padded, int32_t* qsum);
 using SumSquaresFn = double (*)(const float* x, int64_t n);
+using SumSquaresRowsFn = void (*)(const float* x, int64_t ld, int64_t rows, int64_t n, double* out);
 
 // What a kernel needs from the CPU.
 enum class Isa { Scalar, Avx2, Avx512, Avx512Vbmi, Amx, Neon, NeonDotprod };
@@ -151,6 +152,7 @@ struct KernelTable {
   int64_t batch_max = kBatchMaxTokens;
   ScaleQuantizeFn scale_quantize = mmfree::scale_quantize;
   SumSquaresFn sum_squares = mmfree::sum_squares;
+  SumSquaresRowsFn sum_squares_rows = mmfree::sum_squares_rows;
 
   const Kernel& for_tokens(int64_t n) const { return n == 1 ? decode : n <= batch_max ? batch : prefill; }
   // The multiple of rows to split W's rows at among threads for a pass of n tokens: whole groups
@@ -186,9 +188,11 @@ inline KernelTable make_table(const Kernel& decode, const Kernel& batch, const K
   if (cpu_has(Isa::Avx512)) {
     t.scale_quantize = avx512::scale_quantize;
     t.sum_squares = avx512::sum_squares;
+    t.sum_squares_rows = avx512::sum_squares_rows;
   } else if (cpu_has(Isa::Avx2)) {
     t.scale_quantize = avx2::scale_quantize;
     t.sum_squares = avx2::sum_squares;
+    t.sum_squares_rows = avx2::sum_squares_rows;
   }
 #endif
   return t;

@@ -45,6 +45,44 @@ MMFREE_TARGET_AVX512_Q inline double sum_squares(const float* x, int64_t n) {
   return _mm_cvtsd_f64(b) + _mm_cvtsd_f64(_mm_unpackhi_pd(b, b));
 }
 
+// sum_squares of up to 4 rows at once, R chains side by side, each row's lanes and reduction
+// tree as in sum_squares: a row's own chain is bound by the latency of its adds.
+template <int R>
+MMFREE_TARGET_AVX512_Q inline void sum_squares_tile(const float* x, int64_t ld, int64_t n, double* out) {
+  __m512d acc[R];
+  #pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_pd();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    #pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m512d d = _mm512_cvtps_pd(_mm256_loadu_ps(x + r * ld + i));
+      acc[r] = _mm512_fmadd_pd(d, d, acc[r]);
+    }
+  if (i < n) {
+    const __mmask8 m = __mmask8((1u << (n - i)) - 1);
+    for (int r = 0; r < R; ++r) {
+      const __m512d d = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, x + r * ld + i));
+      acc[r] = _mm512_fmadd_pd(d, d, acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const __m256d a = _mm256_add_pd(_mm512_castpd512_pd256(acc[r]), _mm512_extractf64x4_pd(acc[r], 1));
+    const __m128d b = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    out[r] = _mm_cvtsd_f64(b) + _mm_cvtsd_f64(_mm_unpackhi_pd(b, b));
+  }
+}
+MMFREE_TARGET_AVX512_Q inline void sum_squares_rows(const float* x, int64_t ld, int64_t rows, int64_t n, double* out) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) sum_squares_tile<4>(x + r * ld, ld, n, out + r);
+  switch (rows - r) {
+    case 3: sum_squares_tile<3>(x + r * ld, ld, n, out + r); break;
+    case 2: sum_squares_tile<2>(x + r * ld, ld, n, out + r); break;
+    case 1: sum_squares_tile<1>(x + r * ld, ld, n, out + r); break;
+    default: break;
+  }
+}
+
 // One vector of v = y * s to int8: round half away from zero as trunc(v + copysign(0.49999997, v)),
 // which equals std::round on every float (checked exhaustively over |v| <= 300; beyond, the clamp
 // decides) because 0.5's lower neighbour keeps v + c below the next integer exactly when v is below
@@ -118,6 +156,45 @@ MMFREE_TARGET_AVX2 inline double sum_squares(const float* x, int64_t n) {
   const __m256d a = _mm256_add_pd(a0, a1);
   const __m128d b = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
   return _mm_cvtsd_f64(b) + _mm_cvtsd_f64(_mm_unpackhi_pd(b, b));
+}
+
+// sum_squares of up to 4 rows at once (8 chains), each as sum_squares computes it.
+template <int R>
+MMFREE_TARGET_AVX2 inline void sum_squares_tile(const float* x, int64_t ld, int64_t n, double* out) {
+  __m256d a0[R], a1[R];
+  #pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_pd();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    #pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const float* p = x + r * ld + i;
+      const __m256d d0 = _mm256_cvtps_pd(_mm_loadu_ps(p)), d1 = _mm256_cvtps_pd(_mm_loadu_ps(p + 4));
+      a0[r] = _mm256_fmadd_pd(d0, d0, a0[r]);
+      a1[r] = _mm256_fmadd_pd(d1, d1, a1[r]);
+    }
+  for (int r = 0; r < R; ++r) {
+    if (i < n) {
+      float buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      std::memcpy(buf, x + r * ld + i, size_t(n - i) * sizeof(float));
+      const __m256d d0 = _mm256_cvtps_pd(_mm_loadu_ps(buf)), d1 = _mm256_cvtps_pd(_mm_loadu_ps(buf + 4));
+      a0[r] = _mm256_fmadd_pd(d0, d0, a0[r]);
+      a1[r] = _mm256_fmadd_pd(d1, d1, a1[r]);
+    }
+    const __m256d a = _mm256_add_pd(a0[r], a1[r]);
+    const __m128d b = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    out[r] = _mm_cvtsd_f64(b) + _mm_cvtsd_f64(_mm_unpackhi_pd(b, b));
+  }
+}
+MMFREE_TARGET_AVX2 inline void sum_squares_rows(const float* x, int64_t ld, int64_t rows, int64_t n, double* out) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) sum_squares_tile<4>(x + r * ld, ld, n, out + r);
+  switch (rows - r) {
+    case 3: sum_squares_tile<3>(x + r * ld, ld, n, out + r); break;
+    case 2: sum_squares_tile<2>(x + r * ld, ld, n, out + r); break;
+    case 1: sum_squares_tile<1>(x + r * ld, ld, n, out + r); break;
+    default: break;
+  }
 }
 
 // The AVX-512 version's rounding (trunc(v + copysign(0.49999997, v))) and offset sum.
