@@ -48,6 +48,7 @@ struct ChooserOptions {
   // regime scored either way from load to load, and 100 ms scored right in 8 runs of 8.
   double budget_seconds_interleaved = 0.3;
   size_t decode_sample_bytes = 16 << 20; // decode: bytes each candidate streams per round
+  int run_length = 3;                    // decode and batch: consecutive matrices per candidate
   // Rows of each shape per prefill sample and thread: whole strips (16) and whole groups of the
   // interleaved copies (64, 80), as many per thread. 256 rows made the TQ1 copies' kernel compute
   // 320 and score 14% low; 320 rows on 2 threads split 3 TQ2 groups against 2, and it scored below
@@ -137,20 +138,26 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
       for (size_t i = 0; i < cands.size(); ++i) cost[i] = opt.timer(cands[i], r);
     } else if (cands.size() > 1 && !matrices.empty()) {
       if (r != Regime::Prefill) {
-        // Walk the matrices in order, each one streamed by one candidate: matrix j goes to
-        // candidate (j + j / K) % K (the offset moves each candidate across the 6-7 shapes of a
-        // layer; (j + j / 7) % K, as it was, never reached the eighth of 8 candidates).
+        // Walk the matrices in order, in runs of R consecutive matrices per candidate: run u goes
+        // to candidate (u + u / K) % K (the offset moves each candidate across the 6-7 shapes of a
+        // layer; (j + j / 7) % K, as it was, never reached the eighth of 8 candidates). A run's
+        // first matrix is not scored: it starts the candidate's own stream. One matrix per
+        // candidate, the strips' kernels each read on where the previous sample (also strips)
+        // had left the prefetchers, while a kernel reading the interleaved copies started a cold
+        // stream every time: its 4-token samples read up to 10% slow, and it lost the batch band in
+        // half the loads of the 1.3B TQ2 preset although it runs 0-10% faster at 4 tokens and
+        // 16-29% at 12 in the model (runs of 3: 8 loads of 8, AMD Zen 5).
         // Interleaving this finely, a noisy neighbour slows every candidate alike; each is scored
         // by its total bytes over its total time, over a third of the budget, leaving out its
         // slowest quarter of samples: one sample that took a preemption or a page-cache stall once
         // scored a kernel at a tenth of its speed and lost it the batch regime (B = 4 to 16 of the
         // 1.3B preset then ran 20% slower).
-        // Decode scores bytes per second; batch, MACs per second, round j / K of batch_tokens[j / K % 2]
+        // Decode scores bytes per second; batch, MACs per second, round u / K of batch_tokens[u / K % 2]
         // tokens (every candidate's sample of a round has the same size), the two sizes scored
         // apart and their costs per MAC added.
         const bool batch = r == Regime::Batch;
-        const size_t K = cands.size(), sizes = batch ? 2 : 1;
-        auto tokens = [&](size_t j) { return batch ? opt.batch_tokens[j / K % 2] : int64_t(1); };
+        const size_t K = cands.size(), sizes = batch ? 2 : 1, R = size_t(std::max(opt.run_length, 1));
+        auto tokens = [&](size_t j) { return batch ? opt.batch_tokens[j / R / K % 2] : int64_t(1); };
         std::vector<std::vector<std::pair<double, double>>> samples(K * sizes);  // {seconds, bytes}
         for (size_t i = 0; i < K; ++i)  // warm-up: first-call allocations
           detail::run_rows(cands[i], *matrices[i % matrices.size()], Q.data(), ldq, tokens(0), acc.data(),
@@ -158,20 +165,21 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
         const auto t_start = std::chrono::steady_clock::now();
         size_t total = 0;
         for (size_t j = 0;; ++j) {
-          const size_t i = (j + j / K) % K;
+          const size_t run = j / R, i = (run + run / K) % K;
           const int64_t n = tokens(j);
           const TernaryMatrix& W = *matrices[j % matrices.size()];
           const auto t0 = std::chrono::steady_clock::now();
           detail::run_rows(cands[i], W, Q.data(), ldq, n, acc.data(), W.rows, pool);
           const auto t1 = std::chrono::steady_clock::now();
-          samples[i * sizes + (j / K) % sizes].emplace_back(
-              std::chrono::duration<double>(t1 - t0).count(),
-              n == 1 ? double(W.nbytes()) : double(W.rows) * double(W.cols) * double(n));
+          if (j % R != 0 || R == 1)  // a run's first matrix starts the candidate's stream: not scored
+            samples[i * sizes + (run / K) % sizes].emplace_back(
+                std::chrono::duration<double>(t1 - t0).count(),
+                n == 1 ? double(W.nbytes()) : double(W.rows) * double(W.cols) * double(n));
           total += W.nbytes();
-          // Stop once every candidate has 2 samples and a third of the budget is spent, or `rounds`
-          // samples' worth of bytes each are streamed, or (small models) `rounds` passes each.
+          // Stop once every candidate has 2 runs of each size and a third of the budget is spent, or
+          // `rounds` samples' worth of bytes each are streamed, or (small models) `rounds` passes each.
           const double elapsed = std::chrono::duration<double>(t1 - t_start).count();
-          if (j + 1 >= 2 * sizes * K && (elapsed >= budget / 3 ||
+          if (j + 1 >= 2 * sizes * K * R && (elapsed >= budget / 3 ||
                                  total >= size_t(opt.rounds) * K * opt.decode_sample_bytes ||
                                  j + 1 >= size_t(opt.rounds) * K * matrices.size()))
             break;
