@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "mmfree/kernels/simd_warnings.hpp"
 #include "mmfree/ops.hpp"
@@ -23,27 +24,23 @@ MMFREE_SIMD_WARNINGS_PUSH
 
 namespace mmfree::kernels {
 
+// Rows [0, rows) in tiles of 4 and one smaller tile for the rest: tile(R, first row), R an
+// std::integral_constant<int, 1..4>.
+template <class Tile>
+inline void in_tiles_of_4(int64_t rows, const Tile& tile) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) tile(std::integral_constant<int, 4>{}, r);
+  switch (rows - r) {
+    case 3: tile(std::integral_constant<int, 3>{}, r); break;
+    case 2: tile(std::integral_constant<int, 2>{}, r); break;
+    case 1: tile(std::integral_constant<int, 1>{}, r); break;
+    default: break;
+  }
+}
+
 namespace avx512 {
 
 #define MMFREE_TARGET_AVX512_Q __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-
-MMFREE_TARGET_AVX512_Q inline double sum_squares(const float* x, int64_t n) {
-  __m512d acc = _mm512_setzero_pd();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m512d d = _mm512_cvtps_pd(_mm256_loadu_ps(x + i));
-    acc = _mm512_fmadd_pd(d, d, acc);  // d*d is exact in double: fused or not, same sum
-  }
-  if (i < n) {
-    const __mmask8 m = __mmask8((1u << (n - i)) - 1);
-    const __m512d d = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, x + i));
-    acc = _mm512_fmadd_pd(d, d, acc);
-  }
-  // lanes (s0..s3) + (s4..s7), then pairs, then the last two: the reference's tree.
-  const __m256d a = _mm256_add_pd(_mm512_castpd512_pd256(acc), _mm512_extractf64x4_pd(acc, 1));
-  const __m128d b = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
-  return _mm_cvtsd_f64(b) + _mm_cvtsd_f64(_mm_unpackhi_pd(b, b));
-}
 
 // sum_squares of up to 4 rows at once, R chains side by side, each row's lanes and reduction
 // tree as in sum_squares: a row's own chain is bound by the latency of its adds.
@@ -57,7 +54,7 @@ MMFREE_TARGET_AVX512_Q inline void sum_squares_tile(const float* x, int64_t ld, 
     #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       const __m512d d = _mm512_cvtps_pd(_mm256_loadu_ps(x + r * ld + i));
-      acc[r] = _mm512_fmadd_pd(d, d, acc[r]);
+      acc[r] = _mm512_fmadd_pd(d, d, acc[r]);  // d*d is exact in double: fused or not, same sum
     }
   if (i < n) {
     const __mmask8 m = __mmask8((1u << (n - i)) - 1);
@@ -66,21 +63,19 @@ MMFREE_TARGET_AVX512_Q inline void sum_squares_tile(const float* x, int64_t ld, 
       acc[r] = _mm512_fmadd_pd(d, d, acc[r]);
     }
   }
-  for (int r = 0; r < R; ++r) {
+  for (int r = 0; r < R; ++r) {  // lanes (s0..s3) + (s4..s7), then pairs, then the last two: the reference's tree
     const __m256d a = _mm256_add_pd(_mm512_castpd512_pd256(acc[r]), _mm512_extractf64x4_pd(acc[r], 1));
     const __m128d b = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
     out[r] = _mm_cvtsd_f64(b) + _mm_cvtsd_f64(_mm_unpackhi_pd(b, b));
   }
 }
-MMFREE_TARGET_AVX512_Q inline void sum_squares_rows(const float* x, int64_t ld, int64_t rows, int64_t n, double* out) {
-  int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) sum_squares_tile<4>(x + r * ld, ld, n, out + r);
-  switch (rows - r) {
-    case 3: sum_squares_tile<3>(x + r * ld, ld, n, out + r); break;
-    case 2: sum_squares_tile<2>(x + r * ld, ld, n, out + r); break;
-    case 1: sum_squares_tile<1>(x + r * ld, ld, n, out + r); break;
-    default: break;
-  }
+MMFREE_TARGET_AVX512_Q inline double sum_squares(const float* x, int64_t n) {
+  double s;
+  sum_squares_tile<1>(x, n, n, &s);
+  return s;
+}
+inline void sum_squares_rows(const float* x, int64_t ld, int64_t rows, int64_t n, double* out) {
+  in_tiles_of_4(rows, [&](auto R, int64_t r) { sum_squares_tile<decltype(R)::value>(x + r * ld, ld, n, out + r); });
 }
 
 // One vector of v = y * s to int8: round half away from zero as trunc(v + copysign(0.49999997, v)),
@@ -138,26 +133,6 @@ MMFREE_TARGET_AVX512_Q inline float rmsnorm_quantize(const float* x, const float
 namespace avx2 {
 
 
-MMFREE_TARGET_AVX2 inline double sum_squares(const float* x, int64_t n) {
-  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();  // lanes 0-3 and 4-7
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256d d0 = _mm256_cvtps_pd(_mm_loadu_ps(x + i)), d1 = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4));
-    a0 = _mm256_fmadd_pd(d0, d0, a0);
-    a1 = _mm256_fmadd_pd(d1, d1, a1);
-  }
-  if (i < n) {
-    float buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    std::memcpy(buf, x + i, size_t(n - i) * sizeof(float));
-    const __m256d d0 = _mm256_cvtps_pd(_mm_loadu_ps(buf)), d1 = _mm256_cvtps_pd(_mm_loadu_ps(buf + 4));
-    a0 = _mm256_fmadd_pd(d0, d0, a0);
-    a1 = _mm256_fmadd_pd(d1, d1, a1);
-  }
-  const __m256d a = _mm256_add_pd(a0, a1);
-  const __m128d b = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
-  return _mm_cvtsd_f64(b) + _mm_cvtsd_f64(_mm_unpackhi_pd(b, b));
-}
-
 // sum_squares of up to 4 rows at once (8 chains), each as sum_squares computes it.
 template <int R>
 MMFREE_TARGET_AVX2 inline void sum_squares_tile(const float* x, int64_t ld, int64_t n, double* out) {
@@ -186,15 +161,13 @@ MMFREE_TARGET_AVX2 inline void sum_squares_tile(const float* x, int64_t ld, int6
     out[r] = _mm_cvtsd_f64(b) + _mm_cvtsd_f64(_mm_unpackhi_pd(b, b));
   }
 }
-MMFREE_TARGET_AVX2 inline void sum_squares_rows(const float* x, int64_t ld, int64_t rows, int64_t n, double* out) {
-  int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) sum_squares_tile<4>(x + r * ld, ld, n, out + r);
-  switch (rows - r) {
-    case 3: sum_squares_tile<3>(x + r * ld, ld, n, out + r); break;
-    case 2: sum_squares_tile<2>(x + r * ld, ld, n, out + r); break;
-    case 1: sum_squares_tile<1>(x + r * ld, ld, n, out + r); break;
-    default: break;
-  }
+MMFREE_TARGET_AVX2 inline double sum_squares(const float* x, int64_t n) {
+  double s;
+  sum_squares_tile<1>(x, n, n, &s);
+  return s;
+}
+inline void sum_squares_rows(const float* x, int64_t ld, int64_t rows, int64_t n, double* out) {
+  in_tiles_of_4(rows, [&](auto R, int64_t r) { sum_squares_tile<decltype(R)::value>(x + r * ld, ld, n, out + r); });
 }
 
 // The AVX-512 version's rounding (trunc(v + copysign(0.49999997, v))) and offset sum.
