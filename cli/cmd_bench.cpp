@@ -37,8 +37,7 @@ int bench_batches(const Args& a, const std::vector<int32_t>& threads, int64_t re
       macs += double(l.in_features()) * double(l.out_features());
     });
     head_macs = double(w.lm_head.in_features()) * double(w.lm_head.out_features());
-    double peak = mmfree::roofline::int8_peak_gmacs(t);
-    std::vector<double> bws;
+    std::vector<double> bws, peaks;
     const int64_t V = m.vocab_size();
     // One sequence set per B, stepped in interleaved rounds (every B once per round, the
     // ceilings probed between), so that a neighbour's burst on a shared machine slows every B
@@ -71,7 +70,7 @@ int bench_batches(const Args& a, const std::vector<int32_t>& threads, int64_t re
     }
     for (int64_t r = 0; r < reps; ++r) {
       bws.push_back(mmfree::roofline::bandwidth_now_gbs(t));
-      peak = mmfree::roofline::int8_peak_gmacs(t);
+      peaks.push_back(mmfree::roofline::int8_peak_gmacs(t));
       for (Batch& b : bs) {
         const auto t0 = clk::now();
         for (int64_t i = 0; i < b.steps_per_round; ++i) step(b);
@@ -82,7 +81,10 @@ int bench_batches(const Args& a, const std::vector<int32_t>& threads, int64_t re
     for (const Batch& b : bs)
       rows.push_back({{"batch", b.B}, {"step_ms", median(b.step_s) * 1e3}, {"tok_s", double(b.B) / median(b.step_s)}});
     bws.push_back(mmfree::roofline::bandwidth_now_gbs(t));
-    const double bw = median(bws);
+    peaks.push_back(mmfree::roofline::int8_peak_gmacs(t));
+    // Both ceilings are medians over the rounds, like the step times: one probe of either taken
+    // in a neighbour's burst would otherwise move every B's share.
+    const double bw = median(bws), peak = median(peaks);
     for (auto& r : rows) {
       const double B = r["batch"].get<double>();
       const double mem_s = bytes / (bw * 1e9), mac_s = peak > 0 ? B * macs / (peak * 1e9) : 0;
