@@ -77,13 +77,27 @@ inline std::vector<Kernel> candidates(Regime r, TernaryFormat f, bool interleave
   return v;  // scalar only when nothing else runs here
 }
 
+// What a model's pass hands the kernels besides Q: the tokens' scales and sums of Q, and a float
+// output. Passes of several tokens time a kernel's dequantising twin where it has one, since the
+// model calls that: timed through the integer entry point instead, the interleaved kernel lost
+// TQ2's batch band to the strips' in 7 loads of 10 of the 1.3B preset, although it ran 3-5%
+// faster at 4 tokens and 15-21% at 12 in the model; through its twin it won 22 of 22 (AMD Zen 5).
+struct ScaledArgs {
+  const float* scale = nullptr;
+  const int32_t* qsum = nullptr;
+  float* out = nullptr;
+};
+
 inline void run_rows(const Kernel& k, const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out,
-                     int64_t rows, ThreadPool* pool) {
+                     int64_t rows, ThreadPool* pool, const ScaledArgs& sc = {}) {
+  auto part = [&](int64_t r0, int64_t r1) {
+    if (k.gemm_scaled && sc.out && n > 1) k.gemm_scaled(W, Q, ldq, n, sc.scale, sc.qsum, sc.out, rows, r0, r1);
+    else k.gemm(W, Q, ldq, n, out, rows, r0, r1);
+  };
   if (pool && pool->size() > 1)
-    pool->for_range(rows, k.interleaved && W.interleaved ? interleaved_group_rows(W.format) : kStripRows,
-                    [&](int64_t r0, int64_t r1) { k.gemm(W, Q, ldq, n, out, rows, r0, r1); });
+    pool->for_range(rows, k.interleaved && W.interleaved ? interleaved_group_rows(W.format) : kStripRows, part);
   else
-    k.gemm(W, Q, ldq, n, out, rows, 0, rows);
+    part(0, rows);
 }
 
 }  // namespace detail
@@ -111,6 +125,11 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
   for (int64_t t = 0; t < T; ++t)
     for (int64_t c = 0; c < max_cols; ++c) Q[size_t(t * ldq + c)] = int8_t(int(rng() % 255) - 127);
   std::vector<int32_t> acc(size_t(std::max(max_rows * std::max(opt.batch_tokens[0], opt.batch_tokens[1]), T * std::min(max_rows, opt.prefill_rows * threads))));
+  std::vector<float> acc_f(acc.size()), scales(size_t(T), 1.0f / 127);
+  std::vector<int32_t> qsums(static_cast<size_t>(T), 0);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t c = 0; c < ldq; ++c) qsums[size_t(t)] += Q[size_t(t * ldq + c)];
+  const detail::ScaledArgs scaled{scales.data(), qsums.data(), acc_f.data()};
 
   // One warm-up sample per candidate (first-call allocations; it also times a round), then as
   // many interleaved rounds as fit in a third of the budget, between 2 and opt.rounds; each candidate
@@ -161,7 +180,7 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
         std::vector<std::vector<std::pair<double, double>>> samples(K * sizes);  // {seconds, bytes}
         for (size_t i = 0; i < K; ++i)  // warm-up: first-call allocations
           detail::run_rows(cands[i], *matrices[i % matrices.size()], Q.data(), ldq, tokens(0), acc.data(),
-                           matrices[i % matrices.size()]->rows, pool);
+                           matrices[i % matrices.size()]->rows, pool, scaled);
         const auto t_start = std::chrono::steady_clock::now();
         size_t total = 0;
         for (size_t j = 0;; ++j) {
@@ -169,7 +188,7 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
           const int64_t n = tokens(j);
           const TernaryMatrix& W = *matrices[j % matrices.size()];
           const auto t0 = std::chrono::steady_clock::now();
-          detail::run_rows(cands[i], W, Q.data(), ldq, n, acc.data(), W.rows, pool);
+          detail::run_rows(cands[i], W, Q.data(), ldq, n, acc.data(), W.rows, pool, scaled);
           const auto t1 = std::chrono::steady_clock::now();
           if (j % R != 0 || R == 1)  // a run's first matrix starts the candidate's stream: not scored
             samples[i * sizes + (run / K) % sizes].emplace_back(
@@ -218,7 +237,7 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
             const TernaryMatrix& W = *e.ms[e.next++ % e.ms.size()];
             const int64_t rows = std::min(W.rows, opt.prefill_rows * threads);
             const auto t0 = std::chrono::steady_clock::now();
-            detail::run_rows(k, W, Q.data(), ldq, T, acc.data(), rows, pool);
+            detail::run_rows(k, W, Q.data(), ldq, T, acc.data(), rows, pool, scaled);
             const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
             total += s / (double(rows) * double(W.cols) * double(T)) * e.macs;  // seconds for the model's MACs
           }
