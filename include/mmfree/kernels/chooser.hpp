@@ -15,7 +15,8 @@
 //    256-row slice of every distinct shape (a different layer's matrix each time, so the rows
 //    come from memory), weighted by that shape's share of the model's work.
 // Candidates are interleaved over rounds (so a noisy neighbour slows them alike), each scored by
-// its best round, and the incumbent (the first candidate in all_kernels' order) keeps its place
+// its best round, and the incumbent (kernels::incumbent: the first candidate in all_kernels' order,
+// or the first that reads the interleaved copies where the model holds them) keeps its place
 // unless another is more than `near_tie` faster. All kernels are bit-exact, so the choice changes
 // speed, never results. Tests inject timings (ChooserOptions::timer).
 #pragma once
@@ -27,6 +28,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -74,6 +76,11 @@ inline std::vector<Kernel> candidates(Regime r, TernaryFormat f, bool interleave
   for (const Kernel& k : available_kernels())
     if (k.for_regime(r) && k.for_format(f) && (k.isa != Isa::Scalar || v.empty()) && (interleaved || !k.interleaved))
       v.push_back(k);
+  // The incumbent, which keeps its place on near-ties, is the kernel the model built its copies
+  // for where it holds them (kernels::incumbent): the copies' memory is spent either way.
+  const Kernel first = incumbent(r, f, interleaved);
+  const auto it = std::find_if(v.begin(), v.end(), [&](const Kernel& k) { return std::string_view(k.name) == first.name; });
+  if (it != v.end()) std::rotate(v.begin(), it, it + 1);
   return v;  // scalar only when nothing else runs here
 }
 
