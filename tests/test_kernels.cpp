@@ -277,10 +277,13 @@ TEST(InterleavedLayout, KernelsWithoutCopyOrMidGroupRanges) {
     if (!k.interleaved) continue;
     for (auto f : kFormats) {
       if (!k.for_format(f)) continue;
-      const int64_t rows = 300, cols = 333, ld = activation_cols(cols);
+      // 84 and 83 chunks of 4 columns: the 1- and 2-token tiles take two chunks per step, and one
+      // alone at the end.
+      for (const int64_t cols : {333, 329}) {
+      const int64_t rows = 300, ld = activation_cols(cols);
       auto t = random_ternary(rng, size_t(rows * cols));
       const TernaryMatrix plain = pack_ternary(t.data(), rows, cols, f), copy = with_interleaved(plain);
-      for (int64_t n : {2, 7, 13}) {
+      for (int64_t n : {1, 2, 7, 13}) {
         auto q = random_q(rng, n, cols, ld);
         std::vector<int32_t> ref(size_t(n * rows));
         kernels::ternary_gemm_scalar(plain, q.data(), ld, n, ref.data(), rows, 0, rows);
@@ -289,9 +292,10 @@ TEST(InterleavedLayout, KernelsWithoutCopyOrMidGroupRanges) {
             std::vector<int32_t> got(size_t(n * rows), 12345);
             for (int64_t r0 = 0; r0 < rows; r0 += step)
               k.gemm(*m, q.data(), ld, n, got.data(), rows, r0, std::min(rows, r0 + step));
-            ASSERT_EQ(got, ref) << k.name << " " << format_name(f) << " n=" << n << " ranges of " << step
-                                << (m == &plain ? " without the copy" : "");
+            ASSERT_EQ(got, ref) << k.name << " " << format_name(f) << " " << cols << " columns n=" << n
+                                << " ranges of " << step << (m == &plain ? " without the copy" : "");
           }
+      }
       }
     }
   }
@@ -513,7 +517,7 @@ TEST(Chooser, CandidatesFollowRegimeAndFormat) {
       EXPECT_EQ(seen[Regime::Prefill].count("avx512-direct"), 1u);
     }
     if (f == TernaryFormat::TQ2) { EXPECT_EQ(seen[Regime::Decode].count("avx512-vbmi"), 0u); }
-    // With the copy, the kernels that read it compete for the regimes of several tokens.
+    // With the copy, the kernels that read it compete for every regime.
     seen.clear();
     auto t = std::vector<int8_t>(16 * 16, 1);
     const TernaryMatrix c = with_interleaved(pack_ternary(t.data(), 16, 16, f));
@@ -522,7 +526,7 @@ TEST(Chooser, CandidatesFollowRegimeAndFormat) {
       if (!k.interleaved || !k.for_format(f)) continue;
       EXPECT_EQ(seen[Regime::Batch].count(k.name), 1u) << k.name;
       EXPECT_EQ(seen[Regime::Prefill].count(k.name), 1u) << k.name;
-      EXPECT_EQ(seen[Regime::Decode].count(k.name), 0u) << k.name;
+      EXPECT_EQ(seen[Regime::Decode].count(k.name), 1u) << k.name;
     }
   }
 }
@@ -551,8 +555,8 @@ TEST(Chooser, ForcedKernels) {
     EXPECT_STREQ(t.decode.name, "avx512");
     EXPECT_STREQ(t.batch.name, "avx512-direct");
     EXPECT_FALSE(t.reads_interleaved());
-    t = kernels::forced_table("avx512-interleaved", TernaryFormat::TQ2);
-    EXPECT_STREQ(t.decode.name, "avx512");
+    t = kernels::forced_table("avx512-interleaved", TernaryFormat::TQ2);  // one token too
+    EXPECT_STREQ(t.decode.name, "avx512-interleaved");
     EXPECT_STREQ(t.batch.name, "avx512-interleaved");
     EXPECT_TRUE(t.reads_interleaved());
     // Rows split at whole groups only where the kernel for the pass reads the matrix's copy.
@@ -560,7 +564,11 @@ TEST(Chooser, ForcedKernels) {
     const TernaryMatrix plain = pack_ternary(w.data(), 128, 8, TernaryFormat::TQ2), copy = with_interleaved(plain);
     EXPECT_EQ(t.row_grain(copy, 4), 64);
     EXPECT_EQ(t.row_grain(plain, 4), kStripRows);
+    EXPECT_EQ(t.row_grain(copy, 1), 64);
+    t = kernels::forced_table("avx512,avx512-interleaved,avx512-interleaved", TernaryFormat::TQ2);
+    EXPECT_STREQ(t.decode.name, "avx512");
     EXPECT_EQ(t.row_grain(copy, 1), kStripRows);
+    EXPECT_EQ(t.row_grain(copy, 2), 64);
     EXPECT_EQ(kernels::preferred_table(TernaryFormat::TQ2, true).batch.interleaved, true);
     EXPECT_EQ(kernels::preferred_table(TernaryFormat::TQ2).batch.interleaved, false);
   }

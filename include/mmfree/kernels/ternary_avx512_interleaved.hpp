@@ -1,5 +1,6 @@
 // mmfree: AVX-512 VNNI kernels on the interleaved layouts (interleaved_format.hpp), for passes of
-// a few tokens: batched decoding of a few sequences, the verification of drafted tokens.
+// a few tokens (batched decoding of a few sequences, the verification of drafted tokens), and of
+// one, where TQ1's decoding is cheaper here than in the strips.
 //
 // A chunk (4 columns of a group of 64 or 80 rows) is loaded once and turned into cumulative planes
 // (TQ2: u & 3, u & 15, u & 63 and u itself; TQ1: u mod 3, 9, 27 by byte permutes of r = u mod 81,
@@ -28,12 +29,12 @@ MMFREE_SIMD_WARNINGS_PUSH
 namespace mmfree::kernels::avx512 {
 
 inline constexpr int kInterleavedTileTq2 = 6;  // 24 accumulators
+inline constexpr int kInterleavedTileTq1 = 5;  // 25 accumulators
 // Besides the strips' prefetch into L1 (kPrefetchBytes ahead), one into L2 this far ahead: a pass
 // of a few tokens spends longer per chunk than one token's, so the near prefetch alone left fewer
 // lines in flight than the memory's latency needs. Walks over the 2.7B TQ2 preset's matrices,
 // alternated: TQ2 at 2-4 tokens 2-4.5% faster, at 12 and TQ1 within the noise (AMD Zen 5).
 inline constexpr int64_t kFarPrefetchBytes = 16384;
-inline constexpr int kInterleavedTileTq1 = 5;  // 25 accumulators
 
 // Rows of group g's plane k (strip P g + k) to store: T = the plane's row sums with the digits'
 // offset, qsum[j], taken away.
@@ -50,39 +51,58 @@ MMFREE_TARGET_AVX512 inline void store_group(const __m512i (&t)[T][P], const int
   }
 }
 
-// One tile of T tokens over group g of a TQ2 copy (`w`: the group's first chunk).
+// Chunk c of a TQ2 group into one set of a tile's accumulators.
+template <int T>
+MMFREE_TARGET_AVX512 inline void tq2_interleaved_chunk(__m512i (&acc)[T][4], const uint8_t* w, int64_t c, const int8_t* Q,
+                                                       int64_t ldq) {
+  _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kFarPrefetchBytes), _MM_HINT_T1);
+  const __m512i u = _mm512_loadu_si512(w + c * 64);
+  const __m512i p0 = _mm512_and_si512(u, _mm512_set1_epi8(0x03));
+  const __m512i p1 = _mm512_and_si512(u, _mm512_set1_epi8(0x0f));
+  const __m512i p2 = _mm512_and_si512(u, _mm512_set1_epi8(0x3f));
+  #pragma GCC unroll 6
+  for (int j = 0; j < T; ++j) {
+    const __m512i x = _mm512_set1_epi32(load_le32(reinterpret_cast<const uint8_t*>(Q + j * ldq + 4 * c)));
+    dpbusd(acc[j][0], p0, x);
+    dpbusd(acc[j][1], p1, x);
+    dpbusd(acc[j][2], p2, x);
+    dpbusd(acc[j][3], u, x);
+  }
+}
+
+// One tile of T tokens over group g of a TQ2 copy (`w`: the group's first chunk). Tiles of 1 and 2
+// tokens take two chunks per step into two sets of accumulators: 8 and 16 vpdpbusd chains
+// instead of 4 and 8. One core with the matrix in L2: 2 tokens 8.6% more GMAC/s (AMD Zen 5).
 template <int T, class O>
 MMFREE_TARGET_AVX512 inline void tq2_interleaved_tile(const uint8_t* w, int64_t chunks, const int8_t* Q, int64_t ldq,
                                                       const int32_t* qsum, const float* scale, O* out, int64_t ldo,
                                                       int64_t g, int64_t r0, int64_t r1) {
-  __m512i acc[T][4];
-  #pragma GCC unroll 6
-  for (int j = 0; j < T; ++j)
-    #pragma GCC unroll 4
-    for (int a = 0; a < 4; ++a) acc[j][a] = _mm512_setzero_si512();
-  for (int64_t c = 0; c < chunks; ++c) {
-    _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kFarPrefetchBytes), _MM_HINT_T1);
-    const __m512i u = _mm512_loadu_si512(w + c * 64);
-    const __m512i p0 = _mm512_and_si512(u, _mm512_set1_epi8(0x03));
-    const __m512i p1 = _mm512_and_si512(u, _mm512_set1_epi8(0x0f));
-    const __m512i p2 = _mm512_and_si512(u, _mm512_set1_epi8(0x3f));
+  constexpr int H = T <= 2 ? 2 : 1;
+  __m512i acc[H][T][4];
+  #pragma GCC unroll 2
+  for (int h = 0; h < H; ++h)
     #pragma GCC unroll 6
-    for (int j = 0; j < T; ++j) {
-      const __m512i x = _mm512_set1_epi32(load_le32(reinterpret_cast<const uint8_t*>(Q + j * ldq + 4 * c)));
-      dpbusd(acc[j][0], p0, x);
-      dpbusd(acc[j][1], p1, x);
-      dpbusd(acc[j][2], p2, x);
-      dpbusd(acc[j][3], u, x);
-    }
-  }
+    for (int j = 0; j < T; ++j)
+      #pragma GCC unroll 4
+      for (int a = 0; a < 4; ++a) acc[h][j][a] = _mm512_setzero_si512();
+  int64_t c = 0;
+  for (; c + H <= chunks; c += H)
+    #pragma GCC unroll 2
+    for (int h = 0; h < H; ++h) tq2_interleaved_chunk<T>(acc[h], w, c + h, Q, ldq);
+  if (c < chunks) tq2_interleaved_chunk<T>(acc[0], w, c, Q, ldq);
+  if constexpr (H == 2)
+    #pragma GCC unroll 6
+    for (int j = 0; j < T; ++j)
+      #pragma GCC unroll 4
+      for (int a = 0; a < 4; ++a) acc[0][j][a] = _mm512_add_epi32(acc[0][j][a], acc[1][j][a]);
   __m512i t[T][4];
   #pragma GCC unroll 6
   for (int j = 0; j < T; ++j) {
-    t[j][0] = acc[j][0];
-    t[j][1] = _mm512_srai_epi32(_mm512_sub_epi32(acc[j][1], acc[j][0]), 2);
-    t[j][2] = _mm512_srai_epi32(_mm512_sub_epi32(acc[j][2], acc[j][1]), 4);
-    t[j][3] = _mm512_srai_epi32(_mm512_sub_epi32(acc[j][3], acc[j][2]), 6);
+    t[j][0] = acc[0][j][0];
+    t[j][1] = _mm512_srai_epi32(_mm512_sub_epi32(acc[0][j][1], acc[0][j][0]), 2);
+    t[j][2] = _mm512_srai_epi32(_mm512_sub_epi32(acc[0][j][2], acc[0][j][1]), 4);
+    t[j][3] = _mm512_srai_epi32(_mm512_sub_epi32(acc[0][j][3], acc[0][j][2]), 6);
   }
   store_group<T, 4>(t, qsum, scale, out, ldo, g, r0, r1);
 }
@@ -99,48 +119,76 @@ inline const InterleavedTq1Tables& interleaved_tq1_tables() {
   return t;
 }
 
+// The vpermi2b tables and constants of a TQ1 tile, loaded once per tile.
+struct Tq1TileRegs {
+  __m512i lo[3], hi[3], v81;
+};
+MMFREE_TARGET_AVX512_VBMI inline Tq1TileRegs tq1_tile_regs() {
+  const auto& tab = interleaved_tq1_tables();
+  Tq1TileRegs r;
+  #pragma GCC unroll 3
+  for (int k = 0; k < 3; ++k) r.lo[k] = _mm512_load_si512(tab.t[k]), r.hi[k] = _mm512_load_si512(tab.t[k] + 64);
+  r.v81 = _mm512_set1_epi8(81);
+  return r;
+}
+// Chunk c of a TQ1 group into one set of a tile's accumulators.
+template <int T>
+MMFREE_TARGET_AVX512_VBMI inline void tq1_interleaved_chunk(__m512i (&acc)[T][5], const Tq1TileRegs& R, const uint8_t* w,
+                                                            int64_t c, const int8_t* Q, int64_t ldq) {
+  _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kFarPrefetchBytes), _MM_HINT_T1);
+  const __m512i u = _mm512_loadu_si512(w + c * 64);
+  // u < 243: u - 81 wraps above u where u < 81, so min takes one 81 away where it can.
+  __m512i r = _mm512_min_epu8(u, _mm512_sub_epi8(u, R.v81));
+  r = _mm512_min_epu8(r, _mm512_sub_epi8(r, R.v81));
+  const __m512i m0 = _mm512_permutex2var_epi8(R.lo[0], r, R.hi[0]), m1 = _mm512_permutex2var_epi8(R.lo[1], r, R.hi[1]),
+                m2 = _mm512_permutex2var_epi8(R.lo[2], r, R.hi[2]);
+  #pragma GCC unroll 5
+  for (int j = 0; j < T; ++j) {
+    const __m512i x = _mm512_set1_epi32(load_le32(reinterpret_cast<const uint8_t*>(Q + j * ldq + 4 * c)));
+    dpbusd(acc[j][0], m0, x);
+    dpbusd(acc[j][1], m1, x);
+    dpbusd(acc[j][2], m2, x);
+    dpbusd(acc[j][3], r, x);
+    dpbusd(acc[j][4], u, x);
+  }
+}
+
+// A 1-token tile takes two chunks per step into two sets of accumulators (10 chains, not 5): one
+// core with the matrix in L2 streamed 52.5 GB/s, against 38.1 for the strips' VBMI decoder, whose
+// 9 decoding ops per chunk and 5 chains made one token compute-bound on a core (AMD Zen 5).
 template <int T, class O>
 MMFREE_TARGET_AVX512_VBMI inline void tq1_interleaved_tile(const uint8_t* w, int64_t chunks, const int8_t* Q,
                                                            int64_t ldq, const int32_t* qsum, const float* scale, O* out,
                                                            int64_t ldo, int64_t g, int64_t r0, int64_t r1) {
-  const auto& tab = interleaved_tq1_tables();
-  const __m512i lo0 = _mm512_load_si512(tab.t[0]), hi0 = _mm512_load_si512(tab.t[0] + 64);
-  const __m512i lo1 = _mm512_load_si512(tab.t[1]), hi1 = _mm512_load_si512(tab.t[1] + 64);
-  const __m512i lo2 = _mm512_load_si512(tab.t[2]), hi2 = _mm512_load_si512(tab.t[2] + 64);
-  const __m512i v81 = _mm512_set1_epi8(81);
-  __m512i acc[T][5];
-  #pragma GCC unroll 5
-  for (int j = 0; j < T; ++j)
+  constexpr int H = T == 1 ? 2 : 1;
+  const Tq1TileRegs R = tq1_tile_regs();
+  __m512i acc[H][T][5];
+  #pragma GCC unroll 2
+  for (int h = 0; h < H; ++h)
     #pragma GCC unroll 5
-    for (int a = 0; a < 5; ++a) acc[j][a] = _mm512_setzero_si512();
-  for (int64_t c = 0; c < chunks; ++c) {
-    _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kFarPrefetchBytes), _MM_HINT_T1);
-    const __m512i u = _mm512_loadu_si512(w + c * 64);
-    // u < 243: u - 81 wraps above u where u < 81, so min takes one 81 away where it can.
-    __m512i r = _mm512_min_epu8(u, _mm512_sub_epi8(u, v81));
-    r = _mm512_min_epu8(r, _mm512_sub_epi8(r, v81));
-    const __m512i m0 = _mm512_permutex2var_epi8(lo0, r, hi0), m1 = _mm512_permutex2var_epi8(lo1, r, hi1),
-                  m2 = _mm512_permutex2var_epi8(lo2, r, hi2);
+    for (int j = 0; j < T; ++j)
+      #pragma GCC unroll 5
+      for (int a = 0; a < 5; ++a) acc[h][j][a] = _mm512_setzero_si512();
+  int64_t c = 0;
+  for (; c + H <= chunks; c += H)
+    #pragma GCC unroll 2
+    for (int h = 0; h < H; ++h) tq1_interleaved_chunk<T>(acc[h], R, w, c + h, Q, ldq);
+  if (c < chunks) tq1_interleaved_chunk<T>(acc[0], R, w, c, Q, ldq);
+  if constexpr (H == 2)
     #pragma GCC unroll 5
-    for (int j = 0; j < T; ++j) {
-      const __m512i x = _mm512_set1_epi32(load_le32(reinterpret_cast<const uint8_t*>(Q + j * ldq + 4 * c)));
-      dpbusd(acc[j][0], m0, x);
-      dpbusd(acc[j][1], m1, x);
-      dpbusd(acc[j][2], m2, x);
-      dpbusd(acc[j][3], r, x);
-      dpbusd(acc[j][4], u, x);
-    }
-  }
+    for (int j = 0; j < T; ++j)
+      #pragma GCC unroll 5
+      for (int a = 0; a < 5; ++a) acc[0][j][a] = _mm512_add_epi32(acc[0][j][a], acc[1][j][a]);
   // Exact division of the differences (multiples of 3^k) by 3^k: times its inverse mod 2^32.
   const __m512i inv[4] = {_mm512_set1_epi32(int32_t(0xAAAAAAABu)), _mm512_set1_epi32(int32_t(0x38E38E39u)),
                           _mm512_set1_epi32(int32_t(0x684BDA13u)), _mm512_set1_epi32(int32_t(0x781948B1u))};
   __m512i t[T][5];
   #pragma GCC unroll 5
   for (int j = 0; j < T; ++j) {
-    t[j][0] = acc[j][0];
+    t[j][0] = acc[0][j][0];
     #pragma GCC unroll 4
-    for (int k = 1; k < 5; ++k) t[j][k] = _mm512_mullo_epi32(_mm512_sub_epi32(acc[j][k], acc[j][k - 1]), inv[k - 1]);
+    for (int k = 1; k < 5; ++k) t[j][k] = _mm512_mullo_epi32(_mm512_sub_epi32(acc[0][j][k], acc[0][j][k - 1]), inv[k - 1]);
   }
   store_group<T, 5>(t, qsum, scale, out, ldo, g, r0, r1);
 }
@@ -161,8 +209,9 @@ inline constexpr InterleavedTileFn<O> kTq1Tiles[kInterleavedTileTq1] = {
 // Every token of the pass over the groups that rows [r0, r1) touch, tile after tile per group (a
 // group's chunks are in L2 for the tiles after the first). tiles[k - 1] takes k tokens. The
 // tokens are shared evenly among the fewest tiles that hold them (7 tokens: 4 + 3, not 6 + 1):
-// a tile of 1 or 2 tokens has 4 or 8 vpdpbusd chains, too few to cover the instruction's latency
-// (12 keep both of AMD Zen 5's pipes busy), so it ran at half or 88% of the peak per MAC, measured.
+// with one chunk per step, a tile of 1 or 2 tokens had 4 or 8 vpdpbusd chains, too few to cover
+// the instruction's latency (12 keep both of AMD Zen 5's pipes busy), and ran at half or 88% of
+// the peak per MAC, measured; and a tile of 1 still decodes a chunk for a quarter of the work.
 template <class O>
 inline void interleaved_groups(const InterleavedTileFn<O>* tiles, int64_t max_tile, const TernaryMatrix& W,
                                const int8_t* Q, int64_t ldq, int64_t n, const int32_t* qsum, const float* scale, O* out,
@@ -208,7 +257,7 @@ template <bool Vbmi = false>
 MMFREE_TARGET_AVX512 inline void ternary_gemm_interleaved(const TernaryMatrix& W, const int8_t* Q, int64_t ldq,
                                                           int64_t n, int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
   if (r0 >= r1) return;
-  if (!W.interleaved || n == 1 || (W.format == TernaryFormat::TQ1 && !Vbmi))
+  if (!W.interleaved || (W.format == TernaryFormat::TQ1 && !Vbmi))
     return ternary_gemm_direct<true, Vbmi>(W, Q, ldq, n, out, ldo, r0, r1);
   interleaved_blocks<Vbmi, int32_t>(W, Q, ldq, n, nullptr, nullptr, out, ldo, r0, r1);
 }
