@@ -112,7 +112,7 @@ int cmd_info(const Args& a) {
               double(w.embeddings.nbytes()) / (1 << 20), mmfree::dtype_name(w.embeddings.dtype),
               double(4 * (ternary_params + emb + float_params)) / (1 << 20));
   if (m.interleaved_bytes())
-    std::printf("interleaved  %.2f MiB: a second copy of the ternary weights, which the kernels for several tokens read\n",
+    std::printf("interleaved  %.2f MiB: a second copy of the ternary weights, which the kernels named *-interleaved below read\n",
                 double(m.interleaved_bytes()) / (1 << 20));
   else
     std::printf("interleaved  none (--interleaved: %s)\n",

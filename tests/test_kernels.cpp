@@ -570,6 +570,7 @@ TEST(Chooser, ForcedKernels) {
     EXPECT_EQ(t.row_grain(copy, 1), kStripRows);
     EXPECT_EQ(t.row_grain(copy, 2), 64);
     EXPECT_EQ(kernels::preferred_table(TernaryFormat::TQ2, true).batch.interleaved, true);
+    EXPECT_EQ(kernels::preferred_table(TernaryFormat::TQ2, true).decode.interleaved, false);  // unless measured faster
     EXPECT_EQ(kernels::preferred_table(TernaryFormat::TQ2).batch.interleaved, false);
   }
   EXPECT_THAT(error_of([] { kernels::forced_table("scalar,scalar,scalar,scalar", TernaryFormat::TQ2); }),
