@@ -51,6 +51,26 @@ MMFREE_TARGET_AVX512 inline void store_group(const __m512i (&t)[T][P], const int
   }
 }
 
+// A tile's H sets of T x P accumulators: zeroed, and folded into set 0 after the chunks.
+template <int H, int T, int P>
+MMFREE_TARGET_AVX512 inline void zero_sets(__m512i (&acc)[H][T][P]) {
+  #pragma GCC unroll 2
+  for (int h = 0; h < H; ++h)
+    #pragma GCC unroll 6
+    for (int j = 0; j < T; ++j)
+      #pragma GCC unroll 5
+      for (int a = 0; a < P; ++a) acc[h][j][a] = _mm512_setzero_si512();
+}
+template <int H, int T, int P>
+MMFREE_TARGET_AVX512 inline void fold_sets(__m512i (&acc)[H][T][P]) {
+  #pragma GCC unroll 2
+  for (int h = 1; h < H; ++h)
+    #pragma GCC unroll 6
+    for (int j = 0; j < T; ++j)
+      #pragma GCC unroll 5
+      for (int a = 0; a < P; ++a) acc[0][j][a] = _mm512_add_epi32(acc[0][j][a], acc[h][j][a]);
+}
+
 // Chunk c of a TQ2 group into one set of a tile's accumulators.
 template <int T>
 MMFREE_TARGET_AVX512 inline void tq2_interleaved_chunk(__m512i (&acc)[T][4], const uint8_t* w, int64_t c, const int8_t* Q,
@@ -80,22 +100,13 @@ MMFREE_TARGET_AVX512 inline void tq2_interleaved_tile(const uint8_t* w, int64_t 
                                                       int64_t g, int64_t r0, int64_t r1) {
   constexpr int H = T <= 2 ? 2 : 1;
   __m512i acc[H][T][4];
-  #pragma GCC unroll 2
-  for (int h = 0; h < H; ++h)
-    #pragma GCC unroll 6
-    for (int j = 0; j < T; ++j)
-      #pragma GCC unroll 4
-      for (int a = 0; a < 4; ++a) acc[h][j][a] = _mm512_setzero_si512();
+  zero_sets(acc);
   int64_t c = 0;
   for (; c + H <= chunks; c += H)
     #pragma GCC unroll 2
     for (int h = 0; h < H; ++h) tq2_interleaved_chunk<T>(acc[h], w, c + h, Q, ldq);
   if (c < chunks) tq2_interleaved_chunk<T>(acc[0], w, c, Q, ldq);
-  if constexpr (H == 2)
-    #pragma GCC unroll 6
-    for (int j = 0; j < T; ++j)
-      #pragma GCC unroll 4
-      for (int a = 0; a < 4; ++a) acc[0][j][a] = _mm512_add_epi32(acc[0][j][a], acc[1][j][a]);
+  fold_sets(acc);
   __m512i t[T][4];
   #pragma GCC unroll 6
   for (int j = 0; j < T; ++j) {
@@ -164,22 +175,13 @@ MMFREE_TARGET_AVX512_VBMI inline void tq1_interleaved_tile(const uint8_t* w, int
   constexpr int H = T == 1 ? 2 : 1;
   const Tq1TileRegs R = tq1_tile_regs();
   __m512i acc[H][T][5];
-  #pragma GCC unroll 2
-  for (int h = 0; h < H; ++h)
-    #pragma GCC unroll 5
-    for (int j = 0; j < T; ++j)
-      #pragma GCC unroll 5
-      for (int a = 0; a < 5; ++a) acc[h][j][a] = _mm512_setzero_si512();
+  zero_sets(acc);
   int64_t c = 0;
   for (; c + H <= chunks; c += H)
     #pragma GCC unroll 2
     for (int h = 0; h < H; ++h) tq1_interleaved_chunk<T>(acc[h], R, w, c + h, Q, ldq);
   if (c < chunks) tq1_interleaved_chunk<T>(acc[0], R, w, c, Q, ldq);
-  if constexpr (H == 2)
-    #pragma GCC unroll 5
-    for (int j = 0; j < T; ++j)
-      #pragma GCC unroll 5
-      for (int a = 0; a < 5; ++a) acc[0][j][a] = _mm512_add_epi32(acc[0][j][a], acc[1][j][a]);
+  fold_sets(acc);
   // Exact division of the differences (multiples of 3^k) by 3^k: times its inverse mod 2^32.
   const __m512i inv[4] = {_mm512_set1_epi32(int32_t(0xAAAAAAABu)), _mm512_set1_epi32(int32_t(0x38E38E39u)),
                           _mm512_set1_epi32(int32_t(0x684BDA13u)), _mm512_set1_epi32(int32_t(0x781948B1u))};
