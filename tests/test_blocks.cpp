@@ -221,7 +221,8 @@ TEST(Ops, ExpApproxWithinTwoUlp) {
 // The element-wise loops run as AVX-512, AVX2 or baseline clones (whichever this CPU takes) and
 // must give the bits of one element at a time: no fused multiply-adds in one clone and not in
 // another (the AVX-512 clones of silu and the recurrence contracted once, so results moved with
-// the CPU). Odd sizes: the groups of 16 and 8, their remainders, one element.
+// the CPU). Odd sizes: the groups of 16 and 8, the recurrence's blocks of 64, their remainders, one
+// element.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
@@ -240,7 +241,7 @@ void silu_mul_reference(const float* g, const float* u, int64_t n, float* a) {
 
 TEST(Ops, ElementwiseLoopsGiveOneElementsBits) {
   std::mt19937 rng(11);
-  for (int64_t n : {1, 7, 8, 15, 16, 17, 33, 2563}) {
+  for (int64_t n : {1, 7, 8, 15, 16, 17, 33, 63, 64, 65, 129, 2563}) {
     const auto f = randn(rng, size_t(n), 3.0f), i = randn(rng, size_t(n), 3.0f), h0 = randn(rng, size_t(n));
     std::vector<float> lb(static_cast<size_t>(n));
     for (auto& x : lb) x = std::uniform_real_distribution<float>(0.0f, 0.9f)(rng);

@@ -345,7 +345,7 @@ TEST(Kernels, SumSquaresRowsBitExactWithScalar) {
 }
 
 TEST(Kernels, RmsnormQuantizeBitExactWithScalar) {
-  using RmsQuantizeFn = float (*)(const float*, const float*, int64_t, float*, int8_t*, int64_t, int32_t*);
+  using RmsQuantizeFn = float (*)(const float*, const float*, int64_t, int8_t*, int64_t, int32_t*);
   struct Twin {
     const char* name;
     RmsQuantizeFn rq;
@@ -365,18 +365,23 @@ TEST(Kernels, RmsnormQuantizeBitExactWithScalar) {
       for (auto& v : x) v = kind == 2 ? float(int(g(rng) * 4)) * 0.5f : g(rng) * (kind ? 1e3f : 1.0f);
       for (auto& v : w) v = kind == 2 ? 1.0f : 1.0f + 0.1f * g(rng);
       const int64_t np = activation_cols(n);
-      std::vector<float> tmp_ref(static_cast<size_t>(n));
       std::vector<int8_t> q_ref(static_cast<size_t>(np), 99);
       int32_t qsum_ref = -1;
-      const float s_ref = rmsnorm_quantize(x.data(), w.data(), n, tmp_ref.data(), q_ref.data(), np, &qsum_ref);
+      const float s_ref = rmsnorm_quantize(x.data(), w.data(), n, q_ref.data(), np, &qsum_ref);
       ASSERT_EQ(qsum_ref, sum_int8(q_ref.data(), np)) << "n=" << n;
+      {  // the reference is rmsnorm then quantize_int8, with no buffer between them
+        std::vector<float> y(static_cast<size_t>(n));
+        rmsnorm(x.data(), w.data(), n, kBitLinearEps, y.data());
+        std::vector<int8_t> q2(static_cast<size_t>(np), 99);
+        const float s2 = quantize_int8(y.data(), n, q2.data(), np);
+        ASSERT_EQ(std::memcmp(&s2, &s_ref, sizeof s2), 0) << "n=" << n;
+        ASSERT_EQ(q2, q_ref) << "n=" << n << " kind=" << kind;
+      }
       for (const Twin& t : twins) {
-        std::vector<float> tmp(static_cast<size_t>(n));
         std::vector<int8_t> q(static_cast<size_t>(np), 99);
         int32_t qsum = -1;
-        const float s = t.rq(x.data(), w.data(), n, tmp.data(), q.data(), np, &qsum);
+        const float s = t.rq(x.data(), w.data(), n, q.data(), np, &qsum);
         ASSERT_EQ(std::memcmp(&s, &s_ref, sizeof s), 0) << t.name << " n=" << n;
-        ASSERT_EQ(tmp, tmp_ref) << t.name << " n=" << n;
         ASSERT_EQ(q, q_ref) << t.name << " n=" << n << " kind=" << kind;
         ASSERT_EQ(qsum, qsum_ref) << t.name << " n=" << n << " kind=" << kind;
         const double a = t.ss(x.data(), n), b = sum_squares(x.data(), n);
@@ -413,15 +418,14 @@ TEST(Kernels, QuantizeRoundsLikeStdRoundNearEveryHalf) {
   y.push_back(-0.0f);
   const int64_t n = int64_t(y.size()), np = activation_cols(n);
   const std::vector<float> ones(y.size(), 1.0f);
-  std::vector<float> tmp(y.size());
   std::vector<int8_t> q_ref(static_cast<size_t>(np));
   int32_t sum_ref = 0;
-  ASSERT_EQ(scale_quantize(y.data(), 1.0f, ones.data(), n, tmp.data(), q_ref.data(), np, &sum_ref), 1.0f);
+  ASSERT_EQ(scale_quantize(y.data(), 1.0f, ones.data(), n, q_ref.data(), np, &sum_ref), 1.0f);
   for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(q_ref[i], int8_t(std::round(y[i]))) << y[i];
   for (auto f : twins) {
     std::vector<int8_t> q(size_t(np), 99);
     int32_t sum = 0;
-    ASSERT_EQ(f(y.data(), 1.0f, ones.data(), n, tmp.data(), q.data(), np, &sum), 1.0f);
+    ASSERT_EQ(f(y.data(), 1.0f, ones.data(), n, q.data(), np, &sum), 1.0f);
     for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(q[i], q_ref[i]) << "y = " << y[i];
     EXPECT_EQ(sum, sum_ref);
   }

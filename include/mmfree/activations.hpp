@@ -18,10 +18,9 @@ struct BitLinearScratch {
   std::vector<float> deq;    // [n]     weight scale / s_x: what dequantises token t's sums
   std::vector<int32_t> qsum; // [n]     sum of each token's q (the kernels' offset term)
   std::vector<int32_t> acc;  // [n, N]  ternary sums
-  std::vector<float> tmp;    // [n, K]  normalised inputs
 
-  void reserve(int64_t n, int64_t k_padded, int64_t k, int64_t out) {
-    grow(q, n * k_padded), grow(s_x, n), grow(deq, n), grow(qsum, n), grow(acc, n * out), grow(tmp, n * k);
+  void reserve(int64_t n, int64_t k_padded, int64_t out) {
+    grow(q, n * k_padded), grow(s_x, n), grow(deq, n), grow(qsum, n), grow(acc, n * out);
   }
   template <class T>
   static void grow(std::vector<T>& v, int64_t size) {

@@ -45,12 +45,12 @@ class BitLinear {
     for (int64_t t = t0; t < t1; ++t) {
       if (!r && (t - t0) % 4 == 0) ex.rms_factors(x + t * k, k, std::min<int64_t>(4, t1 - t), k, kBitLinearEps, own);
       const float rt = r ? r[t] : own[(t - t0) % 4];
-      s.s_x[size_t(t)] = ex.kernels.scale_quantize(x + t * k, rt, norm_.data(), k, s.tmp.data() + t * k,
-                                                   s.q.data() + t * kp, kp, &s.qsum[size_t(t)]);
+      s.s_x[size_t(t)] = ex.kernels.scale_quantize(x + t * k, rt, norm_.data(), k, s.q.data() + t * kp, kp,
+                                                   &s.qsum[size_t(t)]);
       s.deq[size_t(t)] = w_.scale / s.s_x[size_t(t)];
     }
   }
-  void reserve(int64_t n, BitLinearScratch& s) const { s.reserve(n, activation_cols(w_.cols), w_.cols, w_.rows); }
+  void reserve(int64_t n, BitLinearScratch& s) const { s.reserve(n, activation_cols(w_.cols), w_.rows); }
 
   // Step 3 for rows [r0, r1) only, on the calling thread: acc[t, r] = T[r] . q[t].
   template <class Acc>

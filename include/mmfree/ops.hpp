@@ -185,16 +185,19 @@ inline void rmsnorm(const float* x, const float* w, int64_t n, double eps, float
   rms_scale(x, rms_factor(sum_sq(x, n), n, eps), w, n, y);
 }
 
-// Per-token int8 quantisation: s_x = 127 / max(max|y|, 1e-5), q = clamp(round(y * s_x)).
-// Writes n codes and zeros up to n_padded; returns s_x. `qsum`, when given, gets the sum of the
-// codes (the kernels' offset term).
-inline float quantize_int8(const float* y, int64_t n, int8_t* q, int64_t n_padded, int32_t* qsum = nullptr) {
+// Per-token int8 quantisation of n values y(i): s_x = 127 / max(max|y|, 1e-5),
+// q = clamp(round(y * s_x)). Writes n codes and zeros up to n_padded; returns s_x. `qsum`, when
+// given, gets the sum of the codes (the kernels' offset term). y(i) is called twice per value
+// (the scan for the maximum, then the codes): recomputing two products is cheaper than a
+// buffer of n floats per token, which in a prefill is megabytes written and read back.
+template <class Y>
+inline float quantize_values(const Y& y, int64_t n, int8_t* q, int64_t n_padded, int32_t* qsum) {
   float amax = 0;
-  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(y[i]));
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(y(i)));
   const float s = 127.0f / std::max(amax, 1e-5f);
   int32_t sum = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const float v = std::round(y[i] * s);  // half away from zero, as the reference
+    const float v = std::round(y(i) * s);  // half away from zero, as the reference
     q[i] = int8_t(std::clamp(v, -128.0f, 127.0f));
     sum += q[i];
   }
@@ -202,18 +205,20 @@ inline float quantize_int8(const float* y, int64_t n, int8_t* q, int64_t n_padde
   if (qsum) *qsum = sum;
   return s;
 }
+inline float quantize_int8(const float* y, int64_t n, int8_t* q, int64_t n_padded, int32_t* qsum = nullptr) {
+  return quantize_values([y](int64_t i) { return y[i]; }, n, q, n_padded, qsum);
+}
 
-// BitLinear's front given the rms factor r of x: tmp = x * r * w_norm, then quantize_int8, one
-// token. Projections that read the same x (the MLGRU's f, i, g) share r. `tmp` holds n floats.
-inline float scale_quantize(const float* x, float r, const float* w_norm, int64_t n, float* tmp, int8_t* q,
-                            int64_t n_padded, int32_t* qsum = nullptr) {
-  for (int64_t i = 0; i < n; ++i) tmp[i] = x[i] * r * w_norm[i];
-  return quantize_int8(tmp, n, q, n_padded, qsum);
+// BitLinear's front given the rms factor r of x: quantize_int8 of y = x * r * w_norm, one
+// token. Projections that read the same x (the MLGRU's f, i, g) share r.
+inline float scale_quantize(const float* x, float r, const float* w_norm, int64_t n, int8_t* q, int64_t n_padded,
+                            int32_t* qsum = nullptr) {
+  return quantize_values([=](int64_t i) { return x[i] * r * w_norm[i]; }, n, q, n_padded, qsum);
 }
 // The whole front: rmsnorm(x, w_norm, kBitLinearEps) then quantize_int8.
-inline float rmsnorm_quantize(const float* x, const float* w_norm, int64_t n, float* tmp, int8_t* q,
-                              int64_t n_padded, int32_t* qsum = nullptr) {
-  return scale_quantize(x, rms_factor(sum_squares(x, n), n, kBitLinearEps), w_norm, n, tmp, q, n_padded, qsum);
+inline float rmsnorm_quantize(const float* x, const float* w_norm, int64_t n, int8_t* q, int64_t n_padded,
+                              int32_t* qsum = nullptr) {
+  return scale_quantize(x, rms_factor(sum_squares(x, n), n, kBitLinearEps), w_norm, n, q, n_padded, qsum);
 }
 
 }  // namespace mmfree

@@ -35,8 +35,8 @@ using TernaryGemmFn = void (*)(const TernaryMatrix& W, const int8_t* Q, int64_t 
 using TernaryGemmScaledFn = void (*)(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
                                      const float* scale, const int32_t* qsum, float* out, int64_t ldo, int64_t r0,
                                      int64_t r1);
-using ScaleQuantizeFn = float (*)(const float* x, float r, const float* w, int64_t n, float* tmp, int8_t* q,
-                                  int64_t n_padded, int32_t* qsum);
+using ScaleQuantizeFn = float (*)(const float* x, float r, const float* w, int64_t n, int8_t* q, int64_t n_padded,
+                                  int32_t* qsum);
 using SumSquaresFn = double (*)(const float* x, int64_t n);
 using SumSquaresRowsFn = void (*)(const float* x, int64_t ld, int64_t rows, int64_t n, double* out);
 

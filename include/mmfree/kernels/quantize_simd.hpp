@@ -95,8 +95,8 @@ MMFREE_TARGET_AVX512_Q inline __m128i round_to_int8(__m512 v, __m512i& sum) {
 
 // Full vectors unmasked: AMD Zen 4/5 run masked stores far slower than plain ones (a 2560-float
 // row took 25% longer with every store masked).
-MMFREE_TARGET_AVX512_Q inline float scale_quantize(const float* x, float rs, const float* w, int64_t n, float* tmp,
-                                                   int8_t* q, int64_t n_padded, int32_t* qsum = nullptr) {
+MMFREE_TARGET_AVX512_Q inline float scale_quantize(const float* x, float rs, const float* w, int64_t n, int8_t* q,
+                                                   int64_t n_padded, int32_t* qsum = nullptr) {
   const __m512 r = _mm512_set1_ps(rs);
   const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
   __m512 amax = _mm512_setzero_ps();
@@ -104,28 +104,31 @@ MMFREE_TARGET_AVX512_Q inline float scale_quantize(const float* x, float rs, con
   const __mmask16 tail = __mmask16((1u << (n - full)) - 1);
   for (int64_t i = 0; i < full; i += 16) {
     const __m512 y = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), r), _mm512_loadu_ps(w + i));
-    _mm512_storeu_ps(tmp + i, y);
     amax = _mm512_max_ps(amax, _mm512_and_ps(y, abs_mask));
   }
   if (tail) {
     const __m512 y = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(tail, x + full), r), _mm512_maskz_loadu_ps(tail, w + full));
-    _mm512_mask_storeu_ps(tmp + full, tail, y);
     amax = _mm512_max_ps(amax, _mm512_and_ps(y, abs_mask));
   }
   const float s = 127.0f / std::max(_mm512_reduce_max_ps(amax), 1e-5f);
   const __m512 vs = _mm512_set1_ps(s);
   __m512i sum = _mm512_setzero_si512();
-  for (int64_t i = 0; i < full; i += 16)
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), round_to_int8(_mm512_mul_ps(_mm512_loadu_ps(tmp + i), vs), sum));
-  if (tail) _mm_mask_storeu_epi8(q + full, tail, round_to_int8(_mm512_mul_ps(_mm512_maskz_loadu_ps(tail, tmp + full), vs), sum));
+  for (int64_t i = 0; i < full; i += 16) {
+    const __m512 y = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), r), _mm512_loadu_ps(w + i));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), round_to_int8(_mm512_mul_ps(y, vs), sum));
+  }
+  if (tail) {
+    const __m512 y = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(tail, x + full), r), _mm512_maskz_loadu_ps(tail, w + full));
+    _mm_mask_storeu_epi8(q + full, tail, round_to_int8(_mm512_mul_ps(y, vs), sum));
+  }
   if (n_padded > n) std::memset(q + n, 0, size_t(n_padded - n));
   if (qsum) *qsum = _mm512_reduce_add_epi32(sum);
   return s;
 }
 
-MMFREE_TARGET_AVX512_Q inline float rmsnorm_quantize(const float* x, const float* w, int64_t n, float* tmp,
-                                                     int8_t* q, int64_t n_padded, int32_t* qsum = nullptr) {
-  return scale_quantize(x, rms_factor(sum_squares(x, n), n, kBitLinearEps), w, n, tmp, q, n_padded, qsum);
+MMFREE_TARGET_AVX512_Q inline float rmsnorm_quantize(const float* x, const float* w, int64_t n, int8_t* q,
+                                                     int64_t n_padded, int32_t* qsum = nullptr) {
+  return scale_quantize(x, rms_factor(sum_squares(x, n), n, kBitLinearEps), w, n, q, n_padded, qsum);
 }
 
 }  // namespace avx512
@@ -171,25 +174,21 @@ inline void sum_squares_rows(const float* x, int64_t ld, int64_t rows, int64_t n
 }
 
 // The AVX-512 version's rounding (trunc(v + copysign(0.49999997, v))) and offset sum.
-MMFREE_TARGET_AVX2 inline float scale_quantize(const float* x, float rs, const float* w, int64_t n, float* tmp,
-                                                 int8_t* q, int64_t n_padded, int32_t* qsum = nullptr) {
+MMFREE_TARGET_AVX2 inline float scale_quantize(const float* x, float rs, const float* w, int64_t n, int8_t* q,
+                                                 int64_t n_padded, int32_t* qsum = nullptr) {
   const __m256 r = _mm256_set1_ps(rs);
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   __m256 amax = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 y = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), r), _mm256_loadu_ps(w + i));
-    _mm256_storeu_ps(tmp + i, y);
     amax = _mm256_max_ps(amax, _mm256_and_ps(y, abs_mask));
   }
   float a8[8];
   _mm256_storeu_ps(a8, amax);
   float a = 0;
   for (float v : a8) a = std::max(a, v);
-  for (; i < n; ++i) {
-    tmp[i] = x[i] * rs * w[i];
-    a = std::max(a, std::fabs(tmp[i]));
-  }
+  for (; i < n; ++i) a = std::max(a, std::fabs(x[i] * rs * w[i]));
   const float s = 127.0f / std::max(a, 1e-5f);
   const __m256 vs = _mm256_set1_ps(s), c = _mm256_set1_ps(0.49999997f);
   const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(int32_t(0x80000000u)));
@@ -197,7 +196,7 @@ MMFREE_TARGET_AVX2 inline float scale_quantize(const float* x, float rs, const f
   __m256i sum = _mm256_setzero_si256();
   i = 0;
   for (; i + 8 <= n; i += 8) {
-    __m256 v = _mm256_mul_ps(_mm256_loadu_ps(tmp + i), vs);
+    __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), r), _mm256_loadu_ps(w + i)), vs);
     __asm__("" : "+x"(v));  // no FMA contraction into the add (see avx512::round_to_int8)
     const __m256 t = _mm256_add_ps(v, _mm256_or_ps(_mm256_and_ps(v, sign), c));
     const __m256i i32 = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(t, lo), hi));
@@ -210,7 +209,7 @@ MMFREE_TARGET_AVX2 inline float scale_quantize(const float* x, float rs, const f
   int32_t total = 0;
   for (int32_t v : s8) total += v;
   for (; i < n; ++i) {
-    q[i] = int8_t(std::clamp(std::round(tmp[i] * s), -128.0f, 127.0f));
+    q[i] = int8_t(std::clamp(std::round(x[i] * rs * w[i] * s), -128.0f, 127.0f));
     total += q[i];
   }
   if (n_padded > n) std::memset(q + n, 0, size_t(n_padded - n));
@@ -218,9 +217,9 @@ MMFREE_TARGET_AVX2 inline float scale_quantize(const float* x, float rs, const f
   return s;
 }
 
-MMFREE_TARGET_AVX2 inline float rmsnorm_quantize(const float* x, const float* w, int64_t n, float* tmp, int8_t* q,
+MMFREE_TARGET_AVX2 inline float rmsnorm_quantize(const float* x, const float* w, int64_t n, int8_t* q,
                                                    int64_t n_padded, int32_t* qsum = nullptr) {
-  return scale_quantize(x, rms_factor(sum_squares(x, n), n, kBitLinearEps), w, n, tmp, q, n_padded, qsum);
+  return scale_quantize(x, rms_factor(sum_squares(x, n), n, kBitLinearEps), w, n, q, n_padded, qsum);
 }
 
 }  // namespace avx2
