@@ -385,6 +385,26 @@ TEST(Speculative, DraftLengthFollowsAcceptanceAndCost) {
   EXPECT_EQ(k_after, 8);
 }
 
+// Each drafted token right with probability 0.8 given the ones before it: the estimate is the
+// per-token rate (0.8), not kept over drafted (0.5-0.65 at 3-8 drafted, which chose 2-3 tokens),
+// and the length chosen is one that the true rate makes pay most (here 5-7: a pass costs 10% of
+// a step more per token).
+TEST(Speculative, DraftLengthEstimatesPerTokenAcceptance) {
+  std::mt19937 rng(5);
+  std::bernoulli_distribution right(0.8);
+  DraftLength len(8);
+  for (int i = 0; i < 600; ++i) {
+    const int k = len.next();
+    int kept = 0;
+    while (kept < k && right(rng)) ++kept;
+    len.record(k, kept, 0.010 * (1 + 0.1 * k), 0);
+  }
+  EXPECT_NEAR(len.acceptance(), 0.8, 0.07);
+  const int k = len.next();
+  EXPECT_GE(k, 4);
+  EXPECT_LE(k, 8);
+}
+
 // One slow pass in five (a neighbour's burst on a shared machine) must not make a drafter that
 // is never right look worth a pass. Averaged costs had a 2x plain step raise the plain cost by a
 // quarter; the slope from it to k = 1 came out flat, and the next pass drafted 8 tokens.
