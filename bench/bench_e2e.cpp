@@ -173,6 +173,8 @@ void BM_Decode(benchmark::State& state, std::string preset, TernaryFormat fmt, b
       secs += dt, seg_secs += dt;
       if (++seg_tokens == segment) {
         state.PauseTiming();
+        if (L.ternary) L.ternary->options().pool->rest();
+        if (L.fp32) L.fp32->rest();
         const double bw = bench::measure_bandwidth(threads, size_t(64) << 20, 1);
         bws.push_back(bw);
         fracs.push_back(double(seg_tokens) / seg_secs / (bw * 1e9 / double(L.bytes_per_token)));
@@ -198,6 +200,8 @@ void BM_Decode(benchmark::State& state, std::string preset, TernaryFormat fmt, b
 void BM_Prefill(benchmark::State& state, std::string preset, TernaryFormat fmt, bool fp32) {
   const int threads = int(state.range(0));
   Loaded& L = load(preset, fmt, fp32, threads);
+  if (L.ternary) L.ternary->options().pool->rest();
+  if (L.fp32) L.fp32->rest();
   const double bw = bench::bandwidth_now_gbs(threads);
   const double peak = bench::int8_peak_gmacs(threads);
   const auto ids = prompt_ids(32000);
@@ -249,6 +253,7 @@ void BM_Batch(benchmark::State& state, std::string preset, TernaryFormat fmt) {
     benchmark::DoNotOptimize(m.step_batch(ids, ptrs).data());
   };
   step();
+  m.options().pool->rest();
   const double bw = bench::bandwidth_now_gbs(threads), peak = bench::int8_peak_gmacs(threads);
   double secs = 0;
   for (auto _ : state) {

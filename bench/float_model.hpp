@@ -100,6 +100,8 @@ class FloatModel {
     head_.forward(xn_.data(), 1, logits.data(), tmp_, pool_);
     return logits;
   }
+  // Its workers asleep until the next step (ThreadPool::rest: before a probe).
+  void rest() { pool_.rest(); }
 
  private:
   struct Layer {

@@ -68,9 +68,14 @@ int bench_batches(const Args& a, const std::vector<int32_t>& threads, int64_t re
       step(b);
       b.steps_per_round = std::max<int64_t>(2, int64_t(0.2 / std::max(std::chrono::duration<double>(clk::now() - t0).count(), 1e-6)));
     }
-    for (int64_t r = 0; r < reps; ++r) {
+    // The probes run with the model's workers asleep, not spinning after the last step.
+    auto probe = [&] {
+      m.options().pool->rest();
       bws.push_back(mmfree::roofline::bandwidth_now_gbs(t));
       peaks.push_back(mmfree::roofline::int8_peak_gmacs(t));
+    };
+    for (int64_t r = 0; r < reps; ++r) {
+      probe();
       for (Batch& b : bs) {
         const auto t0 = clk::now();
         for (int64_t i = 0; i < b.steps_per_round; ++i) step(b);
@@ -80,8 +85,7 @@ int bench_batches(const Args& a, const std::vector<int32_t>& threads, int64_t re
     nlohmann::json rows = nlohmann::json::array();
     for (const Batch& b : bs)
       rows.push_back({{"batch", b.B}, {"step_ms", median(b.step_s) * 1e3}, {"tok_s", double(b.B) / median(b.step_s)}});
-    bws.push_back(mmfree::roofline::bandwidth_now_gbs(t));
-    peaks.push_back(mmfree::roofline::int8_peak_gmacs(t));
+    probe();
     // Both ceilings are medians over the rounds, like the step times: one probe of either taken
     // in a neighbour's burst would otherwise move every B's share.
     const double bw = median(bws), peak = median(peaks);

@@ -142,6 +142,20 @@ TEST(ThreadPool, ForRangeCoversEveryIndexOnce) {
 // index (here each worker sleeps 4x as long per index as the calling thread) to the others, at
 // once (the faster thread takes the slower one's last pieces) and over calls (the shares); every
 // index is still covered once per call, and the shares stay within [1/2, 3/2] of equal.
+// rest() returns with every worker asleep, and the pool works as before after it.
+TEST(ThreadPool, RestPutsWorkersToSleepAndWakesForTheNextSection) {
+  ThreadPool pool(3);
+  for (int round = 0; round < 20; ++round) {
+    std::vector<std::atomic<int>> hits(64);
+    pool.for_range(64, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) hits[size_t(i)].fetch_add(1);
+    }, 2);
+    for (auto& h : hits) ASSERT_EQ(h.load(), 1) << "round " << round;
+    pool.rest();  // would hang if a worker never went to sleep
+  }
+  ThreadPool(1).rest();  // no workers: returns at once
+}
+
 TEST(ThreadPool, BalancedRangesFollowEachThreadsSpeed) {
   ThreadPool pool(2);
   const auto caller = std::this_thread::get_id();

@@ -571,6 +571,7 @@ int64_t memory_bound_tokens(const mmfree::Model& m, double& bandwidth, double& p
     bytes += double(l.weights().nbytes());
     macs += double(l.in_features()) * double(l.out_features());
   });
+  m.options().pool->rest();  // (the chooser's workers, asleep rather than spinning through the probes)
   bandwidth = mmfree::roofline::bandwidth_now_gbs(m.options().threads);
   peak = mmfree::roofline::int8_peak_gmacs(m.options().threads);
   if (peak <= 0 || bandwidth <= 0) return 16;

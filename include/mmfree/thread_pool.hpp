@@ -120,6 +120,16 @@ class ThreadPool {
     finish();
     rebalance();
   }
+  // Workers stop spinning and sleep until the next section; returns once every worker sleeps.
+  // For timing something else on the same cores between sections, such as the roofline's probes
+  // between a benchmark's steps: a worker still spinning after the last section took a core from
+  // the probe for up to ~20 ms, and the int8 probe read 595-803 GMAC/s where it read 823 in a
+  // process of its own and the model's prefill ran at 685-698 (AMD Zen 5, 2 threads).
+  void rest() {
+    resting_.store(true, std::memory_order_release);
+    while (sleeping_.load(std::memory_order_acquire) < n_ - 1) std::this_thread::yield();
+  }
+
   // The current shares of for_range_balanced, one per thread (they sum to 1).
   std::vector<double> shares() const { return share_; }
 
@@ -137,6 +147,7 @@ class ThreadPool {
 
  private:
   void start(int n_tasks, const std::function<void(int)>& fn, bool pinned) {
+    resting_.store(false, std::memory_order_relaxed);
     fn_ = &fn;
     n_tasks_ = n_tasks;
     pinned_ = pinned;
@@ -185,13 +196,15 @@ class ThreadPool {
     uint64_t seen = 0;
     for (;;) {
       uint64_t g = generation_.load(std::memory_order_acquire);
-      for (int spin = 0; g == seen && spin < 20000; ++spin) {
+      for (int spin = 0; g == seen && spin < 20000 && !resting_.load(std::memory_order_acquire); ++spin) {
         if (spin < 4000) MMFREE_PAUSE();
         else std::this_thread::yield();
         g = generation_.load(std::memory_order_acquire);
       }
       if (g == seen) {
+        sleeping_.fetch_add(1, std::memory_order_acq_rel);
         generation_.wait(seen, std::memory_order_acquire);
+        sleeping_.fetch_sub(1, std::memory_order_acq_rel);
         continue;
       }
       seen = g;
@@ -208,6 +221,8 @@ class ThreadPool {
   std::atomic<bool> stop_{false};
   std::atomic<int> next_{0};
   std::atomic<int> pending_{0};
+  std::atomic<bool> resting_{false};  // rest(): workers sleep at once instead of spinning
+  std::atomic<int> sleeping_{0};      // workers waiting on generation_
   int n_tasks_ = 0;
   bool pinned_ = false;  // task i runs on thread i (for_range_balanced)
   const std::function<void(int)>* fn_ = nullptr;
