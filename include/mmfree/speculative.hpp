@@ -230,8 +230,8 @@ class DraftLength {
   // rejected, a pass rejecting at most one (the tokens after the first rejection are never
   // judged), with half a token of each to start from (0.5 before any evidence). Kept over drafted
   // read low by the tokens drafted after a rejection: at 0.8 per token and 3 drafted, 0.65; the
-  // next length then came out too short (2.4 tokens drafted on average where 3-6 pay, 2.26x
-  // against ~2.4x plain decoding, 2.7B preset on AMD Zen 5).
+  // length then came out too short (2.4 tokens on average where the measured pass costs made 3
+  // pay most: 2.7B preset on AMD Zen 5).
   double acceptance() const { return (kept_ + 0.5) / (kept_ + rejected_ + 1.0); }
 
  private:
