@@ -241,7 +241,7 @@ void silu_mul_reference(const float* g, const float* u, int64_t n, float* a) {
 
 TEST(Ops, ElementwiseLoopsGiveOneElementsBits) {
   std::mt19937 rng(11);
-  for (int64_t n : {1, 7, 8, 15, 16, 17, 33, 63, 64, 65, 129, 2563}) {
+  for (int64_t n : {1, 7, 8, 15, 16, 17, 33, 63, 64, 65, 80, 95, 129, 2563}) {
     const auto f = randn(rng, size_t(n), 3.0f), i = randn(rng, size_t(n), 3.0f), h0 = randn(rng, size_t(n));
     std::vector<float> lb(static_cast<size_t>(n));
     for (auto& x : lb) x = std::uniform_real_distribution<float>(0.0f, 0.9f)(rng);
