@@ -40,7 +40,7 @@ struct Args {
   }
   // Every flag given must be one this command knows.
   void allow(std::vector<std::string> known, bool model_flags = true) const {
-    if (model_flags) known.insert(known.end(), {"model", "threads", "kernels", "format", "no-huge-pages", "interleaved"});
+    if (model_flags) known.insert(known.end(), {"model", "threads", "kernels", "format", "no-huge-pages", "interleaved", "wide"});
     auto check = [&](const std::string& k) {
       if (std::find(known.begin(), known.end(), k) == known.end())
         fail("--" + k, "unknown option for '" + std::string(command->name) + "' (see mmfree-cli " + command->name +
@@ -69,6 +69,12 @@ inline mmfree::ModelOptions model_options(const Args& a) {
     else if (v == "off") o.interleaved = false;
     else if (v != "auto") mmfree::fail("--interleaved " + v, "expected auto, on or off");
   }
+  if (a.has("wide")) {
+    const std::string v = a.str("wide");
+    if (v == "on") o.wide = true;
+    else if (v == "off") o.wide = false;
+    else if (v != "auto") mmfree::fail("--wide " + v, "expected auto, on or off");
+  }
   return o;
 }
 
@@ -86,6 +92,10 @@ inline std::string kernel_summary(const mmfree::Model& m) {
   s += buf;
   if (m.interleaved_bytes()) {
     std::snprintf(buf, sizeof buf, "; interleaved copy %.0f MiB", double(m.interleaved_bytes()) / (1 << 20));
+    s += buf;
+  }
+  if (m.wide_bytes()) {
+    std::snprintf(buf, sizeof buf, "; wide copy %.0f MiB", double(m.wide_bytes()) / (1 << 20));
     s += buf;
   }
   return s;

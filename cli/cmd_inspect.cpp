@@ -119,6 +119,13 @@ int cmd_info(const Args& a) {
                 !mmfree::kernels::interleaved_runs(m.format()) ? "no kernel for it on this CPU"
                 : m.options().interleaved == false          ? "off"
                                                             : "not faster here, or no memory for it");
+  if (m.wide_bytes())
+    std::printf("wide         %.2f MiB: the TQ1 weights again in 2-bit digits, which the kernel named avx512-wide below reads\n",
+                double(m.wide_bytes()) / (1 << 20));
+  else if (m.format() == mmfree::TernaryFormat::TQ1)
+    std::printf("wide         none (--wide: %s)\n", !mmfree::kernels::wide_runs(m.format()) ? "no kernel for it on this CPU"
+                                                 : m.options().wide == false                ? "off"
+                                                                                            : "not faster here, or no memory for it");
   std::printf("kernels      %s\n", kernel_summary(m).c_str());
   std::printf("threads      %d\n", m.options().threads);
   std::optional<mmfree::Tokenizer> t;

@@ -18,7 +18,9 @@ const char* kCommon =
     "  --no-huge-pages        weights in ordinary pages\n"
     "  --interleaved auto|on|off  a second copy of the weights that passes of several tokens\n"
     "                         read faster (AVX-512); auto: kept where memory allows and it\n"
-    "                         measures faster (default)\n";
+    "                         measures faster (default)\n"
+    "  --wide auto|on|off     TQ1: one more copy in 2-bit digits, which prompts may read\n"
+    "                         faster (AVX-512); auto as above (default)\n";
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> all = {

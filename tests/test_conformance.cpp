@@ -196,6 +196,44 @@ TEST(Conformance, StepBatchEqualsSeparateSteps) {
   }
 }
 
+// The wide copies (ModelOptions::wide: a TQ1 model's weights again in 2-bit digits) change which
+// bytes prompts read, never a result: prefills in passes of 37 tokens (the prefill kernel) and
+// batched steps beside them, on models whose rows are and are not multiples of 64, 1 and 2 threads.
+TEST(Conformance, WideCopiesChangeNoBit) {
+  if (!kernels::wide_runs(TernaryFormat::TQ1)) GTEST_SKIP() << "no kernel reads wide copies on this CPU";
+  for (std::string dir : {data_dir() + "/kjv-tiny", data_dir() + "/odd-b", bundled_model()})
+    for (int threads : {1, 2}) {
+      ModelOptions a = opts(threads, TernaryFormat::TQ1), b = opts(threads, TernaryFormat::TQ1);
+      a.interleaved = false;
+      a.wide = false;
+      b.wide = true;
+      b.kernels = "avx512-vbmi,avx512-vbmi-interleaved,avx512-wide";
+      a.prefill_chunk = b.prefill_chunk = 37;
+      Model ma = load_model(dir, a), mb = load_model(dir, b);
+      const std::string label = dir + " threads " + std::to_string(threads);
+      EXPECT_EQ(ma.wide_bytes(), 0u) << label;
+      EXPECT_GT(mb.wide_bytes(), 0u) << label;
+      EXPECT_TRUE(mb.kernel_choice().prefill.chosen.wide) << label;
+      const int64_t V = ma.vocab_size();
+      std::vector<int32_t> ids;
+      for (int i = 0; i < 100; ++i) ids.push_back(int32_t((29 * i + 5) % V));
+      State sa = ma.new_state(), sb = mb.new_state();
+      EXPECT_EQ(ma.prefill(ids, sa), mb.prefill(ids, sb)) << label;
+      EXPECT_EQ(sa.h, sb.h) << label;
+      // 17 sequences in one step: more than batch_max, so the prefill kernel on the wide copy.
+      std::vector<State> ba(17, sa), bb(17, sb);
+      std::vector<State*> pa, pb;
+      for (size_t k = 0; k < ba.size(); ++k) pa.push_back(&ba[k]), pb.push_back(&bb[k]);
+      const std::vector<int32_t> step_ids(ids.begin(), ids.begin() + 17);
+      ASSERT_EQ(ma.step_batch(step_ids, pa), mb.step_batch(step_ids, pb)) << label;
+      for (size_t k = 0; k < ba.size(); ++k) EXPECT_EQ(ba[k].h, bb[k].h) << label << " sequence " << k;
+    }
+  // A TQ2 model takes none, whatever is asked.
+  ModelOptions o = opts(1, TernaryFormat::TQ2);
+  o.wide = true;
+  EXPECT_EQ(load_model(data_dir() + "/kjv-tiny", o).wide_bytes(), 0u);
+}
+
 // The interleaved copies (ModelOptions::interleaved) change which bytes the kernels read, never
 // a result: prefills, batched steps and verification passes are bit-identical with and without
 // them, on models whose rows are and are not multiples of a group (64 or 80), 1 and 2 threads.

@@ -46,9 +46,12 @@ int32_t naive_dot(const int8_t* t, const int8_t* q, int64_t n) {
 
 const TernaryFormat kFormats[] = {TernaryFormat::TQ2, TernaryFormat::TQ1};
 
-// W with its interleaved copy where the layout takes it, so that every kernel (those that read
-// the copy and those that read the strips) runs on the same matrix.
-TernaryMatrix with_copy(TernaryMatrix W) { return interleavable(W) ? with_interleaved(std::move(W)) : W; }
+// W with its interleaved copy where the layout takes it, and its wide copy where W is TQ1, so that
+// every kernel (those that read a copy and those that read the strips) runs on the same matrix.
+TernaryMatrix with_copy(TernaryMatrix W) {
+  if (interleavable(W)) W = with_interleaved(std::move(W));
+  return widenable(W) ? with_wide(std::move(W)) : W;
+}
 
 // Random rows x cols weights and n tokens through each kernel, rows split over 1 and 3 threads
 // at arbitrary points (mid-strip), against the scalar reference, bit for bit.
@@ -64,6 +67,9 @@ void expect_kernels_match_scalar(std::mt19937& rng, TernaryFormat f, int64_t row
     std::vector<int32_t> got(size_t(n * rows), 12345);
     kernels::ternary_gemm_interleaved_scalar(m, q.data(), ld, n, got.data(), rows, 0, rows);
     ASSERT_EQ(got, ref) << "interleaved scalar " << format_name(f) << " " << rows << "x" << cols << " n=" << n;
+    std::fill(got.begin(), got.end(), 12345);
+    kernels::ternary_gemm_wide_scalar(m, q.data(), ld, n, got.data(), rows, 0, rows);
+    ASSERT_EQ(got, ref) << "wide scalar " << format_name(f) << " " << rows << "x" << cols << " n=" << n;
   }
   for (const auto& k : ks)
     for (int threads : {1, 3}) {
@@ -283,12 +289,39 @@ TEST(InterleavedLayout, HoldsTheStripsDigits) {
   EXPECT_THAT(error_of([&] { with_interleaved(wide); }), HasSubstr("interleaved copy"));
 }
 
+// A TQ1 matrix's wide copy holds its digits in the TQ2 layout's groups of 64 rows (the TQ1 copy's
+// are 80), padding digits 1; TQ2 matrices and overlong rows take none, with a message.
+TEST(InterleavedLayout, WideCopyHoldsTheTq1StripsDigitsAsTq2) {
+  std::mt19937 rng(5);
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 1}, {16, 4}, {17, 5}, {63, 21}, {64, 37}, {65, 160},
+                            {79, 3}, {80, 19}, {81, 41}, {161, 257}}) {
+    auto t = random_ternary(rng, size_t(rows * cols));
+    const TernaryMatrix m = with_wide(pack_ternary(t.data(), rows, cols, TernaryFormat::TQ1));
+    ASSERT_NE(m.wide, nullptr);
+    EXPECT_EQ(m.interleaved, nullptr);
+    const int64_t chunks = interleaved_chunks(m);
+    EXPECT_EQ(int64_t(interleaved_bytes(m, TernaryFormat::TQ2)), (rows + 63) / 64 * chunks * 64);
+    for (int64_t r = 0; r < interleaved_groups(m, TernaryFormat::TQ2) * 64; ++r)
+      for (int64_t c = 0; c < 4 * chunks; ++c) {
+        const int want = r < rows && c < cols ? t[size_t(r * cols + c)] + 1 : 1;
+        ASSERT_EQ(interleaved_digit(TernaryFormat::TQ2, m.wide, chunks, r, c), want)
+            << rows << "x" << cols << " row " << r << " column " << c;
+      }
+    EXPECT_EQ(without_wide(m).wide, nullptr);
+  }
+  EXPECT_FALSE(widenable(TernaryMatrix::shape(TernaryFormat::TQ2, 64, 64)));
+  EXPECT_THAT(error_of([&] { with_wide(TernaryMatrix::shape(TernaryFormat::TQ2, 64, 64)); }),
+              HasSubstr("wide copy: a TQ2 matrix"));
+  EXPECT_THAT(error_of([&] { with_wide(TernaryMatrix::shape(TernaryFormat::TQ1, 1, kInterleavedMaxCols + 1)); }),
+              HasSubstr("wide copy"));
+}
+
 // A kernel that reads the copy, given a matrix without one, or rows split inside a group (each
 // range computes the group and stores only its own rows): the same bits as the scalar reference.
 TEST(InterleavedLayout, KernelsWithoutCopyOrMidGroupRanges) {
   std::mt19937 rng(13);
   for (const auto& k : kernels::available_kernels()) {
-    if (!k.interleaved) continue;
+    if (!k.interleaved && !k.wide) continue;
     for (auto f : kFormats) {
       if (!k.for_format(f)) continue;
       // 84 and 83 chunks of 4 columns: the 1- and 2-token tiles take two chunks per step, and one
@@ -296,7 +329,8 @@ TEST(InterleavedLayout, KernelsWithoutCopyOrMidGroupRanges) {
       for (const int64_t cols : {333, 329}) {
       const int64_t rows = 300, ld = activation_cols(cols);
       auto t = random_ternary(rng, size_t(rows * cols));
-      const TernaryMatrix plain = pack_ternary(t.data(), rows, cols, f), copy = with_interleaved(plain);
+      const TernaryMatrix plain = pack_ternary(t.data(), rows, cols, f);
+      const TernaryMatrix copy = k.wide ? with_wide(plain) : with_interleaved(plain);
       for (int64_t n : {1, 2, 7, 13}) {
         auto q = random_q(rng, n, cols, ld);
         std::vector<int32_t> ref(size_t(n * rows));
@@ -524,7 +558,7 @@ TEST(Chooser, CandidatesFollowRegimeAndFormat) {
     for (const auto& k : kernels::available_kernels())
       for (Regime r : kernels::kRegimes) {
         const bool expected = k.for_regime(r) && k.for_format(f) && (!simd || k.isa != kernels::Isa::Scalar) &&
-                              !k.interleaved;  // m has no interleaved copy
+                              !k.interleaved && !k.wide;  // m has no interleaved or wide copy
         EXPECT_EQ(seen[r].count(k.name) > 0, expected) << k.name << " " << regime_name(r) << " " << format_name(f);
       }
     EXPECT_EQ(seen[Regime::Decode].count("amx"), 0u);
@@ -545,6 +579,18 @@ TEST(Chooser, CandidatesFollowRegimeAndFormat) {
       EXPECT_EQ(seen[Regime::Batch].count(k.name), 1u) << k.name;
       EXPECT_EQ(seen[Regime::Prefill].count(k.name), 1u) << k.name;
       EXPECT_EQ(seen[Regime::Decode].count(k.name), 1u) << k.name;
+    }
+    // With a wide copy (TQ1), the kernel that reads it competes for prompts only, first in line.
+    if (f == TernaryFormat::TQ1 && kernels::wide_runs(f)) {
+      seen.clear();
+      const TernaryMatrix w = with_wide(pack_ternary(t.data(), 16, 16, f));
+      kernels::choose_kernels({&w}, nullptr, o);
+      EXPECT_EQ(seen[Regime::Prefill].count("avx512-wide"), 1u);
+      EXPECT_EQ(seen[Regime::Batch].count("avx512-wide"), 0u);
+      EXPECT_EQ(seen[Regime::Decode].count("avx512-wide"), 0u);
+      EXPECT_EQ(kernels::detail::candidates(Regime::Prefill, f, false, true).front().name, std::string("avx512-wide"));
+      EXPECT_EQ(kernels::detail::candidates(Regime::Batch, f, false, true).front().name,
+                std::string(kernels::incumbent(Regime::Batch, f).name));
     }
   }
 }

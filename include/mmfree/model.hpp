@@ -58,6 +58,13 @@ struct ModelOptions {
   // that reads it fastest; true: built wherever such a kernel runs (and used without a chooser);
   // false: never. It costs the weights' size again in memory, never a different result.
   std::optional<bool> interleaved;
+  // TQ1 only: a further copy in the interleaved layout's TQ2 digits (interleaved_format.hpp), which
+  // prompts (passes of more than kernels::kBatchMaxTokens tokens) may read faster than the TQ1
+  // copy (3 decoding ops per chunk, not 7) for 1.25x its bytes: 512-token prefills of the 1.3B and
+  // 2.7B TQ1 presets 2-4% faster (AMD Zen 5). Unset, true, false: as `interleaved` (unset: built
+  // where such a kernel runs and memory has room for it twice over, kept if the chooser picks it
+  // for prompts, where it is the incumbent).
+  std::optional<bool> wide;
   // Run on this pool instead of one of the model's own (threads is then its size): models used in
   // turn, such as a draft model and its target, share one set of threads instead of two sets
   // that would spin against each other.
@@ -86,12 +93,16 @@ class BasicModel {
     if (!w_.arena) copy_into_arena(w_, opt_.format.value_or(w_.lm_head.weights().format), opt_.huge_pages, *pool_);
     const TernaryFormat f = format();
     const bool copies_run = kernels::interleaved_runs(f) && opt.interleaved.value_or(true);
+    const bool wide_runs = kernels::wide_runs(f) && opt.wide.value_or(true);
     auto add_copies = [&] { interleaved_bytes_ = add_interleaved_copies(w_, opt_.huge_pages, *pool_); };
+    auto add_wide = [&] { wide_bytes_ = add_wide_copies(w_, opt_.huge_pages, *pool_); };
     if (!opt.kernels.empty()) {
       choice_ = kernels::KernelChoice::of_table(kernels::forced_table(opt.kernels, f));
       if (copies_run && choice_.table().reads_interleaved()) add_copies();
+      if (wide_runs && choice_.table().reads_wide()) add_wide();
     } else if (opt.choose_kernels) {  // on the matrices in their final place, as they will run
-      if (copies_run && (opt.interleaved || interleaved_fits())) add_copies();
+      if (copies_run && (opt.interleaved || copies_fit(false))) add_copies();
+      if (wide_runs && (opt.wide || copies_fit(true))) add_wide();
       std::vector<const TernaryMatrix*> ms;
       for_each_bitlinear(w_, [&](const std::string&, const BitLinear& l) { ms.push_back(&l.weights()); });
       choice_ = opt.choose_kernels(ms, pool_.get());
@@ -99,14 +110,21 @@ class BasicModel {
         drop_interleaved_copies(w_);  // measured no faster here: not worth its memory
         interleaved_bytes_ = 0;
       }
+      if (wide_bytes_ && !choice_.table().reads_wide() && !opt.wide) {
+        drop_wide_copies(w_);
+        wide_bytes_ = 0;
+      }
     } else {
       if (copies_run && opt.interleaved.value_or(false)) add_copies();
-      choice_ = kernels::KernelChoice::of_table(kernels::preferred_table(f, interleaved_bytes_ > 0));
+      if (wide_runs && opt.wide.value_or(false)) add_wide();
+      choice_ = kernels::KernelChoice::of_table(kernels::preferred_table(f, interleaved_bytes_ > 0, wide_bytes_ > 0));
     }
     exec_.kernels = choice_.table();
   }
   // Bytes of the interleaved copies the model holds (0: none; ModelOptions::interleaved).
   size_t interleaved_bytes() const { return interleaved_bytes_; }
+  // Bytes of the wide copies the model holds (0: none; ModelOptions::wide).
+  size_t wide_bytes() const { return wide_bytes_; }
 
   const Config& config() const { return w_.config; }
   const ModelWeights& weights() const { return w_; }
@@ -330,12 +348,14 @@ class BasicModel {
   ModelOptions opt_;
   BasicExec<Acc> exec_;
   kernels::KernelChoice choice_;
-  size_t interleaved_bytes_ = 0;
+  size_t interleaved_bytes_ = 0, wide_bytes_ = 0;
 
-  // Room for the interleaved copies: at most half of the memory available now.
-  bool interleaved_fits() const {
+  // Room for the interleaved copies (or the wide ones): at most half of the memory available now.
+  bool copies_fit(bool wide) const {
     size_t need = 0;
-    for_each_bitlinear(w_, [&](const std::string&, const BitLinear& l) { need += mmfree::interleaved_bytes(l.weights()); });
+    for_each_bitlinear(w_, [&](const std::string&, const BitLinear& l) {
+      need += mmfree::interleaved_bytes(l.weights(), wide ? TernaryFormat::TQ2 : l.weights().format);
+    });
     const size_t avail = available_memory();
     return avail == 0 || 2 * need <= avail;
   }

@@ -84,6 +84,10 @@ struct TernaryMatrix {
   // that passes of a few tokens read where it was built (Model, ModelOptions::interleaved).
   const uint8_t* interleaved = nullptr;
   std::shared_ptr<const void> interleaved_owner;
+  // A TQ1 matrix's weights in the interleaved layout's TQ2 digits, or null: a third copy that
+  // compute-bound passes may read (interleaved_format.hpp, ModelOptions::wide).
+  const uint8_t* wide = nullptr;
+  std::shared_ptr<const void> wide_owner;
 
   int64_t padded_cols() const { return chunks * chunk_cols(format); }  // columns including padding
   int64_t strip_bytes() const { return chunks * kChunkBytes; }

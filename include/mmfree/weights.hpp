@@ -206,9 +206,29 @@ inline size_t add_interleaved_copies(ModelWeights& w, bool huge_pages, ThreadPoo
   });
   return total;
 }
+// Gives every TQ1 BitLinear of w its wide copy (interleaved_format.hpp) the same way; returns the
+// bytes it took (0 for TQ2 weights).
+inline size_t add_wide_copies(ModelWeights& w, bool huge_pages, ThreadPool& pool) {
+  size_t total = 0;
+  for_each_bitlinear(w, [&](const std::string&, BitLinear& l) {
+    if (widenable(l.weights())) total += WeightArena::slice_bytes(interleaved_bytes(l.weights(), TernaryFormat::TQ2));
+  });
+  if (total == 0) return 0;
+  auto arena = std::make_shared<WeightArena>(total, huge_pages);
+  for_each_bitlinear(w, [&](const std::string&, BitLinear& l) {
+    if (!widenable(l.weights())) return;
+    auto mem = arena->take(interleaved_bytes(l.weights(), TernaryFormat::TQ2));
+    l = BitLinear(with_wide(l.weights(), std::move(mem), [&](int64_t n, const auto& fn) { pool.for_range(n, 1, fn); }),
+                  l.norm());
+  });
+  return total;
+}
 // Drops the copies (their memory goes with the last matrix that held one).
 inline void drop_interleaved_copies(ModelWeights& w) {
   for_each_bitlinear(w, [&](const std::string&, BitLinear& l) { l = BitLinear(without_interleaved(l.weights()), l.norm()); });
+}
+inline void drop_wide_copies(ModelWeights& w) {
+  for_each_bitlinear(w, [&](const std::string&, BitLinear& l) { l = BitLinear(without_wide(l.weights()), l.norm()); });
 }
 
 }  // namespace mmfree

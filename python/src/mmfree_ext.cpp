@@ -54,7 +54,7 @@ struct PyModel : std::enable_shared_from_this<PyModel> {
 
   static std::shared_ptr<PyModel> load(const std::string& path, std::optional<int> threads, std::optional<std::string> kernels,
                                        std::optional<std::string> format, std::shared_ptr<PyModel> share_threads_with,
-                                       std::optional<bool> interleaved) {
+                                       std::optional<bool> interleaved, std::optional<bool> wide) {
     if (!std::filesystem::exists(path)) {
       PyErr_SetString(PyExc_FileNotFoundError, (path + ": no such file or directory").c_str());
       throw py::error_already_set();
@@ -66,6 +66,7 @@ struct PyModel : std::enable_shared_from_this<PyModel> {
     if (format) o.format = mmfree::parse_format(*format, "format");
     if (share_threads_with) o.pool = share_threads_with->m.options().pool;
     o.interleaved = interleaved;
+    o.wide = wide;
     py::gil_scoped_release unlocked;
     mmfree::Model m = mmfree::load_model(path, o);
     mmfree::Tokenizer t = mmfree::load_tokenizer(path);
@@ -295,8 +296,10 @@ PYBIND11_MODULE(_mmfree, mod) {
   py::class_<PyModel, std::shared_ptr<PyModel>>(mod, "Model")
       .def(py::init(&PyModel::load), py::arg("path"), py::arg("threads") = py::none(), py::arg("kernels") = py::none(),
            py::arg("format") = py::none(), py::arg("share_threads_with") = py::none(), py::arg("interleaved") = py::none(),
+           py::arg("wide") = py::none(),
            "loads a GGUF file or a Hugging Face directory (kernels chosen by measuring on this CPU unless forced; "
-           "interleaved: a second copy of the weights for passes of several tokens, None = where it measures faster)")
+           "interleaved: a second copy of the weights for passes of several tokens, None = where it measures faster; "
+           "wide: TQ1 only, one more copy in 2-bit digits for compute-bound passes, None = the same)")
       .def_readonly("path", &PyModel::path)
       .def_property_readonly("config", [](const PyModel& p) {
         const auto& c = p.m.config();
@@ -315,6 +318,7 @@ PYBIND11_MODULE(_mmfree, mod) {
         d["decode"] = std::string(k.decode.chosen.name), d["batch"] = std::string(k.batch.chosen.name);
         d["prefill"] = std::string(k.prefill.chosen.name);
         d["interleaved_bytes"] = p.m.interleaved_bytes();
+        d["wide_bytes"] = p.m.wide_bytes();
         return d;
       })
       .def("n_vocab", [](const PyModel& p) { return p.m.vocab_size(); })

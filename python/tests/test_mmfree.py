@@ -102,6 +102,21 @@ def test_interleaved_copies_change_no_bit(model):
     assert np.array_equal(off.step_batch(ids[:5], a), on.step_batch(ids[:5], b))
 
 
+def test_wide_copies_change_no_bit(model):
+    # TQ1 with its wide copy read for prompts: the same logits; a TQ2 model takes none.
+    ids = model.tokenize("And God said, Let there be light: and there was light, and it was good")
+    plain = mmfree.Model(MODEL, threads=2, format="tq1", interleaved=False, wide=False)
+    try:
+        wide = mmfree.Model(MODEL, threads=2, format="tq1", wide=True,
+                            kernels="avx512-vbmi,avx512-vbmi-interleaved,avx512-wide")
+    except Exception as e:  # not an x86-64 build, or no AVX-512 VBMI here
+        pytest.skip(f"no kernel reads wide copies on this CPU: {e}")
+    assert plain.kernel_choice["wide_bytes"] == 0 and wide.kernel_choice["wide_bytes"] > 0
+    assert wide.kernel_choice["prefill"] == "avx512-wide"
+    assert np.array_equal(plain.prefill(ids), wide.prefill(ids))
+    assert mmfree.Model(MODEL, threads=1, format="tq2", wide=True).kernel_choice["wide_bytes"] == 0
+
+
 def test_completion_shape_and_streaming_equal_non_streaming(model):
     for kw in ({"temperature": 0}, {"temperature": 1.0, "seed": 7}):
         out = model.create_completion("In the beginning", max_tokens=24, **kw)

@@ -44,6 +44,9 @@ struct ChooserOptions {
   int64_t batch_tokens[2] = {4, 12};
   double near_tie = 0.03;                // a challenger must be this much faster to replace the incumbent
   int rounds = 5;                        // samples per candidate and regime, at most...
+  // ...and, prefill, samples of the candidates within `close` of the best, at most.
+  double close = 0.08;
+  int close_rounds = 20;
   double budget_seconds = 0.06;          // ...within this time for the three regimes (at least 2 rounds)
   // The budget where the matrices hold interleaved copies: the kernels that read them beat the
   // strips' by 7-21% in whole passes over the 1.3B preset's matrices (AMD Zen 5), which 20 ms per
@@ -70,15 +73,16 @@ inline size_t pick(const std::vector<double>& cost, double near_tie) {
   return cost[best] * (1.0 + near_tie) < cost[0] ? best : 0;
 }
 
-// `interleaved`: the matrices hold interleaved copies, which some kernels read.
-inline std::vector<Kernel> candidates(Regime r, TernaryFormat f, bool interleaved) {
+// `interleaved`, `wide`: the matrices hold interleaved copies, or wide ones, which some kernels read.
+inline std::vector<Kernel> candidates(Regime r, TernaryFormat f, bool interleaved, bool wide = false) {
   std::vector<Kernel> v;
   for (const Kernel& k : available_kernels())
-    if (k.for_regime(r) && k.for_format(f) && (k.isa != Isa::Scalar || v.empty()) && (interleaved || !k.interleaved))
+    if (k.for_regime(r) && k.for_format(f) && (k.isa != Isa::Scalar || v.empty()) && (interleaved || !k.interleaved) &&
+        (wide || !k.wide))
       v.push_back(k);
   // The incumbent, which keeps its place on near-ties, is the kernel the model built its copies
   // for where it holds them (kernels::incumbent): the copies' memory is spent either way.
-  const Kernel first = incumbent(r, f, interleaved);
+  const Kernel first = incumbent(r, f, interleaved, wide);
   const auto it = std::find_if(v.begin(), v.end(), [&](const Kernel& k) { return std::string_view(k.name) == first.name; });
   if (it != v.end()) std::rotate(v.begin(), it, it + 1);
   return v;  // scalar only when nothing else runs here
@@ -102,7 +106,7 @@ inline void run_rows(const Kernel& k, const TernaryMatrix& W, const int8_t* Q, i
     else k.gemm(W, Q, ldq, n, out, rows, r0, r1);
   };
   if (pool && pool->size() > 1)
-    pool->for_range(rows, k.interleaved && W.interleaved ? interleaved_group_rows(W.format) : kStripRows, part);
+    pool->for_range(rows, kernel_row_grain(k, W), part);
   else
     part(0, rows);
 }
@@ -117,10 +121,11 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
   KernelChoice out;
   const TernaryFormat f = matrices.empty() ? TernaryFormat::TQ2 : matrices.front()->format;
   int64_t max_rows = 1, max_cols = 1;
-  bool interleaved = !matrices.empty();
+  bool interleaved = !matrices.empty(), wide = !matrices.empty();
   for (auto* m : matrices) {
     max_rows = std::max(max_rows, m->rows), max_cols = std::max(max_cols, m->cols);
     interleaved = interleaved && m->interleaved;
+    wide = wide && m->wide;
   }
   const int64_t threads = pool ? pool->size() : 1;
   const double budget = interleaved ? std::max(opt.budget_seconds, opt.budget_seconds_interleaved) : opt.budget_seconds;
@@ -141,11 +146,18 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
   // One warm-up sample per candidate (first-call allocations; it also times a round), then as
   // many interleaved rounds as fit in a third of the budget, between 2 and opt.rounds; each candidate
   // keeps its best sample. sample(k) returns {cost, seconds taken}.
+  // Then the candidates within `close` of the best take further rounds among themselves, up to
+  // `close_rounds` in all, in what is left of that third: on the 1.3B TQ1 preset the wide and the
+  // TQ1 copies' kernels run prompts within 2-4% of each other, and 5 samples of each, among 9
+  // candidates, rated either up to 5% ahead from load to load (AMD Zen 5).
   auto run_rounds = [&](const std::vector<Kernel>& cands, std::vector<double>& cost, const auto& sample) {
+    const auto t_start = std::chrono::steady_clock::now();
     double round_seconds = 0;
+    std::vector<double> secs(cands.size(), 0);
     for (size_t i = 0; i < cands.size(); ++i) {
       const auto [c, s] = sample(cands[i]);
       cost[i] = std::min(cost[i], c);
+      secs[i] = s;
       round_seconds += s;
     }
     const int rounds = std::clamp(int(budget / 3 / std::max(round_seconds, 1e-9)) - 1, 1, opt.rounds - 1);
@@ -154,11 +166,24 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
         const size_t i = (j + size_t(round)) % cands.size();
         cost[i] = std::min(cost[i], sample(cands[i]).first);
       }
+    const double best = *std::min_element(cost.begin(), cost.end());
+    std::vector<size_t> close;
+    double close_seconds = 0;
+    for (size_t i = 0; i < cands.size(); ++i)
+      if (cost[i] <= best * (1.0 + opt.close)) close.push_back(i), close_seconds += secs[i];
+    if (close.size() < 2) return;
+    const double left = budget / 3 - std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    const int more = std::clamp(int(left / std::max(close_seconds, 1e-9)), 0, opt.close_rounds - rounds - 1);
+    for (int round = 0; round < more; ++round)
+      for (size_t j = 0; j < close.size(); ++j) {
+        const size_t i = close[(j + size_t(round)) % close.size()];
+        cost[i] = std::min(cost[i], sample(cands[i]).first);
+      }
   };
 
   for (Regime r : kRegimes) {
     RegimeChoice& rc = out.of(r);
-    const std::vector<Kernel> cands = detail::candidates(r, f, interleaved);
+    const std::vector<Kernel> cands = detail::candidates(r, f, interleaved, wide);
     std::vector<double> cost(cands.size(), 1e300);  // seconds per byte (decode) or per MAC (prefill)
     if (opt.timer) {
       for (size_t i = 0; i < cands.size(); ++i) cost[i] = opt.timer(cands[i], r);
@@ -246,7 +271,11 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
             const auto t0 = std::chrono::steady_clock::now();
             detail::run_rows(k, W, Q.data(), ldq, T, acc.data(), rows, pool, scaled);
             const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            total += s / (double(rows) * double(W.cols) * double(T)) * e.macs;  // seconds for the model's MACs
+            // Seconds for the model's MACs, and for the padding rows of the last group that a kernel
+            // reading a copy computes in every matrix (a sample of whole groups has none): 2048
+            // rows are 25.6 groups of TQ1's 80, and 32 of the wide copy's 64.
+            const int64_t G = kernel_row_grain(k, W), padded = (W.rows + G - 1) / G * G;
+            total += s / (double(rows) * double(W.cols) * double(T)) * e.macs * double(padded) / double(W.rows);
           }
           return total;
         };

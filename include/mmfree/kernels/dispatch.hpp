@@ -58,6 +58,7 @@ struct Kernel {
   bool tq2 = true, tq1 = true;                      // a candidate for the format (all kernels compute both)
   TernaryGemmScaledFn gemm_scaled = nullptr;        // its dequantising twin, where it has one
   bool interleaved = false;  // reads the matrices' interleaved copies (interleaved_format.hpp)
+  bool wide = false;         // reads TQ1 matrices' wide copies (interleaved_format.hpp)
   bool for_format(TernaryFormat f) const { return f == TernaryFormat::TQ2 ? tq2 : tq1; }
   bool for_regime(Regime r) const { return r == Regime::Decode ? decode : r == Regime::Batch ? batch : prefill; }
 };
@@ -90,6 +91,12 @@ inline const std::vector<Kernel>& all_kernels() {
        avx512::ternary_gemm_interleaved_scaled<false>, true},
       {"avx512-vbmi-interleaved", Isa::Avx512Vbmi, avx512::ternary_gemm_interleaved<true>, true, true, true, false, true,
        avx512::ternary_gemm_interleaved_scaled<true>, true},
+      // TQ1 prompts (passes of more than batch_max tokens) on the wide copies (TQ2 digits): 3
+      // decoding ops per chunk instead of 7 where the pass is bound by the multiply-adds, for 25%
+      // more bytes than the TQ1 copy, so no candidate where memory binds (1.3B TQ1 preset, 2
+      // threads: 16 sequences 3% faster than the TQ1 copy, 8 sequences 1-4% slower; AMD Zen 5).
+      {"avx512-wide", Isa::Avx512, avx512::ternary_gemm_wide, false, false, true, false, true,
+       avx512::ternary_gemm_wide_scaled, false, true},
       {"avx2", Isa::Avx2, avx2::ternary_gemm, true, true, true, true, true},
 #endif
 #if defined(__aarch64__)
@@ -140,6 +147,13 @@ inline const Kernel& find_kernel(const std::string& name) {
   fail("kernels " + name, "unknown kernel (this build has: " + names + ")");
 }
 
+// The multiple of rows at which kernel k may split W's rows: a whole group of the copy it reads,
+// a strip where it reads the strips.
+inline int64_t kernel_row_grain(const Kernel& k, const TernaryMatrix& W) {
+  if (k.wide && W.wide) return interleaved_group_rows(TernaryFormat::TQ2);
+  return k.interleaved && W.interleaved ? interleaved_group_rows(W.format) : kStripRows;
+}
+
 // Tokens per pass up to which the batch kernel serves (a batched step of up to 16 sequences,
 // k + 1 drafted tokens being verified).
 inline constexpr int64_t kBatchMaxTokens = 16;
@@ -159,11 +173,10 @@ struct KernelTable {
   // The multiple of rows to split W's rows at among threads for a pass of n tokens: whole groups
   // where the kernel reads the interleaved copy (a range ending inside a group would compute the
   // group twice), strips otherwise.
-  int64_t row_grain(const TernaryMatrix& W, int64_t n) const {
-    return for_tokens(n).interleaved && W.interleaved ? interleaved_group_rows(W.format) : kStripRows;
-  }
-  // Whether a kernel of the table reads interleaved copies (the model then builds them).
+  int64_t row_grain(const TernaryMatrix& W, int64_t n) const { return kernel_row_grain(for_tokens(n), W); }
+  // Whether a kernel of the table reads interleaved copies, or wide ones (the model then builds them).
   bool reads_interleaved() const { return decode.interleaved || batch.interleaved || prefill.interleaved; }
+  bool reads_wide() const { return decode.wide || batch.wide || prefill.wide; }
   const Kernel& for_regime(Regime r) const { return r == Regime::Decode ? decode : r == Regime::Batch ? batch : prefill; }
   void gemm(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out, int64_t ldo, int64_t r0,
             int64_t r1) const {
@@ -203,19 +216,29 @@ inline KernelTable make_table(const Kernel& decode, const Kernel& batch, const K
 // `interleaved` (the matrices hold interleaved copies), the first that reads them, if any, for
 // passes of several tokens, which the copies are for. One token keeps the strips' decoder: on
 // AMD Zen 5 with 2 threads the copies' kernel decoded TQ2 1.5-2.4% slower (and TQ1 0-5% faster),
-// so it decodes only where the chooser measures it faster.
-inline Kernel incumbent(Regime r, TernaryFormat f, bool interleaved = false) {
+// so it decodes only where the chooser measures it faster. With `wide` (TQ1 matrices hold wide
+// copies, built for the compute-bound passes), prefill's is the first kernel that reads them.
+inline Kernel incumbent(Regime r, TernaryFormat f, bool interleaved = false, bool wide = false) {
+  if (wide && r == Regime::Prefill)
+    for (const Kernel& k : available_kernels())
+      if (k.for_regime(r) && k.for_format(f) && k.wide) return k;
   if (interleaved && r != Regime::Decode)
     for (const Kernel& k : available_kernels())
       if (k.for_regime(r) && k.for_format(f) && k.interleaved) return k;
   for (const Kernel& k : available_kernels())
-    if (k.for_regime(r) && k.for_format(f) && !k.interleaved) return k;
+    if (k.for_regime(r) && k.for_format(f) && !k.interleaved && !k.wide) return k;
   return all_kernels().back();  // scalar
 }
 // Whether a kernel that reads interleaved copies runs here for format f.
 inline bool interleaved_runs(TernaryFormat f) {
   for (const Kernel& k : available_kernels())
     if (k.interleaved && k.for_format(f)) return true;
+  return false;
+}
+// Whether a kernel that reads wide copies runs here for format f (TQ1 only).
+inline bool wide_runs(TernaryFormat f) {
+  for (const Kernel& k : available_kernels())
+    if (k.wide && k.for_format(f)) return true;
   return false;
 }
 
@@ -270,9 +293,9 @@ struct KernelChoice {
 };
 
 // The preferred kernel of every regime for format f: what runs when nothing is measured.
-inline KernelTable preferred_table(TernaryFormat f, bool interleaved = false) {
-  return make_table(incumbent(Regime::Decode, f, interleaved), incumbent(Regime::Batch, f, interleaved),
-                    incumbent(Regime::Prefill, f, interleaved));
+inline KernelTable preferred_table(TernaryFormat f, bool interleaved = false, bool wide = false) {
+  return make_table(incumbent(Regime::Decode, f, interleaved, wide), incumbent(Regime::Batch, f, interleaved, wide),
+                    incumbent(Regime::Prefill, f, interleaved, wide));
 }
 
 // Names accepted by --kernels, for messages.

@@ -214,15 +214,16 @@ inline constexpr InterleavedTileFn<O> kTq1Tiles[kInterleavedTileTq1] = {
 // with one chunk per step, a tile of 1 or 2 tokens had 4 or 8 vpdpbusd chains, too few to cover
 // the instruction's latency (12 keep both of AMD Zen 5's pipes busy), and ran at half or 88% of
 // the peak per MAC, measured; and a tile of 1 still decodes a chunk for a quarter of the work.
+// `copy`: W's copy in the digits of format f (its interleaved copy, or its wide one).
 template <class O>
-inline void interleaved_groups(const InterleavedTileFn<O>* tiles, int64_t max_tile, const TernaryMatrix& W,
-                               const int8_t* Q, int64_t ldq, int64_t n, const int32_t* qsum, const float* scale, O* out,
-                               int64_t ldo, int64_t r0, int64_t r1) {
-  const int64_t G = interleaved_group_rows(W.format), chunks = interleaved_chunks(W);
+inline void interleaved_groups(const InterleavedTileFn<O>* tiles, int64_t max_tile, const TernaryMatrix& W, TernaryFormat f,
+                               const uint8_t* copy, const int8_t* Q, int64_t ldq, int64_t n, const int32_t* qsum,
+                               const float* scale, O* out, int64_t ldo, int64_t r0, int64_t r1) {
+  const int64_t G = interleaved_group_rows(f), chunks = interleaved_chunks(W);
   for (int64_t g = r0 / G; g * G < r1; ++g)
     for (int64_t t = 0, left = (n + max_tile - 1) / max_tile; t < n; --left) {
       const int64_t k = (n - t + left - 1) / left;
-      tiles[k - 1](W.interleaved + g * chunks * kChunkBytes, chunks, Q + t * ldq, ldq, qsum + t, scale ? scale + t : nullptr,
+      tiles[k - 1](copy + g * chunks * kChunkBytes, chunks, Q + t * ldq, ldq, qsum + t, scale ? scale + t : nullptr,
                    out + t * ldo, ldo, g, r0, r1);
       t += k;
     }
@@ -234,9 +235,9 @@ inline void interleaved_groups(const InterleavedTileFn<O>* tiles, int64_t max_ti
 // that starts or ends inside a group computes that group and stores only its own rows, so callers
 // split rows at multiples of interleaved_group_rows (KernelTable::row_grain) to do no work twice.
 template <bool Vbmi, class O>
-MMFREE_TARGET_AVX512 inline void interleaved_blocks(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
-                                                    const float* scale, const int32_t* given_qsum, O* out, int64_t ldo,
-                                                    int64_t r0, int64_t r1) {
+MMFREE_TARGET_AVX512 inline void interleaved_blocks(const TernaryMatrix& W, TernaryFormat f, const uint8_t* copy,
+                                                    const int8_t* Q, int64_t ldq, int64_t n, const float* scale,
+                                                    const int32_t* given_qsum, O* out, int64_t ldo, int64_t r0, int64_t r1) {
   thread_local Scratch sums;
   const int32_t* qsum = given_qsum;
   if (!qsum) {
@@ -249,10 +250,12 @@ MMFREE_TARGET_AVX512 inline void interleaved_blocks(const TernaryMatrix& W, cons
   for (int64_t t = 0; t < n; t += kDirectTokenBlock) {
     const int64_t tn = std::min(kDirectTokenBlock, n - t);
     const float* sc = scale ? scale + t : nullptr;
-    if (W.format == TernaryFormat::TQ2)
-      interleaved_groups<O>(kTq2Tiles<O>, kInterleavedTileTq2, W, Q + t * ldq, ldq, tn, qsum + t, sc, out + t * ldo, ldo, r0, r1);
+    if (f == TernaryFormat::TQ2)
+      interleaved_groups<O>(kTq2Tiles<O>, kInterleavedTileTq2, W, f, copy, Q + t * ldq, ldq, tn, qsum + t, sc, out + t * ldo,
+                            ldo, r0, r1);
     else if constexpr (Vbmi)
-      interleaved_groups<O>(kTq1Tiles<O>, kInterleavedTileTq1, W, Q + t * ldq, ldq, tn, qsum + t, sc, out + t * ldo, ldo, r0, r1);
+      interleaved_groups<O>(kTq1Tiles<O>, kInterleavedTileTq1, W, f, copy, Q + t * ldq, ldq, tn, qsum + t, sc, out + t * ldo,
+                            ldo, r0, r1);
   }
 }
 template <bool Vbmi = false>
@@ -261,7 +264,7 @@ MMFREE_TARGET_AVX512 inline void ternary_gemm_interleaved(const TernaryMatrix& W
   if (r0 >= r1) return;
   if (!W.interleaved || (W.format == TernaryFormat::TQ1 && !Vbmi))
     return ternary_gemm_direct<true, Vbmi>(W, Q, ldq, n, out, ldo, r0, r1);
-  interleaved_blocks<Vbmi, int32_t>(W, Q, ldq, n, nullptr, nullptr, out, ldo, r0, r1);
+  interleaved_blocks<Vbmi, int32_t>(W, W.format, W.interleaved, Q, ldq, n, nullptr, nullptr, out, ldo, r0, r1);
 }
 template <bool Vbmi = false>
 MMFREE_TARGET_AVX512 inline void ternary_gemm_interleaved_scaled(const TernaryMatrix& W, const int8_t* Q, int64_t ldq,
@@ -270,7 +273,22 @@ MMFREE_TARGET_AVX512 inline void ternary_gemm_interleaved_scaled(const TernaryMa
   if (r0 >= r1) return;
   if (!W.interleaved || (W.format == TernaryFormat::TQ1 && !Vbmi))
     return ternary_gemm_direct_scaled<true, Vbmi>(W, Q, ldq, n, scale, qsum, out, ldo, r0, r1);
-  interleaved_blocks<Vbmi, float>(W, Q, ldq, n, scale, qsum, out, ldo, r0, r1);
+  interleaved_blocks<Vbmi, float>(W, W.format, W.interleaved, Q, ldq, n, scale, qsum, out, ldo, r0, r1);
+}
+// The same on a TQ1 matrix's wide copy (TQ2 digits: interleaved_format.hpp), through the TQ2 tiles.
+// A matrix without one goes to the strips' kernels.
+MMFREE_TARGET_AVX512 inline void ternary_gemm_wide(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
+                                                   int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
+  if (r0 >= r1) return;
+  if (!W.wide) return ternary_gemm_direct<true, false>(W, Q, ldq, n, out, ldo, r0, r1);
+  interleaved_blocks<false, int32_t>(W, TernaryFormat::TQ2, W.wide, Q, ldq, n, nullptr, nullptr, out, ldo, r0, r1);
+}
+MMFREE_TARGET_AVX512 inline void ternary_gemm_wide_scaled(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
+                                                          const float* scale, const int32_t* qsum, float* out, int64_t ldo,
+                                                          int64_t r0, int64_t r1) {
+  if (r0 >= r1) return;
+  if (!W.wide) return ternary_gemm_direct_scaled<true, false>(W, Q, ldq, n, scale, qsum, out, ldo, r0, r1);
+  interleaved_blocks<false, float>(W, TernaryFormat::TQ2, W.wide, Q, ldq, n, scale, qsum, out, ldo, r0, r1);
 }
 
 }  // namespace mmfree::kernels::avx512

@@ -40,19 +40,32 @@ inline void ternary_gemm_scalar(const TernaryMatrix& W, const int8_t* Q, int64_t
           strip_row_dot_scalar(W.format, W.strip(r / kStripRows), W.chunks, int(r % kStripRows), Q + t * ldq);
 }
 
-// The scalar twin of the interleaved layouts (interleaved_format.hpp): the same products, each
-// digit decoded from W's interleaved copy (from the strips where W has none).
-inline void ternary_gemm_interleaved_scalar(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
-                                            int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
-  if (!W.interleaved) return ternary_gemm_scalar(W, Q, ldq, n, out, ldo, r0, r1);
+namespace detail {
+// Rows [r0, r1) of every token, each digit decoded from `copy`, a copy of W in the interleaved
+// layout with the digits of format `as`.
+inline void interleaved_copy_scalar(const TernaryMatrix& W, TernaryFormat as, const uint8_t* copy, const int8_t* Q,
+                                    int64_t ldq, int64_t n, int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
   const int64_t chunks = interleaved_chunks(W);
   for (int64_t t = 0; t < n; ++t)
     for (int64_t r = r0; r < r1; ++r) {
       int32_t acc = 0;
-      for (int64_t c = 0; c < 4 * chunks; ++c)
-        acc += ternary_term(interleaved_digit(W.format, W.interleaved, chunks, r, c), Q[t * ldq + c]);
+      for (int64_t c = 0; c < 4 * chunks; ++c) acc += ternary_term(interleaved_digit(as, copy, chunks, r, c), Q[t * ldq + c]);
       out[t * ldo + r] = acc;
     }
+}
+}  // namespace detail
+
+// The scalar twins of the interleaved layouts (interleaved_format.hpp): the same products, each
+// digit decoded from W's interleaved copy, or from its wide copy (from the strips where W has none).
+inline void ternary_gemm_interleaved_scalar(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
+                                            int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
+  if (!W.interleaved) return ternary_gemm_scalar(W, Q, ldq, n, out, ldo, r0, r1);
+  detail::interleaved_copy_scalar(W, W.format, W.interleaved, Q, ldq, n, out, ldo, r0, r1);
+}
+inline void ternary_gemm_wide_scalar(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n, int32_t* out,
+                                     int64_t ldo, int64_t r0, int64_t r1) {
+  if (!W.wide) return ternary_gemm_scalar(W, Q, ldq, n, out, ldo, r0, r1);
+  detail::interleaved_copy_scalar(W, TernaryFormat::TQ2, W.wide, Q, ldq, n, out, ldo, r0, r1);
 }
 
 }  // namespace mmfree::kernels
