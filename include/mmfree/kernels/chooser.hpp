@@ -272,10 +272,12 @@ inline KernelChoice choose_kernels(const std::vector<const TernaryMatrix*>& matr
             detail::run_rows(k, W, Q.data(), ldq, T, acc.data(), rows, pool, scaled);
             const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
             // Seconds for the model's MACs, and for the padding rows of the last group that a kernel
-            // reading a copy computes in every matrix (a sample of whole groups has none): 2048
-            // rows are 25.6 groups of TQ1's 80, and 32 of the wide copy's 64.
+            // reading a copy computes in every matrix, which a sample of whole groups (a slice of a
+            // larger matrix) does not time: 2048 rows are 25.6 groups of TQ1's 80, 32 of the wide
+            // copy's 64.
             const int64_t G = kernel_row_grain(k, W), padded = (W.rows + G - 1) / G * G;
-            total += s / (double(rows) * double(W.cols) * double(T)) * e.macs * double(padded) / double(W.rows);
+            const double pad = rows < W.rows ? double(padded) / double(W.rows) : 1.0;
+            total += s / (double(rows) * double(W.cols) * double(T)) * e.macs * pad;
           }
           return total;
         };
