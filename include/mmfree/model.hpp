@@ -94,14 +94,14 @@ class BasicModel {
     const TernaryFormat f = format();
     const bool copies_run = kernels::interleaved_runs(f) && opt.interleaved.value_or(true);
     const bool wide_runs = kernels::wide_runs(f) && opt.wide.value_or(true);
-    auto add_copies = [&] { interleaved_bytes_ = add_interleaved_copies(w_, opt_.huge_pages, *pool_); };
-    auto add_wide = [&] { wide_bytes_ = add_wide_copies(w_, opt_.huge_pages, *pool_); };
+    auto add_interleaved = [&] { interleaved_bytes_ = mmfree::add_copies(w_, false, opt_.huge_pages, *pool_); };
+    auto add_wide = [&] { wide_bytes_ = mmfree::add_copies(w_, true, opt_.huge_pages, *pool_); };
     if (!opt.kernels.empty()) {
       choice_ = kernels::KernelChoice::of_table(kernels::forced_table(opt.kernels, f));
-      if (copies_run && choice_.table().reads_interleaved()) add_copies();
+      if (copies_run && choice_.table().reads_interleaved()) add_interleaved();
       if (wide_runs && choice_.table().reads_wide()) add_wide();
     } else if (opt.choose_kernels) {  // on the matrices in their final place, as they will run
-      if (copies_run && (opt.interleaved || copies_fit(false))) add_copies();
+      if (copies_run && (opt.interleaved || copies_fit(false))) add_interleaved();
       if (wide_runs && (opt.wide || copies_fit(true))) add_wide();
       std::vector<const TernaryMatrix*> ms;
       for_each_bitlinear(w_, [&](const std::string&, const BitLinear& l) { ms.push_back(&l.weights()); });
@@ -115,7 +115,7 @@ class BasicModel {
         wide_bytes_ = 0;
       }
     } else {
-      if (copies_run && opt.interleaved.value_or(false)) add_copies();
+      if (copies_run && opt.interleaved.value_or(false)) add_interleaved();
       if (wide_runs && opt.wide.value_or(false)) add_wide();
       choice_ = kernels::KernelChoice::of_table(kernels::preferred_table(f, interleaved_bytes_ > 0, wide_bytes_ > 0));
     }

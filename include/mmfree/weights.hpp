@@ -187,38 +187,23 @@ inline void copy_into_arena(ModelWeights& w, TernaryFormat f, bool huge_pages, T
   });
 }
 
-// Gives every BitLinear of w its interleaved copy (interleaved_format.hpp), in one arena of
-// `huge_pages` like the strips; returns the bytes it took. Matrices too wide for the layout keep
-// none (the kernels then read their strips).
-inline size_t add_interleaved_copies(ModelWeights& w, bool huge_pages, ThreadPool& pool) {
+// Gives every BitLinear of w its interleaved copy (interleaved_format.hpp), or with `wide` every
+// TQ1 one its wide copy, in one arena of `huge_pages` like the strips; returns the bytes it took.
+// Matrices the layout does not take keep none (the kernels then read their strips).
+inline size_t add_copies(ModelWeights& w, bool wide, bool huge_pages, ThreadPool& pool) {
+  auto takes = [&](const TernaryMatrix& m) { return wide ? widenable(m) : interleavable(m); };
+  auto bytes = [&](const TernaryMatrix& m) { return interleaved_bytes(m, wide ? TernaryFormat::TQ2 : m.format); };
   size_t total = 0;
   for_each_bitlinear(w, [&](const std::string&, BitLinear& l) {
-    if (interleavable(l.weights())) total += WeightArena::slice_bytes(interleaved_bytes(l.weights()));
+    if (takes(l.weights())) total += WeightArena::slice_bytes(bytes(l.weights()));
   });
   if (total == 0) return 0;
   auto arena = std::make_shared<WeightArena>(total, huge_pages);
   for_each_bitlinear(w, [&](const std::string&, BitLinear& l) {
-    if (!interleavable(l.weights())) return;
-    auto mem = arena->take(interleaved_bytes(l.weights()));
-    l = BitLinear(with_interleaved(l.weights(), std::move(mem),
-                                   [&](int64_t n, const auto& fn) { pool.for_range(n, 1, fn); }),
-                  l.norm());
-  });
-  return total;
-}
-// Gives every TQ1 BitLinear of w its wide copy (interleaved_format.hpp) the same way; returns the
-// bytes it took (0 for TQ2 weights).
-inline size_t add_wide_copies(ModelWeights& w, bool huge_pages, ThreadPool& pool) {
-  size_t total = 0;
-  for_each_bitlinear(w, [&](const std::string&, BitLinear& l) {
-    if (widenable(l.weights())) total += WeightArena::slice_bytes(interleaved_bytes(l.weights(), TernaryFormat::TQ2));
-  });
-  if (total == 0) return 0;
-  auto arena = std::make_shared<WeightArena>(total, huge_pages);
-  for_each_bitlinear(w, [&](const std::string&, BitLinear& l) {
-    if (!widenable(l.weights())) return;
-    auto mem = arena->take(interleaved_bytes(l.weights(), TernaryFormat::TQ2));
-    l = BitLinear(with_wide(l.weights(), std::move(mem), [&](int64_t n, const auto& fn) { pool.for_range(n, 1, fn); }),
+    if (!takes(l.weights())) return;
+    auto mem = arena->take(bytes(l.weights()));
+    auto groups = [&](int64_t n, const auto& fn) { pool.for_range(n, 1, fn); };
+    l = BitLinear(wide ? with_wide(l.weights(), std::move(mem), groups) : with_interleaved(l.weights(), std::move(mem), groups),
                   l.norm());
   });
   return total;
