@@ -568,6 +568,11 @@ TEST(Chooser, CandidatesFollowRegimeAndFormat) {
       EXPECT_EQ(seen[Regime::Batch].count("avx512-direct"), 1u);
       EXPECT_EQ(seen[Regime::Prefill].count("avx512-direct"), 1u);
     }
+    EXPECT_EQ(seen[Regime::Decode].count("avx2-direct"), 0u);
+    if (kernels::cpu_has(kernels::Isa::Avx2)) {
+      EXPECT_EQ(seen[Regime::Batch].count("avx2-direct"), 1u);
+      EXPECT_EQ(seen[Regime::Prefill].count("avx2-direct"), 1u);
+    }
     if (f == TernaryFormat::TQ2) { EXPECT_EQ(seen[Regime::Decode].count("avx512-vbmi"), 0u); }
     // With the copy, the kernels that read it compete for every regime.
     seen.clear();
@@ -609,6 +614,10 @@ TEST(Chooser, ForcedKernels) {
     EXPECT_STREQ(t.decode.name, "avx2");
     EXPECT_STREQ(t.batch.name, "scalar");
     EXPECT_STREQ(t.prefill.name, "avx2");
+    t = kernels::forced_table("avx2-direct", TernaryFormat::TQ2);  // no decoder of its own: AVX2's
+    EXPECT_STREQ(t.decode.name, "avx2");
+    EXPECT_STREQ(t.batch.name, "avx2-direct");
+    EXPECT_STREQ(t.prefill.name, "avx2-direct");
   }
   if (kernels::cpu_has(kernels::Isa::Avx512)) {  // a decode-only kernel leaves the others to its family
     t = kernels::forced_table("avx512-prefetch", TernaryFormat::TQ2);

@@ -98,6 +98,8 @@ inline const std::vector<Kernel>& all_kernels() {
       {"avx512-wide", Isa::Avx512, avx512::ternary_gemm_wide, false, false, true, false, true,
        avx512::ternary_gemm_wide_scaled, false, true},
       {"avx2", Isa::Avx2, avx2::ternary_gemm, true, true, true, true, true},
+      // Several tokens with the planes decoded in registers (ternary_avx2.hpp), as avx512-direct.
+      {"avx2-direct", Isa::Avx2, avx2::ternary_gemm_direct, false, true, true, true, true},
 #endif
 #if defined(__aarch64__)
       {"neon-dotprod", Isa::NeonDotprod, neon::ternary_gemm_dotprod, true, true, true, true, true},

@@ -102,15 +102,19 @@ MMFREE_TARGET_AVX2 inline void tq1_planes_times27(__m256i v, __m256i d[5]) {
   d[3] = _mm256_shuffle_epi8(d3, t);
   d[4] = _mm256_shuffle_epi8(d4, t);
 }
-// 27 times one chunk half's products (x: the chunk's 20 activation bytes), per row.
-MMFREE_TARGET_AVX2 inline __m256i tq1_dot_times27(__m256i v, const __m256i x[5]) {
-  __m256i d[5];
-  tq1_planes_times27(v, d);
+// 27 times one chunk half's products, per row, from its planes times 27 (x: the chunk's 20
+// activation bytes, broadcast 4 at a time).
+MMFREE_TARGET_AVX2 inline __m256i tq1_products_times27(const __m256i d[5], const __m256i x[5]) {
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i p01 = _mm256_add_epi16(_mm256_maddubs_epi16(d[0], x[0]), _mm256_maddubs_epi16(d[1], x[1]));
   const __m256i p23 = _mm256_add_epi16(_mm256_maddubs_epi16(d[2], x[2]), _mm256_maddubs_epi16(d[3], x[3]));
   return _mm256_add_epi32(_mm256_add_epi32(_mm256_madd_epi16(p01, ones), _mm256_madd_epi16(p23, ones)),
                           _mm256_madd_epi16(_mm256_maddubs_epi16(d[4], x[4]), ones));
+}
+MMFREE_TARGET_AVX2 inline __m256i tq1_dot_times27(__m256i v, const __m256i x[5]) {
+  __m256i d[5];
+  tq1_planes_times27(v, d);
+  return tq1_products_times27(d, x);
 }
 
 // Rows of strip s inside [r0, r1) stored from the two int32 halves (rows 0-7, 8-15).
@@ -227,6 +231,142 @@ MMFREE_TARGET_AVX2 inline void ternary_gemm(const TernaryMatrix& W, const int8_t
       [&](auto T, int64_t s, int64_t t) {
         tile<decltype(T)::value>(buf, groups, Q + t * ldq, ldq, qsum.data() + t, out + t * ldo, ldo, s, r0, r1);
       });
+}
+
+
+// ---- a few tokens: digit planes decoded in registers, a tile of tokens on each chunk ----------
+//
+// The buffered GEMM above writes each strip's planes out at 4x its bytes and reads them back per
+// tile: with AVX2 kernels only, a step of 2 sequences of the 1.3B TQ2 preset took 3x one token's
+// time (AMD Zen 5), so batching made every token slower. Here each chunk is decoded in registers
+// once per tile and multiplied against every token of the tile: the weights stream once per pass,
+// as for one token (the strip, 2-28 KB, stays in L1 for the next tile). The loops over a tile's
+// tokens are unrolled by hand: at -O2, GCC 12 kept them and the sums lived on the stack.
+
+// Tokens per tile: TQ2 3 (6 int16 sums and 4 planes fill the 16 registers; 4 tokens spilled and
+// ran 7% slower), TQ1 4 (its decoding, 22 ops per chunk half, is shared by more tokens). One
+// core, a 2560 x 2560 matrix, AMD Zen 5: TQ2 132 / 136 / 127 GMAC/s at 2 / 3 / 4 tokens per
+// tile, TQ1 64 / 73 / 80.
+inline constexpr int kDirectTileTq2 = 3, kDirectTileTq1 = 4;
+// Tokens per pass over the strips: their activations (128 x K bytes) stay in L2 while the strips
+// stream under them (as the AVX-512 direct kernels).
+inline constexpr int64_t kDirectTokenBlock = 128;
+
+// TQ2: one chunk half's 4 planes against token x's 16 activation bytes, pairs summed in int16
+// (at most 4 x 512 per chunk: widened every 15 chunks).
+MMFREE_TARGET_AVX2 inline __m256i tq2_products16(const __m256i (&d)[4], const int8_t* x) {
+  const __m256i p01 = _mm256_add_epi16(_mm256_maddubs_epi16(d[0], bcast4(x)), _mm256_maddubs_epi16(d[1], bcast4(x + 4)));
+  const __m256i p23 = _mm256_add_epi16(_mm256_maddubs_epi16(d[2], bcast4(x + 8)), _mm256_maddubs_epi16(d[3], bcast4(x + 12)));
+  return _mm256_add_epi16(p01, p23);
+}
+MMFREE_TARGET_AVX2 inline void tq2_planes(__m256i u, __m256i (&d)[4]) {
+  d[0] = tq2_plane<0>(u), d[1] = tq2_plane<1>(u), d[2] = tq2_plane<2>(u), d[3] = tq2_plane<3>(u);
+}
+inline constexpr int64_t kInt16Chunks = 15;  // 15 x 4 x 2 x 2 x 128 = 30,720 < 2^15
+
+// Strip s of a TQ2 matrix against T tokens.
+template <int T>
+MMFREE_TARGET_AVX2 inline void direct_tq2(const TernaryMatrix& W, int64_t s, const int8_t* Q, int64_t ldq,
+                                          const int32_t* qsum, int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
+  const uint8_t* w = W.strip(s);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i lo[T], hi[T];
+  #pragma GCC unroll 4
+  for (int j = 0; j < T; ++j) lo[j] = hi[j] = _mm256_setzero_si256();
+  for (int64_t c0 = 0; c0 < W.chunks; c0 += kInt16Chunks) {
+    __m256i a[T], b[T];
+    #pragma GCC unroll 4
+    for (int j = 0; j < T; ++j) a[j] = b[j] = _mm256_setzero_si256();
+    const int64_t c1 = std::min(W.chunks, c0 + kInt16Chunks);
+    for (int64_t c = c0; c < c1; ++c) {
+      __m256i d[4];
+      tq2_planes(_mm256_loadu_si256((const __m256i*)(w + c * 64)), d);
+      #pragma GCC unroll 4
+      for (int j = 0; j < T; ++j) a[j] = _mm256_add_epi16(a[j], tq2_products16(d, Q + j * ldq + 16 * c));
+      tq2_planes(_mm256_loadu_si256((const __m256i*)(w + c * 64 + 32)), d);
+      #pragma GCC unroll 4
+      for (int j = 0; j < T; ++j) b[j] = _mm256_add_epi16(b[j], tq2_products16(d, Q + j * ldq + 16 * c));
+    }
+    #pragma GCC unroll 4
+    for (int j = 0; j < T; ++j) {
+      lo[j] = _mm256_add_epi32(lo[j], _mm256_madd_epi16(a[j], ones));
+      hi[j] = _mm256_add_epi32(hi[j], _mm256_madd_epi16(b[j], ones));
+    }
+  }
+  #pragma GCC unroll 4
+  for (int j = 0; j < T; ++j) store_rows(out + j * ldo, lo[j], hi[j], qsum[j], s, r0, r1);
+}
+
+// Strip s of a TQ1 matrix against T tokens: every digit times 27 (tq1_planes_times27), one int32
+// sum per chunk half and token, multiplied by the inverse of 27 at the store.
+template <int T>
+MMFREE_TARGET_AVX2 inline void direct_tq1(const TernaryMatrix& W, int64_t s, const int8_t* Q, int64_t ldq,
+                                          const int32_t* qsum, int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
+  const uint8_t* w = W.strip(s);
+  __m256i lo[T], hi[T];
+  #pragma GCC unroll 4
+  for (int j = 0; j < T; ++j) lo[j] = hi[j] = _mm256_setzero_si256();
+  for (int64_t c = 0; c < W.chunks; ++c) {
+    __m256i d[5], x[5];
+    tq1_planes_times27(_mm256_loadu_si256((const __m256i*)(w + c * 64)), d);
+    #pragma GCC unroll 4
+    for (int j = 0; j < T; ++j) {
+      #pragma GCC unroll 5
+      for (int p = 0; p < 5; ++p) x[p] = bcast4(Q + j * ldq + 20 * c + 4 * p);
+      lo[j] = _mm256_add_epi32(lo[j], tq1_products_times27(d, x));
+    }
+    tq1_planes_times27(_mm256_loadu_si256((const __m256i*)(w + c * 64 + 32)), d);
+    #pragma GCC unroll 4
+    for (int j = 0; j < T; ++j) {
+      #pragma GCC unroll 5
+      for (int p = 0; p < 5; ++p) x[p] = bcast4(Q + j * ldq + 20 * c + 4 * p);
+      hi[j] = _mm256_add_epi32(hi[j], tq1_products_times27(d, x));
+    }
+  }
+  const __m256i inv = _mm256_set1_epi32(int32_t(kInverseOf27));
+  #pragma GCC unroll 4
+  for (int j = 0; j < T; ++j)
+    store_rows(out + j * ldo, _mm256_mullo_epi32(lo[j], inv), _mm256_mullo_epi32(hi[j], inv), qsum[j], s, r0, r1);
+}
+
+template <int T>
+MMFREE_TARGET_AVX2 inline void direct_tile(const TernaryMatrix& W, int64_t s, const int8_t* Q, int64_t ldq,
+                                           const int32_t* qsum, int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
+  if (W.format == TernaryFormat::TQ2) direct_tq2<T>(W, s, Q, ldq, qsum, out, ldo, r0, r1);
+  else direct_tq1<T>(W, s, Q, ldq, qsum, out, ldo, r0, r1);
+}
+
+// Same contract as ternary_gemm_scalar; one token is the streaming decoder's.
+MMFREE_TARGET_AVX2 inline void ternary_gemm_direct(const TernaryMatrix& W, const int8_t* Q, int64_t ldq, int64_t n,
+                                                   int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
+  if (r0 >= r1) return;
+  if (n == 1) {
+    decode(W, Q, sum_q(Q, W.padded_cols()), out, r0, r1);
+    return;
+  }
+  thread_local std::vector<int32_t> qsum;
+  qsum.resize(size_t(n));
+  for (int64_t t = 0; t < n; ++t) qsum[size_t(t)] = sum_q(Q + t * ldq, W.padded_cols());
+  for (int64_t b = 0; b < n; b += kDirectTokenBlock) {
+    const int64_t bn = std::min(kDirectTokenBlock, n - b);
+    // Tiles evenly sized (5 tokens of TQ1 run as 3 + 2, not 4 + 1).
+    const int64_t most = W.format == TernaryFormat::TQ2 ? kDirectTileTq2 : kDirectTileTq1;
+    const int64_t tiles = (bn + most - 1) / most;
+    for (int64_t s = r0 / kStripRows; s * kStripRows < r1; ++s)
+      for (int64_t k = 0, t = b; k < tiles; ++k) {
+        const int64_t tn = bn / tiles + (k < bn % tiles ? 1 : 0);
+        const int8_t* q = Q + t * ldq;
+        int32_t* o = out + t * ldo;
+        const int32_t* qs = qsum.data() + t;
+        switch (tn) {
+          case 1: direct_tile<1>(W, s, q, ldq, qs, o, ldo, r0, r1); break;
+          case 2: direct_tile<2>(W, s, q, ldq, qs, o, ldo, r0, r1); break;
+          case 3: direct_tile<3>(W, s, q, ldq, qs, o, ldo, r0, r1); break;
+          default: direct_tile<4>(W, s, q, ldq, qs, o, ldo, r0, r1); break;
+        }
+        t += tn;
+      }
+  }
 }
 
 }  // namespace mmfree::kernels::avx2
