@@ -573,6 +573,9 @@ TEST(Chooser, CandidatesFollowRegimeAndFormat) {
       EXPECT_EQ(seen[Regime::Batch].count("avx2-direct"), 1u);
       EXPECT_EQ(seen[Regime::Prefill].count("avx2-direct"), 1u);
     }
+    if (kernels::cpu_has(kernels::Isa::AvxVnni)) {  // AVX-VNNI competes in every regime
+      for (Regime r : kernels::kRegimes) { EXPECT_EQ(seen[r].count("avx-vnni"), 1u) << regime_name(r); }
+    }
     if (f == TernaryFormat::TQ2) { EXPECT_EQ(seen[Regime::Decode].count("avx512-vbmi"), 0u); }
     // With the copy, the kernels that read it compete for every regime.
     seen.clear();

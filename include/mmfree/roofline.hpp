@@ -178,28 +178,52 @@ MMFREE_TARGET_AVX512 inline double vnni_chains(long iters) {
   (void)sink;
   return double(iters) * C * 64 / 1e9;  // GMAC
 }
-__attribute__((target("avx2"))) inline double avx2_chains(long iters) {
-  __m256i a[12];
+// AVX-VNNI without AVX-512: 12 chains of the VEX vpdpbusd (written out, as the kernels'), 32 MACs each.
+MMFREE_TARGET_AVX_VNNI inline double avx_vnni_chains(long iters) {
+  __m256i a[12];  // (every loop unrolled: a rolled one kept the sums in memory, at half the rate)
+  #pragma GCC unroll 12
   for (int i = 0; i < 12; ++i) a[i] = _mm256_set1_epi32(i);
   __m256i x = _mm256_set1_epi8(1), y = _mm256_set1_epi8(2);
-  const __m256i ones = _mm256_set1_epi16(1);
   for (long k = 0; k < iters; ++k) {
     #pragma GCC unroll 12
-    for (int i = 0; i < 12; ++i) a[i] = _mm256_add_epi32(a[i], _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), ones));
-    __asm__ volatile("" : "+v"(x), "+v"(y));
+    for (int i = 0; i < 12; ++i) __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(a[i]) : "x"(x), "x"(y));
+    __asm__ volatile("" : "+x"(x), "+x"(y));
   }
   __m256i t = a[0];
+  #pragma GCC unroll 12
   for (int i = 1; i < 12; ++i) t = _mm256_add_epi32(t, a[i]);
   volatile int sink = _mm256_extract_epi32(t, 0);
   (void)sink;
   return double(iters) * 12 * 32 / 1e9;
+}
+// AVX2 without VNNI: what the kernels issue per 32 products, vpmaddubsw and an int16 add, in 6
+// chains on 6 operands of their own. (Until 2026-12-05 all chains multiplied the same operands:
+// clang computed the product once per round and read 292-303 GMAC/s on one Zen 5 core, GCC kept
+// the sums in memory and read 110; the kernels ran at 130-140.)
+__attribute__((target("avx2"))) inline double avx2_chains(long iters) {
+  __m256i a[6], x[6];
+  #pragma GCC unroll 6
+  for (int i = 0; i < 6; ++i) a[i] = _mm256_set1_epi16(short(i)), x[i] = _mm256_set1_epi8(char(i + 1));
+  const __m256i y = _mm256_set1_epi8(2);
+  for (long k = 0; k < iters; ++k) {
+    #pragma GCC unroll 6
+    for (int i = 0; i < 6; ++i) a[i] = _mm256_add_epi16(a[i], _mm256_maddubs_epi16(x[i], y));
+    __asm__ volatile("" : "+x"(x[0]), "+x"(x[1]), "+x"(x[2]), "+x"(x[3]), "+x"(x[4]), "+x"(x[5]));
+  }
+  __m256i t = a[0];
+  #pragma GCC unroll 6
+  for (int i = 1; i < 6; ++i) t = _mm256_add_epi16(t, a[i]);
+  volatile int sink = _mm256_extract_epi32(t, 0);
+  (void)sink;
+  return double(iters) * 6 * 32 / 1e9;
 }
 #endif
 
 // GMAC done by about `iters` x 12 dot products of the widest int8 kind this CPU has, in `variant`
 // (0-2) independent chains: 8, 12 or 16 with AVX-512 VNNI (on Zen 5, 2 threads, 12 chains read
 // 5-8% below 8 or 16, and below the kernels themselves; the peak is the best of the three), 12
-// with AVX2. 0 where none is measured: the roofline then has no compute ceiling.
+// with AVX-VNNI, 6 with AVX2 (twice the rounds). 0 where none is measured: the roofline then has
+// no compute ceiling.
 inline constexpr int kInt8Variants = 3;
 inline double int8_chains(long iters, int variant = 1) {
 #if defined(__x86_64__)
@@ -208,7 +232,8 @@ inline double int8_chains(long iters, int variant = 1) {
     if (variant == 2) return vnni_chains<16>(iters * 12 / 16);
     return vnni_chains<12>(iters);
   }
-  if (kernels::cpu_has(kernels::Isa::Avx2)) return avx2_chains(iters);
+  if (kernels::cpu_has(kernels::Isa::AvxVnni)) return avx_vnni_chains(iters);
+  if (kernels::cpu_has(kernels::Isa::Avx2)) return avx2_chains(iters * 2);
 #endif
   (void)iters, (void)variant;
   return 0;

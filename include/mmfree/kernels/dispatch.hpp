@@ -16,6 +16,7 @@
 #include "mmfree/kernels/quantize_simd.hpp"
 #include "mmfree/kernels/ternary_amx.hpp"
 #include "mmfree/kernels/ternary_avx2.hpp"
+#include "mmfree/kernels/ternary_avx_vnni.hpp"
 #include "mmfree/kernels/ternary_avx512.hpp"
 #include "mmfree/kernels/ternary_avx512_interleaved.hpp"
 #include "mmfree/kernels/ternary_neon.hpp"
@@ -41,7 +42,7 @@ using SumSquaresFn = double (*)(const float* x, int64_t n);
 using SumSquaresRowsFn = void (*)(const float* x, int64_t ld, int64_t rows, int64_t n, double* out);
 
 // What a kernel needs from the CPU.
-enum class Isa { Scalar, Avx2, Avx512, Avx512Vbmi, Amx, Neon, NeonDotprod };
+enum class Isa { Scalar, Avx2, AvxVnni, Avx512, Avx512Vbmi, Amx, Neon, NeonDotprod };
 
 // The three regimes a model runs in, by tokens per pass over the weights: one (decoding a
 // single sequence: bandwidth-bound), a few (a batch of decoding sequences, drafted tokens being
@@ -97,6 +98,8 @@ inline const std::vector<Kernel>& all_kernels() {
       // threads: 16 sequences 3% faster than the TQ1 copy, 8 sequences 1-4% slower; AMD Zen 5).
       {"avx512-wide", Isa::Avx512, avx512::ternary_gemm_wide, false, false, true, false, true,
        avx512::ternary_gemm_wide_scaled, false, true},
+      // AVX-VNNI without AVX-512 (ternary_avx_vnni.hpp): vpdpbusd on 256 bits, every regime.
+      {"avx-vnni", Isa::AvxVnni, avx_vnni::ternary_gemm, true, true, true, true, true},
       {"avx2", Isa::Avx2, avx2::ternary_gemm, true, true, true, true, true},
       // Several tokens with the planes decoded in registers (ternary_avx2.hpp), as avx512-direct.
       {"avx2-direct", Isa::Avx2, avx2::ternary_gemm_direct, false, true, true, true, true},
@@ -115,6 +118,7 @@ inline bool cpu_has(Isa isa) {
     case Isa::Scalar: return true;
 #if defined(__x86_64__)  // the x86 kernels are built for x86-64 only
     case Isa::Avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::AvxVnni: return cpu_has(Isa::Avx2) && avx_vnni::available();
     case Isa::Avx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
