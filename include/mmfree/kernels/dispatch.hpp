@@ -106,6 +106,7 @@ inline const std::vector<Kernel>& all_kernels() {
 #endif
 #if defined(__aarch64__)
       {"neon-dotprod", Isa::NeonDotprod, neon::ternary_gemm_dotprod, true, true, true, true, true},
+      {"neon-dotprod-direct", Isa::NeonDotprod, neon::ternary_gemm_dotprod_direct, false, true, true, true, true},
       {"neon", Isa::Neon, neon::ternary_gemm, true, true, true, true, true},
 #endif
       {"scalar", Isa::Scalar, ternary_gemm_scalar, true, true, true, true, true},

@@ -206,6 +206,93 @@ MMFREE_TARGET_DOTPROD inline void ternary_gemm_dotprod(const TernaryMatrix& W, c
       });
 }
 
+// ---- a few tokens with the dot-product extension: planes decoded in registers ----------------
+//
+// The buffered GEMM above writes each strip's planes out at 4x (TQ2) or 5x (TQ1) its bytes and
+// reads them back per tile of tokens; on x86 the same scheme made a step of 2 sequences cost 3x
+// one token's (AVX2, ternary_avx2.hpp). Here each chunk's planes are decoded in registers once per
+// tile and multiplied against every token of the tile: the weights stream once per pass. The
+// chooser measures both (its batch and prefill regimes).
+
+inline constexpr int kDirectTile = 4;  // 16 sums, 5 planes and 8 activation registers of 32
+inline constexpr int64_t kDirectTokenBlock = 128;
+
+// Strip s against T tokens.
+template <int T, bool Tq2>
+MMFREE_TARGET_DOTPROD inline void direct_tile(const TernaryMatrix& W, int64_t s, const int8_t* Q, int64_t ldq,
+                                              const int32_t* qsum, int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
+  constexpr int64_t cc = Tq2 ? 16 : 20;  // columns per chunk
+  int32x4_t acc[T][4];
+  #pragma GCC unroll 4
+  for (int j = 0; j < T; ++j)
+    #pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) acc[j][k] = vdupq_n_s32(0);
+  const uint8_t* w = W.strip(s);
+  for (int64_t c = 0; c < W.chunks; ++c, w += kChunkBytes) {
+    int8x16_t x[T], x4[T];  // each token's activations of the chunk's groups 0-3 (TQ1: and 4)
+    #pragma GCC unroll 4
+    for (int j = 0; j < T; ++j) {
+      x[j] = vld1q_s8(Q + j * ldq + cc * c);
+      if constexpr (!Tq2) x4[j] = bcast4(Q + j * ldq + cc * c + 16);
+    }
+    #pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      const uint8x16_t u = vld1q_u8(w + 16 * k);
+      int8x16_t d[5];
+      if constexpr (Tq2) d[0] = tq2_plane<0>(u), d[1] = tq2_plane<1>(u), d[2] = tq2_plane<2>(u), d[3] = tq2_plane<3>(u);
+      else tq1_planes(u, d);
+      #pragma GCC unroll 4
+      for (int j = 0; j < T; ++j) {
+        acc[j][k] = vdotq_laneq_s32(acc[j][k], d[0], x[j], 0);
+        acc[j][k] = vdotq_laneq_s32(acc[j][k], d[1], x[j], 1);
+        acc[j][k] = vdotq_laneq_s32(acc[j][k], d[2], x[j], 2);
+        acc[j][k] = vdotq_laneq_s32(acc[j][k], d[3], x[j], 3);
+        if constexpr (!Tq2) acc[j][k] = vdotq_s32(acc[j][k], d[4], x4[j]);
+      }
+    }
+  }
+  #pragma GCC unroll 4
+  for (int j = 0; j < T; ++j) store_rows(out + j * ldo, acc[j], qsum[j], s, r0, r1);
+}
+template <int T>
+MMFREE_TARGET_DOTPROD inline void direct_tile(const TernaryMatrix& W, int64_t s, const int8_t* Q, int64_t ldq,
+                                              const int32_t* qsum, int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
+  if (W.format == TernaryFormat::TQ2) direct_tile<T, true>(W, s, Q, ldq, qsum, out, ldo, r0, r1);
+  else direct_tile<T, false>(W, s, Q, ldq, qsum, out, ldo, r0, r1);
+}
+
+// Same contract as ternary_gemm_scalar; one token is decode_dotprod's.
+MMFREE_TARGET_DOTPROD inline void ternary_gemm_dotprod_direct(const TernaryMatrix& W, const int8_t* Q, int64_t ldq,
+                                                              int64_t n, int32_t* out, int64_t ldo, int64_t r0,
+                                                              int64_t r1) {
+  if (r0 >= r1) return;
+  if (n == 1) {
+    decode_dotprod(W, Q, sum_q(Q, W.padded_cols()), out, r0, r1);
+    return;
+  }
+  thread_local std::vector<int32_t> qsum;
+  qsum.resize(size_t(n));
+  for (int64_t t = 0; t < n; ++t) qsum[size_t(t)] = sum_q(Q + t * ldq, W.padded_cols());
+  for (int64_t b = 0; b < n; b += kDirectTokenBlock) {
+    const int64_t bn = std::min(kDirectTokenBlock, n - b);
+    const int64_t tiles = (bn + kDirectTile - 1) / kDirectTile;  // evenly sized: 5 tokens as 3 + 2
+    for (int64_t s = r0 / kStripRows; s * kStripRows < r1; ++s)
+      for (int64_t k = 0, t = b; k < tiles; ++k) {
+        const int64_t tn = bn / tiles + (k < bn % tiles ? 1 : 0);
+        const int8_t* q = Q + t * ldq;
+        int32_t* o = out + t * ldo;
+        const int32_t* qs = qsum.data() + t;
+        switch (tn) {
+          case 1: direct_tile<1>(W, s, q, ldq, qs, o, ldo, r0, r1); break;
+          case 2: direct_tile<2>(W, s, q, ldq, qs, o, ldo, r0, r1); break;
+          case 3: direct_tile<3>(W, s, q, ldq, qs, o, ldo, r0, r1); break;
+          default: direct_tile<4>(W, s, q, ldq, qs, o, ldo, r0, r1); break;
+        }
+        t += tn;
+      }
+  }
+}
+
 }  // namespace mmfree::kernels::neon
 
 #endif  // __aarch64__
