@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "mmfree/kernels/simd_warnings.hpp"
+#include "mmfree/kernels/strip_loop.hpp"
 #include "mmfree/kernels/ternary_avx2.hpp"
 #include "mmfree/ternary_format.hpp"
 
@@ -154,24 +155,9 @@ MMFREE_TARGET_AVX_VNNI inline void ternary_gemm(const TernaryMatrix& W, const in
   thread_local std::vector<int32_t> qsum;
   qsum.resize(size_t(n));
   for (int64_t t = 0; t < n; ++t) qsum[size_t(t)] = avx2::sum_q(Q + t * ldq, W.padded_cols());
-  for (int64_t b = 0; b < n; b += avx2::kDirectTokenBlock) {
-    const int64_t bn = std::min(avx2::kDirectTokenBlock, n - b);
-    const int64_t tiles = (bn + kTile - 1) / kTile;
-    for (int64_t s = r0 / kStripRows; s * kStripRows < r1; ++s)
-      for (int64_t k = 0, t = b; k < tiles; ++k) {
-        const int64_t tn = bn / tiles + (k < bn % tiles ? 1 : 0);
-        const int8_t* q = Q + t * ldq;
-        int32_t* o = out + t * ldo;
-        const int32_t* qs = qsum.data() + t;
-        switch (tn) {
-          case 1: tile<1>(W, s, q, ldq, qs, o, ldo, r0, r1); break;
-          case 2: tile<2>(W, s, q, ldq, qs, o, ldo, r0, r1); break;
-          case 3: tile<3>(W, s, q, ldq, qs, o, ldo, r0, r1); break;
-          default: tile<4>(W, s, q, ldq, qs, o, ldo, r0, r1); break;
-        }
-        t += tn;
-      }
-  }
+  strips_by_even_tiles<kTile>(n, avx2::kDirectTokenBlock, kTile, r0, r1, [&](auto T, int64_t s, int64_t t) {
+    tile<decltype(T)::value>(W, s, Q + t * ldq, ldq, qsum.data() + t, out + t * ldo, ldo, r0, r1);
+  });
 }
 
 }  // namespace mmfree::kernels::avx_vnni

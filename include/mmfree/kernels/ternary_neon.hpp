@@ -273,24 +273,9 @@ MMFREE_TARGET_DOTPROD inline void ternary_gemm_dotprod_direct(const TernaryMatri
   thread_local std::vector<int32_t> qsum;
   qsum.resize(size_t(n));
   for (int64_t t = 0; t < n; ++t) qsum[size_t(t)] = sum_q(Q + t * ldq, W.padded_cols());
-  for (int64_t b = 0; b < n; b += kDirectTokenBlock) {
-    const int64_t bn = std::min(kDirectTokenBlock, n - b);
-    const int64_t tiles = (bn + kDirectTile - 1) / kDirectTile;  // evenly sized: 5 tokens as 3 + 2
-    for (int64_t s = r0 / kStripRows; s * kStripRows < r1; ++s)
-      for (int64_t k = 0, t = b; k < tiles; ++k) {
-        const int64_t tn = bn / tiles + (k < bn % tiles ? 1 : 0);
-        const int8_t* q = Q + t * ldq;
-        int32_t* o = out + t * ldo;
-        const int32_t* qs = qsum.data() + t;
-        switch (tn) {
-          case 1: direct_tile<1>(W, s, q, ldq, qs, o, ldo, r0, r1); break;
-          case 2: direct_tile<2>(W, s, q, ldq, qs, o, ldo, r0, r1); break;
-          case 3: direct_tile<3>(W, s, q, ldq, qs, o, ldo, r0, r1); break;
-          default: direct_tile<4>(W, s, q, ldq, qs, o, ldo, r0, r1); break;
-        }
-        t += tn;
-      }
-  }
+  strips_by_even_tiles<kDirectTile>(n, kDirectTokenBlock, kDirectTile, r0, r1, [&](auto T, int64_t s, int64_t t) {
+    direct_tile<decltype(T)::value>(W, s, Q + t * ldq, ldq, qsum.data() + t, out + t * ldo, ldo, r0, r1);
+  });
 }
 
 }  // namespace mmfree::kernels::neon
