@@ -44,7 +44,7 @@ test("a session continues exactly after kill -9 and a restart on the same --stat
       const ref = await complete(s.url, { prompt: [...A, ...r1.json.tokens, ...B, ...r2.json.tokens, 5], max_tokens: 4 });
       assert.deepEqual(r3.json.tokens, ref.json.tokens);
     } finally {
-      s.proc.kill("SIGTERM");
+      await stop(s.proc);
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -69,7 +69,7 @@ test("text sessions continue without BOS; two requests on one session: the secon
     for (const bad of ["", "../x", "a/b", "x".repeat(200), ".hidden", 5])
       assert.equal((await complete(s.url, { prompt: [5], max_tokens: 1, session: bad })).status, 400, String(bad));
   } finally {
-    s.proc.kill("SIGTERM");
+    await stop(s.proc);
   }
 });
 
@@ -229,8 +229,7 @@ test("two replicas sharing Redis: a session begun on one continues on the other 
       const both = await Promise.all([a, b].map((s) => complete(s.url, { prompt: [5], max_tokens: 200, session: "race" })));
       assert.deepEqual(both.map((r) => r.status).sort(), [200, 409]);
     } finally {
-      a.proc.kill("SIGTERM");
-      b.proc.kill("SIGTERM");
+      await Promise.all([stop(a.proc), stop(b.proc)]);
     }
   } finally {
     await stop(redis);
