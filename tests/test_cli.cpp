@@ -224,6 +224,15 @@ TEST(Cli, BenchPrintsTableAndJson) {
   }
   EXPECT_EQ(b[0]["prefill"]["tokens"], 5);
   EXPECT_GT(b[0]["prefill"]["gmac_s"].get<double>(), 0);
+  // The ceilings are never below their probes nor below what the run itself reached, so no
+  // share exceeds 1; each says where it came from.
+  const double bw = b[0]["read_gbs"].get<double>(), peak = b[0]["int8_peak_gmacs"].get<double>();
+  EXPECT_GE(bw, b[0]["read_probe_gbs"].get<double>());
+  EXPECT_GE(peak, b[0]["int8_probe_gmacs"].get<double>());
+  for (const char* from : {"read_from", "int8_peak_from"})
+    EXPECT_TRUE(b[0][from] == "probe" || b[0][from] == "chooser" || b[0][from] == "passes") << b[0][from];
+  for (const auto& row : b[0]["batches"]) EXPECT_LE(row["roofline_frac"].get<double>(), 1.0 + 1e-9) << row["batch"];
+  EXPECT_LE(b[0]["prefill"]["peak_frac"].get<double>(), 1.0 + 1e-9);
   r = run_cli("bench --model " + kTiny + " --batch 0");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("--batch"), std::string::npos) << r.err;
