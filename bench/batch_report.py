@@ -29,6 +29,16 @@ def label(r):
     return "%s, %d threads" % (r["desc"], r["threads"])
 
 
+def source(r, key, probe_key):
+    """" (set by the chooser's samples; probe 748)" where a ceiling is not its probe's reading
+    (runs before 2026-12-06 have no such keys: their ceilings are the probes)."""
+    src = r.get(key, "probe")
+    if src == "probe":
+        return ""
+    return " (set by %s; probe %.0f)" % ("the chooser's kernel samples" if src == "chooser" else "the run's passes",
+                                         r[probe_key])
+
+
 def table(runs):
     bs = sorted({b["batch"] for r in runs for b in r["batches"]})
     out = ["CPU: %s" % runs[0]["cpu"], ""]
@@ -45,8 +55,9 @@ def table(runs):
                "same run). Ceilings of each run:")
     out.append("")
     for r in runs:
-        out.append("- %s: read %.1f GB/s, int8 peak %.0f GMAC/s, %.1f MB and %.2f GMAC per token; kernels: %s" % (
-            label(r), r["read_gbs"], r["int8_peak_gmacs"], r["weight_bytes_per_token"] / 1e6,
+        out.append("- %s: read %.1f GB/s%s, int8 peak %.0f GMAC/s%s, %.1f MB and %.2f GMAC per token; kernels: %s" % (
+            label(r), r["read_gbs"], source(r, "read_from", "read_probe_gbs"), r["int8_peak_gmacs"],
+            source(r, "int8_peak_from", "int8_probe_gmacs"), r["weight_bytes_per_token"] / 1e6,
             r["macs_per_token"] / 1e9, r["kernels"]))
     return "\n".join(out) + "\n"
 
