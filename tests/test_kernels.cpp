@@ -342,6 +342,16 @@ TEST(InterleavedLayout, KernelsWithoutCopyOrMidGroupRanges) {
               k.gemm(*m, q.data(), ld, n, got.data(), rows, r0, std::min(rows, r0 + step));
             ASSERT_EQ(got, ref) << k.name << " " << format_name(f) << " " << cols << " columns n=" << n
                                 << " ranges of " << step << (m == &plain ? " without the copy" : "");
+            // The dequantising twin, which without the copy goes to the strips' kernels too.
+            if (!k.gemm_scaled) continue;
+            std::vector<float> scale(static_cast<size_t>(n)), want(size_t(n * rows)), gotf(size_t(n * rows), -7.0f);
+            for (int64_t j = 0; j < n; ++j) scale[size_t(j)] = 0.001f * float(j + 1);
+            for (int64_t j = 0; j < n; ++j) scale_ints(ref.data() + j * rows, scale[size_t(j)], rows, want.data() + j * rows);
+            for (int64_t r0 = 0; r0 < rows; r0 += step)
+              k.gemm_scaled(*m, q.data(), ld, n, scale.data(), nullptr, gotf.data(), rows, r0, std::min(rows, r0 + step));
+            ASSERT_EQ(std::memcmp(gotf.data(), want.data(), gotf.size() * sizeof(float)), 0)
+                << k.name << " (dequantising) " << format_name(f) << " " << cols << " columns n=" << n << " ranges of "
+                << step << (m == &plain ? " without the copy" : "");
           }
       }
       }
