@@ -179,6 +179,7 @@ void BM_Decode(benchmark::State& state, std::string preset, TernaryFormat fmt, b
         bws.push_back(bw);
         fracs.push_back(double(seg_tokens) / seg_secs / (bw * 1e9 / double(L.bytes_per_token)));
         seg_secs = 0, seg_tokens = 0;
+        step(st);  // untimed: the first step after rest() wakes the workers (mmfree-cli bench --batch)
         state.ResumeTiming();
       }
     }

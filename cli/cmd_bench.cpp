@@ -68,7 +68,10 @@ int bench_batches(const Args& a, const std::vector<int32_t>& threads, int64_t re
       step(b);
       b.steps_per_round = std::max<int64_t>(2, int64_t(0.2 / std::max(std::chrono::duration<double>(clk::now() - t0).count(), 1e-6)));
     }
-    // The probes run with the model's workers asleep, not spinning after the last step.
+    // The probes run with the model's workers asleep, not spinning after the last step. The first
+    // step after them wakes the workers and is not timed: it took 24-26 ms instead of 8-10 in 2
+    // of 8 rounds (one token of the 1.3B preset; the woken worker waits for a vCPU), and B = 1,
+    // measured first in every round, read up to 8% slow in such a round (AMD Zen 5, 2 vCPUs).
     auto probe = [&] {
       m.options().pool->rest();
       bws.push_back(mmfree::roofline::bandwidth_now_gbs(t));
@@ -76,6 +79,7 @@ int bench_batches(const Args& a, const std::vector<int32_t>& threads, int64_t re
     };
     for (int64_t r = 0; r < reps; ++r) {
       probe();
+      step(bs.front());
       for (Batch& b : bs) {
         const auto t0 = clk::now();
         for (int64_t i = 0; i < b.steps_per_round; ++i) step(b);
