@@ -1,4 +1,7 @@
 // libFuzzer entry point; the target itself is in targets.hpp.
-#include "targets.hpp"
+#include "entry.hpp"
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) { return mmfree::fuzz::grammar(data, size, MMFREE_FUZZ_TOKENIZER); }
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static const auto& run = mmfree::fuzz::target("fuzz_grammar");
+  return run(data, size);
+}

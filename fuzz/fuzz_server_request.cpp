@@ -1,6 +1,7 @@
 // libFuzzer entry point; the target itself is in targets.hpp.
-#include "targets.hpp"
+#include "entry.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  return mmfree::fuzz::server_request(data, size, MMFREE_FUZZ_TOKENIZER);
+  static const auto& run = mmfree::fuzz::target("fuzz_server_request");
+  return run(data, size);
 }

@@ -1,9 +1,7 @@
 // libFuzzer entry point; the target itself is in targets.hpp.
-#include <filesystem>
-
-#include "targets.hpp"
+#include "entry.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const std::string dir = std::filesystem::path(MMFREE_FUZZ_TOKENIZER).parent_path().string();
-  return mmfree::fuzz::state_file(data, size, dir);
+  static const auto& run = mmfree::fuzz::target("fuzz_state_file");
+  return run(data, size);
 }

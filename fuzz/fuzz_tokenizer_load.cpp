@@ -1,4 +1,7 @@
 // libFuzzer entry point; the target itself is in targets.hpp.
-#include "targets.hpp"
+#include "entry.hpp"
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) { return mmfree::fuzz::tokenizer_load(data, size); }
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static const auto& run = mmfree::fuzz::target("fuzz_tokenizer_load");
+  return run(data, size);
+}

@@ -1,6 +1,7 @@
 // libFuzzer entry point; the target itself is in targets.hpp.
-#include "targets.hpp"
+#include "entry.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  return mmfree::fuzz::tokenizer_text(data, size, MMFREE_FUZZ_TOKENIZER);
+  static const auto& run = mmfree::fuzz::target("fuzz_tokenizer_text");
+  return run(data, size);
 }
