@@ -1,4 +1,4 @@
-// mmfree's fuzz targets as plain functions: the libFuzzer entry points (fuzz_<target>.cpp) call
+// mmfree's fuzz targets as plain functions: the libFuzzer entry point (main.cpp, via entry.cpp) calls
 // them, and so does the normal test suite (tests/test_fuzz_replay.cpp), which replays the kept
 // corpus (fuzz/corpus/<target>) and every input that ever made a target fail
 // (fuzz/regressions/<target>) through exactly this code, under the sanitizers in CI.
