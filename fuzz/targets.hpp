@@ -52,7 +52,7 @@ inline int config(const uint8_t* data, size_t size) {
   const auto j = nlohmann::json::parse(data, data + size, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return 0;
   try {
-    Config c = Config::from_json(j, "fuzz");
+    Config c = parse_config(j, "fuzz");
     (void)c.input_dim();
   } catch (const Error&) {
   }

@@ -1,6 +1,6 @@
 #include <gtest/gtest.h>
 
-#include "mmfree/config.hpp"
+#include "mmfree/config_json.hpp"
 #include "test_util.hpp"
 
 namespace tests_config {  // this file's own names (the tests compile in unity batches)
@@ -10,7 +10,7 @@ using mmfree::test::error_of;
 using nlohmann::json;
 
 TEST(Config, DefaultsAndDerivedIntermediate) {
-  Config c = Config::from_json(json::object(), "cfg");
+  Config c = parse_config(json::object(), "cfg");
   EXPECT_EQ(c.vocab_size, 32000);
   EXPECT_EQ(c.hidden_size, 2048);
   EXPECT_EQ(c.num_hidden_layers, 24);
@@ -22,13 +22,13 @@ TEST(Config, DefaultsAndDerivedIntermediate) {
   EXPECT_EQ(Config::derive_intermediate(2560, 4), 6912);
   EXPECT_EQ(Config::derive_intermediate(96, 3), 256);
   EXPECT_EQ(Config::derive_intermediate(128, 4), 512);
-  Config e = Config::from_json(json{{"intermediate_size", 1000}, {"hidden_size", 64}}, "cfg");
+  Config e = parse_config(json{{"intermediate_size", 1000}, {"hidden_size", 64}}, "cfg");
   EXPECT_EQ(e.intermediate_size, 1000);
 }
 
 TEST(Config, RefusesBadValues) {
   auto err = [](json j) -> std::string {
-    return error_of([&] { Config::from_json(j, "my/config.json"); });
+    return error_of([&] { parse_config(j, "my/config.json"); });
   };
   EXPECT_EQ(err(json{{"use_short_conv", true}}).rfind("my/config.json: use_short_conv", 0), 0u);
   EXPECT_NE(err(json{{"attn_mode", "chunk"}}).find("unsupported attn_mode \"chunk\""), std::string::npos);

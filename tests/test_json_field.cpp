@@ -120,7 +120,7 @@ TEST(JsonField, TokenizerConfigFlags) {
 // ---- config.json -------------------------------------------------------------------------
 
 TEST(JsonField, ConfigNumbers) {
-  auto cfg_error = [](const std::string& body) { return error_of([&] { Config::from_json(parse(body), "config.json"); }); };
+  auto cfg_error = [](const std::string& body) { return error_of([&] { parse_config(parse(body), "config.json"); }); };
   EXPECT_THAT(cfg_error(R"({"hidden_size": 64.5})"), HasSubstr("config.json: 'hidden_size' must be an integer, got 64.5"));
   EXPECT_THAT(cfg_error(R"({"hidden_size": 1e300})"), HasSubstr("'hidden_size' must be an integer"));
   EXPECT_THAT(cfg_error(R"({"hidden_size": -64})"), HasSubstr("'hidden_size' is out of range [1, 65536], got -64"));
@@ -130,7 +130,7 @@ TEST(JsonField, ConfigNumbers) {
   EXPECT_THAT(cfg_error(R"({"rms_norm_eps": -1})"), HasSubstr("'rms_norm_eps' is out of range"));
   EXPECT_THAT(cfg_error(R"({"use_lower_bound": 1})"), HasSubstr("'use_lower_bound' must be true or false, got 1"));
   EXPECT_THAT(cfg_error(R"({"model_type": 7})"), HasSubstr("'model_type' must be a string, got 7"));
-  EXPECT_EQ(Config::from_json(parse(R"({"hidden_size": 64, "rms_norm_eps": 1e-5})"), "c").rms_norm_eps, 1e-5);
+  EXPECT_EQ(parse_config(parse(R"({"hidden_size": 64, "rms_norm_eps": 1e-5})"), "c").rms_norm_eps, 1e-5);
 }
 
 // ---- safetensors headers -----------------------------------------------------------------

@@ -10,7 +10,7 @@
 
 #include "mmfree/error.hpp"
 #include "mmfree/half.hpp"
-#include "mmfree/safetensors.hpp"
+#include "mmfree/tensor.hpp"
 
 namespace mmfree {
 

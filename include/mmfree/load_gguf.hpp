@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "mmfree/config_json.hpp"
 #include "mmfree/gguf.hpp"
 #include "mmfree/file_ternary.hpp"
 #include "mmfree/kernels/repack.hpp"
@@ -53,7 +54,7 @@ class GgufLoader {
         {"bos_token_id", r_.has("tokenizer.ggml.bos_token_id") ? r_.get_int("tokenizer.ggml.bos_token_id") : 1},
         {"eos_token_id", r_.has("tokenizer.ggml.eos_token_id") ? r_.get_int("tokenizer.ggml.eos_token_id") : 2},
     };
-    return Config::from_json(j, r_.path());
+    return parse_config(j, r_.path());
   }
 
   // The ternary format the file was written in (hgrn_bit.ternary_format; tq2 when absent).

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "mmfree/config.hpp"
+#include "mmfree/config_json.hpp"
 #include "mmfree/embedding.hpp"
 #include "mmfree/safetensors.hpp"
 #include "mmfree/ternary_format.hpp"
@@ -24,7 +24,7 @@ class HfLoader {
     std::error_code ec;
     if (!fs::exists(dir, ec)) fail(dir, "no such file or directory");
     if (!fs::is_directory(dir, ec)) fail(dir, "is not a checkpoint directory (config.json + model.safetensors) or a GGUF file");
-    cfg_ = Config::from_file((fs::path(dir) / "config.json").string());
+    cfg_ = read_config((fs::path(dir) / "config.json").string());
     store_ = std::make_unique<TensorStore>(dir);
   }
 

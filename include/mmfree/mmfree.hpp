@@ -4,6 +4,7 @@
 #include "mmfree/activations.hpp"
 #include "mmfree/bitlinear.hpp"
 #include "mmfree/config.hpp"
+#include "mmfree/config_json.hpp"
 #include "mmfree/error.hpp"
 #include "mmfree/exec.hpp"
 #include "mmfree/glu.hpp"
