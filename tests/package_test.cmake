@@ -1,13 +1,6 @@
 # Install mmfree to a temporary prefix, build a consumer project with find_package(mmfree),
 # and run it. Invoked by CTest with -DSOURCE_DIR -DWORK_DIR -DCONSUMER_DIR -DMODEL_DIR.
-file(REMOVE_RECURSE ${WORK_DIR})
-file(MAKE_DIRECTORY ${WORK_DIR})
-function(run)
-  execute_process(COMMAND ${ARGV} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "failed: ${ARGV}\n${out}\n${err}")
-  endif()
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/package_run.cmake)
 run(${CMAKE_COMMAND} -S ${SOURCE_DIR} -B ${WORK_DIR}/lib -DMMFREE_BUILD_TESTS=OFF -DMMFREE_BUILD_EXAMPLES=OFF
     -DCMAKE_INSTALL_PREFIX=${WORK_DIR}/prefix)
 run(${CMAKE_COMMAND} --install ${WORK_DIR}/lib)

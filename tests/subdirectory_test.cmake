@@ -1,13 +1,6 @@
 # Build a consumer project that pulls mmfree in with add_subdirectory, and run it. Invoked by
 # CTest with -DSOURCE_DIR -DWORK_DIR -DCONSUMER_DIR -DMODEL_DIR.
-file(REMOVE_RECURSE ${WORK_DIR})
-file(MAKE_DIRECTORY ${WORK_DIR})
-function(run)
-  execute_process(COMMAND ${ARGV} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "failed: ${ARGV}\n${out}\n${err}")
-  endif()
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/package_run.cmake)
 # Unoptimised, as package_test.cmake: the test is about the build wiring, not the speed.
 run(${CMAKE_COMMAND} -S ${CONSUMER_DIR} -B ${WORK_DIR} -DMMFREE_SOURCE_DIR=${SOURCE_DIR} -DCMAKE_BUILD_TYPE=)
 run(${CMAKE_COMMAND} --build ${WORK_DIR})

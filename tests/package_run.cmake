@@ -1,0 +1,10 @@
+# For the package tests' scripts (package_test.cmake, subdirectory_test.cmake): run(COMMAND...)
+# runs a command and stops the test with its output if it fails; WORK_DIR starts empty.
+file(REMOVE_RECURSE ${WORK_DIR})
+file(MAKE_DIRECTORY ${WORK_DIR})
+function(run)
+  execute_process(COMMAND ${ARGV} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "failed: ${ARGV}\n${out}\n${err}")
+  endif()
+endfunction()
