@@ -12,7 +12,7 @@ int cmd_tokenize(const Args& a) {
   a.allow({"model", "tokenizer", "text", "prompt", "file", "decode", "no-bos"}, /*model_flags=*/false);
   if (a.has("model") && a.has("tokenizer")) fail("tokenize", "give --model M or --tokenizer FILE.json, not both");
   const mmfree::Tokenizer tok =
-      a.has("tokenizer") ? mmfree::Tokenizer::from_file(a.str("tokenizer")) : mmfree::load_tokenizer(model_path(a));
+      a.has("tokenizer") ? mmfree::read_tokenizer(a.str("tokenizer")) : mmfree::load_tokenizer(model_path(a));
   const int given = int(a.has("text")) + int(a.has("prompt")) + int(a.has("file")) + int(a.has("decode"));
   if (given != 1) fail("tokenize", "give one of --text/-p TEXT, -f FILE or --decode \"1 2 3\"");
   if (a.has("decode")) {

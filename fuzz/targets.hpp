@@ -63,7 +63,7 @@ inline int tokenizer_load(const uint8_t* data, size_t size) {
   const auto j = nlohmann::json::parse(data, data + size, nullptr, false);
   if (j.is_discarded()) return 0;
   try {
-    Tokenizer t = Tokenizer::from_json(j, nlohmann::json(), "fuzz");
+    Tokenizer t = parse_tokenizer(j, nlohmann::json(), "fuzz");
     const auto ids = t.encode("Hello <s> w\xc3\xb6rld \xff", true);
     (void)t.decode(ids);
   } catch (const Error&) {
@@ -74,7 +74,7 @@ inline int tokenizer_load(const uint8_t* data, size_t size) {
 
 // Encode and decode arbitrary bytes with the real kjv tokenizer (`tokenizer_json`).
 inline int tokenizer_text(const uint8_t* data, size_t size, const std::string& tokenizer_json) {
-  static const Tokenizer tok = Tokenizer::from_file(tokenizer_json);
+  static const Tokenizer tok = read_tokenizer(tokenizer_json);
   const std::string text(reinterpret_cast<const char*>(data), size);
   const auto ids = tok.encode(text);
   const std::string back = tok.decode(ids);
@@ -150,7 +150,7 @@ inline void check_wire(const nlohmann::json& doc) {
 // the documents the server would send (the response, every stream chunk), and those and every
 // error document are valid UTF-8 and valid JSON.
 inline int server_request(const uint8_t* data, size_t size, const std::string& tokenizer_json) {
-  static const Tokenizer tok = Tokenizer::from_file(tokenizer_json);
+  static const Tokenizer tok = read_tokenizer(tokenizer_json);
   static const Model model = [&] {
     ModelOptions o;
     o.kernels = "scalar";  // nothing measured at load
@@ -263,7 +263,7 @@ inline int prefix_record(const uint8_t* data, size_t size, const std::string& mo
 // compiled; then every prefix of a text it accepts is alive, and at the text's end (while short)
 // the trie walk's mask equals asking token by token (kjv-tiny's vocabulary).
 inline int grammar(const uint8_t* data, size_t size, const std::string& tokenizer_json) {
-  static const auto trie = std::make_shared<const TokenTrie>(Tokenizer::from_file(tokenizer_json));
+  static const auto trie = std::make_shared<const TokenTrie>(read_tokenizer(tokenizer_json));
   const std::string in(reinterpret_cast<const char*>(data), size);
   const size_t nul = in.find('\0');
   const std::string spec = in.substr(0, nul), text = nul == std::string::npos ? "" : in.substr(nul + 1);

@@ -146,7 +146,7 @@ TEST(Cli, GeneratePromptStreamsTextAndStats) {
   CliRun r = run_cli("generate --model " + kTiny + " --prompt 'In the beginning' -n 24 --temperature 0");
   ASSERT_EQ(r.code, 0) << r.err;
   // The greedy continuation of the golden "genesis" case, as text.
-  Tokenizer tok = Tokenizer::from_file(kTiny + "/tokenizer.json");
+  Tokenizer tok = read_tokenizer(kTiny + "/tokenizer.json");
   SafetensorsFile g(kTiny + "/golden.safetensors");
   EXPECT_EQ(r.out, tok.decode(g.find("genesis.greedy_ids")->to_int32()) + "\n");
   for (auto s : {"prompt tokens: 4", "prefill", "decode", "time to first token", "peak memory"})

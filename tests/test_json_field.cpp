@@ -73,7 +73,7 @@ std::string tokenizer_with_added_id(const std::string& id) {
 std::string tokenizer_error(const std::string& json_text) {
   TempDir d;
   write_file(d.file("tokenizer.json"), json_text);
-  return error_of([&] { Tokenizer::from_file(d.file("tokenizer.json")); });
+  return error_of([&] { read_tokenizer(d.file("tokenizer.json")); });
 }
 
 }  // namespace
@@ -91,7 +91,7 @@ TEST(JsonField, TokenizerAddedTokenIds) {
   // A valid id still works, and the added token is that id.
   TempDir d;
   write_file(d.file("tokenizer.json"), tokenizer_with_added_id("5"));
-  const Tokenizer t = Tokenizer::from_file(d.file("tokenizer.json"));
+  const Tokenizer t = read_tokenizer(d.file("tokenizer.json"));
   EXPECT_EQ(t.encode("ab <x>", true).back(), 5);
 }
 
@@ -113,7 +113,7 @@ TEST(JsonField, TokenizerConfigFlags) {
   TempDir d;
   write_file(d.file("tokenizer.json"), tokenizer_with_added_id("5"));
   write_file(d.file("tokenizer_config.json"), R"({"add_bos_token": "false"})");
-  EXPECT_THAT(error_of([&] { Tokenizer::from_file(d.file("tokenizer.json")); }),
+  EXPECT_THAT(error_of([&] { read_tokenizer(d.file("tokenizer.json")); }),
               HasSubstr("'add_bos_token' must be true or false, got \"false\""));
 }
 

@@ -192,7 +192,7 @@ TEST(Generate, GreedyMatchesModelAndStopsAtEos) {
 
 TEST(Perplexity, BundledKjvTinyMatchesReference) {
   Model m = load_model(test::data_dir() + "/kjv-tiny", test::options(2));
-  const Tokenizer tok = Tokenizer::from_file(test::data_dir() + "/kjv-tiny/tokenizer.json");
+  const Tokenizer tok = read_tokenizer(test::data_dir() + "/kjv-tiny/tokenizer.json");
   const auto ids = tokenize_chapters(tok, test::read_file(test::data_dir() + "/kjv-val.txt"));
   const auto ref = nlohmann::json::parse(test::read_file(test::data_dir() + "/kjv-tiny/eval.json"));
   EXPECT_EQ(int64_t(ids.size()), ref["val_tokens"].get<int64_t>());

@@ -23,7 +23,7 @@ std::string ids_str(const std::vector<int32_t>& v) {
 
 void check_goldens(const std::string& tok_path, const std::string& key) {
   const json g = json::parse(read_file(data_dir() + "/tokenizer_golden.json"));
-  const Tokenizer t = Tokenizer::from_file(tok_path);
+  const Tokenizer t = read_tokenizer(tok_path);
   int n = 0;
   for (const auto& c : g.at(key)) {
     const std::string text = c["text"];
@@ -72,7 +72,7 @@ TEST(Tokenizer, MistralGoldens) {
 }
 
 TEST(Tokenizer, OwnCases) {
-  const Tokenizer t = Tokenizer::from_file(kKjvTok);
+  const Tokenizer t = read_tokenizer(kKjvTok);
   EXPECT_EQ(t.encode(""), (std::vector<int32_t>{1}));
   EXPECT_EQ(t.encode("", false), (std::vector<int32_t>{}));
   EXPECT_EQ(t.encode("   ").front(), 1);
@@ -105,7 +105,7 @@ TEST(Tokenizer, OwnCases) {
 }
 
 TEST(Tokenizer, IncrementalDecoderNeverSplitsACharacter) {
-  const Tokenizer t = Tokenizer::from_file(kKjvTok);
+  const Tokenizer t = read_tokenizer(kKjvTok);
   const std::string text = "emoji \xf0\x9f\xa6\x99 and caf\xc3\xa9";
   IncrementalDecoder d(t);
   std::string all;
@@ -124,39 +124,39 @@ TEST(Tokenizer, IncrementalDecoderNeverSplitsACharacter) {
 TEST(Tokenizer, MetaspaceLayouts) {
   const std::string sp = "\xe2\x96\x81";
   {
-    Tokenizer t = Tokenizer::from_json(metaspace_tokenizer("always", true), json(), "always.json");
+    Tokenizer t = parse_tokenizer(metaspace_tokenizer("always", true), json(), "always.json");
     EXPECT_EQ(t.encode("ab ab", false), (std::vector<int32_t>{8, 8}));
     EXPECT_EQ(t.decode({8, 8}), "ab ab");
     EXPECT_EQ(t.encode("ab</s>ab", false), (std::vector<int32_t>{8, 2, 8}));  // "always": after specials too
   }
   {
-    Tokenizer t = Tokenizer::from_json(metaspace_tokenizer("first", false), json(), "first.json");
+    Tokenizer t = parse_tokenizer(metaspace_tokenizer("first", false), json(), "first.json");
     EXPECT_EQ(t.encode("ab</s>ab", false), (std::vector<int32_t>{8, 2, 7}));  // "first": only the first segment
     EXPECT_EQ(t.encode("ab"), (std::vector<int32_t>{1, 8}));                  // no template: Llama's BOS default
   }
   {
-    Tokenizer t = Tokenizer::from_json(metaspace_tokenizer("never", true), json(), "never.json");
+    Tokenizer t = parse_tokenizer(metaspace_tokenizer("never", true), json(), "never.json");
     EXPECT_EQ(t.encode("ab", false), (std::vector<int32_t>{7}));
     EXPECT_EQ(t.encode("c", false), (std::vector<int32_t>{9 + 'c'}));  // byte fallback
   }
   // tokenizer_config.json switches: add_eos_token, bos_token by content object.
   {
     json cfg = {{"add_bos_token", false}, {"add_eos_token", true}, {"bos_token", {{"content", "<s>"}}}};
-    Tokenizer t = Tokenizer::from_json(metaspace_tokenizer("always", true), cfg, "cfg.json");
+    Tokenizer t = parse_tokenizer(metaspace_tokenizer("always", true), cfg, "cfg.json");
     EXPECT_EQ(t.encode("ab"), (std::vector<int32_t>{8, 2}));
   }
   // Merges as "a b" strings give the same result as pairs.
   {
     json j = metaspace_tokenizer("always", true);
     j["model"]["merges"] = json::array({"a b", sp + " a", sp + " ab"});
-    Tokenizer t = Tokenizer::from_json(j, json(), "strings.json");
+    Tokenizer t = parse_tokenizer(j, json(), "strings.json");
     EXPECT_EQ(t.encode("ab ab", false), (std::vector<int32_t>{8, 8}));
   }
   // Without byte fallback an unknown character is <unk>, and a run of them is fused.
   {
     json j = metaspace_tokenizer("never", true);
     j["model"]["byte_fallback"] = false;
-    Tokenizer t = Tokenizer::from_json(j, json(), "unk.json");
+    Tokenizer t = parse_tokenizer(j, json(), "unk.json");
     EXPECT_EQ(t.encode("xyzab", false), (std::vector<int32_t>{0, 7}));
   }
 }
@@ -165,7 +165,7 @@ TEST(Tokenizer, BadFilesAreRefused) {
   TempDir d;
   auto err = [&](const std::string& content) -> std::string {
     write_file(d.file("tokenizer.json"), content);
-    return error_of([&] { Tokenizer::from_file(d.file("tokenizer.json")); });
+    return error_of([&] { read_tokenizer(d.file("tokenizer.json")); });
   };
   const std::string p = d.file("tokenizer.json");
   EXPECT_NE(err("").find(p + ": not valid JSON"), std::string::npos);
@@ -184,7 +184,7 @@ TEST(Tokenizer, BadFilesAreRefused) {
   EXPECT_NE(err(R"({"model":{"type":"BPE","vocab":{"a":0}},"decoder":{"type":"WordPiece"}})").find("decoder 'WordPiece'"),
             std::string::npos);
   try {
-    Tokenizer::from_file(d.file("absent.json"));
+    read_tokenizer(d.file("absent.json"));
     FAIL();
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("absent.json: cannot open"), std::string::npos);

@@ -13,7 +13,7 @@
 #include "mmfree/gguf.hpp"
 #include "mmfree/file_ternary.hpp"
 #include "mmfree/kernels/repack.hpp"
-#include "mmfree/tokenizer.hpp"
+#include "mmfree/tokenizer_json.hpp"
 #include "mmfree/weight_arena.hpp"
 #include "mmfree/weights.hpp"
 
@@ -96,7 +96,7 @@ class GgufLoader {
     if (r_.has("tokenizer.ggml.add_bos_token")) cfg["add_bos_token"] = r_.get_bool("tokenizer.ggml.add_bos_token");
     if (r_.has("tokenizer.ggml.add_eos_token")) cfg["add_eos_token"] = r_.get_bool("tokenizer.ggml.add_eos_token");
     try {
-      return Tokenizer::from_json(j, cfg, r_.path() + " (tokenizer.huggingface.json)");
+      return parse_tokenizer(j, cfg, r_.path() + " (tokenizer.huggingface.json)");
     } catch (const nlohmann::json::exception& e) {
       fail(r_.path(), std::string("tokenizer: unexpected structure: ") + e.what());
     }

@@ -32,3 +32,4 @@
 #include "mmfree/logprobs.hpp"
 #include "mmfree/sampler.hpp"
 #include "mmfree/tokenizer.hpp"
+#include "mmfree/tokenizer_json.hpp"

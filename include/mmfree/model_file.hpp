@@ -12,7 +12,7 @@
 #include "mmfree/load_gguf.hpp"
 #include "mmfree/load_hf.hpp"
 #include "mmfree/model.hpp"
-#include "mmfree/tokenizer.hpp"
+#include "mmfree/tokenizer_json.hpp"
 
 namespace mmfree {
 
@@ -54,7 +54,7 @@ inline Tokenizer load_tokenizer(const std::string& model_path) {
   if (looks_like_gguf(model_path)) return GgufLoader(model_path).tokenizer();
   const std::string p = (std::filesystem::path(model_path) / "tokenizer.json").string();
   if (!std::filesystem::exists(p)) fail(model_path, "has no tokenizer.json");
-  return Tokenizer::from_file(p);
+  return read_tokenizer(p);
 }
 
 }  // namespace mmfree

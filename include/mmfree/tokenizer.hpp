@@ -1,4 +1,5 @@
-// mmfree: Hugging Face `tokenizer.json` (Llama/Mistral family: BPE with byte fallback).
+// mmfree: the tokenizer of Hugging Face's `tokenizer.json` (Llama/Mistral family: BPE with byte
+// fallback); reading one is tokenizer_json.hpp's (read_tokenizer, parse_tokenizer).
 //
 // Encoding follows the `tokenizers` library step by step:
 //   1. added/special tokens are split out of the raw text (leftmost-longest);
@@ -16,9 +17,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <filesystem>
-#include <fstream>
-#include <nlohmann/json.hpp>
 #include <queue>
 #include <string>
 #include <string_view>
@@ -26,7 +24,6 @@
 #include <vector>
 
 #include "mmfree/error.hpp"
-#include "mmfree/json_field.hpp"
 
 namespace mmfree {
 
@@ -84,135 +81,6 @@ class Tokenizer {
  public:
   static constexpr int64_t kMaxId = 1 << 24;  // token ids above this are refused
   static inline const std::string kSpace = "\xe2\x96\x81";  // "▁"
-
-  // From a tokenizer.json; tokenizer_config.json next to it (if any) sets BOS/EOS flags.
-  static Tokenizer from_file(const std::string& path) {
-    namespace fs = std::filesystem;
-    std::error_code ec;
-    if (fs::is_directory(path, ec)) fail(path, "is a directory, expected tokenizer.json");
-    std::ifstream in(path, std::ios::binary);
-    if (!in) fail(path, "cannot open");
-    nlohmann::json j, cfg;
-    try {
-      j = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-      fail(path, std::string("not valid JSON: ") + e.what());
-    }
-    const fs::path cfg_path = fs::path(path).parent_path() / "tokenizer_config.json";
-    if (fs::exists(cfg_path, ec)) {
-      std::ifstream ci(cfg_path, std::ios::binary);
-      try {
-        cfg = nlohmann::json::parse(ci);
-      } catch (const nlohmann::json::exception& e) {
-        fail(cfg_path.string(), std::string("not valid JSON: ") + e.what());
-      }
-    }
-    try {
-      return from_json(j, cfg, path);
-    } catch (const nlohmann::json::exception& e) {
-      fail(path, std::string("unexpected structure: ") + e.what());
-    }
-  }
-
-  static Tokenizer from_json(const nlohmann::json& j, const nlohmann::json& cfg, const std::string& where) {
-    Tokenizer t;
-    t.where_ = where;
-    if (!j.is_object()) fail(where, "not a JSON object");
-    if (!j.contains("model") || !j["model"].is_object()) fail(where, "missing 'model'");
-    const auto& m = j["model"];
-    using namespace json_field;
-    if (string_or(m, "type", "BPE", where, "model.") != "BPE")
-      fail(where, "model type " + m["type"].dump() + " is not supported (only BPE)");
-    if (!m.contains("vocab") || !m["vocab"].is_object()) fail(where, "model.vocab missing or not an object");
-    // Ids: integers in [0, kMaxId]. (The field's name is built only for the error.)
-    auto id_of = [&](const nlohmann::json& v, const auto& field) -> int64_t {
-      if (v.is_number_unsigned() && v.get<uint64_t>() <= uint64_t(kMaxId)) return int64_t(v.get<uint64_t>());
-      return integer(v, where, field(), 0, kMaxId);
-    };
-    int64_t max_id = -1;
-    for (auto& item : m["vocab"].items())
-      max_id = std::max(max_id, id_of(item.value(), [&] { return "model.vocab[" + nlohmann::json(item.key()).dump() + "]"; }));
-    const nlohmann::json added = j.contains("added_tokens") ? j["added_tokens"] : nlohmann::json::array();
-    if (!added.is_array()) bad(where, "added_tokens", "must be an array", added);
-    for (size_t i = 0; i < added.size(); ++i) {
-      if (!added[i].is_object()) bad(where, "added_tokens[" + std::to_string(i) + "]", "must be an object", added[i]);
-      if (!added[i].contains("id")) fail(where, "'added_tokens[" + std::to_string(i) + "]' has no id");
-      max_id = std::max(max_id, id_of(added[i]["id"], [&] { return "added_tokens[" + std::to_string(i) + "].id"; }));
-    }
-    t.pieces_.assign(size_t(max_id + 1), std::string());
-    t.special_.assign(size_t(max_id + 1), 0);
-    t.byte_of_.assign(size_t(max_id + 1), -1);
-    for (auto& [tok, id] : m["vocab"].items()) {
-      t.vocab_[tok] = int32_t(id.get<uint64_t>());
-      t.pieces_[size_t(id.get<uint64_t>())] = tok;
-    }
-    t.byte_fallback_ = boolean_or(m, "byte_fallback", false, where, "model.");
-    t.fuse_unk_ = boolean_or(m, "fuse_unk", false, where, "model.");
-    if (has(m, "unk_token")) {
-      auto it = t.vocab_.find(string(m["unk_token"], where, "model.unk_token"));
-      if (it != t.vocab_.end()) t.unk_id_ = it->second;
-    }
-    for (int b = 0; b < 256; ++b) {
-      char name[8];
-      std::snprintf(name, sizeof name, "<0x%02X>", b);
-      auto it = t.vocab_.find(name);
-      t.byte_ids_[b] = it == t.vocab_.end() ? -1 : it->second;
-      if (it != t.vocab_.end()) t.byte_of_[size_t(it->second)] = int16_t(b);
-    }
-    // Merges: "a b" strings or ["a", "b"] pairs; rank = position.
-    if (m.contains("merges") && m["merges"].is_array()) {
-      int32_t rank = 0;
-      for (auto& mg : m["merges"]) {
-        std::string a, b;
-        if (mg.is_string()) {
-          const std::string s = mg.get<std::string>();
-          const size_t sp = s.find(' ', 1);
-          if (sp == std::string::npos) fail(where, "merge '" + s + "' is not of the form 'a b'");
-          a = s.substr(0, sp), b = s.substr(sp + 1);
-        } else if (mg.is_array() && mg.size() == 2 && mg[0].is_string() && mg[1].is_string()) {
-          a = mg[0].get<std::string>(), b = mg[1].get<std::string>();
-        } else {
-          fail(where, "merge #" + std::to_string(rank) + " is neither 'a b' nor [a, b]");
-        }
-        auto ia = t.vocab_.find(a), ib = t.vocab_.find(b), iab = t.vocab_.find(a + b);
-        if (ia == t.vocab_.end() || ib == t.vocab_.end() || iab == t.vocab_.end())
-          fail(where, "merge '" + a + " " + b + "' uses tokens missing from the vocabulary");
-        t.merges_.emplace(pair_key(ia->second, ib->second), Merge{rank++, iab->second});
-      }
-    }
-    // Added tokens (their ids were checked above).
-    for (size_t i = 0; i < added.size(); ++i) {
-      const auto& a = added[i];
-      const std::string at = "added_tokens[" + std::to_string(i) + "].";
-      Added ad;
-      if (!a.contains("content")) fail(where, "'" + at + "content' is missing");
-      ad.content = string(a["content"], where, at + "content");
-      ad.id = int32_t(a["id"].get<uint64_t>());
-      ad.lstrip = boolean_or(a, "lstrip", false, where, at);
-      ad.rstrip = boolean_or(a, "rstrip", false, where, at);
-      ad.single_word = boolean_or(a, "single_word", false, where, at);
-      ad.special = boolean_or(a, "special", false, where, at);
-      if (ad.content.empty()) fail(where, "added token with empty content");
-      t.pieces_[size_t(ad.id)] = ad.content;
-      t.special_[size_t(ad.id)] = ad.special;
-      t.vocab_.emplace(ad.content, ad.id);
-      t.added_.push_back(ad);
-    }
-    // Sort added tokens longest first so the leftmost match is also the longest.
-    std::stable_sort(t.added_.begin(), t.added_.end(),
-                     [](const Added& x, const Added& y) { return x.content.size() > y.content.size(); });
-    t.parse_normalizer(j.contains("normalizer") ? j["normalizer"] : nlohmann::json());
-    t.parse_pre_tokenizer(j.contains("pre_tokenizer") ? j["pre_tokenizer"] : nlohmann::json());
-    t.parse_decoder(j.contains("decoder") ? j["decoder"] : nlohmann::json());
-    t.parse_post_processor(j.contains("post_processor") ? j["post_processor"] : nlohmann::json(), cfg);
-    // Each piece's text as the decoder renders it, computed once rather than per decoded token.
-    t.texts_.resize(t.pieces_.size());
-    for (size_t id = 0; id < t.pieces_.size(); ++id) {
-      t.texts_[id] = t.pieces_[id];
-      for (auto& [from, to] : t.decode_replace_) replace_all(t.texts_[id], from, to);
-    }
-    return t;
-  }
 
   // ---- encoding ---------------------------------------------------------------------------
 
@@ -303,6 +171,7 @@ class Tokenizer {
   }
 
  private:
+  friend struct TokenizerReader;  // tokenizer_json.hpp: a tokenizer.json read into one
   struct Merge {
     int32_t rank, id;
   };
@@ -316,114 +185,6 @@ class Tokenizer {
   static bool is_word_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || (c & 0x80); }
   static bool word_bounded(std::string_view t, size_t b, size_t e) {
     return (b == 0 || !is_word_char(t[b - 1])) && (e >= t.size() || !is_word_char(t[e]));
-  }
-
-  void parse_normalizer(const nlohmann::json& n) {
-    using namespace json_field;
-    if (n.is_null()) return;
-    if (!n.is_object()) bad(where_, "normalizer", "must be an object", n);
-    const std::string type = string_or(n, "type", "", where_, "normalizer.");
-    if (type == "Sequence") {
-      for (auto& x : n.at("normalizers")) parse_normalizer(x);
-    } else if (type == "Prepend") {
-      prepend_ = string(n.at("prepend"), where_, "normalizer.prepend");
-    } else if (type == "Replace") {
-      if (!n.at("pattern").contains("String")) fail(where_, "Replace normalizer with a Regex pattern is not supported");
-      replace_.push_back({string(n["pattern"]["String"], where_, "normalizer.pattern.String"),
-                          string(n.at("content"), where_, "normalizer.content")});
-    } else if (type == "NFC" || type == "NFKC" || type == "NFD" || type == "NFKD" || type == "Lowercase" || type == "Strip" ||
-               type == "StripAccents" || type == "Precompiled") {
-      fail(where_, "normalizer '" + type + "' is not supported (Llama/Mistral tokenizers use Prepend/Replace or none)");
-    } else {
-      fail(where_, "unknown normalizer type '" + type + "'");
-    }
-  }
-  void parse_pre_tokenizer(const nlohmann::json& p) {
-    using namespace json_field;
-    if (p.is_null()) return;
-    if (!p.is_object()) bad(where_, "pre_tokenizer", "must be an object", p);
-    const std::string type = string_or(p, "type", "", where_, "pre_tokenizer.");
-    if (type == "Sequence") {
-      for (auto& x : p.at("pretokenizers")) parse_pre_tokenizer(x);
-    } else if (type == "Metaspace") {
-      metaspace_pre_ = true;
-      metaspace_repl_ = string_or(p, "replacement", kSpace, where_, "pre_tokenizer.");
-      if (has(p, "prepend_scheme")) prepend_scheme_ = string(p["prepend_scheme"], where_, "pre_tokenizer.prepend_scheme");
-      else prepend_scheme_ = boolean_or(p, "add_prefix_space", true, where_, "pre_tokenizer.") ? "always" : "never";
-      metaspace_split_ = boolean_or(p, "split", true, where_, "pre_tokenizer.");
-      if (prepend_scheme_ != "first" && prepend_scheme_ != "always" && prepend_scheme_ != "never")
-        fail(where_, "Metaspace prepend_scheme '" + prepend_scheme_ + "' is unknown");
-    } else {
-      fail(where_, "pre_tokenizer '" + type + "' is not supported (only Metaspace)");
-    }
-  }
-  void parse_decoder(const nlohmann::json& d) {
-    using namespace json_field;
-    if (d.is_null()) return;
-    if (!d.is_object()) bad(where_, "decoder", "must be an object", d);
-    const std::string type = string_or(d, "type", "", where_, "decoder.");
-    if (type == "Sequence") {
-      for (auto& x : d.at("decoders")) parse_decoder(x);
-    } else if (type == "Replace") {
-      if (!d.at("pattern").contains("String")) fail(where_, "Replace decoder with a Regex pattern is not supported");
-      decode_replace_.push_back({string(d["pattern"]["String"], where_, "decoder.pattern.String"),
-                                 string(d.at("content"), where_, "decoder.content")});
-    } else if (type == "ByteFallback") {
-      byte_fallback_decoder_ = true;
-    } else if (type == "Fuse") {
-    } else if (type == "Strip") {
-      if (string_or(d, "content", " ", where_, "decoder.") != " ")
-        fail(where_, "Strip decoder with content other than ' ' is not supported");
-      strip_start_ = size_t(integer_or(d, "start", 0, where_, 0, 1 << 20, "decoder."));
-    } else if (type == "Metaspace") {
-      decode_replace_.push_back({string_or(d, "replacement", kSpace, where_, "decoder."), " "});
-      const std::string scheme = has(d, "prepend_scheme")
-                                     ? string(d["prepend_scheme"], where_, "decoder.prepend_scheme")
-                                     : (boolean_or(d, "add_prefix_space", true, where_, "decoder.") ? "always" : "never");
-      if (scheme != "never") strip_start_ = 1;
-    } else {
-      fail(where_, "decoder '" + type + "' is not supported");
-    }
-  }
-  void parse_post_processor(const nlohmann::json& p, const nlohmann::json& cfg) {
-    auto find_id = [&](const std::string& tok) -> int32_t {
-      auto it = vocab_.find(tok);
-      return it == vocab_.end() ? -1 : it->second;
-    };
-    auto token_name = [](const nlohmann::json& v) -> std::string {
-      if (v.is_string()) return v.get<std::string>();
-      if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
-      return "";
-    };
-    bos_id_ = find_id("<s>");
-    eos_id_ = find_id("</s>");
-    if (cfg.is_object()) {
-      if (cfg.contains("bos_token")) bos_id_ = find_id(token_name(cfg["bos_token"]));
-      if (cfg.contains("eos_token")) eos_id_ = find_id(token_name(cfg["eos_token"]));
-    }
-    // Template: special tokens before/after the sequence.
-    bool tmpl_bos = false, tmpl_eos = false;
-    using namespace json_field;
-    if (p.is_object() && string_or(p, "type", "", where_, "post_processor.") == "TemplateProcessing" && p.contains("single")) {
-      bool seen_seq = false;
-      if (!p["single"].is_array()) bad(where_, "post_processor.single", "must be an array", p["single"]);
-      for (auto& e : p["single"]) {
-        if (!e.is_object()) bad(where_, "post_processor.single[]", "must be an object", e);
-        if (e.contains("Sequence")) seen_seq = true;
-        else if (e.contains("SpecialToken")) {
-          const int32_t id = find_id(string_or(e["SpecialToken"], "id", "", where_, "post_processor.single[].SpecialToken."));
-          if (!seen_seq) tmpl_bos = true, bos_id_ = id >= 0 ? id : bos_id_;
-          else tmpl_eos = true, eos_id_ = id >= 0 ? id : eos_id_;
-        }
-      }
-      add_bos_ = tmpl_bos, add_eos_ = tmpl_eos;
-    } else {
-      add_bos_ = true;  // Llama default
-    }
-    if (cfg.is_object()) {
-      add_bos_ = boolean_or(cfg, "add_bos_token", add_bos_, where_ + " (tokenizer_config.json)");
-      add_eos_ = boolean_or(cfg, "add_eos_token", add_eos_, where_ + " (tokenizer_config.json)");
-    }
   }
 
   // Normalise, pre-tokenise and BPE one segment between added tokens.

@@ -24,7 +24,7 @@
 #include "mmfree/gguf.hpp"
 #include "mmfree/half.hpp"
 #include "mmfree/load_hf.hpp"
-#include "mmfree/tokenizer.hpp"
+#include "mmfree/tokenizer_json.hpp"
 #include "mmfree/weights.hpp"
 
 namespace mmfree {
@@ -67,7 +67,7 @@ inline void write_config_keys(gguf::Writer& w, const Config& c, TernaryFormat f,
 inline void write_tokenizer_keys(gguf::Writer& w, const std::string& tokenizer_json_path) {
   std::ifstream in(tokenizer_json_path, std::ios::binary);
   const std::string text((std::istreambuf_iterator<char>(in)), {});
-  const Tokenizer tok = Tokenizer::from_file(tokenizer_json_path);  // validates it
+  const Tokenizer tok = read_tokenizer(tokenizer_json_path);  // validates it
   const nlohmann::json j = nlohmann::json::parse(text);
   std::vector<std::string> tokens(size_t(tok.vocab_size()));
   std::vector<int32_t> types(tokens.size(), 1);
