@@ -13,9 +13,10 @@
 //   branch    an earlier request shared the 2,000 tokens but went on differently: it starts at
 //             the nearest checkpoint (every --prefix-interval tokens), and leaves one at 2,000
 //   third     a third request sharing the same 2,000 tokens: it starts exactly there
-import { spawn } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
+
+import { spawnServer } from "./serve_child.mjs";
 
 const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith("--") ? [...acc, [a.slice(2), all[i + 1]]] : acc), []));
 const cli = args.cli, model = args.model, threads = args.threads ?? "2";
@@ -25,18 +26,8 @@ const only = args.only;  // "many": skip the time-to-first-token scenarios
 if (!cli || !model) throw new Error("usage: --cli MMFREE_CLI --model MODEL");
 
 function serve(extra = []) {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(cli, ["serve", "--model", model, "--port", "0", "--exit-with-parent", "-t", threads, "--max-prompt-tokens", "100000",
-                             "--prefix-cache", String(cacheMb),
-                             ...(args.interval ? ["--prefix-interval", args.interval] : []), ...extra], { stdio: ["ignore", "ignore", "pipe"] });
-    let err = "";
-    proc.stderr.on("data", (d) => {
-      err += d;
-      const m = /listening on port (\d+)/.exec(err);
-      if (m) resolve({ url: `http://127.0.0.1:${m[1]}`, proc, log: () => err });
-    });
-    proc.on("exit", (code) => reject(new Error(`server exited (${code}): ${err}`)));
-  });
+  return spawnServer(cli, ["--model", model, "-t", threads, "--max-prompt-tokens", "100000", "--prefix-cache", String(cacheMb),
+                           ...(args.interval ? ["--prefix-interval", args.interval] : []), ...extra]);
 }
 const stop = (s) => new Promise((ok) => { s.proc.removeAllListeners("exit"); s.proc.on("exit", ok); s.proc.kill("SIGTERM"); });
 const status = (pid, field) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, "utf8"))[1]) / 1024;

@@ -8,9 +8,11 @@
 //
 //   node bench/serve_load.mjs --cli build/cli/mmfree-cli --model M.gguf [--streams 1,4,16,64]
 //        [--tokens 256] [--threads 2] [--idle-sessions N] [--client-nice 19] [--json out.json] [--svg out.svg]
-import { spawn, execFileSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
+
+import { spawnServer } from "./serve_child.mjs";
 
 const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith("--") ? [...acc, [a.slice(2), all[i + 1]]] : acc), []));
 const cli = args.cli, model = args.model;
@@ -22,17 +24,7 @@ const tokens = Number(args.tokens ?? 256), threads = args.threads ?? "2";
 if (!args.client && (!cli || !model)) throw new Error("usage: --cli MMFREE_CLI --model MODEL");
 
 function serve(parallel) {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(cli, ["serve", "--model", model, "--port", "0", "--exit-with-parent", "-t", threads, "--parallel", String(parallel),
-                             "--max-tokens", "100000"], { stdio: ["ignore", "ignore", "pipe"] });
-    let err = "";
-    proc.stderr.on("data", (d) => {
-      err += d;
-      const m = /listening on port (\d+)/.exec(err);
-      if (m) resolve({ url: `http://127.0.0.1:${m[1]}`, proc, log: () => err });
-    });
-    proc.on("exit", (code) => reject(new Error(`server exited (${code}): ${err}`)));
-  });
+  return spawnServer(cli, ["--model", model, "-t", threads, "--parallel", String(parallel), "--max-tokens", "100000"]);
 }
 
 function peakRss(pid) {
