@@ -395,7 +395,29 @@ PYBIND11_MODULE(_mmfree, mod) {
                out = p.m.step_batch(v, ptrs);
              }
              return to_numpy(std::move(out), {py::ssize_t(v.size()), py::ssize_t(p.m.vocab_size())});
-           }, py::arg("ids"), py::arg("states"), "one step of many sequences in one pass: [B, V]");
+           }, py::arg("ids"), py::arg("states"), "one step of many sequences in one pass: [B, V]")
+      .def("prefill_states", [](std::shared_ptr<PyModel> p, const py::object& ids, PyState& state) {
+             const std::vector<int32_t> v = ids_of(ids);
+             if (v.empty()) throw mmfree::Error("prefill_states: no tokens given");
+             p->m.check_ids(v);
+             mmfree::State& s = p->state_of(state);
+             std::vector<mmfree::State> after;
+             std::vector<float> out;
+             {
+               py::gil_scoped_release unlocked;
+               out = p->m.prefill_states(v, s, after);
+             }
+             py::list states;
+             for (mmfree::State& a : after) {
+               auto st = std::make_shared<PyState>();
+               st->s = std::move(a);
+               st->model = p;
+               states.append(st);
+             }
+             return py::make_tuple(to_numpy(std::move(out), {py::ssize_t(v.size()), py::ssize_t(p->m.vocab_size())}), states);
+           }, py::arg("ids"), py::arg("state"),
+           "the verification pass of speculative decoding: (logits [T, V], the state after each token), in one pass "
+           "over the weights; state ends after all of them, and rolling back is using one of the returned states");
 
   py::class_<Generation>(mod, "Generation")
       .def(py::init([](std::shared_ptr<PyModel> model, const py::object& prompt, int64_t max_tokens, float temperature,

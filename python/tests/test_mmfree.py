@@ -90,6 +90,26 @@ def test_prefill_step_and_step_batch_agree(model):
             assert np.array_equal(rows[k], model.step(batch_ids[k], alone[k]))
 
 
+def test_prefill_states_rolls_back_exactly(model):
+    # The verification pass: one pass's logits are prefill's, and the state after any token
+    # continues exactly as a plain run to that token does.
+    ids = model.tokenize("In the beginning God created the heaven and the earth")
+    s = model.new_state()
+    logits, after = model.prefill_states(ids, s)
+    assert logits.shape == (len(ids), model.n_vocab())
+    assert np.array_equal(logits, model.prefill(ids))
+    assert len(after) == len(ids) and s.position == len(ids)
+    nxt = model.tokenize(" light", add_bos=False)[0]
+    for t in (0, len(ids) // 2, len(ids) - 1):
+        assert after[t].position == t + 1
+        plain = model.prefill(ids[: t + 1] + [nxt])
+        assert np.array_equal(model.step(nxt, after[t].copy()), plain[-1])
+    with pytest.raises(ValueError, match="no tokens"):
+        model.prefill_states([], s)
+    with pytest.raises(ValueError, match="out of range"):
+        model.prefill_states([model.n_vocab()], s)
+
+
 def test_interleaved_copies_change_no_bit(model):
     # The same logits with and without the interleaved copy, whichever kernels read it.
     ids = model.tokenize("And God said, Let there be light: and there was light")
