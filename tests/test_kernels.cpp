@@ -14,6 +14,7 @@
 
 #include "mmfree/kernels/chooser.hpp"
 #include "mmfree/kernels/dispatch.hpp"
+#include "mmfree/bitlinear.hpp"
 #include "mmfree/exec.hpp"
 #include "mmfree/interleaved_format.hpp"
 #include "mmfree/ops.hpp"
@@ -183,6 +184,61 @@ TEST(ThreadPool, BalancedRangesFollowEachThreadsSpeed) {
   EXPECT_GT(s[0], 0.65);
   EXPECT_LE(s[0], 0.75 + 1e-9);
   EXPECT_NEAR(s[0] + s[1], 1.0, 1e-9);
+}
+
+// warm_next gives each thread the start of its share of the next section's bytes, at most the
+// budget, and nothing when told nothing.
+TEST(ThreadPool, WarmsEachThreadsShareOfTheNextSection) {
+  using Range = std::pair<const void*, const void*>;
+  ThreadPool pool(2);
+  std::vector<uint8_t> bytes(1000);
+  pool.warm_next(bytes.data(), 1000, 100);
+  EXPECT_EQ(pool.warm_range(0), Range(bytes.data(), bytes.data() + 100));
+  EXPECT_EQ(pool.warm_range(1), Range(bytes.data() + 500, bytes.data() + 600));
+  pool.warm_next(bytes.data(), 1000, 4096);  // the budget is more than a share: the share
+  EXPECT_EQ(pool.warm_range(1), Range(bytes.data() + 500, bytes.data() + 1000));
+  std::vector<std::atomic<int>> hits(256);
+  pool.for_range_balanced(256, 16, [&](int64_t b, int64_t e) {  // threads warm while they wait
+    for (int64_t i = b; i < e; ++i) hits[size_t(i)]++;
+  });
+  for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+  pool.warm_next(nullptr, 0, 100);
+  EXPECT_EQ(pool.warm_range(1), Range(nullptr, nullptr));
+  ThreadPool(1).warm_next(bytes.data(), 1000, 100);  // no workers, nothing to warm
+}
+
+// The products of a forward pass come in the same order every time: after one round, the threads
+// waiting at the end of a product warm the one that followed it (in the copy its kernel reads,
+// the rows the section splits), a pass of one token apart from a pass of several.
+TEST(WarmPlan, WarmsTheProductThatCameNext) {
+  std::mt19937 rng(3);
+  auto matrix = [&](int64_t rows, int64_t cols) {
+    auto t = random_ternary(rng, size_t(rows * cols));
+    return BitLinear(pack_ternary(t.data(), rows, cols, TernaryFormat::TQ2), std::vector<float>(size_t(cols), 1.0f));
+  };
+  const BitLinear a = matrix(256, 64), b = matrix(128, 64), c = matrix(512, 64);
+  ThreadPool pool(2);
+  WarmPlan plan;
+  Exec ex;
+  ex.pool = &pool;
+  ex.warm = &plan;
+  std::vector<float> x(size_t(4 * 64), 0.5f), out(size_t(4 * 512));
+  BitLinearScratch s;
+  auto run = [&](const BitLinear& l, int64_t n) { l.forward(x.data(), n, out.data(), s, ex); };
+  for (int round = 0; round < 2; ++round) run(a, 1), run(b, 1), run(c, 1);
+  run(a, 1);  // a was followed by b: the threads warm b's strips while a ends
+  EXPECT_EQ(pool.warm_range(0).first, b.weights().data);
+  const auto* second = static_cast<const uint8_t*>(pool.warm_range(1).first);  // its share: [1/4, 3/4]
+  EXPECT_GE(second, b.weights().data + b.weights().nbytes() / 4);
+  EXPECT_LE(second, b.weights().data + b.weights().nbytes() * 3 / 4);
+  run(b, 1);
+  EXPECT_EQ(pool.warm_range(0).first, c.weights().data);
+  run(b, 3);  // never seen with 3 tokens: nothing to warm
+  EXPECT_EQ(pool.warm_range(0).first, nullptr);
+  run(a, 3), run(b, 3);
+  EXPECT_EQ(pool.warm_range(0).first, a.weights().data) << "b (3 tokens) was followed by a (3 tokens)";
+  run(a, 1), run(a, 1);
+  EXPECT_EQ(pool.warm_range(0).first, a.weights().data) << "a followed by itself";
 }
 
 // Every kernel equals the scalar reference bit for bit (and a dequantising twin the scalar

@@ -78,7 +78,7 @@ class BitLinear {
   template <class Acc>
   void forward_quantized(int64_t n, float* out, int64_t ldo, BitLinearScratch& s, const BasicExec<Acc>& ex) const {
     ex.for_rows(w_.rows, n, [&](int64_t r0, int64_t r1) { forward_rows(n, s, ex, out, ldo, r0, r1); },
-                ex.row_grain(w_, n));
+                ex.row_grain(w_, n), &w_);
   }
   // The whole layer: out[t, r] for n tokens.
   template <class Acc>

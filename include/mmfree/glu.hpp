@@ -55,7 +55,7 @@ struct GLU {
         const float* gate = s.gate_up.data() + t * 2 * inter;
         silu_mul(gate + c0, gate + inter + c0, c1 - c0, s.act.data() + t * inter + c0);
       }
-    }, ex.row_grain(gate_proj.weights(), n));
+    }, ex.row_grain(gate_proj.weights(), n), &gate_proj.weights());
     down_proj.forward(s.act.data(), n, out, bs, ex);
   }
 };

@@ -126,7 +126,7 @@ struct MLGRU {
                    s.o.data() + t * d + c0);
         if (snaps && snaps[t]) std::memcpy(snaps[t] + c0, hs[t] + c0, size_t(c1 - c0) * sizeof(float));
       }
-    }, ex.row_grain(f_proj.weights(), n));
+    }, ex.row_grain(f_proj.weights(), n), &f_proj.weights());
     // o = rmsnorm(g) * silu(h), and o_proj's quantisation of it, per token in one section, 4
     // tokens at a time (their rows stay in L1 from the norm to the quantisation).
     ex.for_range(n, 1, [&](int64_t t0, int64_t t1) {

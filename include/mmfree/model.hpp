@@ -256,6 +256,7 @@ class BasicModel {
     Activations& scratch;
     explicit Lease(const BasicModel& m) : lock(m.pool_->driver(), std::try_to_lock), ex(m.exec_), scratch(thread_scratch()) {
       ex.pool = lock.owns_lock() ? m.pool_.get() : nullptr;
+      ex.warm = ex.pool ? &m.warm_plan_ : nullptr;
     }
     static Activations& thread_scratch() {
       static thread_local Activations s;
@@ -360,6 +361,7 @@ class BasicModel {
     return avail == 0 || 2 * need <= avail;
   }
   std::shared_ptr<ThreadPool> pool_;
+  mutable WarmPlan warm_plan_;  // used by the pool's driver (Lease) only
 };
 
 // The model on this CPU's kernels: what every loader returns and every user holds.

@@ -7,10 +7,12 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #if defined(__linux__)
@@ -39,7 +41,7 @@ class ThreadPool {
  public:
   // `threads` counts the calling thread: ThreadPool(1) runs everything inline.
   explicit ThreadPool(int threads = 1)
-      : n_(std::max(1, threads)), share_(size_t(n_), 1.0 / n_), took_(size_t(n_)) {
+      : n_(std::max(1, threads)), share_(size_t(n_), 1.0 / n_), took_(size_t(n_)), warm_(size_t(n_)) {
     for (int i = 1; i < n_; ++i) workers_.emplace_back([this, i] { worker(i); });
   }
   ThreadPool(const ThreadPool&) = delete;
@@ -130,6 +132,28 @@ class ThreadPool {
     while (sleeping_.load(std::memory_order_acquire) < n_ - 1) std::this_thread::yield();
   }
 
+  // What a thread prefetches while it waits, from the section this call precedes on: the first
+  // `budget` bytes of its share of [p, p + bytes) (the weights the next section reads, split as
+  // for_range_balanced splits rows; null: nothing). A thread that finishes its range first waits
+  // at the join, and a single token's per-token work runs on the calling thread alone; meanwhile
+  // the memory would stand idle. The prefetches go into L2, and a thread stops issuing them the
+  // moment the next section starts.
+  void warm_next(const void* p, size_t bytes, size_t budget) {
+    if (n_ == 1) return;
+    double cum = 0;
+    for (int i = 0; i < n_; ++i) {
+      const char* from = p ? static_cast<const char*>(p) + size_t(cum * double(bytes)) : nullptr;
+      cum += share_[size_t(i)];
+      const size_t len = p ? std::min(budget, size_t(share_[size_t(i)] * double(bytes))) : 0;
+      warm_[size_t(i)].from.store(from, std::memory_order_relaxed);
+      warm_[size_t(i)].to.store(from ? from + len : nullptr, std::memory_order_relaxed);
+      warm_[size_t(i)].seq.fetch_add(1, std::memory_order_release);
+    }
+  }
+  // Thread i's bytes to warm, as warm_next set them ([null, null): none).
+  std::pair<const void*, const void*> warm_range(int i) const {
+    return {warm_[size_t(i)].from.load(std::memory_order_relaxed), warm_[size_t(i)].to.load(std::memory_order_relaxed)};
+  }
   // The current shares of for_range_balanced, one per thread (they sum to 1).
   std::vector<double> shares() const { return share_; }
 
@@ -156,10 +180,28 @@ class ThreadPool {
     generation_.fetch_add(1, std::memory_order_acq_rel);
     generation_.notify_all();
   }
+  // Where thread i is in its bytes to warm (warm_next); each thread keeps its own.
+  struct WarmCursor {
+    uint32_t seq = 0;
+    const char* at = nullptr;
+    const char* to = nullptr;
+  };
+  // Prefetches thread i's next 4 lines to warm; false when there are none (nothing to warm, or
+  // the budget spent). A torn read of a target being replaced only prefetches stray lines.
+  bool warm_some(int i, WarmCursor& c) {
+    Warm& w = warm_[size_t(i)];
+    const uint32_t q = w.seq.load(std::memory_order_acquire);
+    if (q != c.seq) c.seq = q, c.at = w.from.load(std::memory_order_relaxed), c.to = w.to.load(std::memory_order_relaxed);
+    if (!c.at || c.at >= c.to) return false;
+    for (int k = 0; k < 4; ++k) __builtin_prefetch(c.at + 64 * k, 0, 2);  // (into L2: _MM_HINT_T1)
+    c.at += 256;
+    return true;
+  }
   void finish() {
     // Spin briefly (the common case: workers finish within microseconds), then yield so a
     // descheduled worker can run when the machine is oversubscribed.
     for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
+      if (warm_some(0, cursor0_)) continue;
       if (spin < 4000) MMFREE_PAUSE();
       else std::this_thread::yield();
     }
@@ -194,9 +236,11 @@ class ThreadPool {
   }
   void worker(int i) {
     uint64_t seen = 0;
+    WarmCursor cursor;
     for (;;) {
       uint64_t g = generation_.load(std::memory_order_acquire);
       for (int spin = 0; g == seen && spin < 20000 && !resting_.load(std::memory_order_acquire); ++spin) {
+        if (warm_some(i, cursor)) { g = generation_.load(std::memory_order_acquire); continue; }
         if (spin < 4000) MMFREE_PAUSE();
         else std::this_thread::yield();
         g = generation_.load(std::memory_order_acquire);
@@ -234,6 +278,12 @@ class ThreadPool {
     double seconds = 0;
   };
   std::vector<Took> took_;
+  struct alignas(64) Warm {  // thread i's bytes to warm (warm_next), seq counting the changes
+    std::atomic<const char*> from{nullptr}, to{nullptr};
+    std::atomic<uint32_t> seq{0};
+  };
+  std::vector<Warm> warm_;
+  WarmCursor cursor0_;  // the calling thread's
 };
 
 }  // namespace mmfree

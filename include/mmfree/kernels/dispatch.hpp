@@ -163,6 +163,17 @@ inline int64_t kernel_row_grain(const Kernel& k, const TernaryMatrix& W) {
   return k.interleaved && W.interleaved ? interleaved_group_rows(W.format) : kStripRows;
 }
 
+// The bytes kernel k reads W from: the copy it streams.
+struct WeightSpan {
+  const uint8_t* p = nullptr;
+  size_t bytes = 0;
+};
+inline WeightSpan kernel_reads(const Kernel& k, const TernaryMatrix& W) {
+  if (k.wide && W.wide) return {W.wide, interleaved_bytes(W, TernaryFormat::TQ2)};
+  if (k.interleaved && W.interleaved) return {W.interleaved, interleaved_bytes(W)};
+  return {W.data, W.nbytes()};
+}
+
 // Tokens per pass up to which the batch kernel serves (a batched step of up to 16 sequences,
 // k + 1 drafted tokens being verified).
 inline constexpr int64_t kBatchMaxTokens = 16;
