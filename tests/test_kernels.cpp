@@ -241,6 +241,27 @@ TEST(WarmPlan, WarmsTheProductThatCameNext) {
   EXPECT_EQ(pool.warm_range(0).first, a.weights().data) << "a followed by itself";
 }
 
+// Per-token sections of a few tokens run on the calling thread (the others warm weights); longer
+// ones are split, every token once.
+TEST(Exec, ForTokensKeepsAFewTokensOnTheCallingThread) {
+  ThreadPool pool(2);
+  Exec ex;
+  ex.pool = &pool;
+  const auto caller = std::this_thread::get_id();
+  for (int64_t n : {0, 1, 2, 3, 64}) {
+    std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+    std::atomic<int> elsewhere{0};
+    ex.for_tokens(n, [&](int64_t t0, int64_t t1) {
+      if (std::this_thread::get_id() != caller) elsewhere += int(t1 - t0);
+      if (n > Exec::kTokensOnOneThread) std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the worker takes a part
+      for (int64_t t = t0; t < t1; ++t) hits[size_t(t)]++;
+    });
+    for (auto& h : hits) ASSERT_EQ(h.load(), 1) << "n=" << n;
+    if (n <= Exec::kTokensOnOneThread) EXPECT_EQ(elsewhere.load(), 0) << "n=" << n;
+    else EXPECT_GT(elsewhere.load(), 0) << "n=" << n;
+  }
+}
+
 // Every kernel equals the scalar reference bit for bit (and a dequantising twin the scalar
 // reference through scale_ints): K not a multiple of a chunk, 1 row, 1 column, K = 1, rows around
 // a strip, token counts around every register tile (1, 2, 4, 8 and 12 tokens, AMX's 16 and 32)

@@ -34,7 +34,7 @@ class BitLinear {
   template <class Acc>
   void quantize_input(const float* x, int64_t n, BitLinearScratch& s, const BasicExec<Acc>& ex, const float* r = nullptr) const {
     reserve(n, s);
-    ex.for_range(n, 1, [&](int64_t t0, int64_t t1) { quantize_tokens(x, t0, t1, s, ex, r); });
+    ex.for_tokens(n, [&](int64_t t0, int64_t t1) { quantize_tokens(x, t0, t1, s, ex, r); });
   }
   // The same for tokens [t0, t1) on the calling thread (scratch reserved by the caller).
   template <class Acc>

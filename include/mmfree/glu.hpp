@@ -28,7 +28,7 @@ struct GLU {
   template <class Acc>
   void forward(const float* x, int64_t n, float* out, Activations& s, const BasicExec<Acc>& ex) const {
     reserve(n, s);
-    ex.for_range(n, 1, [&](int64_t t0, int64_t t1) { quantize_tokens(x, t0, t1, s, ex); });
+    ex.for_tokens(n, [&](int64_t t0, int64_t t1) { quantize_tokens(x, t0, t1, s, ex); });
     forward_quantized(n, out, s, ex);
   }
 

@@ -88,7 +88,7 @@ struct MLGRU {
   void forward(const float* x, int64_t n, float* const* hs, float* out, double eps, Activations& s,
                const BasicExec<Acc>& ex, float* const* snaps = nullptr) const {
     reserve(n, s);
-    ex.for_range(n, 1, [&](int64_t t0, int64_t t1) { quantize_tokens(x, t0, t1, s, ex); });
+    ex.for_tokens(n, [&](int64_t t0, int64_t t1) { quantize_tokens(x, t0, t1, s, ex); });
     forward_quantized(n, hs, out, eps, s, ex, snaps);
   }
 
@@ -129,7 +129,7 @@ struct MLGRU {
     }, ex.row_grain(f_proj.weights(), n), &f_proj.weights());
     // o = rmsnorm(g) * silu(h), and o_proj's quantisation of it, per token in one section, 4
     // tokens at a time (their rows stay in L1 from the norm to the quantisation).
-    ex.for_range(n, 1, [&](int64_t t0, int64_t t1) {
+    ex.for_tokens(n, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; t += 4) {
         const int64_t k = std::min<int64_t>(4, t1 - t);
         ex.rmsnorm_rows(s.g.data() + t * d, g_norm.data(), k, d, d, eps, s.g.data() + t * d);

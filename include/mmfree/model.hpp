@@ -323,12 +323,13 @@ class BasicModel {
   }
 
   // Per-token work (norms, residual adds, quantisation) for tokens [t0, t1), the tokens spread
-  // over the pool: one parallel section for everything between two products. Each thread takes
+  // over the pool (a few on the calling thread: Exec::for_tokens): one section for everything
+  // between two products. Each thread takes
   // its tokens 4 at a time through all of fn, so that their rows stay in L1 from the residual
   // add to the last quantisation: a thread's half of a 512-token prefill is megabytes per step.
   template <class Fn>
   static void per_token(int64_t m, const BasicExec<Acc>& ex, const Fn& fn) {
-    ex.for_range(m, 1, [&](int64_t t0, int64_t t1) {
+    ex.for_tokens(m, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; t += 4) fn(t, std::min<int64_t>(t + 4, t1));
     });
   }
