@@ -42,9 +42,9 @@ struct CpuAccumulate {
 // so the order seen once predicts the next section; a wrong guess costs only prefetches. Keyed by
 // the matrix and the regime, as passes of one token and of several read different copies.
 // One per model, used by whoever drives its pool. Waiting threads warming up to 256 KiB of their
-// share of the next product: steps of the 1.3B TQ2 preset at 1, 2 and 4 tokens 1-5% faster,
-// TQ1 at 1 token unchanged, 2.7B TQ1 at 2 tokens 3% faster (alternated series; 64 KiB to 1 MiB
-// measured alike; AMD Zen 5, 2 threads).
+// share of the next product, against none (1.3B and 2.7B TQ2 presets, in-process alternations,
+// AMD Zen 5, 2 threads): one token 1-9% faster, 2 tokens 2-13%, 4-5 tokens 1-7%, the most where
+// the memory was slow; TQ1 at one token unchanged. Budgets of 64 KiB to 1 MiB measured alike.
 struct WarmPlan {
   static constexpr size_t kBudget = size_t(256) << 10;  // bytes per thread
   using Key = std::pair<const void*, int>;

@@ -324,9 +324,9 @@ class BasicModel {
 
   // Per-token work (norms, residual adds, quantisation) for tokens [t0, t1), the tokens spread
   // over the pool (a few on the calling thread: Exec::for_tokens): one section for everything
-  // between two products. Each thread takes
-  // its tokens 4 at a time through all of fn, so that their rows stay in L1 from the residual
-  // add to the last quantisation: a thread's half of a 512-token prefill is megabytes per step.
+  // between two products. Each thread takes its tokens 4 at a time through all of fn, so that
+  // their rows stay in L1 from the residual add to the last quantisation: a thread's half of a
+  // 512-token prefill is megabytes per step.
   template <class Fn>
   static void per_token(int64_t m, const BasicExec<Acc>& ex, const Fn& fn) {
     ex.for_tokens(m, [&](int64_t t0, int64_t t1) {
