@@ -408,7 +408,8 @@ TEST(InterleavedLayout, KernelsWithoutCopyOrMidGroupRanges) {
       auto t = random_ternary(rng, size_t(rows * cols));
       const TernaryMatrix plain = pack_ternary(t.data(), rows, cols, f);
       const TernaryMatrix copy = k.wide ? with_wide(plain) : with_interleaved(plain);
-      for (int64_t n : {1, 2, 7, 13}) {
+      // 5 and 6 tokens: one tile per group (TQ1 and TQ2 at most), whose prefetching differs.
+      for (int64_t n : {1, 2, 5, 6, 7, 13}) {
         auto q = random_q(rng, n, cols, ld);
         std::vector<int32_t> ref(size_t(n * rows));
         kernels::ternary_gemm_scalar(plain, q.data(), ld, n, ref.data(), rows, 0, rows);
@@ -664,16 +665,18 @@ TEST(Chooser, CandidatesFollowRegimeAndFormat) {
       for (Regime r : kernels::kRegimes) { EXPECT_EQ(seen[r].count("avx-vnni"), 1u) << regime_name(r); }
     }
     if (f == TernaryFormat::TQ2) { EXPECT_EQ(seen[Regime::Decode].count("avx512-vbmi"), 0u); }
-    // With the copy, the kernels that read it compete for every regime.
+    // With the copy, the kernels that read it compete for their regimes: every regime, but the
+    // "-l1" twins for passes of a few tokens only.
     seen.clear();
     auto t = std::vector<int8_t>(16 * 16, 1);
     const TernaryMatrix c = with_interleaved(pack_ternary(t.data(), 16, 16, f));
     kernels::choose_kernels({&c}, nullptr, o);
     for (const auto& k : kernels::available_kernels()) {
       if (!k.interleaved || !k.for_format(f)) continue;
+      const bool all = std::string(k.name).find("-l1") == std::string::npos;
       EXPECT_EQ(seen[Regime::Batch].count(k.name), 1u) << k.name;
-      EXPECT_EQ(seen[Regime::Prefill].count(k.name), 1u) << k.name;
-      EXPECT_EQ(seen[Regime::Decode].count(k.name), 1u) << k.name;
+      EXPECT_EQ(seen[Regime::Prefill].count(k.name), all ? 1u : 0u) << k.name;
+      EXPECT_EQ(seen[Regime::Decode].count(k.name), all ? 1u : 0u) << k.name;
     }
     // With a wide copy (TQ1), the kernel that reads it competes for prompts only, first in line.
     if (f == TernaryFormat::TQ1 && kernels::wide_runs(f)) {
@@ -722,6 +725,11 @@ TEST(Chooser, ForcedKernels) {
     EXPECT_STREQ(t.decode.name, "avx512-interleaved");
     EXPECT_STREQ(t.batch.name, "avx512-interleaved");
     EXPECT_TRUE(t.reads_interleaved());
+    // A batch-only kernel leaves the other regimes to a kernel of its family that reads the same copy.
+    t = kernels::forced_table("avx512-interleaved-l1", TernaryFormat::TQ2);
+    EXPECT_STREQ(t.decode.name, "avx512-interleaved");
+    EXPECT_STREQ(t.batch.name, "avx512-interleaved-l1");
+    EXPECT_STREQ(t.prefill.name, "avx512-interleaved");
     // Rows split at whole groups only where the kernel for the pass reads the matrix's copy.
     std::vector<int8_t> w(128 * 8, 0);
     const TernaryMatrix plain = pack_ternary(w.data(), 128, 8, TernaryFormat::TQ2), copy = with_interleaved(plain);

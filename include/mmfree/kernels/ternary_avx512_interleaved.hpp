@@ -41,6 +41,17 @@ inline constexpr int kInterleavedTileTq1 = 5;  // 25 accumulators
 // (medians); TQ1 at 8 and 16 tokens 675 -> 734 and 737 -> 808 in a series of 3, within the noise
 // in an earlier series of 2. step_batch of 8 sequences 18.2 -> 17.3 ms (AMD Zen 5).
 inline constexpr int64_t kFarPrefetchBytes = 16384;
+// A pass that one tile per group holds (up to 6 TQ2 tokens, 5 TQ1) prefetches only this far into
+// L2, not also kPrefetchBytes ahead into L1. With both, the chunk loop of 2-4 tokens streamed
+// 640 MB 15-25% slower (2 threads) than with either alone. Our reading: the L1 prefetch, 10 KB
+// behind the L2 one, finds its line still on the way from memory and holds one of L1's few miss
+// buffers until it comes, so the loads wait. step_batch, one model, the two ways alternated in one process
+// (AMD Zen 5, 2 threads): 2.7B TQ2 at 2, 4 and 5 tokens 3-14% faster (two series), TQ1 within
+// +-3%, one TQ1 token on this copy 11-12% faster; but the 1.3B TQ2 preset, whose smaller matrices
+// the waiting threads warm into L2 for a larger part (thread_pool.hpp), ran 2-8% slower while the
+// memory was slow (39 GB/s) and 2-7% faster while it was fast (64-70 GB/s). So the "-l1" kernels
+// (dispatch.hpp) keep the L1 prefetch, and the chooser measures both. Passes of several tiles per
+// group keep it too (7, 8 and 12 tokens: within 2% either way).
 
 // Rows of group g's plane k (strip P g + k) to store: T = the plane's row sums with the digits'
 // offset, qsum[j], taken away.
@@ -77,11 +88,11 @@ MMFREE_TARGET_AVX512 inline void fold_sets(__m512i (&acc)[H][T][P]) {
       for (int a = 0; a < P; ++a) acc[0][j][a] = _mm512_add_epi32(acc[0][j][a], acc[h][j][a]);
 }
 
-// Chunk c of a TQ2 group into one set of a tile's accumulators.
-template <int T>
+// Chunk c of a TQ2 group into one set of a tile's accumulators (Near: the note above kFarPrefetchBytes).
+template <int T, bool Near>
 MMFREE_TARGET_AVX512 inline void tq2_interleaved_chunk(__m512i (&acc)[T][4], const uint8_t* w, int64_t c, const int8_t* Q,
                                                        int64_t ldq, int64_t far) {
-  _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0);
+  if constexpr (Near) _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0);
   _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + far), _MM_HINT_T1);
   const __m512i u = _mm512_loadu_si512(w + c * 64);
   const __m512i p0 = _mm512_and_si512(u, _mm512_set1_epi8(0x03));
@@ -100,7 +111,7 @@ MMFREE_TARGET_AVX512 inline void tq2_interleaved_chunk(__m512i (&acc)[T][4], con
 // One tile of T tokens over group g of a TQ2 copy (`w`: the group's first chunk). Tiles of 1 and 2
 // tokens take two chunks per step into two sets of accumulators: 8 and 16 vpdpbusd chains
 // instead of 4 and 8. One core with the matrix in L2: 2 tokens 8.6% more GMAC/s (AMD Zen 5).
-template <int T, class O>
+template <int T, bool Near, class O>
 MMFREE_TARGET_AVX512 inline void tq2_interleaved_tile(const uint8_t* w, int64_t chunks, const int8_t* Q, int64_t ldq,
                                                       const int32_t* qsum, const float* scale, O* out, int64_t ldo,
                                                       int64_t g, int64_t r0, int64_t r1, int64_t far) {
@@ -110,8 +121,8 @@ MMFREE_TARGET_AVX512 inline void tq2_interleaved_tile(const uint8_t* w, int64_t 
   int64_t c = 0;
   for (; c + H <= chunks; c += H)
     #pragma GCC unroll 2
-    for (int h = 0; h < H; ++h) tq2_interleaved_chunk<T>(acc[h], w, c + h, Q, ldq, far);
-  if (c < chunks) tq2_interleaved_chunk<T>(acc[0], w, c, Q, ldq, far);
+    for (int h = 0; h < H; ++h) tq2_interleaved_chunk<T, Near>(acc[h], w, c + h, Q, ldq, far);
+  if (c < chunks) tq2_interleaved_chunk<T, Near>(acc[0], w, c, Q, ldq, far);
   fold_sets(acc);
   __m512i t[T][4];
   #pragma GCC unroll 6
@@ -149,10 +160,10 @@ MMFREE_TARGET_AVX512_VBMI inline Tq1TileRegs tq1_tile_regs() {
   return r;
 }
 // Chunk c of a TQ1 group into one set of a tile's accumulators.
-template <int T>
+template <int T, bool Near>
 MMFREE_TARGET_AVX512_VBMI inline void tq1_interleaved_chunk(__m512i (&acc)[T][5], const Tq1TileRegs& R, const uint8_t* w,
                                                             int64_t c, const int8_t* Q, int64_t ldq, int64_t far) {
-  _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0);
+  if constexpr (Near) _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0);
   _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + far), _MM_HINT_T1);
   const __m512i u = _mm512_loadu_si512(w + c * 64);
   // u < 243: u - 81 wraps above u where u < 81, so min takes one 81 away where it can.
@@ -174,7 +185,7 @@ MMFREE_TARGET_AVX512_VBMI inline void tq1_interleaved_chunk(__m512i (&acc)[T][5]
 // A 1-token tile takes two chunks per step into two sets of accumulators (10 chains, not 5): one
 // core with the matrix in L2 streamed 52.5 GB/s, against 38.1 for the strips' VBMI decoder, whose
 // 9 decoding ops per chunk and 5 chains made one token compute-bound on a core (AMD Zen 5).
-template <int T, class O>
+template <int T, bool Near, class O>
 MMFREE_TARGET_AVX512_VBMI inline void tq1_interleaved_tile(const uint8_t* w, int64_t chunks, const int8_t* Q,
                                                            int64_t ldq, const int32_t* qsum, const float* scale, O* out,
                                                            int64_t ldo, int64_t g, int64_t r0, int64_t r1, int64_t far) {
@@ -185,8 +196,8 @@ MMFREE_TARGET_AVX512_VBMI inline void tq1_interleaved_tile(const uint8_t* w, int
   int64_t c = 0;
   for (; c + H <= chunks; c += H)
     #pragma GCC unroll 2
-    for (int h = 0; h < H; ++h) tq1_interleaved_chunk<T>(acc[h], R, w, c + h, Q, ldq, far);
-  if (c < chunks) tq1_interleaved_chunk<T>(acc[0], R, w, c, Q, ldq, far);
+    for (int h = 0; h < H; ++h) tq1_interleaved_chunk<T, Near>(acc[h], R, w, c + h, Q, ldq, far);
+  if (c < chunks) tq1_interleaved_chunk<T, Near>(acc[0], R, w, c, Q, ldq, far);
   fold_sets(acc);
   // Exact division of the differences (multiples of 3^k) by 3^k: times its inverse mod 2^32.
   const __m512i inv[4] = {_mm512_set1_epi32(int32_t(0xAAAAAAABu)), _mm512_set1_epi32(int32_t(0x38E38E39u)),
@@ -206,14 +217,14 @@ template <class O>
 using InterleavedTileFn = void (*)(const uint8_t* w, int64_t chunks, const int8_t* Q, int64_t ldq, const int32_t* qsum,
                                    const float* scale, O* out, int64_t ldo, int64_t g, int64_t r0, int64_t r1,
                                    int64_t far);
-template <class O>
+template <class O, bool Near>
 inline constexpr InterleavedTileFn<O> kTq2Tiles[kInterleavedTileTq2] = {
-    tq2_interleaved_tile<1, O>, tq2_interleaved_tile<2, O>, tq2_interleaved_tile<3, O>,
-    tq2_interleaved_tile<4, O>, tq2_interleaved_tile<5, O>, tq2_interleaved_tile<6, O>};
-template <class O>
+    tq2_interleaved_tile<1, Near, O>, tq2_interleaved_tile<2, Near, O>, tq2_interleaved_tile<3, Near, O>,
+    tq2_interleaved_tile<4, Near, O>, tq2_interleaved_tile<5, Near, O>, tq2_interleaved_tile<6, Near, O>};
+template <class O, bool Near>
 inline constexpr InterleavedTileFn<O> kTq1Tiles[kInterleavedTileTq1] = {
-    tq1_interleaved_tile<1, O>, tq1_interleaved_tile<2, O>, tq1_interleaved_tile<3, O>, tq1_interleaved_tile<4, O>,
-    tq1_interleaved_tile<5, O>};
+    tq1_interleaved_tile<1, Near, O>, tq1_interleaved_tile<2, Near, O>, tq1_interleaved_tile<3, Near, O>,
+    tq1_interleaved_tile<4, Near, O>, tq1_interleaved_tile<5, Near, O>};
 
 // Every token of the pass over the groups that rows [r0, r1) touch, tile after tile per group (a
 // group's chunks are in L2 for the tiles after the first). tiles[k - 1] takes k tokens. The
@@ -222,11 +233,15 @@ inline constexpr InterleavedTileFn<O> kTq1Tiles[kInterleavedTileTq1] = {
 // the instruction's latency (12 keep both of AMD Zen 5's pipes busy), and ran at half or 88% of
 // the peak per MAC, measured; and a tile of 1 still decodes a chunk for a quarter of the work.
 // `copy`: W's copy in the digits of format f (its interleaved copy, or its wide one).
+// `near_tiles` also prefetch into L1, `far_tiles` only into L2: a pass that one tile per group
+// holds takes the far ones unless `l1` (the note above kFarPrefetchBytes).
 template <class O>
-inline void interleaved_groups(const InterleavedTileFn<O>* tiles, int64_t max_tile, const TernaryMatrix& W, TernaryFormat f,
-                               const uint8_t* copy, const int8_t* Q, int64_t ldq, int64_t n, const int32_t* qsum,
-                               const float* scale, O* out, int64_t ldo, int64_t r0, int64_t r1) {
+inline void interleaved_groups(const InterleavedTileFn<O>* near_tiles, const InterleavedTileFn<O>* far_tiles, bool l1,
+                               int64_t max_tile, const TernaryMatrix& W, TernaryFormat f, const uint8_t* copy,
+                               const int8_t* Q, int64_t ldq, int64_t n, const int32_t* qsum, const float* scale, O* out,
+                               int64_t ldo, int64_t r0, int64_t r1) {
   const int64_t G = interleaved_group_rows(f), chunks = interleaved_chunks(W);
+  const InterleavedTileFn<O>* tiles = n > max_tile || l1 ? near_tiles : far_tiles;
   for (int64_t g = r0 / G; g * G < r1; ++g)
     for (int64_t t = 0, left = (n + max_tile - 1) / max_tile; t < n; --left) {
       const int64_t k = (n - t + left - 1) / left;
@@ -242,7 +257,7 @@ inline void interleaved_groups(const InterleavedTileFn<O>* tiles, int64_t max_ti
 // strips' register-decoded kernels: the same bits, as always. Rows may start anywhere; a range
 // that starts or ends inside a group computes that group and stores only its own rows, so callers
 // split rows at multiples of interleaved_group_rows (KernelTable::row_grain) to do no work twice.
-template <bool Vbmi, class O>
+template <bool Vbmi, class O, bool L1 = false>
 MMFREE_TARGET_AVX512 inline void interleaved_blocks(const TernaryMatrix& W, TernaryFormat f, const uint8_t* copy,
                                                     const int8_t* Q, int64_t ldq, int64_t n, const float* scale,
                                                     const int32_t* given_qsum, O* out, int64_t ldo, int64_t r0, int64_t r1) {
@@ -259,29 +274,30 @@ MMFREE_TARGET_AVX512 inline void interleaved_blocks(const TernaryMatrix& W, Tern
     const int64_t tn = std::min(kDirectTokenBlock, n - t);
     const float* sc = scale ? scale + t : nullptr;
     if (f == TernaryFormat::TQ2)
-      interleaved_groups<O>(kTq2Tiles<O>, kInterleavedTileTq2, W, f, copy, Q + t * ldq, ldq, tn, qsum + t, sc, out + t * ldo,
-                            ldo, r0, r1);
+      interleaved_groups<O>(kTq2Tiles<O, true>, kTq2Tiles<O, false>, L1, kInterleavedTileTq2, W, f, copy, Q + t * ldq, ldq,
+                            tn, qsum + t, sc, out + t * ldo, ldo, r0, r1);
     else if constexpr (Vbmi)
-      interleaved_groups<O>(kTq1Tiles<O>, kInterleavedTileTq1, W, f, copy, Q + t * ldq, ldq, tn, qsum + t, sc, out + t * ldo,
-                            ldo, r0, r1);
+      interleaved_groups<O>(kTq1Tiles<O, true>, kTq1Tiles<O, false>, L1, kInterleavedTileTq1, W, f, copy, Q + t * ldq, ldq,
+                            tn, qsum + t, sc, out + t * ldo, ldo, r0, r1);
   }
 }
-template <bool Vbmi = false>
+// L1: passes of one tile per group prefetch into L1 as well (the "-l1" kernels).
+template <bool Vbmi = false, bool L1 = false>
 MMFREE_TARGET_AVX512 inline void ternary_gemm_interleaved(const TernaryMatrix& W, const int8_t* Q, int64_t ldq,
                                                           int64_t n, int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
   if (r0 >= r1) return;
   if (!W.interleaved || (W.format == TernaryFormat::TQ1 && !Vbmi))
     return ternary_gemm_direct<true, Vbmi>(W, Q, ldq, n, out, ldo, r0, r1);
-  interleaved_blocks<Vbmi, int32_t>(W, W.format, W.interleaved, Q, ldq, n, nullptr, nullptr, out, ldo, r0, r1);
+  interleaved_blocks<Vbmi, int32_t, L1>(W, W.format, W.interleaved, Q, ldq, n, nullptr, nullptr, out, ldo, r0, r1);
 }
-template <bool Vbmi = false>
+template <bool Vbmi = false, bool L1 = false>
 MMFREE_TARGET_AVX512 inline void ternary_gemm_interleaved_scaled(const TernaryMatrix& W, const int8_t* Q, int64_t ldq,
                                                                  int64_t n, const float* scale, const int32_t* qsum,
                                                                  float* out, int64_t ldo, int64_t r0, int64_t r1) {
   if (r0 >= r1) return;
   if (!W.interleaved || (W.format == TernaryFormat::TQ1 && !Vbmi))
     return ternary_gemm_direct_scaled<true, Vbmi>(W, Q, ldq, n, scale, qsum, out, ldo, r0, r1);
-  interleaved_blocks<Vbmi, float>(W, W.format, W.interleaved, Q, ldq, n, scale, qsum, out, ldo, r0, r1);
+  interleaved_blocks<Vbmi, float, L1>(W, W.format, W.interleaved, Q, ldq, n, scale, qsum, out, ldo, r0, r1);
 }
 // The same on a TQ1 matrix's wide copy (TQ2 digits: interleaved_format.hpp), through the TQ2 tiles.
 // A matrix without one goes to the strips' kernels.
