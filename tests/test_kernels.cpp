@@ -665,18 +665,16 @@ TEST(Chooser, CandidatesFollowRegimeAndFormat) {
       for (Regime r : kernels::kRegimes) { EXPECT_EQ(seen[r].count("avx-vnni"), 1u) << regime_name(r); }
     }
     if (f == TernaryFormat::TQ2) { EXPECT_EQ(seen[Regime::Decode].count("avx512-vbmi"), 0u); }
-    // With the copy, the kernels that read it compete for their regimes: every regime, but the
-    // "-l1" twins for passes of a few tokens only.
+    // With the copy, the kernels that read it compete for every regime.
     seen.clear();
     auto t = std::vector<int8_t>(16 * 16, 1);
     const TernaryMatrix c = with_interleaved(pack_ternary(t.data(), 16, 16, f));
     kernels::choose_kernels({&c}, nullptr, o);
     for (const auto& k : kernels::available_kernels()) {
       if (!k.interleaved || !k.for_format(f)) continue;
-      const bool all = std::string(k.name).find("-l1") == std::string::npos;
       EXPECT_EQ(seen[Regime::Batch].count(k.name), 1u) << k.name;
-      EXPECT_EQ(seen[Regime::Prefill].count(k.name), all ? 1u : 0u) << k.name;
-      EXPECT_EQ(seen[Regime::Decode].count(k.name), all ? 1u : 0u) << k.name;
+      EXPECT_EQ(seen[Regime::Prefill].count(k.name), 1u) << k.name;
+      EXPECT_EQ(seen[Regime::Decode].count(k.name), 1u) << k.name;
     }
     // With a wide copy (TQ1), the kernel that reads it competes for prompts only, first in line.
     if (f == TernaryFormat::TQ1 && kernels::wide_runs(f)) {
@@ -725,11 +723,6 @@ TEST(Chooser, ForcedKernels) {
     EXPECT_STREQ(t.decode.name, "avx512-interleaved");
     EXPECT_STREQ(t.batch.name, "avx512-interleaved");
     EXPECT_TRUE(t.reads_interleaved());
-    // A batch-only kernel leaves the other regimes to a kernel of its family that reads the same copy.
-    t = kernels::forced_table("avx512-interleaved-l1", TernaryFormat::TQ2);
-    EXPECT_STREQ(t.decode.name, "avx512-interleaved");
-    EXPECT_STREQ(t.batch.name, "avx512-interleaved-l1");
-    EXPECT_STREQ(t.prefill.name, "avx512-interleaved");
     // Rows split at whole groups only where the kernel for the pass reads the matrix's copy.
     std::vector<int8_t> w(128 * 8, 0);
     const TernaryMatrix plain = pack_ternary(w.data(), 128, 8, TernaryFormat::TQ2), copy = with_interleaved(plain);

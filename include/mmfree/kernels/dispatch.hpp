@@ -92,13 +92,6 @@ inline const std::vector<Kernel>& all_kernels() {
        avx512::ternary_gemm_interleaved_scaled<false>, true},
       {"avx512-vbmi-interleaved", Isa::Avx512Vbmi, avx512::ternary_gemm_interleaved<true>, true, true, true, false, true,
        avx512::ternary_gemm_interleaved_scaled<true>, true},
-      // The same, prefetching into L1 too where one tile per group holds the pass: slower where the
-      // memory is fast or the matrices large, faster on the 1.3B TQ2 preset's 2-5 tokens while the
-      // memory ran slow (ternary_avx512_interleaved.hpp, above kFarPrefetchBytes); batch only.
-      {"avx512-interleaved-l1", Isa::Avx512, avx512::ternary_gemm_interleaved<false, true>, false, true, false, true,
-       false, avx512::ternary_gemm_interleaved_scaled<false, true>, true},
-      {"avx512-vbmi-interleaved-l1", Isa::Avx512Vbmi, avx512::ternary_gemm_interleaved<true, true>, false, true, false,
-       false, true, avx512::ternary_gemm_interleaved_scaled<true, true>, true},
       // TQ1 prompts (passes of more than batch_max tokens) on the wide copies (TQ2 digits): 3
       // decoding ops per chunk instead of 7 where the pass is bound by the multiply-adds, for 25%
       // more bytes than the TQ1 copy, so no candidate where memory binds (1.3B TQ1 preset, 2
@@ -288,8 +281,6 @@ inline KernelTable forced_table(const std::string& spec, TernaryFormat f) {
   auto serve = [&](const Kernel& k, Regime r) -> Kernel {
     if (k.for_regime(r)) return k;
     const Isa family = k.isa == Isa::Amx ? Isa::Avx512 : k.isa;
-    for (const Kernel& c : available_kernels())  // one that reads the same copy first
-      if (c.isa == family && c.for_regime(r) && c.interleaved == k.interleaved && c.wide == k.wide) return c;
     for (const Kernel& c : available_kernels())
       if (c.isa == family && c.for_regime(r)) return c;
     return incumbent(r, f);

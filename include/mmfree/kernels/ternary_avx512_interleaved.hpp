@@ -49,9 +49,11 @@ inline constexpr int64_t kFarPrefetchBytes = 16384;
 // (AMD Zen 5, 2 threads): 2.7B TQ2 at 2, 4 and 5 tokens 3-14% faster (two series), TQ1 within
 // +-3%, one TQ1 token on this copy 11-12% faster; but the 1.3B TQ2 preset, whose smaller matrices
 // the waiting threads warm into L2 for a larger part (thread_pool.hpp), ran 2-8% slower while the
-// memory was slow (39 GB/s) and 2-7% faster while it was fast (64-70 GB/s). So the "-l1" kernels
-// (dispatch.hpp) keep the L1 prefetch, and the chooser measures both. Passes of several tiles per
-// group keep it too (7, 8 and 12 tokens: within 2% either way).
+// memory was slow (39 GB/s) and 2-7% faster while it was fast (64-70 GB/s). Twin kernels with the
+// L1 prefetch, for the chooser to measure, were tried: its batch samples (4 and 12 tokens; the
+// twins differ at 4 only) rated either one ahead from load to load, and it picked the twin for the
+// 2.7B preset, so they were dropped. Passes of several tiles per group keep the L1 prefetch (7, 8
+// and 12 tokens: within 2% either way).
 
 // Rows of group g's plane k (strip P g + k) to store: T = the plane's row sums with the digits'
 // offset, qsum[j], taken away.
@@ -233,15 +235,15 @@ inline constexpr InterleavedTileFn<O> kTq1Tiles[kInterleavedTileTq1] = {
 // the instruction's latency (12 keep both of AMD Zen 5's pipes busy), and ran at half or 88% of
 // the peak per MAC, measured; and a tile of 1 still decodes a chunk for a quarter of the work.
 // `copy`: W's copy in the digits of format f (its interleaved copy, or its wide one).
-// `near_tiles` also prefetch into L1, `far_tiles` only into L2: a pass that one tile per group
-// holds takes the far ones unless `l1` (the note above kFarPrefetchBytes).
+// `near_tiles` also prefetch into L1, `far_tiles` only into L2, for a pass that one tile per
+// group holds (the note above kFarPrefetchBytes).
 template <class O>
-inline void interleaved_groups(const InterleavedTileFn<O>* near_tiles, const InterleavedTileFn<O>* far_tiles, bool l1,
+inline void interleaved_groups(const InterleavedTileFn<O>* near_tiles, const InterleavedTileFn<O>* far_tiles,
                                int64_t max_tile, const TernaryMatrix& W, TernaryFormat f, const uint8_t* copy,
                                const int8_t* Q, int64_t ldq, int64_t n, const int32_t* qsum, const float* scale, O* out,
                                int64_t ldo, int64_t r0, int64_t r1) {
   const int64_t G = interleaved_group_rows(f), chunks = interleaved_chunks(W);
-  const InterleavedTileFn<O>* tiles = n > max_tile || l1 ? near_tiles : far_tiles;
+  const InterleavedTileFn<O>* tiles = n > max_tile ? near_tiles : far_tiles;
   for (int64_t g = r0 / G; g * G < r1; ++g)
     for (int64_t t = 0, left = (n + max_tile - 1) / max_tile; t < n; --left) {
       const int64_t k = (n - t + left - 1) / left;
@@ -257,7 +259,7 @@ inline void interleaved_groups(const InterleavedTileFn<O>* near_tiles, const Int
 // strips' register-decoded kernels: the same bits, as always. Rows may start anywhere; a range
 // that starts or ends inside a group computes that group and stores only its own rows, so callers
 // split rows at multiples of interleaved_group_rows (KernelTable::row_grain) to do no work twice.
-template <bool Vbmi, class O, bool L1 = false>
+template <bool Vbmi, class O>
 MMFREE_TARGET_AVX512 inline void interleaved_blocks(const TernaryMatrix& W, TernaryFormat f, const uint8_t* copy,
                                                     const int8_t* Q, int64_t ldq, int64_t n, const float* scale,
                                                     const int32_t* given_qsum, O* out, int64_t ldo, int64_t r0, int64_t r1) {
@@ -274,30 +276,29 @@ MMFREE_TARGET_AVX512 inline void interleaved_blocks(const TernaryMatrix& W, Tern
     const int64_t tn = std::min(kDirectTokenBlock, n - t);
     const float* sc = scale ? scale + t : nullptr;
     if (f == TernaryFormat::TQ2)
-      interleaved_groups<O>(kTq2Tiles<O, true>, kTq2Tiles<O, false>, L1, kInterleavedTileTq2, W, f, copy, Q + t * ldq, ldq,
+      interleaved_groups<O>(kTq2Tiles<O, true>, kTq2Tiles<O, false>, kInterleavedTileTq2, W, f, copy, Q + t * ldq, ldq,
                             tn, qsum + t, sc, out + t * ldo, ldo, r0, r1);
     else if constexpr (Vbmi)
-      interleaved_groups<O>(kTq1Tiles<O, true>, kTq1Tiles<O, false>, L1, kInterleavedTileTq1, W, f, copy, Q + t * ldq, ldq,
+      interleaved_groups<O>(kTq1Tiles<O, true>, kTq1Tiles<O, false>, kInterleavedTileTq1, W, f, copy, Q + t * ldq, ldq,
                             tn, qsum + t, sc, out + t * ldo, ldo, r0, r1);
   }
 }
-// L1: passes of one tile per group prefetch into L1 as well (the "-l1" kernels).
-template <bool Vbmi = false, bool L1 = false>
+template <bool Vbmi = false>
 MMFREE_TARGET_AVX512 inline void ternary_gemm_interleaved(const TernaryMatrix& W, const int8_t* Q, int64_t ldq,
                                                           int64_t n, int32_t* out, int64_t ldo, int64_t r0, int64_t r1) {
   if (r0 >= r1) return;
   if (!W.interleaved || (W.format == TernaryFormat::TQ1 && !Vbmi))
     return ternary_gemm_direct<true, Vbmi>(W, Q, ldq, n, out, ldo, r0, r1);
-  interleaved_blocks<Vbmi, int32_t, L1>(W, W.format, W.interleaved, Q, ldq, n, nullptr, nullptr, out, ldo, r0, r1);
+  interleaved_blocks<Vbmi, int32_t>(W, W.format, W.interleaved, Q, ldq, n, nullptr, nullptr, out, ldo, r0, r1);
 }
-template <bool Vbmi = false, bool L1 = false>
+template <bool Vbmi = false>
 MMFREE_TARGET_AVX512 inline void ternary_gemm_interleaved_scaled(const TernaryMatrix& W, const int8_t* Q, int64_t ldq,
                                                                  int64_t n, const float* scale, const int32_t* qsum,
                                                                  float* out, int64_t ldo, int64_t r0, int64_t r1) {
   if (r0 >= r1) return;
   if (!W.interleaved || (W.format == TernaryFormat::TQ1 && !Vbmi))
     return ternary_gemm_direct_scaled<true, Vbmi>(W, Q, ldq, n, scale, qsum, out, ldo, r0, r1);
-  interleaved_blocks<Vbmi, float, L1>(W, W.format, W.interleaved, Q, ldq, n, scale, qsum, out, ldo, r0, r1);
+  interleaved_blocks<Vbmi, float>(W, W.format, W.interleaved, Q, ldq, n, scale, qsum, out, ldo, r0, r1);
 }
 // The same on a TQ1 matrix's wide copy (TQ2 digits: interleaved_format.hpp), through the TQ2 tiles.
 // A matrix without one goes to the strips' kernels.
