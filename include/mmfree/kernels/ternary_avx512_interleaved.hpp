@@ -45,15 +45,15 @@ inline constexpr int64_t kFarPrefetchBytes = 16384;
 // L2, not also kPrefetchBytes ahead into L1. With both, the chunk loop of 2-4 tokens streamed
 // 640 MB 15-25% slower (2 threads) than with either alone. Our reading: the L1 prefetch, 10 KB
 // behind the L2 one, finds its line still on the way from memory and holds one of L1's few miss
-// buffers until it comes, so the loads wait. step_batch, one model, the two ways alternated in one process
-// (AMD Zen 5, 2 threads): 2.7B TQ2 at 2, 4 and 5 tokens 3-14% faster (two series), TQ1 within
-// +-3%, one TQ1 token on this copy 11-12% faster; but the 1.3B TQ2 preset, whose smaller matrices
-// the waiting threads warm into L2 for a larger part (thread_pool.hpp), ran 2-8% slower while the
-// memory was slow (39 GB/s) and 2-7% faster while it was fast (64-70 GB/s). Twin kernels with the
-// L1 prefetch, for the chooser to measure, were tried: its batch samples (4 and 12 tokens; the
-// twins differ at 4 only) rated either one ahead from load to load, and it picked the twin for the
-// 2.7B preset, so they were dropped. Passes of several tiles per group keep the L1 prefetch (7, 8
-// and 12 tokens: within 2% either way).
+// buffers until it comes, so the loads wait. step_batch, one model, the two ways alternated in
+// one process (AMD Zen 5, 2 threads): 2.7B TQ2 at 2, 4 and 5 tokens 3-14% faster (two series),
+// TQ1 within +-3%, one TQ1 token on this copy 11-12% faster; but the 1.3B TQ2 preset, whose
+// smaller matrices the waiting threads warm into L2 for a larger part (thread_pool.hpp), ran 2-8%
+// slower while the memory was slow (39 GB/s) and 2-7% faster while it was fast (64-70 GB/s).
+// Twin kernels with the L1 prefetch, for the chooser to measure, were tried: its batch samples
+// (4 and 12 tokens; the twins differ at 4 only) rated either one ahead from load to load, and it
+// picked the twin for the 2.7B preset, so they were dropped. Passes of several tiles per group
+// keep the L1 prefetch (7, 8 and 12 tokens: within 2% either way).
 
 // Rows of group g's plane k (strip P g + k) to store: T = the plane's row sums with the digits'
 // offset, qsum[j], taken away.
@@ -90,7 +90,8 @@ MMFREE_TARGET_AVX512 inline void fold_sets(__m512i (&acc)[H][T][P]) {
       for (int a = 0; a < P; ++a) acc[0][j][a] = _mm512_add_epi32(acc[0][j][a], acc[h][j][a]);
 }
 
-// Chunk c of a TQ2 group into one set of a tile's accumulators (Near: the note above kFarPrefetchBytes).
+// Chunk c of a TQ2 group into one set of a tile's accumulators. Near: prefetch into L1 too (the
+// note above kFarPrefetchBytes); the same in tq1_interleaved_chunk.
 template <int T, bool Near>
 MMFREE_TARGET_AVX512 inline void tq2_interleaved_chunk(__m512i (&acc)[T][4], const uint8_t* w, int64_t c, const int8_t* Q,
                                                        int64_t ldq, int64_t far) {
