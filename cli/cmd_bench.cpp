@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <optional>
 
+#include "bench_roofline.hpp"
 #include "commands.hpp"
 #include "mmfree/roofline.hpp"
 
@@ -30,14 +31,9 @@ int bench_batches(const Args& a, const std::vector<int32_t>& threads, int64_t re
     mmfree::ModelOptions o = model_options(a);
     o.threads = t;
     mmfree::Model m = mmfree::load_model(path, o);
-    const mmfree::ModelWeights& w = m.weights();
-    double bytes = double(w.embeddings.cols) * double(mmfree::dtype_size(w.embeddings.dtype)), macs = 0, head_macs = 0;
-    mmfree::for_each_bitlinear(w, [&](const std::string&, const mmfree::BitLinear& l) {
-      bytes += double(l.weights().nbytes());
-      macs += double(l.in_features()) * double(l.out_features());
-    });
-    head_macs = double(w.lm_head.in_features()) * double(w.lm_head.out_features());
-    std::vector<double> bws, peaks;
+    const PassWork work = pass_work(m);
+    const double bytes = work.bytes, macs = work.macs, head_macs = work.head_macs;
+    Ceilings ceil;
     const int64_t V = m.vocab_size();
     // One sequence set per B, stepped in interleaved rounds (every B once per round, the
     // ceilings probed between), so that a neighbour's burst on a shared machine slows every B
@@ -68,15 +64,10 @@ int bench_batches(const Args& a, const std::vector<int32_t>& threads, int64_t re
       step(b);
       b.steps_per_round = std::max<int64_t>(2, int64_t(0.2 / std::max(std::chrono::duration<double>(clk::now() - t0).count(), 1e-6)));
     }
-    // The probes run with the model's workers asleep, not spinning after the last step. The first
-    // step after them wakes the workers and is not timed: it took 24-26 ms instead of 8-10 in 2
-    // of 8 rounds (one token of the 1.3B preset; the woken worker waits for a vCPU), and B = 1,
-    // measured first in every round, read up to 8% slow in such a round (AMD Zen 5, 2 vCPUs).
-    auto probe = [&] {
-      m.options().pool->rest();
-      bws.push_back(mmfree::roofline::bandwidth_now_gbs(t));
-      peaks.push_back(mmfree::roofline::int8_peak_gmacs(t));
-    };
+    // The first step after a probe wakes the workers and is not timed: it took 24-26 ms instead of
+    // 8-10 in 2 of 8 rounds (one token of the 1.3B preset; the woken worker waits for a vCPU), and
+    // B = 1, measured first in every round, read up to 8% slow in such a round (AMD Zen 5, 2 vCPUs).
+    auto probe = [&] { ceil.probe(m, t); };
     for (int64_t r = 0; r < reps; ++r) {
       probe();
       step(bs.front());
@@ -105,44 +96,27 @@ int bench_batches(const Args& a, const std::vector<int32_t>& threads, int64_t re
       const double s = median(secs), gmacs = (double(prompt) * (macs - head_macs) + head_macs) / s / 1e9;
       pre = {{"tokens", prompt}, {"ms", s * 1e3}, {"tok_s", double(prompt) / s}, {"gmac_s", gmacs}};
     }
-    // Both ceilings are medians over the rounds, like the step times: one probe of either taken
-    // in a neighbour's burst would otherwise move every B's share. A ceiling below what this run
-    // did is no ceiling, though: on a shared machine the int8 probe read 610-620 GMAC/s through
-    // whole runs whose chooser samples of the prefill kernel read 710-770 and whose prefill
-    // reached 630-720 (AMD EPYC Zen 5, 2 vCPUs), and the shares came out above 100%. So the
-    // int8 peak is the highest of its probe, the chooser's samples of the batch and prefill
-    // kernels on this model's matrices, and the MAC rates the passes reached; the bandwidth the
-    // higher of its probe and the weight bytes the steps read per second. (Not the chooser's
-    // decode samples: on a small model they stream from the caches.)
-    const double bw_probe = median(bws), peak_probe = median(peaks);
-    double bw = bw_probe, peak = peak_probe;
-    std::string bw_from = "probe", peak_from = "probe";
-    auto raise = [](double& ceiling, std::string& from, double rate, const char* what) {
-      if (rate > ceiling) ceiling = rate, from = what;
-    };
-    const auto& kc = m.kernel_choice();
-    for (const auto* regime : {&kc.batch, &kc.prefill})
-      for (const auto& cand : regime->candidates) raise(peak, peak_from, cand.rate, "chooser");
+    // Both ceilings as Ceilings says: medians over the rounds, never below what this run did.
+    ceil.settle(m);
     for (const auto& r : rows) {
-      const double steps_s = r["tok_s"].get<double>() / r["batch"].get<double>();
-      raise(bw, bw_from, bytes * steps_s / 1e9, "passes");
-      raise(peak, peak_from, r["tok_s"].get<double>() * macs / 1e9, "passes");
+      const double step_s = r["batch"].get<double>() / r["tok_s"].get<double>();
+      ceil.saw(bytes, r["batch"].get<double>() * macs, step_s);
     }
-    raise(peak, peak_from, pre["gmac_s"].get<double>(), "passes");
+    ceil.saw(0, double(prompt) * (macs - head_macs) + head_macs, pre["ms"].get<double>() / 1e3);
+    const double bw = ceil.bw, peak = ceil.peak;
     pre["peak_frac"] = peak > 0 ? pre["gmac_s"].get<double>() / peak : 0.0;
     for (auto& r : rows) {
       const double B = r["batch"].get<double>();
-      const double mem_s = bytes / (bw * 1e9), mac_s = peak > 0 ? B * macs / (peak * 1e9) : 0;
-      r["roofline_tok_s"] = B / std::max(mem_s, mac_s);
+      r["roofline_tok_s"] = B / ceil.floor_seconds(work, B, macs);
       r["roofline_frac"] = r["tok_s"].get<double>() / r["roofline_tok_s"].get<double>();
-      r["bound"] = mem_s >= mac_s ? "memory" : "compute";
+      r["bound"] = ceil.memory_bound(work, B, macs) ? "memory" : "compute";
     }
     const auto& c = m.config();
     runs.push_back({{"cpu", mmfree::roofline::cpu_model()}, {"model", path},
                     {"desc", std::to_string(c.num_hidden_layers) + "x" + std::to_string(c.hidden_size) + " " +
                                  mmfree::format_name(m.format())},
-                    {"threads", t}, {"read_gbs", bw}, {"int8_peak_gmacs", peak}, {"read_probe_gbs", bw_probe},
-                    {"int8_probe_gmacs", peak_probe}, {"read_from", bw_from}, {"int8_peak_from", peak_from},
+                    {"threads", t}, {"read_gbs", bw}, {"int8_peak_gmacs", peak}, {"read_probe_gbs", ceil.bw_probe},
+                    {"int8_probe_gmacs", ceil.peak_probe}, {"read_from", ceil.bw_from}, {"int8_peak_from", ceil.peak_from},
                     {"weight_bytes_per_token", bytes},
                     {"macs_per_token", macs}, {"kernels", kernel_summary(m)}, {"batches", rows}, {"prefill", pre}});
   }
@@ -151,15 +125,8 @@ int bench_batches(const Args& a, const std::vector<int32_t>& threads, int64_t re
     return 0;
   }
   for (auto& r : runs) {
-    // "read 55.0 GB/s" or "read 57.1 GB/s (the steps; probe 55.0)"
     auto ceiling = [&](const char* value, const char* probe, const char* from, const char* unit) {
-      char buf[128];
-      const std::string f = r[from].get<std::string>();
-      if (f == "probe") std::snprintf(buf, sizeof buf, "%.1f %s", r[value].get<double>(), unit);
-      else
-        std::snprintf(buf, sizeof buf, "%.1f %s (%s; probe %.1f)", r[value].get<double>(), unit,
-                      f == "chooser" ? "the chooser's kernel samples" : "this run's passes", r[probe].get<double>());
-      return std::string(buf);
+      return Ceilings::describe(r[value].get<double>(), r[probe].get<double>(), r[from].get<std::string>(), unit);
     };
     std::printf("%s, %s, %d threads: read %s, int8 peak %s, %.1f MB and %.2f GMAC per token\n",
                 r["cpu"].get<std::string>().c_str(), r["desc"].get<std::string>().c_str(), r["threads"].get<int>(),

@@ -4,6 +4,7 @@
 // often a real drafter is right (README, "Speculative decoding").
 #include <chrono>
 
+#include "bench_roofline.hpp"
 #include "commands.hpp"
 #include "mmfree/roofline.hpp"
 
@@ -76,13 +77,23 @@ int bench_speculate(const Args& a, int32_t threads, int64_t prompt_tokens, int64
     }
   }
 
-  // A verification pass over k + 1 tokens against one decoding step, k = 1 .. max(8, max_k).
+  // A verification pass over k + 1 tokens against one decoding step, k = 1 .. max(8, max_k), and
+  // against its roofline: it reads every weight once and computes the logits of all k + 1 tokens,
+  // so it costs at least max(weight bytes / bandwidth, (k + 1) x MACs per token / int8 peak),
+  // both ceilings probed between the rounds (bench_roofline.hpp).
   const int kmax = std::max(8, max_k);
+  const PassWork work = pass_work(m);
+  Ceilings ceil;
   mmfree::State base = m.new_state();
   m.prefill_last(prompt, base);
   std::vector<std::vector<double>> pass_s(size_t(kmax + 1));
   std::vector<mmfree::State> after;
   for (int64_t r = 0; r < 3 * reps; ++r) {
+    if (r % 3 == 0) {
+      ceil.probe(m, threads);
+      mmfree::State s = base;
+      m.step(truth[0], s);  // wakes the workers the probe put to sleep: not timed
+    }
     for (int k = 0; k <= kmax; ++k) {
       std::vector<int32_t> ids(size_t(k + 1));
       for (int i = 0; i <= k; ++i) ids[size_t(i)] = truth[size_t(i) % truth.size()];
@@ -97,6 +108,9 @@ int bench_speculate(const Args& a, int32_t threads, int64_t prompt_tokens, int64
       pass_s[size_t(k)].push_back(seconds_since(t0) / iters);
     }
   }
+  ceil.settle(m);
+  for (int k = 0; k <= kmax; ++k) ceil.saw(work.bytes, double(k + 1) * work.macs, median_of(pass_s[size_t(k)]));
+  auto floor_s = [&](int k) { return ceil.floor_seconds(work, double(k + 1), work.macs); };
   const double step_s = median_of(pass_s[0]);
   const double plain = median_of(plain_tps);
   const std::string cpu = mmfree::roofline::cpu_model();
@@ -107,14 +121,19 @@ int bench_speculate(const Args& a, int32_t threads, int64_t prompt_tokens, int64
     nlohmann::json costs = nlohmann::json::array();
     for (int k = 1; k <= kmax; ++k)
       costs.push_back({{"k", k}, {"tokens", k + 1}, {"ms", median_of(pass_s[size_t(k)]) * 1e3},
-                       {"of_step", median_of(pass_s[size_t(k)]) / step_s}});
+                       {"of_step", median_of(pass_s[size_t(k)]) / step_s}, {"roofline_ms", floor_s(k) * 1e3},
+                       {"of_roofline", floor_s(k) / median_of(pass_s[size_t(k)])},
+                       {"bound", ceil.memory_bound(work, double(k + 1), work.macs) ? "memory" : "compute"}});
     nlohmann::json out = nlohmann::json::array();
     for (const Run& run : runs)
       out.push_back({{"alpha", run.alpha}, {"speedup", median_of(run.tps) / plain}, {"tps", median_of(run.tps)},
                      {"plain_tps", plain}, {"tokens_per_pass", median_of(run.per_pass)},
                      {"acceptance", median_of(run.acceptance)}, {"mean_draft", median_of(run.mean_k)},
                      {"drafter", "synthetic"}, {"max_draft", max_k}, {"tokens", n}, {"model", path}, {"desc", desc},
-                     {"cpu", cpu}, {"threads", threads}, {"step_ms", step_s * 1e3}, {"pass_cost", costs}});
+                     {"cpu", cpu}, {"threads", threads}, {"step_ms", step_s * 1e3}, {"step_of_roofline", floor_s(0) / step_s},
+                     {"read_gbs", ceil.bw}, {"int8_peak_gmacs", ceil.peak}, {"read_from", ceil.bw_from},
+                     {"int8_peak_from", ceil.peak_from}, {"weight_bytes_per_token", work.bytes},
+                     {"macs_per_token", work.macs}, {"pass_cost", costs}});
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
   }
@@ -126,13 +145,20 @@ int bench_speculate(const Args& a, int32_t threads, int64_t prompt_tokens, int64
   for (const Run& run : runs)
     std::printf("| %.2f | %.1f | %.1f | %.2fx | %.2f | %.0f%% | %.2f |\n", run.alpha, median_of(run.tps), plain,
                 median_of(run.tps) / plain, median_of(run.per_pass), 100 * median_of(run.acceptance), median_of(run.mean_k));
-  std::printf("\nverification pass of k + 1 tokens, against one decoding step (%.2f ms)\n\n", step_s * 1e3);
+  std::printf("\nverification pass of k + 1 tokens, against one decoding step (%.2f ms, %.0f%% of its roofline) and "
+              "against its own roofline (read %s, int8 peak %s, this run)\n\n",
+              step_s * 1e3, 100 * floor_s(0) / step_s, Ceilings::describe(ceil.bw, ceil.bw_probe, ceil.bw_from, "GB/s").c_str(),
+              Ceilings::describe(ceil.peak, ceil.peak_probe, ceil.peak_from, "GMAC/s").c_str());
   std::printf("| k |");
   for (int k = 1; k <= kmax; ++k) std::printf(" %d |", k);
   std::printf("\n| --- |");
   for (int k = 1; k <= kmax; ++k) std::printf(" --- |");
   std::printf("\n| x step |");
   for (int k = 1; k <= kmax; ++k) std::printf(" %.2f |", median_of(pass_s[size_t(k)]) / step_s);
+  std::printf("\n| roofline x step |");
+  for (int k = 1; k <= kmax; ++k) std::printf(" %.2f |", floor_s(k) / step_s);
+  std::printf("\n| of roofline |");
+  for (int k = 1; k <= kmax; ++k) std::printf(" %.0f%% |", 100 * floor_s(k) / median_of(pass_s[size_t(k)]));
   std::printf("\n");
   return 0;
 }

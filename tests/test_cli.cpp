@@ -233,6 +233,42 @@ TEST(Cli, BenchPrintsTableAndJson) {
     EXPECT_TRUE(b[0][from] == "probe" || b[0][from] == "chooser" || b[0][from] == "passes") << b[0][from];
   for (const auto& row : b[0]["batches"]) EXPECT_LE(row["roofline_frac"].get<double>(), 1.0 + 1e-9) << row["batch"];
   EXPECT_LE(b[0]["prefill"]["peak_frac"].get<double>(), 1.0 + 1e-9);
+  // --speculate: the synthetic drafter's speedup for each ALPHA, and each verification pass
+  // against one decoding step and against its roofline, both ceilings measured in the same run.
+  r = run_cli("bench --model " + kTiny + " --speculate 0,1 -n 12 -r 1 -t 1 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto sp = nlohmann::json::parse(r.out);
+  ASSERT_EQ(sp.size(), 2u);
+  EXPECT_EQ(sp[0]["alpha"], 0.0);
+  EXPECT_EQ(sp[1]["alpha"], 1.0);
+  for (const auto& run : sp) {
+    EXPECT_EQ(run["drafter"], "synthetic");
+    EXPECT_NEAR(run["speedup"].get<double>(), run["tps"].get<double>() / run["plain_tps"].get<double>(), 1e-9);
+    EXPECT_GT(run["read_gbs"].get<double>(), 0);
+    EXPECT_GT(run["int8_peak_gmacs"].get<double>(), 0);
+    EXPECT_GT(run["step_of_roofline"].get<double>(), 0);
+    EXPECT_LE(run["step_of_roofline"].get<double>(), 1.0 + 1e-9);
+    const auto& costs = run["pass_cost"];
+    ASSERT_EQ(costs.size(), 8u);
+    double last_floor = 0;
+    for (size_t i = 0; i < costs.size(); ++i) {
+      const auto& c = costs[i];
+      EXPECT_EQ(c["k"], int(i) + 1);
+      EXPECT_EQ(c["tokens"], int(i) + 2);
+      EXPECT_NEAR(c["of_step"].get<double>(), c["ms"].get<double>() / run["step_ms"].get<double>(), 1e-9);
+      // The roofline of k + 1 tokens: never above the pass itself, never below fewer tokens'.
+      EXPECT_NEAR(c["of_roofline"].get<double>(), c["roofline_ms"].get<double>() / c["ms"].get<double>(), 1e-9);
+      EXPECT_LE(c["of_roofline"].get<double>(), 1.0 + 1e-9) << c["k"];
+      EXPECT_GE(c["roofline_ms"].get<double>(), last_floor) << c["k"];
+      last_floor = c["roofline_ms"].get<double>();
+      EXPECT_TRUE(c["bound"] == "memory" || c["bound"] == "compute") << c["bound"];
+    }
+  }
+  // A drafter that is always wrong keeps nothing (one token per pass); one always right keeps all.
+  EXPECT_EQ(sp[0]["acceptance"].get<double>(), 0.0);
+  EXPECT_NEAR(sp[0]["tokens_per_pass"].get<double>(), 1.0, 1e-9);
+  EXPECT_EQ(sp[1]["acceptance"].get<double>(), 1.0);
+  EXPECT_GT(sp[1]["tokens_per_pass"].get<double>(), 1.5);
   r = run_cli("bench --model " + kTiny + " --batch 0");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("--batch"), std::string::npos) << r.err;
