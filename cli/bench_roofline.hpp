@@ -12,6 +12,12 @@
 
 namespace cli {
 
+// The median of a run's rounds (the upper one of an even count): the machine slows all rounds alike.
+inline double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
 // What one token's pass reads and computes: the ternary weights and one embedding row, and the
 // multiply-accumulates of every BitLinear, the LM head's among them (`head_macs`).
 struct PassWork {
@@ -82,10 +88,6 @@ struct Ceilings {
       std::snprintf(buf, sizeof buf, "%.1f %s (%s; probe %.1f)", value, unit,
                     from == "chooser" ? "the chooser's kernel samples" : "this run's passes", probe);
     return buf;
-  }
-  static double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v.empty() ? 0.0 : v[v.size() / 2];
   }
 
  private:

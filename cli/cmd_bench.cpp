@@ -12,11 +12,6 @@ namespace cli {
 
 namespace {
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
-
 // bench --batch: Model::step_batch over B sequences for each B, against the roofline of this
 // machine measured in the same run: a pass over B tokens costs at least
 // max(weight bytes / read bandwidth, B x MACs per token / int8 peak).

@@ -10,15 +10,6 @@
 
 namespace cli {
 
-namespace {
-
-double median_of(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
-
-}  // namespace
-
 int bench_speculate(const Args& a, int32_t threads, int64_t prompt_tokens, int64_t n, int64_t reps, bool json) {
   std::vector<double> alphas;
   {
@@ -109,10 +100,10 @@ int bench_speculate(const Args& a, int32_t threads, int64_t prompt_tokens, int64
     }
   }
   ceil.settle(m);
-  for (int k = 0; k <= kmax; ++k) ceil.saw(work.bytes, double(k + 1) * work.macs, median_of(pass_s[size_t(k)]));
+  for (int k = 0; k <= kmax; ++k) ceil.saw(work.bytes, double(k + 1) * work.macs, median(pass_s[size_t(k)]));
   auto floor_s = [&](int k) { return ceil.floor_seconds(work, double(k + 1), work.macs); };
-  const double step_s = median_of(pass_s[0]);
-  const double plain = median_of(plain_tps);
+  const double step_s = median(pass_s[0]);
+  const double plain = median(plain_tps);
   const std::string cpu = mmfree::roofline::cpu_model();
   const auto& c = m.config();
   const std::string desc = std::to_string(c.num_hidden_layers) + "x" + std::to_string(c.hidden_size) + " " +
@@ -120,15 +111,15 @@ int bench_speculate(const Args& a, int32_t threads, int64_t prompt_tokens, int64
   if (json) {
     nlohmann::json costs = nlohmann::json::array();
     for (int k = 1; k <= kmax; ++k)
-      costs.push_back({{"k", k}, {"tokens", k + 1}, {"ms", median_of(pass_s[size_t(k)]) * 1e3},
-                       {"of_step", median_of(pass_s[size_t(k)]) / step_s}, {"roofline_ms", floor_s(k) * 1e3},
-                       {"of_roofline", floor_s(k) / median_of(pass_s[size_t(k)])},
+      costs.push_back({{"k", k}, {"tokens", k + 1}, {"ms", median(pass_s[size_t(k)]) * 1e3},
+                       {"of_step", median(pass_s[size_t(k)]) / step_s}, {"roofline_ms", floor_s(k) * 1e3},
+                       {"of_roofline", floor_s(k) / median(pass_s[size_t(k)])},
                        {"bound", ceil.memory_bound(work, double(k + 1), work.macs) ? "memory" : "compute"}});
     nlohmann::json out = nlohmann::json::array();
     for (const Run& run : runs)
-      out.push_back({{"alpha", run.alpha}, {"speedup", median_of(run.tps) / plain}, {"tps", median_of(run.tps)},
-                     {"plain_tps", plain}, {"tokens_per_pass", median_of(run.per_pass)},
-                     {"acceptance", median_of(run.acceptance)}, {"mean_draft", median_of(run.mean_k)},
+      out.push_back({{"alpha", run.alpha}, {"speedup", median(run.tps) / plain}, {"tps", median(run.tps)},
+                     {"plain_tps", plain}, {"tokens_per_pass", median(run.per_pass)},
+                     {"acceptance", median(run.acceptance)}, {"mean_draft", median(run.mean_k)},
                      {"drafter", "synthetic"}, {"max_draft", max_k}, {"tokens", n}, {"model", path}, {"desc", desc},
                      {"cpu", cpu}, {"threads", threads}, {"step_ms", step_s * 1e3}, {"step_of_roofline", floor_s(0) / step_s},
                      {"read_gbs", ceil.bw}, {"int8_peak_gmacs", ceil.peak}, {"read_from", ceil.bw_from},
@@ -143,8 +134,8 @@ int bench_speculate(const Args& a, int32_t threads, int64_t prompt_tokens, int64
   std::printf("| alpha | tok/s | plain tok/s | speedup | tokens per pass | accepted | mean draft |\n");
   std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
   for (const Run& run : runs)
-    std::printf("| %.2f | %.1f | %.1f | %.2fx | %.2f | %.0f%% | %.2f |\n", run.alpha, median_of(run.tps), plain,
-                median_of(run.tps) / plain, median_of(run.per_pass), 100 * median_of(run.acceptance), median_of(run.mean_k));
+    std::printf("| %.2f | %.1f | %.1f | %.2fx | %.2f | %.0f%% | %.2f |\n", run.alpha, median(run.tps), plain,
+                median(run.tps) / plain, median(run.per_pass), 100 * median(run.acceptance), median(run.mean_k));
   std::printf("\nverification pass of k + 1 tokens, against one decoding step (%.2f ms, %.0f%% of its roofline) and "
               "against its own roofline (read %s, int8 peak %s, this run)\n\n",
               step_s * 1e3, 100 * floor_s(0) / step_s, Ceilings::describe(ceil.bw, ceil.bw_probe, ceil.bw_from, "GB/s").c_str(),
@@ -154,11 +145,11 @@ int bench_speculate(const Args& a, int32_t threads, int64_t prompt_tokens, int64
   std::printf("\n| --- |");
   for (int k = 1; k <= kmax; ++k) std::printf(" --- |");
   std::printf("\n| x step |");
-  for (int k = 1; k <= kmax; ++k) std::printf(" %.2f |", median_of(pass_s[size_t(k)]) / step_s);
+  for (int k = 1; k <= kmax; ++k) std::printf(" %.2f |", median(pass_s[size_t(k)]) / step_s);
   std::printf("\n| roofline x step |");
   for (int k = 1; k <= kmax; ++k) std::printf(" %.2f |", floor_s(k) / step_s);
   std::printf("\n| of roofline |");
-  for (int k = 1; k <= kmax; ++k) std::printf(" %.0f%% |", 100 * floor_s(k) / median_of(pass_s[size_t(k)]));
+  for (int k = 1; k <= kmax; ++k) std::printf(" %.0f%% |", 100 * floor_s(k) / median(pass_s[size_t(k)]));
   std::printf("\n");
   return 0;
 }
